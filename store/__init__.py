@@ -1,1 +1,60 @@
-"""Syncline store."""
+"""Adapters for state: the event store on SQLite, PostgreSQL or memory, chosen by URL.
+
+    store = await open_store("sqlite+aiosqlite:///var/syncline.db")
+    store = await open_store("postgresql+asyncpg://user@127.0.0.1:5432/syncline")
+    store = await open_store("memory://")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import ValidationError
+
+from .memory import MemoryEventStore
+from .sql import SqlEventStore
+
+__all__ = ["open_store", "SqlEventStore", "MemoryEventStore"]
+
+
+async def open_store(url: str, *, migrate: bool = True, listen: bool = True, **options: Any):
+    """Open (and by default migrate) the store named by ``url``.
+
+    Options go to the store: ``upcasters``, ``max_payload``, ``clock_us``,
+    ``poll_interval_s``, ``doorbell``. On PostgreSQL, ``listen`` starts the
+    LISTEN/NOTIFY doorbell so tails wake on commits from other processes.
+    """
+    if url.startswith("memory://"):
+        return MemoryEventStore(**options)
+    if url.startswith("sqlite"):
+        from .sqlite import create_engines
+
+        if not url.startswith("sqlite+aiosqlite://"):
+            raise ValidationError("SQLite URLs must use the aiosqlite driver: sqlite+aiosqlite:///path.db")
+        writer, reader = create_engines(url)
+        on_close = None
+    elif url.startswith("postgresql"):
+        from .postgres import PgNotifyDoorbell, create_engine
+
+        if not url.startswith("postgresql+asyncpg://"):
+            raise ValidationError("PostgreSQL URLs must use the asyncpg driver: postgresql+asyncpg://...")
+        writer = reader = create_engine(url)
+        on_close = None
+        if listen and "doorbell" not in options:
+            bell = PgNotifyDoorbell(url)
+            bell.start()
+            options["doorbell"] = bell
+    else:
+        raise ValidationError(f"unsupported store URL {url.split(':', 1)[0]!r}")
+    if migrate:
+        from .migrate import upgrade
+
+        try:
+            await upgrade(writer)
+        except Exception as e:
+            from .errors import map_db_error
+
+            await writer.dispose()
+            if "doorbell" in options:
+                await options["doorbell"].close()
+            raise map_db_error(e) from e
+    return SqlEventStore(writer, reader, on_close=on_close, **options)

@@ -1,0 +1,141 @@
+"""The event envelope (DESIGN.md §3): what is appended and what is read back.
+
+``NewEvent`` is what a caller asks to append; the store assigns id (when absent),
+version, position, time and the hash chain, and returns ``RecordedEvent``.
+Times are integers: microseconds since the Unix epoch, UTC.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Mapping
+
+from .errors import InvalidEventType, InvalidStreamName, InvalidTenant
+
+STREAM_RE = re.compile(r"^\$?[a-z][a-z0-9_-]{0,63}(/[A-Za-z0-9._:@~+=-]{1,200}){0,4}$")
+TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,6}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STREAM_MAX = 255
+SYSTEM_PREFIX = "$"
+
+
+class Retention(StrEnum):
+    STANDARD = "standard"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    user: str = ""
+    client: str = ""
+
+
+NO_ACTOR = Actor()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    data: Any = None
+    schema: int = 1
+    actor: Actor = NO_ACTOR
+    clock: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    retention: Retention = Retention.STANDARD
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    id: str
+    tenant: str
+    stream: str
+    version: int
+    position: int
+    type: str
+    schema: int
+    time_us: int
+    actor: Actor
+    clock: Mapping[str, Any]
+    data: Any
+    meta: Mapping[str, Any]
+    retention: Retention
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.time_us / 1_000_000, tz=timezone.utc)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as a plain dict for JSON/msgpack wires (time as ISO 8601)."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "stream": self.stream,
+            "version": self.version,
+            "position": self.position,
+            "type": self.type,
+            "schema": self.schema,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "actor": {"user": self.actor.user, "client": self.actor.client},
+            "clock": dict(self.clock),
+            "data": self.data,
+            "meta": dict(self.meta),
+            "retention": self.retention.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWrite:
+    """Events for one stream inside a (possibly multi-stream) atomic append."""
+
+    stream: str
+    events: tuple[NewEvent, ...]
+    expected_version: int | None = None  # None: any; 0: the stream must not exist yet
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppended:
+    stream: str
+    first_version: int
+    last_version: int
+    first_position: int
+    last_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    streams: tuple[StreamAppended, ...]
+    event_ids: tuple[str, ...]
+    duplicate: bool = False  # True when an idempotency key matched an earlier append
+
+    @property
+    def first_position(self) -> int:
+        return min(s.first_position for s in self.streams)
+
+    @property
+    def last_position(self) -> int:
+        return max(s.last_position for s in self.streams)
+
+
+def check_tenant(tenant: str) -> str:
+    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+        raise InvalidTenant(f"invalid tenant id {tenant!r}", tenant=str(tenant)[:80])
+    return tenant
+
+
+def check_stream(stream: str) -> str:
+    if not isinstance(stream, str) or len(stream) > STREAM_MAX or not STREAM_RE.match(stream):
+        raise InvalidStreamName(f"invalid stream name {str(stream)[:80]!r}", stream=str(stream)[:80])
+    return stream
+
+
+def check_type(type_: str) -> str:
+    if not isinstance(type_, str) or not TYPE_RE.match(type_):
+        raise InvalidEventType(f"invalid event type {str(type_)[:80]!r}", type=str(type_)[:80])
+    return type_
+
+
+def is_system_stream(stream: str) -> bool:
+    return stream.startswith(SYSTEM_PREFIX)

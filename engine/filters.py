@@ -1,0 +1,85 @@
+"""Server-side event filters: stream prefixes, exact streams, type globs, payload predicates.
+
+A filter is data, so the store can push the parts SQL understands (stream prefix,
+type glob) into the query and check the rest in Python with :meth:`EventFilter.matches`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .errors import ValidationError
+from .events import RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """``data[path] == value`` (op ``eq``) or ``data[path] in value`` (op ``in``).
+
+    ``path`` is dotted: ``"customer.country"`` reads ``data["customer"]["country"]``.
+    """
+
+    path: str
+    op: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if self.op not in ("eq", "in"):
+            raise ValidationError(f"unknown predicate op {self.op!r}", code_hint="eq|in")
+        if self.op == "in" and not isinstance(self.value, (tuple, list, frozenset, set)):
+            raise ValidationError("an 'in' predicate needs a list of values")
+
+    def matches(self, data: Any) -> bool:
+        cur = data
+        for part in self.path.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                return False
+            cur = cur[part]
+        if self.op == "eq":
+            return cur == self.value
+        try:
+            return cur in self.value
+        except TypeError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    stream_prefixes: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # glob patterns: "order.*", "crdt.update"
+    where: tuple[Predicate, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.stream_prefixes or self.streams or self.types or self.where)
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.streams or self.stream_prefixes:
+            if event.stream not in self.streams and not any(
+                event.stream.startswith(p) for p in self.stream_prefixes
+            ):
+                return False
+        if self.types and not any(_glob(t).match(event.type) for t in self.types):
+            return False
+        return all(p.matches(event.data) for p in self.where)
+
+
+@lru_cache(maxsize=512)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def glob_to_like(pattern: str) -> str | None:
+    """A SQL LIKE pattern equal to the glob, or None when LIKE cannot express it."""
+    if any(c in pattern for c in "[]?"):
+        return None
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def prefix_to_like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -1,0 +1,100 @@
+"""Group commit: concurrent append calls in one process share one transaction.
+
+Whoever calls while a commit is in flight waits for the next one, so batches form
+by themselves under load (no timer is needed for throughput); ``max_wait_s`` can
+add a short linger to grow batches further. Each caller gets its own result or its
+own error: the commit function resolves every future individually.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    __slots__ = ("item", "future", "size")
+
+    def __init__(self, item: T, future: asyncio.Future, size: int) -> None:
+        self.item = item
+        self.future = future
+        self.size = size
+
+
+class GroupCommitter(Generic[T]):
+    def __init__(
+        self,
+        commit: Callable[[list[Pending[T]]], Awaitable[None]],
+        *,
+        max_batch_calls: int = 1024,
+        max_batch_events: int = 4096,
+        max_wait_s: float = 0.0,
+    ) -> None:
+        self._commit = commit
+        self._max_calls = max_batch_calls
+        self._max_events = max_batch_events
+        self._max_wait_s = max_wait_s
+        self._queue: list[Pending[T]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._closed = False
+        self.batches = 0  # observability: commits made
+        self.calls = 0
+
+    async def submit(self, item: T, size: int = 1):
+        if self._closed:
+            raise RuntimeError("the appender is closed")
+        loop = asyncio.get_running_loop()
+        pending = Pending(item, loop.create_future(), size)
+        self._queue.append(pending)
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._run(), name="syncline-group-commit")
+        self._wakeup.set()
+        return await pending.future
+
+    def _take_batch(self) -> list[Pending[T]]:
+        calls = events = 0
+        for i, p in enumerate(self._queue):
+            if calls and (calls + 1 > self._max_calls or events + p.size > self._max_events):
+                batch, self._queue = self._queue[:i], self._queue[i:]
+                return batch
+            calls += 1
+            events += p.size
+        batch, self._queue = self._queue, []
+        return batch
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while not self._closed:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._max_wait_s:
+                await asyncio.sleep(self._max_wait_s)
+            batch = self._take_batch()
+            try:
+                await self._commit(batch)
+            except BaseException as e:  # resolve every caller, then keep serving
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+                if not isinstance(e, Exception):
+                    raise
+            self.batches += 1
+            self.calls += len(batch)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except (asyncio.CancelledError, Exception):
+                pass
+        for p in self._queue:
+            if not p.future.done():
+                p.future.set_exception(RuntimeError("the appender is closed"))
+        self._queue.clear()

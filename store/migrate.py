@@ -1,0 +1,39 @@
+"""Apply alembic migrations at startup, safely when several processes start at once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant works; it only has to be the same in every Syncline process.
+_PG_MIGRATION_LOCK = 0x53594E43  # "SYNC"
+
+
+def _config(connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest revision.
+
+    On PostgreSQL a session advisory lock makes concurrent starters queue up: the
+    first migrates, the others then find nothing to do. On SQLite the writer
+    connection begins transactions with BEGIN IMMEDIATE, which serializes them too.
+    """
+    async with engine.connect() as conn:
+        is_pg = conn.dialect.name == "postgresql"
+        if is_pg:
+            await conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK})")
+        try:
+            await conn.run_sync(lambda sync_conn: command.upgrade(_config(sync_conn), "head"))
+            await conn.commit()
+        finally:
+            if is_pg:
+                await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK})")
+                await conn.commit()

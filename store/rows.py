@@ -1,0 +1,245 @@
+"""Turning envelopes into rows and rows back into envelopes; shared by every adapter.
+
+Validation and msgpack encoding happen here, in the caller's task, before an append
+joins a group commit: a bad event fails its own call and never a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from engine.codec import pack, unpack
+from engine.errors import PayloadTooLarge, ValidationError
+from engine.events import (
+    Actor,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    Retention,
+    StreamAppended,
+    StreamWrite,
+    check_stream,
+    check_tenant,
+    check_type,
+)
+from engine.hashchain import event_hash
+from engine.ids import uuid7
+from engine.upcasting import UpcasterRegistry
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_RETENTIONS = {r.value: r for r in Retention}
+_EMPTY: dict = {}
+
+
+@dataclass(slots=True)
+class PreparedEvent:
+    id: str | None
+    type: str
+    schema: int
+    actor_user: str
+    actor_client: str
+    clock: bytes | None
+    payload: bytes
+    meta: bytes | None
+    retention: str
+
+
+@dataclass(slots=True)
+class PreparedWrite:
+    stream: str
+    expected_version: int | None
+    events: list[PreparedEvent]
+
+
+@dataclass(slots=True)
+class PreparedAppend:
+    tenant: str
+    writes: list[PreparedWrite]
+    idempotency_key: str | None
+    fingerprint: bytes | None
+    event_count: int
+
+
+def prepare(
+    tenant: str,
+    writes: Sequence[StreamWrite],
+    idempotency_key: str | None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> PreparedAppend:
+    check_tenant(tenant)
+    if not writes:
+        raise ValidationError("an append needs at least one stream write")
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+        raise ValidationError("idempotency key must be 1 to 255 characters")
+    seen: set[str] = set()
+    out: list[PreparedWrite] = []
+    count = 0
+    for w in writes:
+        check_stream(w.stream)
+        if w.stream in seen:
+            raise ValidationError(f"stream {w.stream!r} appears twice in one append")
+        seen.add(w.stream)
+        if w.expected_version is not None and (not isinstance(w.expected_version, int) or w.expected_version < 0):
+            raise ValidationError("expected_version must be a non-negative integer or None")
+        if not w.events:
+            raise ValidationError(f"no events for stream {w.stream!r}")
+        out.append(PreparedWrite(w.stream, w.expected_version, [_prepare_event(e, max_payload) for e in w.events]))
+        count += len(w.events)
+    fingerprint = _fingerprint(out) if idempotency_key is not None else None
+    return PreparedAppend(tenant, out, idempotency_key, fingerprint, count)
+
+
+def _prepare_event(e: NewEvent, max_payload: int) -> PreparedEvent:
+    if not isinstance(e, NewEvent):
+        raise ValidationError("events must be NewEvent instances")
+    check_type(e.type)
+    if not isinstance(e.schema, int) or not 1 <= e.schema <= 32767:
+        raise ValidationError("schema must be an integer from 1 to 32767")
+    payload = pack(e.data)
+    if len(payload) > max_payload:
+        raise PayloadTooLarge(
+            f"payload is {len(payload)} bytes, the limit is {max_payload}", size=len(payload), limit=max_payload
+        )
+    retention = e.retention.value if isinstance(e.retention, Retention) else str(e.retention)
+    if retention not in _RETENTIONS:
+        raise ValidationError(f"unknown retention {retention!r}")
+    actor = e.actor or Actor()
+    return PreparedEvent(
+        id=e.id,
+        type=e.type,
+        schema=e.schema,
+        actor_user=str(actor.user)[:128],
+        actor_client=str(actor.client)[:128],
+        clock=pack(dict(e.clock)) if e.clock else None,
+        payload=payload,
+        meta=pack(dict(e.meta)) if e.meta else None,
+        retention=retention,
+    )
+
+
+def _fingerprint(writes: Iterable[PreparedWrite]) -> bytes:
+    h = hashlib.sha256()
+    for w in writes:
+        h.update(pack([w.stream, w.expected_version]))
+        for e in w.events:
+            h.update(pack([e.type, e.schema, e.actor_user, e.actor_client, e.retention]))
+            h.update(e.payload)
+            h.update(e.clock or b"")
+    return h.digest()
+
+
+def new_event_id(time_us: int) -> str:
+    return uuid7(time_us // 1000, os.urandom(10))
+
+
+def build_row(
+    tenant: str,
+    stream: str,
+    version: int,
+    position: int,
+    time_us: int,
+    prev_hash: bytes,
+    e: PreparedEvent,
+) -> dict[str, Any]:
+    event_id = e.id or new_event_id(time_us)
+    h = event_hash(
+        prev_hash,
+        id=event_id,
+        tenant=tenant,
+        stream=stream,
+        version=version,
+        position=position,
+        type=e.type,
+        schema=e.schema,
+        time_us=time_us,
+        actor_user=e.actor_user,
+        actor_client=e.actor_client,
+        clock=e.clock or b"",
+        payload=e.payload,
+        meta=e.meta or b"",
+        retention=e.retention,
+    )
+    return {
+        "position": position,
+        "id": event_id,
+        "tenant": tenant,
+        "stream": stream,
+        "version": version,
+        "type": e.type,
+        "schema": e.schema,
+        "time_us": time_us,
+        "actor_user": e.actor_user,
+        "actor_client": e.actor_client,
+        "clock": e.clock,
+        "payload": e.payload,
+        "meta": e.meta,
+        "retention": e.retention,
+        "prev_hash": prev_hash,
+        "hash": h,
+    }
+
+
+def row_hash(row: Any) -> bytes:
+    """Recompute the hash of a stored row (mapping or Row with the events columns)."""
+    return event_hash(
+        row["prev_hash"],
+        id=row["id"],
+        tenant=row["tenant"],
+        stream=row["stream"],
+        version=row["version"],
+        position=row["position"],
+        type=row["type"],
+        schema=row["schema"],
+        time_us=row["time_us"],
+        actor_user=row["actor_user"],
+        actor_client=row["actor_client"],
+        clock=row["clock"] or b"",
+        payload=row["payload"],
+        meta=row["meta"] or b"",
+        retention=row["retention"],
+    )
+
+
+# Column order used by every read; decode_row relies on it.
+READ_COLUMNS = (
+    "position", "id", "tenant", "stream", "version", "type", "schema", "time_us",
+    "actor_user", "actor_client", "clock", "payload", "meta", "retention",
+)
+
+
+def decode_row(r: Sequence[Any], upcasters: UpcasterRegistry | None = None) -> RecordedEvent:
+    position, id_, tenant, stream, version, type_, schema, time_us, au, ac, clock, payload, meta, retention = r
+    data = unpack(payload)
+    if upcasters:
+        schema, data = upcasters.upcast(type_, schema, data)
+    return RecordedEvent(
+        id=id_,
+        tenant=tenant,
+        stream=stream,
+        version=version,
+        position=position,
+        type=type_,
+        schema=schema,
+        time_us=time_us,
+        actor=Actor(au, ac),
+        clock=unpack(clock) if clock else _EMPTY,
+        data=data,
+        meta=unpack(meta) if meta else _EMPTY,
+        retention=_RETENTIONS[retention],
+    )
+
+
+def encode_result(result: AppendResult) -> bytes:
+    return pack(
+        [[[s.stream, s.first_version, s.last_version, s.first_position, s.last_position] for s in result.streams],
+         list(result.event_ids)]
+    )
+
+
+def decode_result(blob: bytes) -> AppendResult:
+    streams, ids = unpack(blob)
+    return AppendResult(
+        streams=tuple(StreamAppended(*s) for s in streams), event_ids=tuple(ids), duplicate=True
+    )

@@ -1,0 +1,116 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations in store/migrations create them.
+
+Positions come from the one-row ``log_head`` counter, never from a rowid or a
+sequence: that keeps them gapless, in commit order, and never reused after pruning.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid itself (faster lookups).
+Position = BigInteger().with_variant(Integer(), "sqlite")
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+log_head = Table(
+    "log_head",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=False),
+    Column("id", String(36), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("stream", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String(128), nullable=False),
+    Column("schema", SmallInteger, nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("actor_user", String(128), nullable=False),
+    Column("actor_client", String(128), nullable=False),
+    Column("clock", LargeBinary, nullable=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("meta", LargeBinary, nullable=True),
+    Column("retention", String(16), nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    UniqueConstraint("tenant", "stream", "version", name="uq_events_stream_version"),
+    UniqueConstraint("id", name="uq_events_id"),
+    Index("ix_events_tenant_position", "tenant", "position"),
+    Index("ix_events_retention_time", "retention", "time_us"),
+    Index("ix_events_time", "time_us"),
+)
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("stream", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("head_hash", LargeBinary(32), nullable=False),
+    Column("anchor_version", Integer, nullable=False),  # last pruned version (0: none pruned)
+    Column("anchor_hash", LargeBinary(32), nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "stream"),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", LargeBinary(32), nullable=False),
+    Column("result", LargeBinary, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "key"),
+    Index("ix_idempotency_created", "created_us"),
+)
+
+# Durable subscription positions. tenant "*" marks a platform consumer over all tenants.
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("name", String(255), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", "tenant"),
+)
+
+# Derived data: document/projection snapshots. Deleting them loses nothing.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("stream", String(255), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "stream", "kind", "position"),
+)

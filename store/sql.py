@@ -1,0 +1,569 @@
+"""The event store on SQLAlchemy 2 async Core: one implementation for SQLite and PostgreSQL.
+
+The dialect differences (engines, pragmas, the cross-process doorbell) live in
+store/sqlite.py and store/postgres.py; everything that decides what is written
+lives here and in store/planning.py.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from engine.errors import StoreUnavailable, UnknownTenant, ValidationError
+from engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
+from engine.filters import EventFilter, glob_to_like, prefix_to_like
+from engine.hashchain import GENESIS
+from engine.ports import ChainBreak, LogPage, PruneReport, VerifyReport
+from engine.upcasting import UpcasterRegistry
+
+from .appender import GroupCommitter, Pending
+from .doorbell import LocalDoorbell
+from .errors import db_errors, map_db_error
+from .planning import BatchPlan, Head, plan_batch
+from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare, row_hash
+from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
+from .tail import tail_log
+
+PG_NOTIFY_CHANNEL = "syncline_log"
+_COLS = [events.c[name] for name in READ_COLUMNS]
+_VERIFY_COLS = _COLS + [events.c.prev_hash, events.c.hash]
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SqlEventStore:
+    """Append-only, tenant-scoped event log on SQLite or PostgreSQL.
+
+    ``write_engine`` carries every write (on SQLite: one connection, BEGIN IMMEDIATE);
+    ``read_engine`` carries reads (on PostgreSQL both are the same engine).
+    """
+
+    def __init__(
+        self,
+        write_engine: AsyncEngine,
+        read_engine: AsyncEngine,
+        *,
+        doorbell: Any | None = None,
+        upcasters: UpcasterRegistry | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        clock_us: Callable[[], int] = wall_clock_us,
+        poll_interval_s: float = 1.0,
+        max_batch_events: int = 4096,
+        on_close: Callable[[], Any] | None = None,
+    ) -> None:
+        self._w = write_engine
+        self._r = read_engine
+        self.dialect = write_engine.dialect.name
+        self.doorbell = doorbell or LocalDoorbell()
+        self.upcasters = upcasters
+        self.max_payload = max_payload
+        self._clock_us = clock_us
+        self.poll_interval_s = poll_interval_s
+        self._known_tenants: set[str] = set()
+        self._committer: GroupCommitter[PreparedAppend] = GroupCommitter(
+            self._commit, max_batch_events=max_batch_events
+        )
+        self._on_close = on_close
+
+    # ------------------------------------------------------------------ writes
+
+    async def append(
+        self,
+        tenant: str,
+        stream: str,
+        events_: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        return await self.append_many(
+            tenant, [StreamWrite(stream, tuple(events_), expected_version)], idempotency_key=idempotency_key
+        )
+
+    async def append_many(
+        self, tenant: str, writes: Sequence[StreamWrite], *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        prepared = prepare(tenant, writes, idempotency_key, self.max_payload)
+        return await self._committer.submit(prepared, prepared.event_count)
+
+    async def _commit(self, batch: list[Pending[PreparedAppend]]) -> None:
+        try:
+            plan = await self._commit_plan([p.item for p in batch])
+        except Exception as e:
+            err = map_db_error(e)
+            if len(batch) == 1 or isinstance(err, StoreUnavailable):
+                for p in batch:
+                    p.future.set_exception(err)
+                return
+            # Something in one call broke the whole transaction (a caller-chosen event
+            # id that already exists, say). Retry each call alone so only it fails.
+            for p in batch:
+                await self._commit([p])
+            return
+        for p, outcome in zip(batch, plan.outcomes):
+            if isinstance(outcome, Exception):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+        if plan.rows:
+            self._known_tenants.update(plan.tenants)
+            await self.doorbell.ring(batch[0].item.tenant, plan.last_position)
+
+    async def _commit_plan(self, calls: list[PreparedAppend]) -> BatchPlan:
+        async with self._w.begin() as conn:
+            # Commit order == position order. Every append transaction first locks the
+            # single log_head row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite the
+            # BEGIN IMMEDIATE of the writer connection already holds the database's one
+            # write lock). The lock is held until COMMIT or ROLLBACK, so transactions
+            # take positions strictly one after another: T2 can only read log_head after
+            # T1 has committed (READ COMMITTED re-reads the row after the wait) and so
+            # starts numbering after T1's last position. PostgreSQL makes a transaction
+            # visible before it releases its row locks, so by the time T2 can commit,
+            # T1's events are visible: a reader that has seen position P can never later
+            # see a position below P appear. A rolled-back append also rolls back its
+            # log_head update, so positions have no gaps and readers never wait for a
+            # hole to fill. The cost, one serialized row update per transaction, is
+            # amortized over every call in the group commit.
+            row = (
+                await conn.execute(
+                    select(log_head.c.position, log_head.c.time_us).where(log_head.c.id == 1).with_for_update()
+                )
+            ).one()
+            heads = await self._load_heads(conn, calls)
+            keys = await self._load_keys(conn, calls)
+            time_us = max(self._clock_us(), row.time_us)  # commit times never go backwards
+            plan = plan_batch(calls, heads, keys, row.position, time_us)
+            if plan.rows:
+                await self._ensure_tenants(conn, plan.tenants, time_us)
+                await conn.execute(insert(events), plan.rows)
+                await self._write_heads(conn, plan, time_us)
+                await conn.execute(
+                    update(log_head).where(log_head.c.id == 1).values(position=plan.last_position, time_us=time_us)
+                )
+                if self.dialect == "postgresql":
+                    # Delivered to listeners only if and when this transaction commits.
+                    await conn.execute(
+                        text("SELECT pg_notify(:ch, :pos)"), {"ch": PG_NOTIFY_CHANNEL, "pos": str(plan.last_position)}
+                    )
+            if plan.new_keys:
+                await conn.execute(insert(idempotency), plan.new_keys)
+        return plan
+
+    async def _load_heads(self, conn: AsyncConnection, calls: list[PreparedAppend]) -> dict[tuple[str, str], Head]:
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for c in calls:
+            for w in c.writes:
+                wanted[c.tenant].add(w.stream)
+        heads: dict[tuple[str, str], Head] = {}
+        for tenant, names in wanted.items():
+            rows = await conn.execute(
+                select(streams.c.stream, streams.c.version, streams.c.head_hash).where(
+                    streams.c.tenant == tenant, streams.c.stream.in_(sorted(names))
+                )
+            )
+            for s, v, h in rows:
+                heads[(tenant, s)] = Head(v, h)
+        return heads
+
+    async def _load_keys(self, conn: AsyncConnection, calls: list[PreparedAppend]) -> dict:
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for c in calls:
+            if c.idempotency_key:
+                wanted[c.tenant].add(c.idempotency_key)
+        found: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        for tenant, keys in wanted.items():
+            rows = await conn.execute(
+                select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.result).where(
+                    idempotency.c.tenant == tenant, idempotency.c.key.in_(sorted(keys))
+                )
+            )
+            for k, fp, res in rows:
+                found[(tenant, k)] = (fp, res)
+        return found
+
+    async def _ensure_tenants(self, conn: AsyncConnection, names: set[str], time_us: int) -> None:
+        new = sorted(names - self._known_tenants)
+        if not new:
+            return
+        ins = pg_insert(tenants) if self.dialect == "postgresql" else sqlite_insert(tenants)
+        await conn.execute(
+            ins.on_conflict_do_nothing(index_elements=["id"]), [{"id": t, "created_us": time_us} for t in new]
+        )
+
+    async def _write_heads(self, conn: AsyncConnection, plan: BatchPlan, time_us: int) -> None:
+        fresh = [
+            {"tenant": t, "stream": s, "version": h.version, "head_hash": h.hash, "anchor_version": 0,
+             "anchor_hash": GENESIS, "updated_us": time_us}
+            for (t, s), h in plan.heads.items() if not h.exists
+        ]
+        moved = [
+            {"b_tenant": t, "b_stream": s, "b_version": h.version, "b_hash": h.hash}
+            for (t, s), h in plan.heads.items() if h.exists
+        ]
+        if fresh:
+            await conn.execute(insert(streams), fresh)
+        if moved:
+            await conn.execute(
+                update(streams)
+                .where(streams.c.tenant == bindparam("b_tenant"), streams.c.stream == bindparam("b_stream"))
+                .values(version=bindparam("b_version"), head_hash=bindparam("b_hash"), updated_us=time_us),
+                moved,
+            )
+
+    # ------------------------------------------------------------------- reads
+
+    def _decode(self, rows) -> list[RecordedEvent]:
+        up = self.upcasters
+        return [decode_row(r, up) for r in rows]
+
+    @db_errors
+    async def read_stream(
+        self, tenant: str, stream: str, *, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        check_tenant(tenant)
+        check_stream(stream)
+        q = (
+            select(*_COLS)
+            .where(events.c.tenant == tenant, events.c.stream == stream, events.c.version >= from_version)
+            .order_by(events.c.version)
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        async with self._r.connect() as conn:
+            return self._decode((await conn.execute(q)).all())
+
+    @db_errors
+    async def stream_version(self, tenant: str, stream: str) -> int:
+        check_tenant(tenant)
+        check_stream(stream)
+        async with self._r.connect() as conn:
+            v = (
+                await conn.execute(
+                    select(streams.c.version).where(streams.c.tenant == tenant, streams.c.stream == stream)
+                )
+            ).scalar()
+        return v or 0
+
+    @db_errors
+    async def head_position(self) -> int:
+        async with self._r.connect() as conn:
+            return (await conn.execute(select(log_head.c.position).where(log_head.c.id == 1))).scalar_one()
+
+    @db_errors
+    async def read_log(
+        self,
+        tenant: str | None,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        filter: EventFilter | None = None,
+        all_tenants: bool = False,
+    ) -> LogPage:
+        _check_scope(tenant, all_tenants)
+        limit = max(1, min(int(limit), 10_000))
+        conds, python_filter = _sql_filter(tenant, filter)
+        async with self._r.connect() as conn:
+            # Read the head first: every position up to it is committed (positions are
+            # gapless and in commit order), so "position <= head" is a consistent window
+            # and a filtered page may safely advance the cursor to the head.
+            head = (await conn.execute(select(log_head.c.position).where(log_head.c.id == 1))).scalar_one()
+            found: list[RecordedEvent] = []
+            cursor = after
+            scanned = 0
+            while cursor < head and len(found) < limit and scanned < limit * 20:
+                chunk = limit if not python_filter else min(limit * 4, 10_000)
+                q = (
+                    select(*_COLS)
+                    .where(events.c.position > cursor, events.c.position <= head, *conds)
+                    .order_by(events.c.position)
+                    .limit(chunk)
+                )
+                rows = (await conn.execute(q)).all()
+                if not rows:
+                    cursor = head
+                    break
+                batch = self._decode(rows)
+                scanned += len(batch)
+                if python_filter:
+                    for ev in batch:
+                        cursor = ev.position
+                        if filter.matches(ev):
+                            found.append(ev)
+                            if len(found) == limit:
+                                break
+                else:
+                    found.extend(batch)
+                    cursor = batch[-1].position
+                if len(rows) < chunk and len(found) < limit:
+                    cursor = head  # nothing else matches up to the head
+                    break
+        return LogPage(tuple(found), max(cursor, after), head)
+
+    def tail(
+        self,
+        tenant: str | None,
+        *,
+        after: int = 0,
+        filter: EventFilter | None = None,
+        all_tenants: bool = False,
+        batch: int = 500,
+    ) -> AsyncIterator[LogPage]:
+        _check_scope(tenant, all_tenants)
+        return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
+
+    @db_errors
+    async def position_at_time(self, time_us: int) -> int:
+        """The last position committed at or before ``time_us`` (0 if none)."""
+        async with self._r.connect() as conn:
+            p = (await conn.execute(select(func.max(events.c.position)).where(events.c.time_us <= time_us))).scalar()
+        return p or 0
+
+    # ---------------------------------------------------- checkpoints, snapshots
+
+    @db_errors
+    async def save_checkpoint(self, name: str, tenant: str, position: int) -> None:
+        """Durable subscription position; tenant ``"*"`` is a platform consumer."""
+        now = self._clock_us()
+        ins = pg_insert(checkpoints) if self.dialect == "postgresql" else sqlite_insert(checkpoints)
+        stmt = ins.values(name=name, tenant=tenant, position=position, updated_us=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name", "tenant"], set_={"position": position, "updated_us": now}
+        )
+        async with self._w.begin() as conn:
+            await conn.execute(stmt)
+
+    @db_errors
+    async def load_checkpoint(self, name: str, tenant: str) -> int | None:
+        async with self._r.connect() as conn:
+            return (
+                await conn.execute(
+                    select(checkpoints.c.position).where(checkpoints.c.name == name, checkpoints.c.tenant == tenant)
+                )
+            ).scalar()
+
+    @db_errors
+    async def save_snapshot(
+        self, tenant: str, stream: str, kind: str, position: int, data: bytes, checksum: str
+    ) -> None:
+        check_tenant(tenant)
+        check_stream(stream)
+        ins = pg_insert(snapshots) if self.dialect == "postgresql" else sqlite_insert(snapshots)
+        stmt = ins.values(
+            tenant=tenant, stream=stream, kind=kind, position=position, data=data, checksum=checksum,
+            created_us=self._clock_us(),
+        ).on_conflict_do_nothing(index_elements=["tenant", "stream", "kind", "position"])
+        async with self._w.begin() as conn:
+            await conn.execute(stmt)
+
+    @db_errors
+    async def load_snapshot(
+        self, tenant: str, stream: str, kind: str, *, at_or_before: int | None = None
+    ) -> tuple[int, bytes, str] | None:
+        """The newest snapshot (position, data, checksum) at or before a position."""
+        check_tenant(tenant)
+        q = select(snapshots.c.position, snapshots.c.data, snapshots.c.checksum).where(
+            snapshots.c.tenant == tenant, snapshots.c.stream == stream, snapshots.c.kind == kind
+        )
+        if at_or_before is not None:
+            q = q.where(snapshots.c.position <= at_or_before)
+        async with self._r.connect() as conn:
+            row = (await conn.execute(q.order_by(snapshots.c.position.desc()).limit(1))).first()
+        return (row.position, row.data, row.checksum) if row else None
+
+    # ------------------------------------------------------------------- admin
+
+    @db_errors
+    async def tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        async with self._r.connect() as conn:
+            found = (await conn.execute(select(tenants.c.id).where(tenants.c.id == tenant))).scalar() is not None
+        if found:
+            self._known_tenants.add(tenant)
+        return found
+
+    @db_errors
+    async def list_tenants(self) -> list[str]:
+        async with self._r.connect() as conn:
+            return list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
+
+    @db_errors
+    async def verify(self, tenant: str | None = None, stream: str | None = None) -> VerifyReport:
+        """Walk the hash chain of every stream (or one tenant, or one stream)."""
+        if tenant is not None:
+            check_tenant(tenant)
+            if not await self.tenant_exists(tenant):
+                raise UnknownTenant(f"no tenant {tenant!r}", tenant=tenant)
+        q = select(streams)
+        if tenant is not None:
+            q = q.where(streams.c.tenant == tenant)
+        if stream is not None:
+            q = q.where(streams.c.stream == check_stream(stream))
+        breaks: list[ChainBreak] = []
+        n_streams = n_events = 0
+        async with self._r.connect() as conn:
+            heads = (await conn.execute(q.order_by(streams.c.tenant, streams.c.stream))).mappings().all()
+            for h in heads:
+                rows = (
+                    await conn.execute(
+                        select(*_VERIFY_COLS)
+                        .where(events.c.tenant == h["tenant"], events.c.stream == h["stream"])
+                        .order_by(events.c.version)
+                    )
+                ).mappings().all()
+                n_streams += 1
+                n_events += len(rows)
+                breaks.extend(check_chain(h, rows))
+        return VerifyReport(n_streams, n_events, tuple(breaks))
+
+    @db_errors
+    async def prune(
+        self,
+        *,
+        retention_s: float = 7 * 86400,
+        now_us: int | None = None,
+        respect_checkpoints: bool = True,
+        tenant: str | None = None,
+    ) -> PruneReport:
+        """Delete ``standard`` events older than the retention period.
+
+        Only a prefix of each stream is pruned, so the rest of the chain still links to
+        the stream's anchor (the hash of the last pruned event). ``critical`` events are
+        never pruned, and nothing past the lowest durable checkpoint is pruned unless
+        ``respect_checkpoints`` is False. Positions are never reused: they come from
+        log_head, which pruning does not touch.
+        """
+        if tenant is not None and not await self.tenant_exists(check_tenant(tenant)):
+            raise UnknownTenant(f"no tenant {tenant!r}", tenant=tenant)
+        cutoff = (now_us if now_us is not None else self._clock_us()) - int(retention_s * 1_000_000)
+        async with self._w.begin() as conn:
+            await conn.execute(select(log_head.c.position).where(log_head.c.id == 1).with_for_update())
+            limit_pos = None
+            if respect_checkpoints:
+                limit_pos = (await conn.execute(select(func.min(checkpoints.c.position)))).scalar()
+            expired = and_(events.c.retention == "standard", events.c.time_us < cutoff)
+            if tenant is not None:
+                expired = and_(expired, events.c.tenant == tenant)
+            held_back = 0
+            candidate = expired
+            if limit_pos is not None:
+                held_back = (
+                    await conn.execute(select(func.count()).where(expired, events.c.position > limit_pos))
+                ).scalar_one()
+                candidate = and_(expired, events.c.position <= limit_pos)
+            cand_streams = (
+                await conn.execute(
+                    select(events.c.tenant, events.c.stream, func.max(events.c.version))
+                    .where(candidate)
+                    .group_by(events.c.tenant, events.c.stream)
+                )
+            ).all()
+            deleted = touched = 0
+            for t, s, _ in cand_streams:
+                # The first event of the stream that must stay bounds the prunable prefix.
+                barrier = (
+                    await conn.execute(
+                        select(func.min(events.c.version)).where(
+                            events.c.tenant == t, events.c.stream == s, ~candidate
+                        )
+                    )
+                ).scalar()
+                upto = select(func.max(events.c.version)).where(
+                    events.c.tenant == t, events.c.stream == s, candidate
+                )
+                if barrier is not None:
+                    upto = upto.where(events.c.version < barrier)
+                last = (await conn.execute(upto)).scalar()
+                if last is None:
+                    continue
+                anchor = (
+                    await conn.execute(
+                        select(events.c.hash).where(
+                            events.c.tenant == t, events.c.stream == s, events.c.version == last
+                        )
+                    )
+                ).scalar_one()
+                res = await conn.execute(
+                    delete(events).where(events.c.tenant == t, events.c.stream == s, events.c.version <= last)
+                )
+                await conn.execute(
+                    update(streams)
+                    .where(streams.c.tenant == t, streams.c.stream == s)
+                    .values(anchor_version=last, anchor_hash=anchor)
+                )
+                deleted += res.rowcount or 0
+                touched += 1
+            await conn.execute(delete(idempotency).where(idempotency.c.created_us < cutoff))
+        return PruneReport(deleted, touched, held_back)
+
+    async def close(self) -> None:
+        await self._committer.close()
+        await self.doorbell.close()
+        if self._on_close is not None:
+            await self._on_close()
+        await self._w.dispose()
+        if self._r is not self._w:
+            await self._r.dispose()
+
+
+def check_chain(head: Any, rows: Sequence[Any]) -> list[ChainBreak]:
+    """Compare a stream's stored rows (in version order) with its head and anchor."""
+    t, s = head["tenant"], head["stream"]
+    out: list[ChainBreak] = []
+    expect_version = head["anchor_version"] + 1
+    prev_hash = head["anchor_hash"]
+    prev_position = 0
+    for r in rows:
+        if r["version"] != expect_version:
+            out.append(ChainBreak(t, s, expect_version, r["position"], "missing_event"))
+        elif r["prev_hash"] != prev_hash:
+            out.append(ChainBreak(t, s, r["version"], r["position"], "broken_link"))
+        if row_hash(r) != r["hash"]:
+            out.append(ChainBreak(t, s, r["version"], r["position"], "hash_mismatch"))
+        if r["position"] <= prev_position:
+            out.append(ChainBreak(t, s, r["version"], r["position"], "out_of_order"))
+        prev_position = r["position"]
+        prev_hash = r["hash"]
+        expect_version = r["version"] + 1
+    if expect_version - 1 != head["version"] or prev_hash != head["head_hash"]:
+        out.append(ChainBreak(t, s, head["version"], prev_position, "head_mismatch"))
+    return out
+
+
+def _check_scope(tenant: str | None, all_tenants: bool) -> None:
+    if tenant is None and not all_tenants:
+        raise ValidationError("a read across all tenants must say all_tenants=True")
+    if tenant is not None:
+        if all_tenants:
+            raise ValidationError("pass either a tenant or all_tenants=True, not both")
+        check_tenant(tenant)
+
+
+def _sql_filter(tenant: str | None, f: EventFilter | None) -> tuple[list, bool]:
+    conds: list = []
+    if tenant is not None:
+        conds.append(events.c.tenant == tenant)
+    if f is None or f.is_empty:
+        return conds, False
+    python_needed = bool(f.where)
+    stream_conds = [events.c.stream.like(prefix_to_like(p), escape="\\") for p in f.stream_prefixes]
+    if f.streams:
+        stream_conds.append(events.c.stream.in_(f.streams))
+    if stream_conds:
+        conds.append(or_(*stream_conds))
+    if f.types:
+        likes = [glob_to_like(t) for t in f.types]
+        if all(like is not None for like in likes):
+            conds.append(or_(*[events.c.type.like(like, escape="\\") for like in likes]))
+        else:
+            python_needed = True
+    return conds, python_needed

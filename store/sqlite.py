@@ -1,0 +1,59 @@
+"""SQLite engines: WAL mode, one writer connection that begins with BEGIN IMMEDIATE, pooled readers.
+
+BEGIN IMMEDIATE takes the write lock at the start of the transaction, so two processes
+never both read log_head and then fight over the upgrade to a write lock (the classic
+SQLITE_BUSY deadlock of deferred transactions). Readers use plain autocommit reads,
+which in WAL mode never block and are never blocked by the writer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from engine.errors import ValidationError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _prepare_path(url: str) -> None:
+    db = make_url(url).database
+    if not db or db == ":memory:":
+        raise ValidationError("an in-memory SQLite database cannot be shared; use the memory:// store instead")
+    Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _setup(engine: AsyncEngine, *, writer: bool, synchronous: str) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions are deferred).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA case_sensitive_like=ON")  # LIKE filters on streams and types
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def create_engines(url: str, *, readers: int = 4, synchronous: str = "NORMAL") -> tuple[AsyncEngine, AsyncEngine]:
+    """(writer, reader) engines. ``synchronous=NORMAL`` in WAL mode survives a killed
+    process (what is committed is in the WAL file); FULL also survives power loss."""
+    _prepare_path(url)
+    args = {"timeout": BUSY_TIMEOUT_MS / 1000}
+    writer = create_async_engine(
+        url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, connect_args=args
+    )
+    reader = create_async_engine(
+        url, poolclass=AsyncAdaptedQueuePool, pool_size=readers, max_overflow=readers, connect_args=args
+    )
+    _setup(writer, writer=True, synchronous=synchronous)
+    _setup(reader, writer=False, synchronous=synchronous)
+    return writer, reader
