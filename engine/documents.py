@@ -1,0 +1,252 @@
+"""CRDT documents (``doc/<id>`` streams): a pycrdt ``Doc`` plus the log position it covers.
+
+A document's history is its ``crdt.update`` events; each event's payload is the
+raw Yjs update bytes. The in-memory :class:`Document` is built from the latest
+:class:`DocSnapshot` plus the tail of updates after it (:meth:`Document.load`).
+Snapshots are derived data: dropping them and replaying the whole stream gives
+the same document. Updates commute, so neither order nor duplicates matter for
+the result; positions only tell which events a snapshot already covers.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pycrdt
+
+from .errors import IntegrityViolation
+from .events import RecordedEvent
+from .yupdates import EMPTY_STATE_VECTOR, as_bytes, check_header, check_state_vector, guard, merge
+
+CRDT_UPDATE = "crdt.update"
+DOC_STREAM_PREFIX = "doc/"
+
+# pycrdt keeps a document as Rust structs that are several times larger than its
+# encoded state; these factors turn encoded sizes into a rough resident size for
+# the cache's memory budget (measured on the automerge-paper trace, see
+# benchmarks/editing_trace.py). Rough is enough: the budget is a soft limit.
+_BASE_BYTES = 4096
+_STATE_FACTOR = 8
+_UPDATE_FACTOR = 4
+
+
+class SnapshotCorrupt(IntegrityViolation):
+    """A snapshot's bytes do not match its checksum; load from the log instead."""
+
+    code = "snapshot_corrupt"
+
+
+def checksum(state: bytes) -> str:
+    return hashlib.sha256(state).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DocSnapshot:
+    """The full state of a document as of log ``position`` (stream ``version``).
+
+    ``state`` is a Yjs update holding everything; ``checksum`` is its sha256 (hex).
+    ``time_us`` is the commit time of the last covered event (for time travel by time).
+    """
+
+    position: int
+    state: bytes
+    checksum: str
+    version: int = 0
+    time_us: int = 0
+
+    @classmethod
+    def of(cls, state: bytes, *, position: int, version: int = 0, time_us: int = 0) -> DocSnapshot:
+        return cls(position, state, checksum(state), version, time_us)
+
+    def verify(self) -> DocSnapshot:
+        if checksum(self.state) != self.checksum:
+            raise SnapshotCorrupt(
+                f"snapshot at position {self.position} fails its checksum", position=self.position
+            )
+        return self
+
+
+def _position_and_update(item: RecordedEvent | tuple[int, bytes]) -> tuple[int, int, int, Any]:
+    if isinstance(item, RecordedEvent):
+        return item.position, item.version, item.time_us, item.data
+    position, update = item
+    return position, 0, 0, update
+
+
+class Document:
+    """A loaded document: apply updates, answer state-vector diffs, take snapshots.
+
+    ``position`` / ``version`` / ``time_us`` describe the last applied event that
+    carried them. ``tail_events`` / ``tail_bytes`` count updates applied since the
+    last snapshot (or load), for :class:`SnapshotPolicy`.
+    """
+
+    __slots__ = (
+        "doc_id", "_ydoc", "position", "version", "time_us",
+        "tail_events", "tail_bytes", "_base_bytes", "_unready",
+    )
+
+    def __init__(self, doc_id: str = "", *, ydoc: pycrdt.Doc | None = None) -> None:
+        self.doc_id = doc_id
+        self._ydoc = ydoc if ydoc is not None else pycrdt.Doc()
+        self.position = 0
+        self.version = 0
+        self.time_us = 0
+        self.tail_events = 0
+        self.tail_bytes = 0
+        self._base_bytes = _BASE_BYTES
+        # Updates whose dependencies have not arrived yet, merged into one. Kept
+        # here rather than left to yrs alone: pycrdt 0.14 (yrs) drops an update that
+        # arrives while another one is pending (one client's keystrokes 0, 2, 3, 1
+        # give a document without 3), so out-of-order input would not converge.
+        self._unready: bytes | None = None
+
+    # -- building ------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        snapshot: DocSnapshot | None,
+        tail: Iterable[RecordedEvent | tuple[int, bytes]] = (),
+        *,
+        doc_id: str = "",
+    ) -> Document:
+        """Build a document from a snapshot (verified; may be None) plus the updates
+        after it. Tail items are ``crdt.update`` events or ``(position, update)``
+        pairs; items the snapshot already covers are skipped, other event types
+        are ignored."""
+        doc = cls(doc_id)
+        floor = 0
+        if snapshot is not None:
+            snapshot.verify()
+            doc.apply_update(snapshot.state)
+            doc.position, doc.version, doc.time_us = (
+                snapshot.position, snapshot.version, snapshot.time_us,
+            )
+            floor = snapshot.position
+            doc.tail_events = doc.tail_bytes = 0
+            doc._base_bytes = _BASE_BYTES + _STATE_FACTOR * len(snapshot.state)
+        for item in tail:
+            if isinstance(item, RecordedEvent) and item.type != CRDT_UPDATE:
+                continue
+            position, version, time_us, update = _position_and_update(item)
+            if position and position <= floor:
+                continue
+            doc.apply_update(update, position=position, version=version, time_us=time_us)
+        return doc
+
+    def apply_update(
+        self, update: bytes, *, position: int = 0, version: int = 0, time_us: int = 0
+    ) -> None:
+        """Apply one Yjs update; raise :class:`~engine.yupdates.InvalidUpdate` if it
+        does not decode (the document is then unchanged)."""
+        if type(update) is not bytes:
+            update = as_bytes(update)
+        check_header(update)
+        ydoc = self._ydoc
+        with guard("update"):
+            ydoc.apply_update(update)
+            if self._unready is not None or not self._integrated(update):
+                self._settle(update)
+        self.tail_events += 1
+        self.tail_bytes += len(update)
+        if position:
+            self.position = position
+        if version:
+            self.version = version
+        if time_us:
+            self.time_us = time_us
+
+    def _integrated(self, update: bytes) -> bool:
+        # No struct of the update is missing from the document (the diff of an
+        # update against a state vector always keeps the delete set, so only the
+        # struct count, the first byte, says anything).
+        return pycrdt.get_update(update, self._ydoc.get_state())[0] == 0
+
+    def _settle(self, update: bytes) -> None:
+        """Re-apply what was waiting for dependencies; keep what still waits."""
+        if self._unready is None:
+            self._unready = update
+            return
+        if not self._integrated(update):
+            self._unready = pycrdt.merge_updates(self._unready, update)
+        self._ydoc.apply_update(self._unready)
+        if self._integrated(self._unready):
+            self._unready = None
+        else:  # keep only the structs still missing (plus the delete set)
+            self._unready = pycrdt.get_update(self._unready, self._ydoc.get_state())
+
+    @property
+    def pending(self) -> bool:
+        """Whether some applied update still waits for updates it depends on."""
+        return self._unready is not None
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def ydoc(self) -> pycrdt.Doc:
+        """The underlying pycrdt document (read it; write only through updates)."""
+        return self._ydoc
+
+    def state_vector(self) -> bytes:
+        return self._ydoc.get_state()
+
+    def diff(self, remote_state_vector: bytes | None = None) -> bytes:
+        """Everything the holder of ``remote_state_vector`` lacks (sync step 2);
+        the whole state when it is None or empty."""
+        sv = EMPTY_STATE_VECTOR if remote_state_vector is None else remote_state_vector
+        check_state_vector(as_bytes(sv, "state vector"))
+        with guard("state vector"):
+            if self._unready is not None:
+                return pycrdt.get_update(self.encode_state(), sv)
+            return self._ydoc.get_update(sv)
+
+    def encode_state(self) -> bytes:
+        """Everything, as one update (including updates still waiting for dependencies)."""
+        state = self._ydoc.get_update()
+        if self._unready is not None:
+            state = pycrdt.merge_updates(state, self._unready)
+        return state
+
+    def text(self, name: str = "text") -> str:
+        return str(self._ydoc.get(name, type=pycrdt.Text))
+
+    def map(self, name: str) -> dict[str, Any]:
+        return self._ydoc.get(name, type=pycrdt.Map).to_py() or {}
+
+    def array(self, name: str) -> list[Any]:
+        return self._ydoc.get(name, type=pycrdt.Array).to_py() or []
+
+    @property
+    def approx_bytes(self) -> int:
+        """A rough estimate of the resident size, for the cache's memory budget."""
+        return self._base_bytes + _UPDATE_FACTOR * self.tail_bytes
+
+    # -- snapshots -----------------------------------------------------------
+
+    def snapshot(self) -> DocSnapshot:
+        """The full state at the current position; resets the tail counters."""
+        state = self.encode_state()
+        self.tail_events = self.tail_bytes = 0
+        self._base_bytes = _BASE_BYTES + _STATE_FACTOR * len(state)
+        return DocSnapshot.of(
+            state, position=self.position, version=self.version, time_us=self.time_us
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """Take a snapshot once the tail since the last one is long enough: loading is
+    then one snapshot plus at most about ``tail_events_max`` updates."""
+
+    tail_events_max: int = 1000
+    tail_bytes_max: int = 1024 * 1024
+
+    def due(self, doc: Document) -> bool:
+        return doc.tail_events >= self.tail_events_max or doc.tail_bytes >= self.tail_bytes_max
+
+
+def compact(updates: Iterable[bytes]) -> bytes:
+    """Merge many updates into one (pycrdt ``merge_updates``); see engine.yupdates.merge."""
+    return merge(updates)
