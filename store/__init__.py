@@ -30,14 +30,20 @@ async def open_store(url: str, *, migrate: bool = True, listen: bool = True, **o
 
         if not url.startswith("sqlite+aiosqlite://"):
             raise ValidationError("SQLite URLs must use the aiosqlite driver: sqlite+aiosqlite:///path.db")
+        from .sqlite_writer import SqliteBatchWriter
+
         writer, reader = create_engines(url)
+        batch_writer = SqliteBatchWriter(url)
         on_close = None
     elif url.startswith("postgresql"):
         from .postgres import PgNotifyDoorbell, create_engine
 
         if not url.startswith("postgresql+asyncpg://"):
             raise ValidationError("PostgreSQL URLs must use the asyncpg driver: postgresql+asyncpg://...")
+        from .pg_writer import PgBatchWriter
+
         writer = reader = create_engine(url)
+        batch_writer = PgBatchWriter(writer)
         on_close = None
         if listen and "doorbell" not in options:
             bell = PgNotifyDoorbell(url)
@@ -57,4 +63,4 @@ async def open_store(url: str, *, migrate: bool = True, listen: bool = True, **o
             if "doorbell" in options:
                 await options["doorbell"].close()
             raise map_db_error(e) from e
-    return SqlEventStore(writer, reader, on_close=on_close, **options)
+    return SqlEventStore(writer, reader, batch_writer, on_close=on_close, **options)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -15,7 +16,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def map_db_error(e: BaseException) -> SynclineError:
     if isinstance(e, SynclineError):
         return e
-    if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, asyncio.TimeoutError, ConnectionError)):
+    if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError, OSError,
+                      asyncio.TimeoutError, ConnectionError)):
         return StoreUnavailable(f"the event store is unavailable: {type(e).__name__}: {str(e)[:200]}")
     if isinstance(e, sa_exc.DBAPIError):
         if e.connection_invalidated:
@@ -23,7 +25,7 @@ def map_db_error(e: BaseException) -> SynclineError:
         return SynclineError(f"database error: {type(e.orig).__name__ if e.orig else type(e).__name__}")
     # asyncpg raises its own connection errors when the server goes away
     name = type(e).__name__
-    if "Connection" in name or "CannotConnectNow" in name:
+    if "Connection" in name or "CannotConnectNow" in name or "InterfaceError" in name:
         return StoreUnavailable(f"the database connection failed: {name}")
     return SynclineError(f"unexpected store error: {name}: {str(e)[:200]}")
 

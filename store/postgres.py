@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .doorbell import LocalDoorbell
-from .sql import PG_NOTIFY_CHANNEL
+from .pg_writer import PG_NOTIFY_CHANNEL
 
 log = logging.getLogger("syncline.store.postgres")
 

@@ -202,6 +202,12 @@ def row_hash(row: Any) -> bytes:
     )
 
 
+# Column order of an events row as written (build_row's keys, in table order).
+WRITE_COLUMNS = (
+    "position", "id", "tenant", "stream", "version", "type", "schema", "time_us", "actor_user",
+    "actor_client", "clock", "payload", "meta", "retention", "prev_hash", "hash",
+)
+
 # Column order used by every read; decode_row relies on it.
 READ_COLUMNS = (
     "position", "id", "tenant", "stream", "version", "type", "schema", "time_us",

@@ -7,14 +7,12 @@ lives here and in store/planning.py.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.errors import StoreUnavailable, UnknownTenant, ValidationError
 from engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
@@ -26,12 +24,10 @@ from engine.upcasting import UpcasterRegistry
 from .appender import GroupCommitter, Pending
 from .doorbell import LocalDoorbell
 from .errors import db_errors, map_db_error
-from .planning import BatchPlan, Head, plan_batch
 from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare, row_hash
 from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
 from .tail import tail_log
 
-PG_NOTIFY_CHANNEL = "syncline_log"
 _COLS = [events.c[name] for name in READ_COLUMNS]
 _VERIFY_COLS = _COLS + [events.c.prev_hash, events.c.hash]
 
@@ -43,14 +39,17 @@ def wall_clock_us() -> int:
 class SqlEventStore:
     """Append-only, tenant-scoped event log on SQLite or PostgreSQL.
 
-    ``write_engine`` carries every write (on SQLite: one connection, BEGIN IMMEDIATE);
-    ``read_engine`` carries reads (on PostgreSQL both are the same engine).
+    Appends go through the group committer to ``writer`` (store/sqlite_writer.py,
+    store/pg_writer.py), the one hot path written against the raw driver. Everything
+    else is SQLAlchemy Core: reads on ``read_engine``, admin writes (checkpoints,
+    snapshots, pruning) on ``write_engine``; on PostgreSQL both are one engine.
     """
 
     def __init__(
         self,
         write_engine: AsyncEngine,
         read_engine: AsyncEngine,
+        writer: Any,
         *,
         doorbell: Any | None = None,
         upcasters: UpcasterRegistry | None = None,
@@ -61,6 +60,7 @@ class SqlEventStore:
         on_close: Callable[[], Any] | None = None,
     ) -> None:
         self._w = write_engine
+        self._writer = writer
         self._r = read_engine
         self.dialect = write_engine.dialect.name
         self.doorbell = doorbell or LocalDoorbell()
@@ -97,7 +97,7 @@ class SqlEventStore:
 
     async def _commit(self, batch: list[Pending[PreparedAppend]]) -> None:
         try:
-            plan = await self._commit_plan([p.item for p in batch])
+            plan = await self._writer.commit([p.item for p in batch], self._clock_us)
         except Exception as e:
             err = map_db_error(e)
             if len(batch) == 1 or isinstance(err, StoreUnavailable):
@@ -117,107 +117,6 @@ class SqlEventStore:
         if plan.rows:
             self._known_tenants.update(plan.tenants)
             await self.doorbell.ring(batch[0].item.tenant, plan.last_position)
-
-    async def _commit_plan(self, calls: list[PreparedAppend]) -> BatchPlan:
-        async with self._w.begin() as conn:
-            # Commit order == position order. Every append transaction first locks the
-            # single log_head row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite the
-            # BEGIN IMMEDIATE of the writer connection already holds the database's one
-            # write lock). The lock is held until COMMIT or ROLLBACK, so transactions
-            # take positions strictly one after another: T2 can only read log_head after
-            # T1 has committed (READ COMMITTED re-reads the row after the wait) and so
-            # starts numbering after T1's last position. PostgreSQL makes a transaction
-            # visible before it releases its row locks, so by the time T2 can commit,
-            # T1's events are visible: a reader that has seen position P can never later
-            # see a position below P appear. A rolled-back append also rolls back its
-            # log_head update, so positions have no gaps and readers never wait for a
-            # hole to fill. The cost, one serialized row update per transaction, is
-            # amortized over every call in the group commit.
-            row = (
-                await conn.execute(
-                    select(log_head.c.position, log_head.c.time_us).where(log_head.c.id == 1).with_for_update()
-                )
-            ).one()
-            heads = await self._load_heads(conn, calls)
-            keys = await self._load_keys(conn, calls)
-            time_us = max(self._clock_us(), row.time_us)  # commit times never go backwards
-            plan = plan_batch(calls, heads, keys, row.position, time_us)
-            if plan.rows:
-                await self._ensure_tenants(conn, plan.tenants, time_us)
-                await conn.execute(insert(events), plan.rows)
-                await self._write_heads(conn, plan, time_us)
-                await conn.execute(
-                    update(log_head).where(log_head.c.id == 1).values(position=plan.last_position, time_us=time_us)
-                )
-                if self.dialect == "postgresql":
-                    # Delivered to listeners only if and when this transaction commits.
-                    await conn.execute(
-                        text("SELECT pg_notify(:ch, :pos)"), {"ch": PG_NOTIFY_CHANNEL, "pos": str(plan.last_position)}
-                    )
-            if plan.new_keys:
-                await conn.execute(insert(idempotency), plan.new_keys)
-        return plan
-
-    async def _load_heads(self, conn: AsyncConnection, calls: list[PreparedAppend]) -> dict[tuple[str, str], Head]:
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for c in calls:
-            for w in c.writes:
-                wanted[c.tenant].add(w.stream)
-        heads: dict[tuple[str, str], Head] = {}
-        for tenant, names in wanted.items():
-            rows = await conn.execute(
-                select(streams.c.stream, streams.c.version, streams.c.head_hash).where(
-                    streams.c.tenant == tenant, streams.c.stream.in_(sorted(names))
-                )
-            )
-            for s, v, h in rows:
-                heads[(tenant, s)] = Head(v, h)
-        return heads
-
-    async def _load_keys(self, conn: AsyncConnection, calls: list[PreparedAppend]) -> dict:
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for c in calls:
-            if c.idempotency_key:
-                wanted[c.tenant].add(c.idempotency_key)
-        found: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        for tenant, keys in wanted.items():
-            rows = await conn.execute(
-                select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.result).where(
-                    idempotency.c.tenant == tenant, idempotency.c.key.in_(sorted(keys))
-                )
-            )
-            for k, fp, res in rows:
-                found[(tenant, k)] = (fp, res)
-        return found
-
-    async def _ensure_tenants(self, conn: AsyncConnection, names: set[str], time_us: int) -> None:
-        new = sorted(names - self._known_tenants)
-        if not new:
-            return
-        ins = pg_insert(tenants) if self.dialect == "postgresql" else sqlite_insert(tenants)
-        await conn.execute(
-            ins.on_conflict_do_nothing(index_elements=["id"]), [{"id": t, "created_us": time_us} for t in new]
-        )
-
-    async def _write_heads(self, conn: AsyncConnection, plan: BatchPlan, time_us: int) -> None:
-        fresh = [
-            {"tenant": t, "stream": s, "version": h.version, "head_hash": h.hash, "anchor_version": 0,
-             "anchor_hash": GENESIS, "updated_us": time_us}
-            for (t, s), h in plan.heads.items() if not h.exists
-        ]
-        moved = [
-            {"b_tenant": t, "b_stream": s, "b_version": h.version, "b_hash": h.hash}
-            for (t, s), h in plan.heads.items() if h.exists
-        ]
-        if fresh:
-            await conn.execute(insert(streams), fresh)
-        if moved:
-            await conn.execute(
-                update(streams)
-                .where(streams.c.tenant == bindparam("b_tenant"), streams.c.stream == bindparam("b_stream"))
-                .values(version=bindparam("b_version"), head_hash=bindparam("b_hash"), updated_us=time_us),
-                moved,
-            )
 
     # ------------------------------------------------------------------- reads
 
@@ -507,6 +406,7 @@ class SqlEventStore:
 
     async def close(self) -> None:
         await self._committer.close()
+        await self._writer.close()
         await self.doorbell.close()
         if self._on_close is not None:
             await self._on_close()

@@ -1,0 +1,107 @@
+"""The SQLite write path: one thread, one stdlib sqlite3 connection, one hop per batch.
+
+A group commit runs entirely inside the writer thread (lock, read heads, plan,
+executemany, commit), so a batch costs one thread hop instead of one per statement.
+Reads and admin work stay on SQLAlchemy (store/sql.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from sqlalchemy.engine import make_url
+
+from .planning import BatchPlan, Head, plan_batch
+from .rows import WRITE_COLUMNS, PreparedAppend
+from .sqlite import BUSY_TIMEOUT_MS
+
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({', '.join('?' * len(WRITE_COLUMNS))})"
+_UPSERT_STREAM = (
+    "INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us) "
+    "VALUES (?, ?, ?, ?, 0, zeroblob(32), ?) ON CONFLICT (tenant, stream) DO UPDATE SET "
+    "version = excluded.version, head_hash = excluded.head_hash, updated_us = excluded.updated_us"
+)
+
+
+class SqliteBatchWriter:
+    def __init__(self, url: str, synchronous: str = "NORMAL") -> None:
+        self._path = make_url(url).database
+        self._synchronous = synchronous
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncline-sqlite-writer")
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db = db
+        return self._db
+
+    async def commit(self, calls: list[PreparedAppend], clock_us: Callable[[], int]) -> BatchPlan:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_sync, calls, clock_us)
+
+    def _commit_sync(self, calls: list[PreparedAppend], clock_us: Callable[[], int]) -> BatchPlan:
+        db = self._connect()
+        # BEGIN IMMEDIATE takes SQLite's single write lock now, before log_head is read,
+        # so across processes positions are assigned and committed one writer at a time.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            position, head_time = db.execute("SELECT position, time_us FROM log_head WHERE id = 1").fetchone()
+            heads: dict[tuple[str, str], Head] = {}
+            keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+            for tenant, names in _group(calls, lambda c: [w.stream for w in c.writes]).items():
+                q = f"SELECT stream, version, head_hash FROM streams WHERE tenant = ? AND stream IN ({_marks(names)})"
+                for s, v, h in db.execute(q, [tenant, *names]):
+                    heads[(tenant, s)] = Head(v, h)
+            for tenant, names in _group(calls, lambda c: [c.idempotency_key] if c.idempotency_key else []).items():
+                q = f"SELECT key, fingerprint, result FROM idempotency WHERE tenant = ? AND key IN ({_marks(names)})"
+                for k, fp, res in db.execute(q, [tenant, *names]):
+                    keys[(tenant, k)] = (fp, res)
+            time_us = max(clock_us(), head_time)
+            plan = plan_batch(calls, heads, keys, position, time_us)
+            if plan.rows:
+                db.executemany(
+                    "INSERT OR IGNORE INTO tenants (id, created_us) VALUES (?, ?)", [(t, time_us) for t in plan.tenants]
+                )
+                db.executemany(_INSERT_EVENT, [tuple(r[c] for c in WRITE_COLUMNS) for r in plan.rows])
+                db.executemany(
+                    _UPSERT_STREAM, [(t, s, h.version, h.hash, time_us) for (t, s), h in plan.heads.items()]
+                )
+                db.execute("UPDATE log_head SET position = ?, time_us = ? WHERE id = 1", (plan.last_position, time_us))
+            if plan.new_keys:
+                db.executemany(
+                    "INSERT INTO idempotency (tenant, key, fingerprint, result, created_us) VALUES (?, ?, ?, ?, ?)",
+                    [(k["tenant"], k["key"], k["fingerprint"], k["result"], k["created_us"]) for k in plan.new_keys],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return plan
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, _close)
+        self._pool.shutdown(wait=True)
+
+
+def _group(calls: list[PreparedAppend], pick) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = {}
+    for c in calls:
+        for name in pick(c):
+            out.setdefault(c.tenant, set()).add(name)
+    return {t: sorted(v) for t, v in out.items()}
+
+
+def _marks(names: list[str]) -> str:
+    return ", ".join("?" * len(names))
