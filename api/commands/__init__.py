@@ -1,0 +1,1 @@
+"""Command groups of the ``syncline`` CLI; each module exports ``COMMANDS``."""
