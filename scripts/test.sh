@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set everything up, start a throwaway PostgreSQL and Redis, run the whole test
+# suite against them, stop them again. Arguments go to pytest:
+#   scripts/test.sh                      # everything
+#   scripts/test.sh tests/test_setup_smoke.py -k redis
+# Exit code: pytest's; "no tests collected" (5) counts as a failure.
+# If services are already running (scripts/services.sh start), they are reused and left running.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash scripts/setup.sh
+
+started=""
+# shellcheck disable=SC2317  # cleanup is called by the EXIT trap
+cleanup() {
+    local rc=$?
+    if [ -n "$started" ]; then
+        bash scripts/services.sh stop || echo "test: warning: scripts/services.sh stop failed" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if bash scripts/services.sh status >/dev/null 2>&1; then
+    echo "test: reusing the services already running (var/services.env); they stay up" >&2
+else
+    started=1
+    bash scripts/services.sh start
+fi
+
+set -a
+# shellcheck disable=SC1091
+. var/services.env
+set +a
+
+rc=0
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@" </dev/null || rc=$?
+if [ "$rc" -eq 5 ]; then
+    echo "test: error: pytest collected no tests (exit 5); counting that as a failure" >&2
+    rc=1
+fi
+exit "$rc"
