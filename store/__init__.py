@@ -16,13 +16,22 @@ from .sql import SqlEventStore
 __all__ = ["open_store", "SqlEventStore", "MemoryEventStore"]
 
 
-async def open_store(url: str, *, migrate: bool = True, listen: bool = True, **options: Any):
+async def open_store(
+    url: str, *, migrate: bool = True, listen: bool = True, redis_url: str | None = None, **options: Any
+):
     """Open (and by default migrate) the store named by ``url``.
 
     Options go to the store: ``upcasters``, ``max_payload``, ``clock_us``,
-    ``poll_interval_s``, ``doorbell``. On PostgreSQL, ``listen`` starts the
-    LISTEN/NOTIFY doorbell so tails wake on commits from other processes.
+    ``poll_interval_s``, ``doorbell``. With ``redis_url`` the doorbell is Redis
+    pub/sub; otherwise, on PostgreSQL, ``listen`` starts the LISTEN/NOTIFY doorbell,
+    so tails wake on commits from other processes either way.
     """
+    if redis_url and "doorbell" not in options:
+        from .redis_doorbell import RedisDoorbell
+
+        bell = RedisDoorbell(redis_url)
+        bell.start()
+        options["doorbell"] = bell
     if url.startswith("memory://"):
         return MemoryEventStore(**options)
     if url.startswith("sqlite"):

@@ -1,0 +1,64 @@
+"""Cross-process doorbells wake tails fast; when they are silent, tails still poll."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.events import NewEvent
+from store import open_store
+
+
+async def _wake_latency(writer, reader_store) -> float:
+    """Time from an append in ``writer`` to the tail of ``reader_store`` seeing it."""
+    got = asyncio.Event()
+
+    async def tail():
+        async for page in reader_store.tail("acme", after=await reader_store.head_position()):
+            if page.events:
+                got.set()
+                return
+
+    task = asyncio.create_task(tail())
+    await asyncio.sleep(0.2)  # let the tail reach its wait (it polls only every 30 s here)
+    t0 = time.monotonic()
+    await writer.append("acme", "bell/1", [NewEvent("bell.rang", {})])
+    await asyncio.wait_for(got.wait(), 10)
+    await task
+    return time.monotonic() - t0
+
+
+async def test_pg_notify_wakes_a_tail_in_another_store(pg_clean_url):
+    a = await open_store(pg_clean_url, poll_interval_s=30)
+    b = await open_store(pg_clean_url, poll_interval_s=30)
+    try:
+        await asyncio.wait_for(b.doorbell.connected.wait(), 5)
+        assert await _wake_latency(a, b) < 2.0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_doorbell_wakes_a_tail_in_another_store(sqlite_url, redis_client_url):
+    a = await open_store(sqlite_url, redis_url=redis_client_url, poll_interval_s=30)
+    b = await open_store(sqlite_url, redis_url=redis_client_url, poll_interval_s=30)
+    try:
+        await asyncio.wait_for(b.doorbell.connected.wait(), 5)
+        assert await _wake_latency(a, b) < 2.0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_dead_redis_degrades_to_polling(sqlite_url):
+    # nothing listens on this port: publishing fails quietly, the tail polls
+    a = await open_store(sqlite_url, redis_url="redis://127.0.0.1:1/0", poll_interval_s=0.2)
+    b = await open_store(sqlite_url, redis_url="redis://127.0.0.1:1/0", poll_interval_s=0.2)
+    try:
+        assert await _wake_latency(a, b) < 5.0
+        r = await a.append("acme", "bell/1", [NewEvent("bell.rang", {})])
+        assert r.last_position == 2
+    finally:
+        await a.close()
+        await b.close()
