@@ -39,6 +39,7 @@ class GroupCommitter(Generic[T]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._closed = False
+        self._committing = False
         self.batches = 0  # observability: commits made
         self.calls = 0
 
@@ -67,14 +68,17 @@ class GroupCommitter(Generic[T]):
 
     async def _run(self) -> None:
         assert self._wakeup is not None
-        while not self._closed:
+        while True:
             if not self._queue:
+                if self._closed:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if self._max_wait_s:
                 await asyncio.sleep(self._max_wait_s)
             batch = self._take_batch()
+            self._committing = True
             try:
                 await self._commit(batch)
             except BaseException as e:  # resolve every caller, then keep serving
@@ -83,11 +87,21 @@ class GroupCommitter(Generic[T]):
                         p.future.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
                 if not isinstance(e, Exception):
                     raise
+            finally:
+                self._committing = False
             self.batches += 1
             self.calls += len(batch)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop taking calls; commit what is already queued (within the timeout), then stop."""
         self._closed = True
+        if self._worker is not None and not self._worker.done():
+            self._wakeup.set()
+            deadline = asyncio.get_running_loop().time() + drain_timeout_s
+            while self._queue or self._committing:
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()
             try:

@@ -215,25 +215,22 @@ READ_COLUMNS = (
 )
 
 
+_ACTORS: dict[tuple[str, str], Actor] = {}
+
+
 def decode_row(r: Sequence[Any], upcasters: UpcasterRegistry | None = None) -> RecordedEvent:
     position, id_, tenant, stream, version, type_, schema, time_us, au, ac, clock, payload, meta, retention = r
     data = unpack(payload)
     if upcasters:
         schema, data = upcasters.upcast(type_, schema, data)
+    actor = _ACTORS.get((au, ac))
+    if actor is None:
+        actor = Actor(au, ac)
+        if len(_ACTORS) < 100_000:  # actors repeat a lot; share them, boundedly
+            _ACTORS[(au, ac)] = actor
     return RecordedEvent(
-        id=id_,
-        tenant=tenant,
-        stream=stream,
-        version=version,
-        position=position,
-        type=type_,
-        schema=schema,
-        time_us=time_us,
-        actor=Actor(au, ac),
-        clock=unpack(clock) if clock else _EMPTY,
-        data=data,
-        meta=unpack(meta) if meta else _EMPTY,
-        retention=_RETENTIONS[retention],
+        id_, tenant, stream, version, position, type_, schema, time_us, actor,
+        unpack(clock) if clock else _EMPTY, data, unpack(meta) if meta else _EMPTY, _RETENTIONS[retention],
     )
 
 
