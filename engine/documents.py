@@ -17,18 +17,30 @@ import pycrdt
 
 from .errors import IntegrityViolation
 from .events import RecordedEvent
-from .yupdates import EMPTY_STATE_VECTOR, as_bytes, check_header, check_state_vector, guard, merge
+from .yupdates import (
+    EMPTY_STATE_VECTOR,
+    InvalidUpdate,
+    as_bytes,
+    check_header,
+    check_state_vector,
+    guard,
+    is_fatal,
+    merge,
+)
 
 CRDT_UPDATE = "crdt.update"
 DOC_STREAM_PREFIX = "doc/"
 
-# pycrdt keeps a document as Rust structs that are several times larger than its
-# encoded state; these factors turn encoded sizes into a rough resident size for
-# the cache's memory budget (measured on the automerge-paper trace, see
-# benchmarks/editing_trace.py). Rough is enough: the budget is a soft limit.
+# pycrdt keeps a document as Rust structs, about 5x its encoded state once loaded
+# from a snapshot; keystroke updates applied one by one cost about half their
+# encoded size (they merge into existing blocks). Measured by RSS on the
+# automerge-paper trace (105k characters: 377 KB state, 1.9 MB resident). These
+# factors turn encoded sizes into a rough resident size for the cache's memory
+# budget; rough is enough, the budget is a soft limit.
 _BASE_BYTES = 4096
-_STATE_FACTOR = 8
-_UPDATE_FACTOR = 4
+_STATE_FACTOR = 5
+_UPDATE_FACTOR = 1
+_CHECK_EVERY = 256  # updates applied between checks for ones yrs left pending
 
 
 class SnapshotCorrupt(IntegrityViolation):
@@ -84,7 +96,7 @@ class Document:
 
     __slots__ = (
         "doc_id", "_ydoc", "position", "version", "time_us",
-        "tail_events", "tail_bytes", "_base_bytes", "_unready",
+        "tail_events", "tail_bytes", "_base_bytes", "_unready", "_unchecked",
     )
 
     def __init__(self, doc_id: str = "", *, ydoc: pycrdt.Doc | None = None) -> None:
@@ -101,6 +113,7 @@ class Document:
         # arrives while another one is pending (one client's keystrokes 0, 2, 3, 1
         # give a document without 3), so out-of-order input would not converge.
         self._unready: bytes | None = None
+        self._unchecked: list[bytes] = []  # applied since the last _settle
 
     # -- building ------------------------------------------------------------
 
@@ -144,11 +157,16 @@ class Document:
         if type(update) is not bytes:
             update = as_bytes(update)
         check_header(update)
-        ydoc = self._ydoc
-        with guard("update"):
-            ydoc.apply_update(update)
-            if self._unready is not None or not self._integrated(update):
-                self._settle(update)
+        try:
+            self._ydoc.apply_update(update)
+        except BaseException as e:  # noqa: BLE001 - pyo3 panics are BaseExceptions
+            if is_fatal(e):
+                raise
+            raise InvalidUpdate(f"cannot decode update: {e}", reason="undecodable") from e
+        unchecked = self._unchecked
+        unchecked.append(update)
+        if self._unready is not None or len(unchecked) >= _CHECK_EVERY:
+            self._settle()
         self.tail_events += 1
         self.tail_bytes += len(update)
         if position:
@@ -158,28 +176,38 @@ class Document:
         if time_us:
             self.time_us = time_us
 
-    def _integrated(self, update: bytes) -> bool:
-        # No struct of the update is missing from the document (the diff of an
-        # update against a state vector always keeps the delete set, so only the
-        # struct count, the first byte, says anything).
-        return pycrdt.get_update(update, self._ydoc.get_state())[0] == 0
+    def _settle(self) -> None:
+        """Find applied updates whose structs are not in the document (pending in
+        yrs, or dropped by it), re-apply them merged, and keep what still waits.
 
-    def _settle(self, update: bytes) -> None:
-        """Re-apply what was waiting for dependencies; keep what still waits."""
-        if self._unready is None:
-            self._unready = update
+        Checked in batches, not per update: integration is monotonic, so testing
+        against the state vector at the end of a batch is as good as after each
+        update, and costs one state-vector encoding per batch. While something
+        waits, every apply re-tries it (the update just applied may be the one it
+        was waiting for).
+        """
+        if not self._unchecked and self._unready is None:
             return
-        if not self._integrated(update):
-            self._unready = pycrdt.merge_updates(self._unready, update)
-        self._ydoc.apply_update(self._unready)
-        if self._integrated(self._unready):
-            self._unready = None
-        else:  # keep only the structs still missing (plus the delete set)
-            self._unready = pycrdt.get_update(self._unready, self._ydoc.get_state())
+        ydoc = self._ydoc
+        sv = ydoc.get_state()
+        # The diff of an update against a state vector always keeps the delete set;
+        # its first byte, the number of clients with structs, says whether any
+        # struct is missing.
+        waiting = [u for u in self._unchecked if pycrdt.get_update(u, sv)[0] != 0]
+        self._unchecked.clear()
+        if self._unready is not None:
+            waiting.append(self._unready)
+        if not waiting:
+            return
+        blob = waiting[0] if len(waiting) == 1 else pycrdt.merge_updates(*waiting)
+        ydoc.apply_update(blob)
+        rest = pycrdt.get_update(blob, ydoc.get_state())
+        self._unready = None if rest[0] == 0 else rest
 
     @property
     def pending(self) -> bool:
         """Whether some applied update still waits for updates it depends on."""
+        self._settle()
         return self._unready is not None
 
     # -- reading -------------------------------------------------------------
@@ -187,9 +215,11 @@ class Document:
     @property
     def ydoc(self) -> pycrdt.Doc:
         """The underlying pycrdt document (read it; write only through updates)."""
+        self._settle()
         return self._ydoc
 
     def state_vector(self) -> bytes:
+        self._settle()
         return self._ydoc.get_state()
 
     def diff(self, remote_state_vector: bytes | None = None) -> bytes:
@@ -197,6 +227,7 @@ class Document:
         the whole state when it is None or empty."""
         sv = EMPTY_STATE_VECTOR if remote_state_vector is None else remote_state_vector
         check_state_vector(as_bytes(sv, "state vector"))
+        self._settle()
         with guard("state vector"):
             if self._unready is not None:
                 return pycrdt.get_update(self.encode_state(), sv)
@@ -204,18 +235,22 @@ class Document:
 
     def encode_state(self) -> bytes:
         """Everything, as one update (including updates still waiting for dependencies)."""
+        self._settle()
         state = self._ydoc.get_update()
         if self._unready is not None:
             state = pycrdt.merge_updates(state, self._unready)
         return state
 
     def text(self, name: str = "text") -> str:
+        self._settle()
         return str(self._ydoc.get(name, type=pycrdt.Text))
 
     def map(self, name: str) -> dict[str, Any]:
+        self._settle()
         return self._ydoc.get(name, type=pycrdt.Map).to_py() or {}
 
     def array(self, name: str) -> list[Any]:
+        self._settle()
         return self._ydoc.get(name, type=pycrdt.Array).to_py() or []
 
     @property

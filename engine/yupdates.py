@@ -26,7 +26,7 @@ class InvalidUpdate(ProtocolError):
     code = "invalid_update"
 
 
-def _is_fatal(e: BaseException) -> bool:
+def is_fatal(e: BaseException) -> bool:
     return isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
@@ -54,7 +54,7 @@ class _Guard:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, ProtocolError) or _is_fatal(exc):
+        if exc is None or isinstance(exc, ProtocolError) or is_fatal(exc):
             return False
         raise InvalidUpdate(f"cannot decode {self._what}: {exc}", reason="undecodable") from exc
 
