@@ -74,7 +74,12 @@ except OSError:
 EOF
 }
 
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+pid_alive() { # running, and not a zombie waiting for a parent that does not reap it
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
+    [ "$state" != Z ]
+}
 
 pid_is() { # pid_is PID NAME -> the process PID runs a program whose name contains NAME
     [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q -- "$2"
@@ -246,10 +251,13 @@ start_redis() { # uses SVC_DIR, REDIS_SERVER; sets REDIS_PORT, REDIS_PID, REDIS_
     REDIS_LOG="$SVC_DIR/redis.log"
     REDIS_PIDFILE="$SVC_DIR/redis.pid"
     local attempt deadline
+    local -a SETSID=()
+    have setsid && SETSID=(setsid -w)   # -w: if setsid must fork, it stays as the parent while Redis runs
     for attempt in 1 2 3 4 5; do
         REDIS_PORT="$(free_port)"
         rm -f "$REDIS_PIDFILE"
-        "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        # own session (like PostgreSQL under pg_ctl): a Ctrl-C meant for the tests must not kill it
+        "${SETSID[@]}" "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
             --daemonize no --pidfile "$REDIS_PIDFILE" --dir "$SVC_DIR" --logfile "$REDIS_LOG" \
             </dev/null >/dev/null 2>&1 9>&- &
         REDIS_PID=$!
