@@ -1,0 +1,62 @@
+"""Presence history: who joined and left which room, and who is there now.
+
+Live presence (typing, cursors, heartbeats) is ephemeral and never logged; joins and
+leaves are, as ``presence.joined`` / ``presence.left`` on ``room/<id>`` streams.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..events import RecordedEvent
+from ..filters import EventFilter
+from . import Projection
+from .feeds import room_of
+
+JOINED = "presence.joined"
+LEFT = "presence.left"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    position: int
+    time_us: int
+    user: str
+    kind: str  # "joined" | "left"
+
+
+@dataclass(slots=True)
+class PresenceState:
+    keep: int
+    history: dict[tuple[str, str], deque] = field(default_factory=dict)
+    present: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # user -> open joins
+
+
+def apply_presence_event(state: PresenceState, e: RecordedEvent) -> PresenceState:
+    room = room_of(e.stream)
+    if room is None or e.type not in (JOINED, LEFT):
+        return state
+    user = e.actor.user or (e.data.get("user", "") if isinstance(e.data, dict) else "")
+    key = (e.tenant, room)
+    hist = state.history.get(key)
+    if hist is None:
+        hist = state.history[key] = deque(maxlen=state.keep)
+    kind = "joined" if e.type == JOINED else "left"
+    hist.append(PresenceChange(e.position, e.time_us, user, kind))
+    here = state.present.setdefault(key, {})
+    if kind == "joined":
+        here[user] = here.get(user, 0) + 1
+    elif here.get(user, 0) > 1:
+        here[user] -= 1
+    else:
+        here.pop(user, None)
+    return state
+
+
+def presence_projection(keep: int = 1000) -> Projection[PresenceState]:
+    return Projection(
+        "presence",
+        lambda: PresenceState(keep),
+        apply_presence_event,
+        EventFilter(stream_prefixes=("room/",), types=(JOINED, LEFT)),
+    )

@@ -1,0 +1,97 @@
+"""Submitting client ops: load the records they touch, reconcile, append, answer per op.
+
+The engine decides (``reconcile`` is pure); this service only loads state and
+writes the result. Appends carry each record stream's expected version, so two
+processes reconciling the same record cannot both win: the loser reloads the
+record from the log and reconciles again. Duplicates are recognised by op id from
+the record's receipts, which live in the log, so a resubmitted op gets its original
+outcome even after a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+from engine.errors import ConcurrencyError
+from engine.events import StreamWrite
+from engine.records import (
+    Op,
+    Outcome,
+    RecordsState,
+    ResolutionConfig,
+    as_stream_writes,
+    fold_record_events,
+    reconcile,
+)
+
+from .history import stream_events
+
+MAX_RETRIES = 8
+
+
+class RecordsService:
+    def __init__(self, store: Any, config: ResolutionConfig, *, clock_ms=None) -> None:
+        self.store = store
+        self.config = config
+        self._clock_ms = clock_ms
+        # (tenant) -> state of the records this process has loaded; (tenant, stream) -> stream version
+        self._states: dict[str, RecordsState] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _load(self, tenant: str, streams: set[str], *, refresh: bool = False) -> RecordsState:
+        state = self._states.get(tenant, RecordsState())
+        for stream in sorted(streams):
+            key = (tenant, stream)
+            if key in self._versions and not refresh:
+                continue
+            current = await self.store.stream_version(tenant, stream)
+            if self._versions.get(key) == current:
+                continue
+            rebuilt = RecordsState()
+            async for events in stream_events(self.store, tenant, stream):
+                rebuilt = fold_record_events(rebuilt, events, self.config.registry)
+            records = dict(state.records)
+            if stream in rebuilt.records:
+                records[stream] = rebuilt.records[stream]
+            else:
+                records.pop(stream, None)
+            state = RecordsState(records)
+            self._versions[key] = current
+        self._states[tenant] = state
+        return state
+
+    async def submit(self, tenant: str, ops: Sequence[Op]) -> list[Outcome]:
+        """Reconcile ``ops`` (in order) and append the result atomically; one outcome per op."""
+        if not ops:
+            return []
+        streams = {op.stream for op in ops}
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:  # one reconciliation per tenant at a time in this process
+            refresh = False
+            for _ in range(MAX_RETRIES):
+                state = await self._load(tenant, streams, refresh=refresh)
+                now_ms = self._clock_ms() if self._clock_ms else None
+                result = reconcile(state, ops, self.config, now_ms=now_ms)
+                if not result.events:
+                    self._states[tenant] = result.state
+                    return list(result.outcomes)
+                writes = [
+                    StreamWrite(w.stream, w.events, self._versions.get((tenant, w.stream), 0))
+                    if w.stream.startswith("rec/") else w
+                    for w in as_stream_writes(result.events)
+                ]
+                try:
+                    appended = await self.store.append_many(tenant, writes)
+                except ConcurrencyError:
+                    refresh = True  # another process wrote these records: reload and retry
+                    continue
+                for s in appended.streams:
+                    self._versions[(tenant, s.stream)] = s.last_version
+                self._states[tenant] = result.state
+                return list(result.outcomes)
+            raise ConcurrencyError(sorted(streams)[0], None, -1)
+
+    async def record(self, tenant: str, stream: str):
+        state = await self._load(tenant, {stream}, refresh=True)
+        return state.get(stream)
