@@ -1,0 +1,56 @@
+"""Rebuilding record state from the log: a fold over ``record.patched`` events.
+
+Folding, in log order, the events ``reconcile`` emitted gives exactly the state
+``reconcile`` returned (receipts included: each event carries its op's outcome).
+Events of other types are ignored. Merge fields need the merge functions, so pass
+the registry the reconciler used when it has functions beyond the built-ins.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Iterable
+
+from ..events import RecordedEvent
+from .kernel import apply_changes
+from .merges import MergeRegistry
+from .payloads import RECORD_PATCHED, decode_patch
+from .state import RecordsState, RecordState
+
+_BUILTINS = MergeRegistry.with_builtins()
+
+
+def apply_record_event(
+    state: RecordsState, event: RecordedEvent, registry: MergeRegistry | None = None
+) -> RecordsState:
+    """One step of the fold. Copies the touched record; use ``fold_record_events`` for batches."""
+    return fold_record_events(state, (event,), registry)
+
+
+def fold_record_events(
+    state: RecordsState, events: Iterable[RecordedEvent], registry: MergeRegistry | None = None
+) -> RecordsState:
+    reg = registry if registry is not None else _BUILTINS
+    work: dict[str, tuple[dict, list, dict]] = {}
+    for ev in events:
+        if ev.type != RECORD_PATCHED:
+            continue
+        stream = ev.stream
+        w = work.get(stream)
+        if w is None:
+            rec = state.get(stream)
+            w = work[stream] = (dict(rec.fields), [rec.clock], dict(rec.receipts))
+        fields, clock_box, receipts = w
+        stamp, changes, outcome = decode_patch(stream, ev.data, reg)
+        if stamp.op_id in receipts:
+            continue  # an op is in the log once; tolerate a replayed copy all the same
+        apply_changes(fields, stream, stamp, changes, reg)
+        clock_box[0] = clock_box[0].merge(stamp.clock)
+        receipts[stamp.op_id] = outcome
+    if not work:
+        return state
+    records = dict(state.records)
+    for stream, (fields, clock_box, receipts) in work.items():
+        records[stream] = RecordState(
+            stream, MappingProxyType(fields), clock_box[0], MappingProxyType(receipts)
+        )
+    return RecordsState(MappingProxyType(records))

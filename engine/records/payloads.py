@@ -1,0 +1,205 @@
+"""Event payloads of the records core, and their decoding for the fold.
+
+``record.patched`` (on the record stream) — one per accepted op::
+
+    {"op": str, "client": str, "user": str,
+     "hlc": str (HLCTimestamp.encode), "vc": {client: counter}, "base": int,
+     "changes": {field: {"strategy": "lww" | "manual" | "merge",
+                         "merge": str (merge only), "value": Any, "deleted": true (when so)}},
+     "resolves": {"conflict": str, "choice": str}          (a ResolveOp only),
+     "outcome": {"kind": str, "conflicts": [str], "resolved": [str], "superseded": [str]}}
+
+``conflict.detected`` (on ``$conflicts``)::
+
+    {"conflict": str, "stream": str, "field": str, "cause": op id,
+     "supersedes": str | None,          (the conflict id this one replaces, when it grew)
+     "held": op id,                     (the version the field shows meanwhile)
+     "versions": [{"op", "client", "user", "hlc", "vc", "value", "deleted"}]}
+
+``conflict.resolved`` (on ``$conflicts``)::
+
+    {"conflict": str, "stream": str, "field": str, "by": op id,
+     "choice": str | None (None: an ordinary write covered every version),
+     "value": Any, "deleted": bool}
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+from ..clocks import HLCTimestamp, VectorClock
+from ..events import Actor, NewEvent, Retention, StreamWrite
+from .config import Strategy
+from .kernel import Change
+from .merges import MergeRegistry
+from .outcomes import Outcome, OutcomeKind
+from .state import ManualField, Stamp, Write
+
+RECORD_PATCHED = "record.patched"
+CONFLICT_DETECTED = "conflict.detected"
+CONFLICT_RESOLVED = "conflict.resolved"
+CONFLICTS_STREAM = "$conflicts"
+SCHEMA = 1
+
+
+class StreamEvent(NamedTuple):
+    """An event to append, with the stream it belongs to."""
+
+    stream: str
+    event: NewEvent
+
+
+def as_stream_writes(events: list[StreamEvent] | tuple[StreamEvent, ...]) -> tuple[StreamWrite, ...]:
+    """Group events by stream (order kept within each stream) for one atomic append."""
+    by_stream: dict[str, list[NewEvent]] = {}
+    for se in events:
+        by_stream.setdefault(se.stream, []).append(se.event)
+    return tuple(StreamWrite(s, tuple(evs)) for s, evs in by_stream.items())
+
+
+_KIND = {k: k.value for k in OutcomeKind}
+
+
+def _outcome_body(o: Outcome) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": _KIND[o.kind]}
+    if o.conflicts:
+        body["conflicts"] = list(o.conflicts)
+    if o.resolved:
+        body["resolved"] = list(o.resolved)
+    if o.superseded:
+        body["superseded"] = list(o.superseded)
+    return body
+
+
+_MERGE = Strategy.MERGE
+_NAME = {s: s.value for s in Strategy}  # plain str: cheaper than .value, and msgpack-exact
+_BY_NAME = {s.value: s for s in Strategy}
+
+
+def record_patched(
+    stamp: Stamp,
+    changes: list[Change],
+    outcome: Outcome,
+    vc: dict[str, int],
+    base_version: int,
+    resolves: tuple[str, str] | None,
+    actor: Actor,
+) -> NewEvent:
+    out: dict[str, Any] = {}
+    for name, strategy, value, deleted, mf in changes:
+        if strategy is _MERGE:
+            out[name] = {"strategy": "merge", "merge": mf.name, "value": mf.encode(value)}
+        elif deleted:
+            out[name] = {"strategy": _NAME[strategy], "value": None, "deleted": True}
+        else:
+            out[name] = {"strategy": _NAME[strategy], "value": value}
+    hlc = stamp.hlc.encode()
+    data: dict[str, Any] = {
+        "op": stamp.op_id,
+        "client": stamp.client,
+        "user": stamp.user,
+        "hlc": hlc,
+        "vc": vc,
+        "base": base_version,
+        "changes": out,
+        "outcome": _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]},
+    }
+    if resolves is not None:
+        data["resolves"] = {"conflict": resolves[0], "choice": resolves[1]}
+    return NewEvent(
+        type=RECORD_PATCHED,
+        data=data,
+        schema=SCHEMA,
+        actor=actor,
+        clock={"vc": vc, "hlc": hlc},
+    )
+
+
+def _version_body(w: Write) -> dict[str, Any]:
+    s = w.stamp
+    return {
+        "op": s.op_id,
+        "client": s.client,
+        "user": s.user,
+        "hlc": s.hlc.encode(),
+        "vc": s.clock.to_dict(),
+        "value": w.value,
+        "deleted": w.deleted,
+    }
+
+
+def conflict_detected(
+    stream: str, name: str, field_state: ManualField, supersedes: str | None, cause: Stamp
+) -> StreamEvent:
+    data = {
+        "conflict": field_state.conflict_id,
+        "stream": stream,
+        "field": name,
+        "cause": cause.op_id,
+        "supersedes": supersedes,
+        "held": field_state.versions[0].stamp.op_id,
+        "versions": [_version_body(w) for w in field_state.versions],
+    }
+    ev = NewEvent(
+        type=CONFLICT_DETECTED,
+        data=data,
+        schema=SCHEMA,
+        actor=Actor(cause.user, cause.client),
+        retention=Retention.CRITICAL,  # decisions and their inputs are the audit trail
+    )
+    return StreamEvent(CONFLICTS_STREAM, ev)
+
+
+def conflict_resolved(
+    stream: str, name: str, old_id: str, field_state: ManualField, by: Stamp, choice: str | None
+) -> StreamEvent:
+    w = field_state.versions[0]
+    data = {
+        "conflict": old_id,
+        "stream": stream,
+        "field": name,
+        "by": by.op_id,
+        "choice": choice,
+        "value": w.value,
+        "deleted": w.deleted,
+    }
+    ev = NewEvent(
+        type=CONFLICT_RESOLVED,
+        data=data,
+        schema=SCHEMA,
+        actor=Actor(by.user, by.client),
+        retention=Retention.CRITICAL,
+    )
+    return StreamEvent(CONFLICTS_STREAM, ev)
+
+
+# ---- decoding, for the fold
+
+
+def decode_patch(
+    stream: str, data: Mapping[str, Any], registry: MergeRegistry
+) -> tuple[Stamp, list[Change], Outcome]:
+    stamp = Stamp(
+        data["op"],
+        data["client"],
+        data["user"],
+        HLCTimestamp.decode(data["hlc"]),
+        VectorClock.from_dict(data["vc"]),
+    )
+    changes = []
+    for name, c in data["changes"].items():
+        strategy = _BY_NAME[c["strategy"]]
+        if strategy is Strategy.MERGE:
+            mf = registry.get(c["merge"])
+            changes.append(Change(name, strategy, mf.validate(c["value"]), False, mf))
+        else:
+            changes.append(Change(name, strategy, c.get("value"), bool(c.get("deleted", False))))
+    o = data["outcome"]
+    outcome = Outcome(
+        OutcomeKind(o["kind"]),
+        stamp.op_id,
+        stream,
+        tuple(o.get("conflicts", ())),
+        tuple(o.get("resolved", ())),
+        tuple(o.get("superseded", ())),
+    )
+    return stamp, changes, outcome

@@ -1,0 +1,264 @@
+"""``reconcile``: decide what a batch of client ops does to record state.
+
+Pure and deterministic: the same state, ops and config give the same new state,
+events and outcomes. Replicas that accept the same ops in any order, with any
+duplicates, end with the same record data (see state.py and kernel.py for why).
+
+Rejections depend only on the op, the config and ``now_ms``, never on the state,
+so a rejection cannot make replicas diverge. They are not remembered: resubmitting
+a rejected op is judged again, with the same answer while the config is the same.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Iterable, NamedTuple
+
+from ..clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
+from ..events import STREAM_MAX, STREAM_RE, Actor
+from .config import ResolutionConfig, Strategy
+from .kernel import Change, apply_changes
+from .ops import ClientOp, Op, ResolveOp, collection_of
+from .outcomes import Outcome, OutcomeKind, RejectReason, rejected
+from .payloads import StreamEvent, conflict_detected, conflict_resolved, record_patched
+from .state import FieldState, RecordsState, RecordState, Stamp
+
+VALUE_DEPTH_MAX = 32
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack can carry
+
+
+class Reconciliation(NamedTuple):
+    state: RecordsState
+    events: list[StreamEvent]
+    outcomes: list[Outcome]
+
+
+class _Reject(Exception):
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+class _Work:
+    """A record's mutable working copy, private to one reconcile call."""
+
+    __slots__ = ("stream", "fields", "clock", "receipts")
+
+    def __init__(self, stream: str, rec: RecordState | None) -> None:
+        self.stream = stream
+        if rec is None:
+            self.fields: dict[str, FieldState] = {}
+            self.clock = EMPTY_CLOCK
+            self.receipts: dict[str, Outcome] = {}
+        else:
+            self.fields = dict(rec.fields)
+            self.clock = rec.clock
+            self.receipts = dict(rec.receipts)
+
+    def freeze(self) -> RecordState:
+        # The dicts are handed over, not copied: nothing else holds them after this.
+        return RecordState(self.stream, self.fields, self.clock, self.receipts)
+
+
+def reconcile(
+    state: RecordsState,
+    ops: Iterable[Op],
+    config: ResolutionConfig,
+    *,
+    now_ms: int | None = None,
+) -> Reconciliation:
+    """Apply ``ops`` in order; returns (new state, events to append, one outcome per op).
+
+    ``now_ms`` (the server's physical time) enables the clock-skew and op-age checks
+    configured in ``config``; without it they are skipped.
+    """
+    work: dict[str, _Work] = {}
+    events: list[StreamEvent] = []
+    outcomes: list[Outcome] = []
+    registry = config.registry
+    records_in = state.records
+    actors: dict[tuple[str, str], Actor] = {}
+    for op in ops:
+        if not isinstance(op, (ClientOp, ResolveOp)) or not _basic_ok(op):
+            oid = getattr(op, "op_id", "")
+            outcomes.append(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
+            continue
+        stream = op.stream
+        w = work.get(stream)
+        if w is not None:
+            first = w.receipts.get(op.op_id)
+        else:
+            rec = records_in.get(stream)
+            first = rec.receipts.get(op.op_id) if rec is not None else None
+        if first is not None:
+            outcomes.append(Outcome(OutcomeKind.DUPLICATE, op.op_id, stream, original=first))
+            continue
+        try:
+            changes = _validate(op, config, now_ms)
+        except _Reject as r:
+            outcomes.append(rejected(op.op_id, stream, r.reason, r.detail))
+            continue
+        if w is None:
+            w = work[stream] = _Work(stream, records_in.get(stream))
+        stamp = Stamp(op.op_id, op.client, op.user, op.hlc, op.clock)
+        eff = apply_changes(w.fields, stream, stamp, changes, registry)
+        w.clock = w.clock.merge(op.clock)
+        kind = (
+            OutcomeKind.CONFLICT
+            if eff.conflicts
+            else OutcomeKind.MERGED
+            if eff.merged
+            else OutcomeKind.APPLIED
+        )
+        outcome = Outcome(kind, op.op_id, stream, eff.conflicts, eff.resolved, eff.superseded)
+        w.receipts[op.op_id] = outcome
+        outcomes.append(outcome)
+        resolves = (op.conflict_id, op.choice) if type(op) is ResolveOp else None
+        key = (op.user, op.client)
+        actor = actors.get(key)
+        if actor is None:
+            actor = actors[key] = Actor(op.user, op.client)
+        patched = record_patched(
+            stamp, changes, outcome, op.clock.to_dict(), op.base_version, resolves, actor
+        )
+        events.append(StreamEvent(stream, patched))
+        for name, old_id, new_id, new_field in eff.transitions:
+            if new_id is not None:
+                events.append(conflict_detected(stream, name, new_field, old_id, stamp))
+            elif old_id is not None:
+                choice = op.choice if type(op) is ResolveOp and name == op.field else None
+                events.append(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
+    if not work:
+        return Reconciliation(state, events, outcomes)
+    records = dict(state.records)
+    for stream, w in work.items():
+        records[stream] = w.freeze()
+    return Reconciliation(RecordsState(MappingProxyType(records)), events, outcomes)
+
+
+def _basic_ok(op: Op) -> bool:
+    return (
+        type(op.op_id) is str
+        and op.op_id != ""
+        and type(op.client) is str
+        and op.client != ""
+        and type(op.user) is str
+        and type(op.stream) is str
+        and isinstance(op.clock, VectorClock)
+        and type(op.hlc) is HLCTimestamp
+    )
+
+
+@lru_cache(maxsize=1 << 16)
+def _record_collection(stream: str) -> str | None:
+    # Pure, and streams repeat across batches: a bounded cache saves the regex.
+    if len(stream) > STREAM_MAX or not STREAM_RE.match(stream):
+        return None
+    return collection_of(stream)
+
+
+def _validate(op: Op, config: ResolutionConfig, now_ms: int | None) -> list[Change]:
+    stream = op.stream
+    coll = _record_collection(stream)
+    if coll is None:
+        raise _Reject(RejectReason.INVALID_STREAM, "a record stream is rec/<collection>/<id>")
+    if coll not in config.collections:
+        raise _Reject(RejectReason.UNKNOWN_COLLECTION, coll)
+    if op.clock.get(op.client) < 1:
+        raise _Reject(RejectReason.INVALID_CLOCK, "the clock lacks the client's own tick")
+    if type(op.base_version) is not int or op.base_version < 0:
+        raise _Reject(RejectReason.INVALID_BASE_VERSION)
+    if now_ms is not None:
+        skew = config.max_clock_skew_ms
+        if skew is not None and op.hlc.wall_ms - now_ms > skew:
+            raise _Reject(RejectReason.CLOCK_SKEW, f"{op.hlc.wall_ms - now_ms} ms ahead")
+        age = config.max_op_age_ms
+        if age is not None and now_ms - op.hlc.wall_ms > age:
+            raise _Reject(RejectReason.STALE_OP, f"{now_ms - op.hlc.wall_ms} ms old")
+    if type(op) is ResolveOp:
+        return [_resolve_change(op, coll, config)]
+    return _op_changes(op, coll, config)
+
+
+_MERGE = Strategy.MERGE
+
+
+def _op_changes(op: ClientOp, coll: str, config: ResolutionConfig) -> list:
+    # Plain tuples shaped like ``Change``: one is built per field per op.
+    sets, deletes = op.set, op.delete
+    if not sets and not deletes:
+        raise _Reject(RejectReason.EMPTY_OP)
+    rule_of = config.field_rule
+    changes: list = []
+    for name, value in sets.items():
+        rule = rule_of(coll, name)
+        if rule is None:
+            raise _Reject(RejectReason.INVALID_FIELD, str(name)[:80])
+        strategy, mf = rule
+        if strategy is _MERGE:
+            try:
+                value = mf.validate(value)  # type: ignore[union-attr]
+            except (TypeError, ValueError) as e:
+                raise _Reject(RejectReason.INVALID_VALUE, f"{name}: {e}") from None
+        elif not (type(value) is str or value is None or type(value) is bool):
+            value = _plain_value(name, value)
+        changes.append((name, strategy, value, False, mf))
+    if deletes:
+        if isinstance(deletes, str):
+            raise _Reject(RejectReason.INVALID_OP, "delete is a sequence of field names")
+        for name in dict.fromkeys(deletes):  # duplicates in the list are one delete
+            rule = rule_of(coll, name)
+            if rule is None:
+                raise _Reject(RejectReason.INVALID_FIELD, str(name)[:80])
+            if name in sets:
+                raise _Reject(RejectReason.FIELD_SET_AND_DELETED, name)
+            if rule[0] is _MERGE:
+                raise _Reject(RejectReason.UNSUPPORTED_DELETE, name)
+            changes.append((name, rule[0], None, True, None))
+    return changes
+
+
+def _resolve_change(op: ResolveOp, coll: str, config: ResolutionConfig) -> Change:
+    if type(op.conflict_id) is not str or not op.conflict_id or type(op.choice) is not str:
+        raise _Reject(RejectReason.INVALID_OP, "a resolution names its conflict and choice")
+    rule = config.field_rule(coll, op.field)
+    if rule is None:
+        raise _Reject(RejectReason.INVALID_FIELD, str(op.field)[:80])
+    if rule[0] is not Strategy.MANUAL:
+        raise _Reject(RejectReason.NOT_MANUAL_FIELD, op.field)
+    if op.deleted:
+        return Change(op.field, Strategy.MANUAL, None, True)
+    return Change(op.field, Strategy.MANUAL, _plain_value(op.field, op.value))
+
+
+def _plain_value(name: str, value: Any) -> Any:
+    try:
+        return _plain(value, 0)
+    except (TypeError, ValueError) as e:
+        raise _Reject(RejectReason.INVALID_VALUE, f"{name}: {e}") from None
+
+
+def _plain(v: Any, depth: int) -> Any:
+    """A JSON-like value that survives a msgpack round trip unchanged (tuples become lists)."""
+    t = type(v)
+    if t in _SCALARS:
+        if t is int and not _INT_MIN <= v <= _INT_MAX:
+            raise ValueError("integer out of range")
+        if t is float and math.isnan(v):
+            # NaN != NaN: a replica could never tell that two states are equal.
+            raise ValueError("NaN is not a value")
+        return v
+    if depth >= VALUE_DEPTH_MAX:
+        raise ValueError("value nested too deeply")
+    if t is list or t is tuple:
+        return [_plain(x, depth + 1) for x in v]
+    if t is dict:
+        out = {}
+        for k, x in v.items():
+            if type(k) is not str:
+                raise TypeError("map keys are strings")
+            out[k] = _plain(x, depth + 1)
+        return out
+    raise TypeError(f"{t.__name__} is not a record value")
