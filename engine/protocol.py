@@ -1,0 +1,211 @@
+"""The native sync protocol (``/v1/ws``): message vocabulary and frame codec, sans-I/O.
+
+Specified in docs/protocol.md. A message is a dict with a type under ``"t"``. One
+frame carries one message: msgpack in binary frames (subprotocol
+``syncline.v1.msgpack``) or JSON in text frames (``syncline.v1.json``, bytes as
+``{"$b64": "..."}``). The gateway, the client kit and the simulator all speak it
+through this module, so there is one definition of what is valid.
+
+``decode_frame`` either returns a valid message or raises ``ProtocolError`` with a
+stable code; it never raises anything else and it bounds what it accepts.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Callable
+
+import msgpack
+
+from .errors import ProtocolError
+
+SUBPROTOCOL_MSGPACK = "syncline.v1.msgpack"
+SUBPROTOCOL_JSON = "syncline.v1.json"
+SUBPROTOCOLS = (SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON)
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+B64 = "$b64"
+
+# Close codes (WebSocket close frames). 1000/1001 are standard; 4xxx are ours.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutdown: a "bye" message precedes it
+CLOSE_PROTOCOL_ERROR = 4400  # undecodable or invalid message
+CLOSE_UNAUTHENTICATED = 4401  # missing, expired, badly signed or malformed token
+CLOSE_FORBIDDEN = 4403  # permission denied, or another tenant named
+CLOSE_STALE = 4408  # silent for longer than the stale timeout
+CLOSE_RATE_LIMITED = 4429  # repeat rate-limit offender, temporarily disconnected
+CLOSE_DISABLED = 4503  # the WebSocket endpoint is disabled: use polling
+
+
+class InvalidMessage(ProtocolError):
+    code = "invalid_message"
+
+
+class UnknownMessage(ProtocolError):
+    code = "unknown_message"
+
+
+class FrameTooLarge(ProtocolError):
+    code = "frame_too_large"
+
+
+# ----------------------------------------------------------------- vocabulary
+# Client -> server
+HELLO = "hello"  # {client, [resume: {sub_id: position}]}
+PING = "ping"  # {[id]}
+SUB = "sub"  # {id, [streams], [prefixes], [types], [after], [rooms]}
+UNSUB = "unsub"  # {id}
+ACK = "ack"  # {sub, upto}: the client has applied events up to this position
+OPS = "ops"  # {id, ops: [op wire...]}: record ops and resolutions, in order
+SNAP = "snap"  # {id, [streams], [prefixes]}: ask for a snapshot (answered in chunks)
+JOIN = "join"  # {room}
+LEAVE = "leave"  # {room}
+SAY = "say"  # {room, data}: broadcast to a room
+DM = "dm"  # {to: user, data}: direct message to every connection of a user
+PRESENCE = "presence"  # {room, state}: ephemeral typing/cursor state (also server -> client)
+COMMAND = "command"  # refused over WebSocket: critical commands are REST only
+
+# Server -> client
+WELCOME = "welcome"  # {session, tenant, user, head, heartbeat_s, stale_s}
+PONG = "pong"  # {[id], time_us}
+EVENTS = "events"  # {sub, events: [event wire], next, head}
+REFRESH = "refresh"  # {sub, head, reason}: too far behind, resync from a snapshot
+OPACKS = "opacks"  # {id, results: [{op, kind, [conflicts], [resolved], [reason]}]}
+SNAPSHOT = "snapshot"  # {id, index, total, checksum, data}: one chunk of a snapshot
+JOINED = "joined"  # {room, members}
+LEFT = "left"  # {room}
+MSG = "msg"  # {room | direct: true, from, data}
+CONFLICT = "conflict"  # {conflict: {...}}: a manual conflict for the client's records
+WARN = "warn"  # {code, message}: e.g. rate_limited (first offence)
+ERROR = "error"  # {code, message, [ref]}: a request failed; the connection stays open
+BYE = "bye"  # {code, reason}: the server is closing the connection
+
+_str = lambda v: isinstance(v, str) and 0 < len(v) <= 255  # noqa: E731
+_opt_str = lambda v: v is None or _str(v)  # noqa: E731
+_pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+_opt_pos = lambda v: v is None or _pos(v)  # noqa: E731
+
+
+def _strs(limit: int) -> Callable[[Any], bool]:
+    return lambda v: v is None or (isinstance(v, list) and len(v) <= limit and all(_str(x) for x in v))
+
+
+_list = lambda v: isinstance(v, list) and len(v) <= 10_000  # noqa: E731
+_dict = lambda v: isinstance(v, dict)  # noqa: E731
+_opt_dict = lambda v: v is None or isinstance(v, dict)  # noqa: E731
+_any = lambda v: True  # noqa: E731
+
+# Required (True) and optional (False) fields, with their checks, per message type.
+SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
+    HELLO: {"client": (False, _opt_str), "resume": (False, _opt_dict)},
+    PING: {"id": (False, _any)},
+    SUB: {
+        "id": (True, _str), "streams": (False, _strs(256)), "prefixes": (False, _strs(64)),
+        "types": (False, _strs(64)), "after": (False, _opt_pos), "rooms": (False, _strs(64)),
+    },
+    UNSUB: {"id": (True, _str)},
+    ACK: {"sub": (True, _str), "upto": (True, _pos)},
+    OPS: {"id": (True, _str), "ops": (True, _list)},
+    SNAP: {"id": (True, _str), "streams": (False, _strs(256)), "prefixes": (False, _strs(64))},
+    JOIN: {"room": (True, _str)},
+    LEAVE: {"room": (True, _str)},
+    SAY: {"room": (True, _str), "data": (False, _any)},
+    DM: {"to": (True, _str), "data": (False, _any)},
+    PRESENCE: {"room": (True, _str), "state": (False, _opt_dict), "user": (False, _opt_str),
+               "event": (False, _opt_str)},
+    COMMAND: {"type": (False, _any)},
+    WELCOME: {"session": (True, _str), "tenant": (True, _str), "user": (True, _str), "head": (True, _pos)},
+    PONG: {"id": (False, _any)},
+    EVENTS: {"sub": (True, _str), "events": (True, _list), "next": (True, _pos), "head": (False, _opt_pos)},
+    REFRESH: {"sub": (True, _str), "head": (True, _pos), "reason": (False, _opt_str)},
+    OPACKS: {"id": (True, _str), "results": (True, _list)},
+    SNAPSHOT: {"id": (True, _str), "index": (True, _pos), "total": (True, _pos), "checksum": (True, _str),
+               "data": (True, lambda v: isinstance(v, (bytes, bytearray)))},
+    JOINED: {"room": (True, _str)},
+    LEFT: {"room": (True, _str)},
+    MSG: {"from": (True, _str), "data": (False, _any)},
+    CONFLICT: {"conflict": (True, _dict)},
+    WARN: {"code": (True, _str)},
+    ERROR: {"code": (True, _str)},
+    BYE: {"code": (True, _str)},
+}
+CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND})
+SERVER_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES | {PRESENCE}
+# Messages the server sends at once, bypassing the outgoing batching window.
+LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG})
+
+
+def validate(msg: Any, *, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """Check a decoded message against its schema; returns it or raises ProtocolError."""
+    if not isinstance(msg, dict):
+        raise InvalidMessage("a message must be a map")
+    t = msg.get("t")
+    if not isinstance(t, str) or t not in SCHEMAS or (allowed is not None and t not in allowed):
+        raise UnknownMessage(f"unknown message type {str(t)[:40]!r}")
+    for name, (required, check) in SCHEMAS[t].items():
+        if name not in msg:
+            if required:
+                raise InvalidMessage(f"{t}: missing field {name!r}", field=name)
+            continue
+        if not check(msg[name]):
+            raise InvalidMessage(f"{t}: invalid field {name!r}", field=name)
+    return msg
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {B64: base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(B64), str):
+            try:
+                return base64.b64decode(value[B64], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise InvalidMessage("bad base64 in $b64") from e
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def encode_frame(msg: dict[str, Any], subprotocol: str = SUBPROTOCOL_MSGPACK) -> bytes | str:
+    """bytes for a binary frame (msgpack) or str for a text frame (JSON)."""
+    if subprotocol == SUBPROTOCOL_JSON:
+        return json.dumps(_to_json(msg), separators=(",", ":"), ensure_ascii=False)
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def decode_frame(
+    frame: bytes | str, subprotocol: str = SUBPROTOCOL_MSGPACK, *, allowed: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """A validated message from one frame, or ProtocolError. Binary frames are msgpack
+    and text frames JSON, whatever the subprotocol (a debugging client may mix)."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        if isinstance(frame, str):
+            msg = _from_json(json.loads(frame))
+        else:
+            msg = msgpack.unpackb(
+                frame, raw=False, strict_map_key=False,
+                max_array_len=100_000, max_map_len=100_000,
+            )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, UnicodeDecodeError) as e:
+        raise InvalidMessage(f"undecodable frame: {type(e).__name__}") from e
+    except Exception as e:  # msgpack raises a few more exotic errors on hostile input
+        raise InvalidMessage(f"undecodable frame: {type(e).__name__}") from e
+    return validate(msg, allowed=allowed)
+
+
+def message(t: str, **fields: Any) -> dict[str, Any]:
+    return {"t": t, **fields}
