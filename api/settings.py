@@ -42,3 +42,28 @@ class Settings:
     retention_s: float = field(default_factory=lambda: _float("SYNCLINE_RETENTION_S", 7 * 86400))
     max_payload: int = field(default_factory=lambda: _int("SYNCLINE_MAX_PAYLOAD", 1024 * 1024))
     poll_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_POLL_INTERVAL_S", 1.0))
+    # -- gateway (api/) -- every interval is configurable so tests run fast
+    jwt_leeway_s: float = field(default_factory=lambda: _float("SYNCLINE_JWT_LEEWAY_S", 5.0))
+    heartbeat_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_HEARTBEAT_INTERVAL_S", 30.0))
+    stale_after_s: float = field(default_factory=lambda: _float("SYNCLINE_STALE_AFTER_S", 90.0))
+    batch_window_ms: float = field(default_factory=lambda: _float("SYNCLINE_BATCH_WINDOW_MS", 100.0))
+    max_behind: int = field(default_factory=lambda: _int("SYNCLINE_MAX_BEHIND", 10_000))
+    unacked_batches_max: int = field(default_factory=lambda: _int("SYNCLINE_UNACKED_BATCHES_MAX", 8))
+    event_batch_max: int = field(default_factory=lambda: _int("SYNCLINE_EVENT_BATCH_MAX", 500))
+    rate_limit_messages: int = field(default_factory=lambda: _int("SYNCLINE_RATE_LIMIT_MESSAGES", 100))
+    rate_limit_window_s: float = field(default_factory=lambda: _float("SYNCLINE_RATE_LIMIT_WINDOW_S", 60.0))
+    rate_limit_ban_s: float = field(default_factory=lambda: _float("SYNCLINE_RATE_LIMIT_BAN_S", 60.0))
+    presence_ttl_s: float = field(default_factory=lambda: _float("SYNCLINE_PRESENCE_TTL_S", 30.0))
+    membership_grace_s: float = field(default_factory=lambda: _float("SYNCLINE_MEMBERSHIP_GRACE_S", 300.0))
+    poll_min_s: float = field(default_factory=lambda: _float("SYNCLINE_POLL_MIN_S", 30.0))
+    poll_max_s: float = field(default_factory=lambda: _float("SYNCLINE_POLL_MAX_S", 300.0))
+    webhook_url: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_WEBHOOK_URL") or None)
+    webhook_secret: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_WEBHOOK_SECRET") or None)
+    critical_types: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            t for t in os.environ.get("SYNCLINE_CRITICAL_TYPES", "order.*,payment.*,contract.*").split(",") if t
+        )
+    )
+    snapshot_chunk_bytes: int = field(default_factory=lambda: _int("SYNCLINE_SNAPSHOT_CHUNK_BYTES", 256 * 1024))
+    shutdown_grace_s: float = field(default_factory=lambda: _float("SYNCLINE_SHUTDOWN_GRACE_S", 5.0))
+    log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

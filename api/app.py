@@ -1,0 +1,129 @@
+"""The app factory: ``create_app(settings, store=None)`` builds the Litestar gateway."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Litestar, Request, Response, Router
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from engine.errors import SynclineError
+from store import open_store
+
+from . import routes_commands, routes_docs, routes_events, routes_health, routes_rooms, ws_native, ws_yjs
+from .deps import require_auth
+from .errors import error_body
+from .gateway import Gateway
+from .logging import bind, clear, configure_logging, log, new_correlation_id
+from .settings import Settings
+
+CORRELATION_HEADER = "x-correlation-id"
+
+
+def _syncline_error(request: Request, exc: SynclineError) -> Response:
+    return Response(exc.to_dict(), status_code=exc.http_status)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    code = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            413: "payload_too_large", 429: "rate_limited"}.get(status, "http_error")
+    details: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        details["errors"] = exc.extra
+    return Response(error_body(code, exc.detail, **details), status_code=status)
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("http.internal_error", path=request.url.path)
+    return Response(error_body("internal", "internal server error"), status_code=500)
+
+
+def correlation_middleware(app: ASGIApp) -> ASGIApp:
+    """Binds a correlation id (``X-Correlation-ID`` or a new one) to every log line of a
+    request or connection, echoes it on HTTP responses, and counts HTTP requests."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        cid = new_correlation_id(headers.get(CORRELATION_HEADER) or headers.get("x-request-id"))
+        scope.setdefault("state", {})["correlation_id"] = cid
+        clear()
+        bind(correlation_id=cid)
+        if scope["type"] == "websocket":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_box = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(CORRELATION_HEADER.encode(), cid.encode())]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            gw = scope["app"].state.get("gateway") if "app" in scope else None
+            route = scope.get("path_template") or "unmatched"
+            if gw is not None:
+                gw.metrics.http_requests.labels(scope["method"], route, str(status_box[0])).inc()
+                gw.metrics.http_latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            if route not in ("/healthz", "/metrics"):
+                log.info("http.request", method=scope["method"], path=scope["path"], route=route,
+                         status=status_box[0], ms=round((time.perf_counter() - started) * 1000, 2))
+
+    return middleware
+
+
+def create_app(settings: Settings | None = None, store: Any = None) -> Litestar:
+    settings = settings or Settings()
+    configure_logging(settings.log_json)
+    holder: dict[str, Gateway] = {}
+
+    async def on_startup(app: Litestar) -> None:
+        owns = store is None
+        s = store if store is not None else await open_store(settings.database_url, poll_interval_s=settings.poll_interval_s)
+        gw = Gateway(settings, s, owns_store=owns)
+        gw.yjs = ws_yjs.DocRooms(gw)
+        app.state.gateway = gw
+        holder["gw"] = gw
+        await gw.start()
+        log.info("gateway.started", database=settings.database_url.split("://")[0], redis=bool(settings.redis_url))
+
+    async def on_shutdown(app: Litestar) -> None:
+        gw = holder.get("gw")
+        if gw is not None:
+            await gw.close()
+
+    v1 = Router(
+        path="/v1",
+        guards=[require_auth],
+        route_handlers=[*routes_events.V1, *routes_docs.V1, *routes_commands.V1, *routes_rooms.V1],
+    )
+    legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
+    return Litestar(
+        route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        middleware=[correlation_middleware],
+        exception_handlers={
+            SynclineError: _syncline_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Syncline",
+            version="0.1.0",
+            description="Event-sourced CRDT sync engine. Errors are JSON objects with a stable `code`.",
+            path="/schema",
+        ),
+        request_max_body_size=max(settings.max_payload * 2, 1024 * 1024),
+        debug=False,
+    )

@@ -1,0 +1,128 @@
+"""JWT verification (PyJWT) and permissions from claims.
+
+A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``.
+Permissions are the union of what the roles grant and the explicit ``perms``.
+HS256 with ``SYNCLINE_JWT_SECRET`` by default; RS256/ES256 with
+``SYNCLINE_JWT_PUBLIC_KEY`` (PEM) when ``SYNCLINE_JWT_ALGORITHM`` says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jwt
+
+from engine.errors import InvalidTenant
+from engine.events import check_tenant
+
+from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing
+from .settings import Settings
+
+READ, WRITE, ADMIN, CROSS_TENANT = "read", "write", "admin", "cross_tenant_read"
+KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT})
+
+ROLE_PERMS: Mapping[str, frozenset[str]] = {
+    "viewer": frozenset({READ}),
+    "reader": frozenset({READ}),
+    "read-only": frozenset({READ}),
+    "member": frozenset({READ, WRITE}),
+    "writer": frozenset({READ, WRITE}),
+    "editor": frozenset({READ, WRITE}),
+    "service": frozenset({READ, WRITE}),
+    "admin": frozenset({READ, WRITE, ADMIN}),
+    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT}),
+}
+
+ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user: str
+    tenant: str
+    roles: frozenset[str]
+    perms: frozenset[str]
+    exp: int
+    client: str = ""
+
+    def can(self, perm: str) -> bool:
+        return perm in self.perms
+
+    def require(self, perm: str) -> None:
+        if perm not in self.perms:
+            raise Forbidden(f"the token lacks the {perm!r} permission", needed=perm)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self.algorithm = settings.jwt_algorithm
+        self.leeway = settings.jwt_leeway_s
+        if self.algorithm in ASYMMETRIC:
+            if not settings.jwt_public_key:
+                raise ValueError(f"{self.algorithm} needs SYNCLINE_JWT_PUBLIC_KEY (PEM)")
+            key = settings.jwt_public_key
+            if not key.lstrip().startswith("-----"):
+                with open(key) as f:  # a path to the PEM file
+                    key = f.read()
+            self.key: Any = key
+        elif self.algorithm.startswith("HS"):
+            self.key = settings.jwt_secret
+        else:
+            raise ValueError(f"unsupported JWT algorithm {self.algorithm!r}")
+
+    def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise TokenMissing("no token: send Authorization: Bearer <jwt> (or ?token= on WebSockets)")
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                leeway=self.leeway,
+                options={"require": ["exp", "sub", "tenant"]},
+            )
+        except jwt.ExpiredSignatureError as e:
+            raise TokenExpired("the token has expired") from e
+        except jwt.InvalidSignatureError as e:
+            raise TokenBadSignature("the token signature does not verify") from e
+        except jwt.InvalidAlgorithmError as e:
+            raise TokenBadSignature(f"tokens must be signed with {self.algorithm}") from e
+        except jwt.PyJWTError as e:
+            raise TokenMalformed(f"malformed token: {e}") from e
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    user, tenant = claims.get("sub"), claims.get("tenant")
+    roles, perms = claims.get("roles", []), claims.get("perms", [])
+    if not isinstance(user, str) or not user or len(user) > 200:
+        raise TokenMalformed("claim 'sub' must be a non-empty string")
+    try:
+        check_tenant(tenant)
+    except InvalidTenant as e:
+        raise TokenMalformed("claim 'tenant' is not a valid tenant id") from e
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise TokenMalformed("claim 'roles' must be a list of strings")
+    if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+        raise TokenMalformed("claim 'perms' must be a list of strings")
+    granted: set[str] = set()
+    for r in roles:
+        granted |= ROLE_PERMS.get(r, frozenset())
+    granted |= {p for p in perms if p in KNOWN_PERMS}
+    return Principal(user, tenant, frozenset(roles), frozenset(granted), int(claims["exp"]))
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, Any] | None = None) -> str | None:
+    """The token from ``Authorization: Bearer``, else (WebSockets) from ``?token=``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise TokenMalformed("the Authorization header must be 'Bearer <jwt>'")
+        return value.strip()
+    if query is not None:
+        token = query.get("token")
+        if isinstance(token, list):
+            token = token[0] if token else None
+        return token or None
+    return None

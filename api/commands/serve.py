@@ -1,0 +1,47 @@
+"""`syncline serve`: the gateway on uvicorn, on the embedded default (a SQLite file)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from ..settings import Settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default SYNCLINE_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default SYNCLINE_PORT or 8000).")
+@click.option("--db", "database_url", default=None, help="Store URL (default sqlite+aiosqlite:///var/syncline.db).")
+@click.option("--redis", "redis_url", default=None, help="Redis URL for cross-process fan-out (optional).")
+@click.option("--ws", default="auto", type=click.Choice(["auto", "websockets", "websockets-sansio", "wsproto"]),
+              help="uvicorn WebSocket implementation.")
+def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None, ws: str) -> None:
+    """Run the gateway (REST, WebSocket, Yjs) in one process."""
+    from ..app import create_app
+    from ..server import make_server
+
+    settings = Settings()
+    if host:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    if database_url:
+        settings.database_url = database_url
+    if redis_url:
+        settings.redis_url = redis_url
+    if settings.database_url.startswith("sqlite+aiosqlite:///"):
+        path = settings.database_url.removeprefix("sqlite+aiosqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    server = make_server(app, settings.host, settings.port, ws=ws)
+    url = f"http://{settings.host}:{settings.port}"
+    click.echo(f"Syncline listening on {url}  (store: {settings.database_url})")
+    click.echo(f"  health:  {url}/healthz    ready: {url}/readyz    metrics: {url}/metrics    API: {url}/schema")
+    click.echo(f"  WebSocket: ws://{settings.host}:{settings.port}/v1/ws    Yjs: ws://{settings.host}:{settings.port}/v1/yjs/<doc>?token=<jwt>")
+    click.echo("  mint a development token:  syncline token --tenant acme --user alice")
+    asyncio.run(server.serve())
+
+
+COMMANDS = [serve]

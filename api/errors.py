@@ -1,0 +1,112 @@
+"""Gateway errors and their one mapping to the wire: HTTP JSON bodies and WebSocket close codes.
+
+Every refusal the gateway makes is a :class:`~engine.errors.SynclineError` with a
+stable ``code``; :func:`http_error_body` / :data:`WS_CLOSE` turn it into what the
+client sees. Nothing else decides statuses or close codes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import SynclineError
+
+# WebSocket close codes (documented in docs/protocol.md).
+WS_NORMAL = 1000
+WS_GOING_AWAY = 1001
+WS_INTERNAL = 1011
+WS_TRY_AGAIN = 1013
+WS_PROTOCOL = 4400
+WS_UNAUTHENTICATED = 4401
+WS_FORBIDDEN = 4403
+WS_STALE = 4408
+WS_RATE_LIMITED = 4429
+WS_UNAVAILABLE = 4503
+
+
+class Unauthenticated(SynclineError):
+    """No token, or a token that does not verify."""
+
+    code = "unauthenticated"
+    http_status = 401
+    ws_close = WS_UNAUTHENTICATED
+
+
+class TokenMissing(Unauthenticated):
+    code = "token_missing"
+
+
+class TokenExpired(Unauthenticated):
+    code = "token_expired"
+
+
+class TokenBadSignature(Unauthenticated):
+    code = "token_bad_signature"
+
+
+class TokenMalformed(Unauthenticated):
+    code = "token_malformed"
+
+
+class Forbidden(SynclineError):
+    """Authenticated, but the claims do not allow this."""
+
+    code = "forbidden"
+    http_status = 403
+    ws_close = WS_FORBIDDEN
+
+
+class TenantViolation(Forbidden):
+    """A request or message named another tenant than the token's. Logged as a security event."""
+
+    code = "tenant_violation"
+
+
+class JustificationRequired(Forbidden):
+    code = "justification_required"
+
+
+class CriticalCommandRefused(Forbidden):
+    """Class D (critical) command types go through POST /v1/commands/{type} only (never WebSocket)."""
+
+    code = "critical_requires_command"
+
+
+class RateLimited(SynclineError):
+    code = "rate_limited"
+    http_status = 429
+    ws_close = WS_RATE_LIMITED
+
+
+class IdempotencyKeyRequired(SynclineError):
+    code = "idempotency_key_required"
+    http_status = 400
+
+
+class Stale(SynclineError):
+    code = "stale"
+    http_status = 408
+    ws_close = WS_STALE
+
+
+class NotImplementedYet(SynclineError):
+    code = "not_implemented"
+    http_status = 501
+
+
+def ws_close_code(err: BaseException) -> int:
+    code = getattr(err, "ws_close", None)
+    if code:
+        return code
+    if isinstance(err, SynclineError):
+        if err.http_status == 503:
+            return WS_UNAVAILABLE
+        if 400 <= err.http_status < 500:
+            return WS_PROTOCOL
+    return WS_INTERNAL
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return body

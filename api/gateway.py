@@ -1,0 +1,159 @@
+"""The running gateway's shared state: store, verifier, hub, presence, connections.
+
+One :class:`Gateway` per app; routes and WebSocket handlers reach it through
+``app.state.gateway``. It owns the background jobs (presence sweeper) and the
+graceful shutdown: every open connection is told why it is being closed, its
+queued messages are flushed, then it is closed with 1001.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from engine.events import Actor, NewEvent, Retention
+
+from .auth import Principal, TokenVerifier
+from .hub import Hub, room_channel
+from .logging import log, security_log
+from .metrics import Metrics
+from .presence import PresenceRegistry
+from .ratelimit import BanList
+from .settings import Settings
+
+AUDIT_STREAM = "$audit"
+SECURITY_STREAM = "$security"
+
+
+class Closable(Protocol):
+    conn_id: str
+
+    async def shutdown(self, reason: str) -> None: ...
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Any, *, owns_store: bool) -> None:
+        self.settings = settings
+        self.store = store
+        self.owns_store = owns_store
+        self.verifier = TokenVerifier(settings)
+        self.metrics = Metrics()
+        self.hub = Hub(settings.redis_url)
+        self.presence = PresenceRegistry(ttl_s=settings.presence_ttl_s, grace_s=settings.membership_grace_s)
+        self.bans = BanList()
+        self.connections: dict[str, Closable] = {}
+        self.shutting_down = False
+        self.started_at = time.time()
+        self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.hub.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
+
+    async def close(self) -> None:
+        await self.shutdown("server stopping")
+        if self._sweeper:
+            self._sweeper.cancel()
+        if self.yjs is not None:
+            await self.yjs.close()
+        await self.hub.close()
+        if self.owns_store:
+            await self.store.close()
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Tell every connection why, flush what is queued for it, close it (1001)."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        conns = list(self.connections.values())
+        if conns:
+            log.info("gateway.shutdown", connections=len(conns), reason=reason)
+            await asyncio.wait(
+                [asyncio.ensure_future(c.shutdown(reason)) for c in conns],
+                timeout=self.settings.shutdown_grace_s,
+            )
+
+    # -- audit and security --------------------------------------------------
+
+    async def audit(self, tenant: str, type_: str, principal: Principal, data: dict[str, Any], **meta: Any) -> None:
+        """Append an audit event to the tenant's ``$audit`` stream (kept forever)."""
+        await self.store.append(
+            tenant,
+            AUDIT_STREAM,
+            [
+                NewEvent(
+                    type_,
+                    data={**data, "by": {"user": principal.user, "tenant": principal.tenant}},
+                    actor=Actor(principal.user, principal.client),
+                    meta={k: v for k, v in meta.items() if v is not None},
+                    retention=Retention.CRITICAL,
+                )
+            ],
+        )
+
+    async def security_event(self, principal: Principal | None, kind: str, **details: Any) -> None:
+        """Log a security event, count it, and record it in the offender's tenant log."""
+        self.metrics.security_events.labels(kind).inc()
+        security_log.warning(
+            "security." + kind,
+            user=principal.user if principal else None,
+            tenant=principal.tenant if principal else None,
+            **details,
+        )
+        if principal is None:
+            return
+        try:
+            await self.store.append(
+                principal.tenant,
+                SECURITY_STREAM,
+                [
+                    NewEvent(
+                        "security." + kind.replace("_", "-"),
+                        data={"user": principal.user, **{k: str(v)[:200] for k, v in details.items()}},
+                        actor=Actor(principal.user, principal.client),
+                        retention=Retention.CRITICAL,
+                    )
+                ],
+            )
+        except Exception:  # the log line above is the fallback record
+            log.exception("security.record_failed")
+
+    # -- presence ------------------------------------------------------------
+
+    async def record_presence(self, tenant: str, room: str, user: str, client: str, joined: bool) -> None:
+        try:
+            await self.store.append(
+                tenant,
+                f"room/{room}",
+                [NewEvent("presence.joined" if joined else "presence.left", data={"user": user, "client": client},
+                          actor=Actor(user, client))],
+            )
+        except Exception:
+            log.exception("presence.record_failed", room=room)
+
+    async def _sweep(self) -> None:
+        p = self.presence
+        interval = max(0.05, min(p.ttl_s, p.grace_s) / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = time.monotonic()
+                for tenant, room, e in p.expire_states(now):
+                    self.hub.publish(
+                        room_channel(tenant, room),
+                        {"t": "presence", "room": room, "user": e.user, "conn": e.conn, "state": None},
+                    )
+                for m in p.expired_members(now):
+                    rooms = list(m.rooms)
+                    p.forget((m.tenant, m.user, m.client))
+                    for room in rooms:
+                        self.hub.publish(
+                            room_channel(m.tenant, room),
+                            {"t": "left", "room": room, "user": m.user, "client": m.client},
+                        )
+                        await self.record_presence(m.tenant, room, m.user, m.client, False)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("presence.sweep_failed")

@@ -1,0 +1,32 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "syncline_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "syncline_http_request_seconds", "HTTP request latency", ["method", "route"], registry=r
+        )
+        self.ws_connections = Gauge("syncline_ws_connections", "Open WebSocket connections", ["endpoint"], registry=r)
+        self.ws_messages = Counter(
+            "syncline_ws_messages_total", "WebSocket messages", ["endpoint", "direction"], registry=r
+        )
+        self.ws_closes = Counter("syncline_ws_closes_total", "WebSocket closes by code", ["endpoint", "code"], registry=r)
+        self.events_appended = Counter("syncline_events_appended_total", "Events appended by the gateway", ["via"], registry=r)
+        self.rate_limited = Counter("syncline_rate_limited_total", "Rate-limit warnings and disconnects", ["action"], registry=r)
+        self.auth_failures = Counter("syncline_auth_failures_total", "Refused authentications", ["code"], registry=r)
+        self.security_events = Counter("syncline_security_events_total", "Security events", ["kind"], registry=r)
+        self.yjs_updates = Counter("syncline_yjs_updates_total", "Yjs updates appended and relayed", registry=r)
+        self.docs_loaded = Gauge("syncline_docs_loaded", "Yjs documents held in memory", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,53 @@
+"""Liveness, readiness and metrics (unauthenticated: probes and scrapers have no tokens)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from litestar import Request, Response, get
+
+from .metrics import CONTENT_TYPE_LATEST
+
+
+@get("/healthz", summary="Liveness", sync_to_thread=False)
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness: each dependency's state and active degradation modes")
+async def readyz(request: Request) -> Response:
+    gw = request.app.state.gateway
+    deps: dict[str, dict] = {}
+    degradations: list[str] = []
+    started = time.perf_counter()
+    try:
+        head = await asyncio.wait_for(gw.store.head_position(), timeout=2.0)
+        deps["store"] = {"state": "up", "head": head, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    except Exception as e:
+        deps["store"] = {"state": "down", "error": type(e).__name__}
+    hub = gw.hub
+    deps["redis"] = {"state": hub.redis_state}
+    if hub.redis_error and hub.redis_state != "up":
+        deps["redis"]["error"] = hub.redis_error[:200]
+    if hub.redis_state in ("down", "connecting"):
+        degradations.append("fanout_in_process_only")
+    deps["websocket"] = {"state": "draining" if gw.shutting_down else "up", "connections": len(gw.connections)}
+    if gw.shutting_down:
+        degradations.append("shutting_down")
+    if deps["store"]["state"] != "up" or gw.shutting_down:
+        status, code = "unavailable", 503
+    elif degradations:
+        status, code = "degraded", 200
+    else:
+        status, code = "ready", 200
+    return Response({"status": status, "dependencies": deps, "degradations": degradations}, status_code=code)
+
+
+@get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    gw = request.app.state.gateway
+    gw.metrics.ws_connections.labels("native")  # make sure the series exist
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES = [healthz, readyz, metrics]

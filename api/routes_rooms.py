@@ -1,0 +1,23 @@
+"""REST view of a room's presence (class A)."""
+from __future__ import annotations
+
+import time
+
+from litestar import Request, get
+
+from engine.errors import ValidationError
+
+from .auth import READ
+from .deps import gateway_of, read_scope
+from .ws_native import ROOM_RE
+
+
+@get("/rooms/{room:str}/presence", opt={"perm": READ}, summary="Who is in a room, and their ephemeral states")
+async def room_presence(request: Request, room: str) -> dict:
+    if not ROOM_RE.match(room):
+        raise ValidationError("invalid room name", reason="invalid_room")
+    tenant = await read_scope(request, resource=f"room:{room}")
+    return gateway_of(request).presence.snapshot(tenant, room, time.monotonic())
+
+
+V1 = [room_presence]

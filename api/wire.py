@@ -1,0 +1,88 @@
+"""Wire helpers: events as plain dicts, JSON-safe bytes, the adaptive poll interval."""
+from __future__ import annotations
+
+import base64
+from typing import Any, Iterable, Sequence
+
+from engine.errors import ValidationError
+from engine.events import Actor, NewEvent, RecordedEvent, Retention, check_type
+from engine.filters import EventFilter
+
+B64_KEY = "$b64"
+
+
+def jsonable(value: Any) -> Any:
+    """Bytes become ``{"$b64": "..."}`` so JSON text frames can carry them."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {B64_KEY: base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and B64_KEY in value and isinstance(value[B64_KEY], str):
+            try:
+                return base64.b64decode(value[B64_KEY], validate=True)
+            except Exception as e:
+                raise ValidationError("bad base64 in $b64") from e
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value
+
+
+def events_wire(events: Iterable[RecordedEvent]) -> list[dict[str, Any]]:
+    return [e.to_wire() for e in events]
+
+
+def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = None, client: str = "",
+               retention: Retention = Retention.STANDARD) -> list[NewEvent]:
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValidationError("events must be a non-empty list")
+    if len(items) > 1000:
+        raise ValidationError("at most 1000 events per append")
+    out = []
+    for it in items:
+        if not isinstance(it, dict) or "type" not in it:
+            raise ValidationError("each event needs a 'type'")
+        meta = it.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValidationError("meta must be an object")
+        meta = {k: v for k, v in meta.items() if k in ("trace_id", "causation_id", "correlation_id")}
+        if correlation_id and "correlation_id" not in meta:
+            meta["correlation_id"] = correlation_id
+        clock = it.get("clock") or {}
+        if not isinstance(clock, dict):
+            raise ValidationError("clock must be an object")
+        ev_id = it.get("id")
+        if ev_id is not None and (not isinstance(ev_id, str) or len(ev_id) > 64):
+            raise ValidationError("id must be a string of at most 64 characters")
+        schema = it.get("schema", 1)
+        if not isinstance(schema, int) or schema < 1:
+            raise ValidationError("schema must be a positive integer")
+        out.append(NewEvent(check_type(it["type"]), data=it.get("data"), schema=schema,
+                            actor=Actor(principal.user, client), clock=clock, meta=meta,
+                            retention=retention, id=ev_id))
+    return out
+
+
+def build_filter(streams: Sequence[str] = (), prefixes: Sequence[str] = (), types: Sequence[str] = ()) -> EventFilter | None:
+    f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(types))
+    return None if f.is_empty else f
+
+
+def suggest_poll_interval(events: Sequence[RecordedEvent], *, has_more: bool, now_us: int, limit: int,
+                          min_s: float, max_s: float) -> float:
+    """How long a polling client should wait: short when events arrive fast (or a full
+    page is waiting), long when the stream is quiet — aiming at about half a page per poll."""
+    if has_more:
+        return min_s
+    if not events:
+        return max_s
+    span_s = max(1.0, (now_us - events[0].time_us) / 1_000_000)
+    rate = len(events) / span_s
+    return round(min(max_s, max(min_s, (limit / 2) / rate)), 1)

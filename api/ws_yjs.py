@@ -1,0 +1,337 @@
+"""The Yjs endpoint: ``/v1/yjs/{doc}?token=JWT`` speaks the standard y-websocket protocol.
+
+One message per binary frame (engine.yprotocol). On connect the server sends its
+sync step 1 and the current awareness states. Every update from a writer is appended
+to the log as a ``crdt.update`` event on ``doc/{doc}`` *before* it is applied and
+relayed; a client without ``write`` gets ``permission-denied`` instead. Awareness is
+relayed, owned by the connection (so by the token's user) and removed on close.
+Documents are keyed by (tenant, doc): the same name in two tenants is two documents.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import pycrdt
+from litestar import WebSocket, websocket
+
+from engine.awareness import AwarenessRegistry
+from engine.documents import CRDT_UPDATE, DocSnapshot, Document, SnapshotPolicy
+from engine.errors import ProtocolError, SynclineError
+from engine.events import Actor, NewEvent
+from engine.yprotocol import (
+    AwarenessMessage,
+    PermissionDenied,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    UnknownMessageType,
+    decode_message,
+    encode_awareness,
+    encode_permission_denied,
+    encode_sync_step2,
+    encode_sync_update,
+    sync_step1,
+)
+from engine.yupdates import EMPTY_UPDATE
+
+from .auth import READ, WRITE, Principal
+from .errors import WS_FORBIDDEN, WS_GOING_AWAY, WS_PROTOCOL, WS_UNAVAILABLE, Unauthenticated, ws_close_code
+from .gateway import Gateway
+from .hub import doc_channel
+from .logging import clear, log
+from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
+
+DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
+SNAPSHOT_KIND = "yjs"
+ENDPOINT = "yjs"
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class DocRoom:
+    def __init__(self, tenant: str, doc: str, document: Document) -> None:
+        self.tenant = tenant
+        self.doc = doc
+        self.stream = f"doc/{doc}"
+        self.document = document
+        self.awareness = AwarenessRegistry()
+        self.conns: dict[str, YjsConnection] = {}
+        self.inflight = 0  # appends not yet applied; no snapshot while > 0
+        self.snapshotting = False
+        self.remote_cb: Any = None
+
+    def broadcast(self, frame: bytes, skip: str | None = None) -> None:
+        for cid, c in self.conns.items():
+            if cid != skip:
+                c.outbox.put(frame)
+
+
+async def load_document(store: Any, tenant: str, stream: str) -> Document:
+    """Latest snapshot (verified; ignored when corrupt) plus the stream's updates after it."""
+    snap = None
+    found = await store.load_snapshot(tenant, stream, SNAPSHOT_KIND)
+    if found is not None:
+        position, data, checksum = found
+        snap = DocSnapshot(position, bytes(data), checksum)
+        try:
+            snap.verify()
+        except SynclineError:
+            log.warning("yjs.snapshot_corrupt", stream=stream, position=position)
+            snap = None
+    events = await store.read_stream(tenant, stream)
+    return Document.load(snap, [e for e in events if e.type == CRDT_UPDATE], doc_id=stream)
+
+
+class DocRooms:
+    """Loaded documents with connections; loaded once per (tenant, doc), dropped when the last
+    connection leaves (after a snapshot when the tail since the last one is long)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.rooms: dict[tuple[str, str], DocRoom] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future] = {}
+        self.policy = SnapshotPolicy()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def open(self, tenant: str, doc: str) -> DocRoom:
+        key = (tenant, doc)
+        room = self.rooms.get(key)
+        if room is not None:
+            return room
+        fut = self._loading.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            document = await load_document(self.gw.store, tenant, f"doc/{doc}")
+            room = self.rooms[key] = DocRoom(tenant, doc, document)
+            room.remote_cb = lambda msg, r=room: self._remote(r, msg)
+            self.gw.hub.subscribe(doc_channel(tenant, doc), room.remote_cb)
+            self.gw.metrics.docs_loaded.set(len(self.rooms))
+            fut.set_result(room)
+            return room
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._loading.pop(key, None)
+
+    def _remote(self, room: DocRoom, msg: Any) -> None:
+        """An update or awareness change relayed by another gateway process."""
+        if not isinstance(msg, dict) or msg.get("node") == self.gw.hub.node:
+            return
+        if msg.get("kind") == "update":
+            room.document.apply_update(msg["update"])
+            room.broadcast(encode_sync_update(msg["update"]))
+        elif msg.get("kind") == "awareness":
+            room.broadcast(encode_awareness(msg["update"]))
+
+    def release(self, room: DocRoom) -> None:
+        if room.conns:
+            return
+        key = (room.tenant, room.doc)
+        if self.rooms.get(key) is room:
+            del self.rooms[key]
+            self.gw.hub.unsubscribe(doc_channel(room.tenant, room.doc), room.remote_cb)
+            self.gw.metrics.docs_loaded.set(len(self.rooms))
+            if room.document.tail_events and room.inflight == 0:
+                self.snapshot_soon(room)
+
+    def snapshot_soon(self, room: DocRoom) -> None:
+        if room.snapshotting or room.inflight:
+            return
+        room.snapshotting = True
+        snap = room.document.snapshot()
+
+        async def save() -> None:
+            try:
+                await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
+                                                  snap.state, snap.checksum)
+            except Exception:
+                log.exception("yjs.snapshot_failed", stream=room.stream)
+            finally:
+                room.snapshotting = False
+
+        t = asyncio.create_task(save())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def document_for_read(self, tenant: str, doc: str) -> Document:
+        room = self.rooms.get((tenant, doc))
+        if room is not None:
+            return room.document
+        return await load_document(self.gw.store, tenant, f"doc/{doc}")
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            if room.document.tail_events and room.inflight == 0:
+                snap = room.document.snapshot()
+                try:
+                    await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
+                                                      snap.state, snap.checksum)
+                except Exception:
+                    pass
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class YjsConnection:
+    def __init__(self, gw: Gateway, socket: WebSocket, principal: Principal, room: DocRoom) -> None:
+        self.gw = gw
+        self.socket = socket
+        self.principal = principal
+        self.room = room
+        self.conn_id = new_conn_id()
+        self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
+        self.writable = principal.can(WRITE)
+
+    async def shutdown(self, reason: str) -> None:
+        self.outbox.close(WS_GOING_AWAY, reason)
+        await self.outbox.drain(self.gw.settings.shutdown_grace_s)
+
+    async def run(self) -> None:
+        room, gw = self.room, self.gw
+        received = gw.metrics.ws_messages.labels(ENDPOINT, "in")
+        self.outbox.put(sync_step1(room.document))
+        if room.awareness.states:
+            self.outbox.put(encode_awareness(room.awareness.encode()))
+        while True:
+            message = await self.socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = message.get("bytes")
+            if frame is None:
+                self.outbox.close(WS_PROTOCOL, "y-websocket frames are binary")
+                return
+            received.inc()
+            try:
+                msg = decode_message(frame)
+            except UnknownMessageType:
+                continue  # y-websocket peers ignore message types they do not speak
+            except ProtocolError as e:
+                log.info("yjs.protocol_error", code=e.code, error=e.message)
+                self.outbox.close(WS_PROTOCOL, e.code)
+                return
+            await self.handle(msg)
+            if self.outbox.closed:
+                return
+
+    async def handle(self, msg: Any) -> None:
+        room = self.room
+        if isinstance(msg, SyncStep1):
+            self.outbox.put(encode_sync_step2(room.document.diff(msg.state_vector)))
+        elif isinstance(msg, (SyncStep2, SyncUpdate)):
+            update = msg.update
+            if update == EMPTY_UPDATE:
+                return
+            if not self.writable:
+                if isinstance(msg, SyncUpdate) or pycrdt.get_update(update, room.document.state_vector())[0] != 0:
+                    self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
+                return
+            await self.apply(update)
+        elif isinstance(msg, AwarenessMessage):
+            change = room.awareness.apply(msg.entries, connection=self.conn_id, user=self.principal.user,
+                                          now_ms=now_ms())
+            if change.update is not None:
+                frame = encode_awareness(change.update)
+                room.broadcast(frame, skip=self.conn_id)
+                self._relay({"kind": "awareness", "update": change.update})
+        elif isinstance(msg, QueryAwareness):
+            self.outbox.put(encode_awareness(room.awareness.encode()))
+        elif isinstance(msg, PermissionDenied):
+            pass
+
+    async def apply(self, update: bytes) -> None:
+        room, gw = self.room, self.gw
+        room.inflight += 1
+        try:
+            result = await gw.store.append(
+                room.tenant, room.stream,
+                [NewEvent(CRDT_UPDATE, data=update, actor=Actor(self.principal.user, self.conn_id))],
+            )
+            s = result.streams[0]
+            room.document.apply_update(update, position=s.last_position, version=s.last_version)
+        finally:
+            room.inflight -= 1
+        gw.metrics.yjs_updates.inc()
+        gw.metrics.events_appended.labels("yjs").inc()
+        room.broadcast(encode_sync_update(update), skip=self.conn_id)
+        self._relay({"kind": "update", "update": update})
+        if room.inflight == 0 and gw.yjs.policy.due(room.document):
+            gw.yjs.snapshot_soon(room)
+
+    def _relay(self, msg: dict) -> None:
+        hub = self.gw.hub
+        if hub.redis_state == "up":
+            msg["node"] = hub.node
+            hub.publish(doc_channel(self.room.tenant, self.room.doc), msg, skip=None)
+
+    def closed(self) -> None:
+        room = self.room
+        change = room.awareness.disconnect(self.conn_id, now_ms=now_ms())
+        room.conns.pop(self.conn_id, None)
+        if change.update is not None:
+            room.broadcast(encode_awareness(change.update))
+            self._relay({"kind": "awareness", "update": change.update})
+
+
+@websocket("/v1/yjs/{doc:str}", summary="Yjs (y-websocket protocol)")
+async def yjs_ws(socket: WebSocket, doc: str) -> None:
+    gw: Gateway = socket.app.state.gateway
+    clear()
+    try:
+        principal = authenticate(gw, socket)
+    except Unauthenticated as e:
+        await refuse(gw, socket, ENDPOINT, e.ws_close, e.code)
+        return
+    if not principal.can(READ):
+        await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "forbidden")
+        return
+    wanted = socket.query_params.get("tenant")
+    if wanted and wanted != principal.tenant:
+        await gw.security_event(principal, "cross_tenant_ws", target=wanted[:80], endpoint=ENDPOINT)
+        await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "tenant_violation")
+        return
+    if not DOC_RE.match(doc):
+        await refuse(gw, socket, ENDPOINT, WS_PROTOCOL, "invalid_doc")
+        return
+    if gw.shutting_down:
+        await refuse(gw, socket, ENDPOINT, WS_GOING_AWAY, "shutting down")
+        return
+    try:
+        room = await gw.yjs.open(principal.tenant, doc)
+    except SynclineError as e:
+        await refuse(gw, socket, ENDPOINT, ws_close_code(e) if e.http_status != 503 else WS_UNAVAILABLE, e.code)
+        return
+    await socket.accept()
+    conn = YjsConnection(gw, socket, principal, room)
+    bind_connection(conn.conn_id, principal, ENDPOINT)
+    room.conns[conn.conn_id] = conn
+    gw.connections[conn.conn_id] = conn
+    gauge = gw.metrics.ws_connections.labels(ENDPOINT)
+    gauge.inc()
+    log.info("yjs.open", doc=doc, writable=conn.writable)
+    try:
+        await conn.run()
+    except SynclineError as e:
+        log.info("yjs.error", code=e.code, error=e.message)
+        conn.outbox.close(ws_close_code(e), e.code)
+    except Exception:
+        log.exception("yjs.failed")
+        conn.outbox.close(1011, "internal error")
+    finally:
+        gauge.dec()
+        gw.connections.pop(conn.conn_id, None)
+        conn.closed()
+        gw.yjs.release(room)
+        if not conn.outbox.closed:
+            conn.outbox.close(1000, "")
+        await conn.outbox.drain(1.0)
+        log.info("yjs.close", doc=doc)
