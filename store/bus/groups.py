@@ -1,0 +1,305 @@
+"""Consumer group state in the database: the group, its members, partition leases and checkpoints.
+
+Membership protocol (every member runs it each heartbeat, lease_s / 3 apart):
+
+1. upsert its own member row with ``expires_us = now + lease``, delete members whose
+   row expired (they died without leaving), read the live members;
+2. renew the leases of the partitions it owns (``owner = me``); a partition that is
+   no longer returned was taken over after our lease lapsed: we stop handling it;
+3. compute its fair share (members sorted by id; the first ``P % M`` get one more)
+   and release partitions above it, or claim free or expired ones below it.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so members in different processes
+that claim at once take disjoint partitions instead of queueing on the same rows;
+on SQLite the writer's ``BEGIN IMMEDIATE`` serializes them. Every claim bumps
+``epoch``; checkpoint writes carry the epoch, so a member that lost a partition
+(paused past its lease, say) cannot move the new owner's checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+
+from engine.codec import pack
+
+from ..bus_schema import SCOPE_ALL, bus_attempts, bus_groups, bus_members, bus_partitions
+from ..schema import events, log_head
+from ..errors import db_errors
+from ._db import engines, insert_for, now_us
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    partition: int
+    epoch: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    event_id: str
+    position: int
+    attempts: int
+    first_failure_us: int
+    last_failure_us: int
+    reason: str
+    trace: str
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    members: tuple[str, ...]  # live members, sorted
+    owned: dict[int, Lease]
+
+    def fair_share(self, member: str, partitions: int) -> int:
+        if member not in self.members:
+            return 0
+        m = len(self.members)
+        i = self.members.index(member)
+        return partitions // m + (1 if i < partitions % m else 0)
+
+
+class GroupStore:
+    def __init__(self, store: Any, scope: str, group: str) -> None:
+        self._w, self._r = engines(store)
+        self.dialect = self._w.dialect.name
+        self.scope = scope
+        self.group = group
+        self._key = and_(bus_partitions.c.scope == scope, bus_partitions.c.group_name == group)
+
+    @db_errors
+    async def ensure(self, partitions: int, filter_doc: Any = None) -> int:
+        """Create the group and its partitions at position ``0`` unless they exist; return
+        the partition count (an existing group keeps its own)."""
+        ins = insert_for(self.dialect)
+        now = now_us()
+        async with self._w.begin() as conn:
+            await conn.execute(
+                ins(bus_groups)
+                .values(scope=self.scope, group_name=self.group, partitions=partitions,
+                        filter=pack(filter_doc) if filter_doc is not None else None, created_us=now)
+                .on_conflict_do_nothing(index_elements=["scope", "group_name"])
+            )
+            n = (
+                await conn.execute(
+                    select(bus_groups.c.partitions).where(
+                        bus_groups.c.scope == self.scope, bus_groups.c.group_name == self.group
+                    )
+                )
+            ).scalar_one()
+            await conn.execute(
+                ins(bus_partitions).on_conflict_do_nothing(index_elements=["scope", "group_name", "partition"]),
+                [
+                    dict(scope=self.scope, group_name=self.group, partition=p, owner=None, epoch=0,
+                         lease_until_us=0, position=0, updated_us=now)
+                    for p in range(n)
+                ],
+            )
+        return n
+
+    @db_errors
+    async def heartbeat(self, member: str, host: str, pid: int, lease_us: int) -> Membership:
+        now = now_us()
+        ins = insert_for(self.dialect)
+        m = bus_members.c
+        async with self._w.begin() as conn:
+            await conn.execute(
+                ins(bus_members)
+                .values(scope=self.scope, group_name=self.group, member=member, host=host[:128], pid=pid,
+                        joined_us=now, heartbeat_us=now, expires_us=now + lease_us)
+                .on_conflict_do_update(
+                    index_elements=["scope", "group_name", "member"],
+                    set_={"heartbeat_us": now, "expires_us": now + lease_us},
+                )
+            )
+            mine = and_(m.scope == self.scope, m.group_name == self.group)
+            await conn.execute(delete(bus_members).where(mine, m.expires_us < now))
+            members = tuple((await conn.execute(select(m.member).where(mine).order_by(m.member))).scalars())
+            rows = (
+                await conn.execute(
+                    update(bus_partitions)
+                    .where(self._key, bus_partitions.c.owner == member)
+                    .values(lease_until_us=now + lease_us)
+                    .returning(bus_partitions.c.partition, bus_partitions.c.epoch, bus_partitions.c.position)
+                )
+            ).all()
+        return Membership(members, {r.partition: Lease(r.partition, r.epoch, r.position) for r in rows})
+
+    @db_errors
+    async def claim(self, member: str, limit: int, lease_us: int) -> list[Lease]:
+        """Take up to ``limit`` partitions that nobody holds or whose lease expired."""
+        if limit <= 0:
+            return []
+        now = now_us()
+        p = bus_partitions.c
+        async with self._w.begin() as conn:
+            q = (
+                select(p.partition)
+                .where(self._key, or_(p.owner.is_(None), p.lease_until_us < now))
+                .order_by(p.partition)
+                .limit(limit)
+            )
+            if self.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            free = list((await conn.execute(q)).scalars())
+            if not free:
+                return []
+            rows = (
+                await conn.execute(
+                    update(bus_partitions)
+                    .where(self._key, p.partition.in_(free))
+                    .values(owner=member, epoch=p.epoch + 1, lease_until_us=now + lease_us, updated_us=now)
+                    .returning(p.partition, p.epoch, p.position)
+                )
+            ).all()
+        return sorted((Lease(r.partition, r.epoch, r.position) for r in rows), key=lambda x: x.partition)
+
+    @db_errors
+    async def commit(self, member: str, checkpoints: Sequence[tuple[int, int, int]]) -> None:
+        """Write (partition, epoch, position) checkpoints; fenced by owner and epoch, and
+        never backwards."""
+        if not checkpoints:
+            return
+        p = bus_partitions.c
+        stmt = (
+            update(bus_partitions)
+            .where(
+                self._key,
+                p.partition == bindparam("b_partition"),
+                p.owner == member,
+                p.epoch == bindparam("b_epoch"),
+                p.position < bindparam("b_position"),
+            )
+            .values(position=bindparam("b_position"), updated_us=now_us())
+        )
+        async with self._w.begin() as conn:
+            await conn.execute(
+                stmt, [{"b_partition": a, "b_epoch": e, "b_position": pos} for a, e, pos in checkpoints]
+            )
+
+    @db_errors
+    async def release(self, member: str, partitions: Sequence[int]) -> None:
+        if not partitions:
+            return
+        p = bus_partitions.c
+        async with self._w.begin() as conn:
+            await conn.execute(
+                update(bus_partitions)
+                .where(self._key, p.owner == member, p.partition.in_(list(partitions)))
+                .values(owner=None, lease_until_us=0, updated_us=now_us())
+            )
+
+    @db_errors
+    async def leave(self, member: str) -> None:
+        p = bus_partitions.c
+        async with self._w.begin() as conn:
+            await conn.execute(
+                update(bus_partitions).where(self._key, p.owner == member).values(owner=None, lease_until_us=0)
+            )
+            await conn.execute(
+                delete(bus_members).where(
+                    bus_members.c.scope == self.scope, bus_members.c.group_name == self.group,
+                    bus_members.c.member == member,
+                )
+            )
+
+    @db_errors
+    async def low_watermark(self) -> int:
+        async with self._r.connect() as conn:
+            return (await conn.execute(select(func.min(bus_partitions.c.position)).where(self._key))).scalar() or 0
+
+    # ----------------------------------------------------------------- attempts
+
+    @db_errors
+    async def load_attempts(self, partition: int) -> dict[str, Attempt]:
+        a = bus_attempts.c
+        async with self._r.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(bus_attempts).where(
+                        a.scope == self.scope, a.group_name == self.group, a.partition == partition
+                    )
+                )
+            ).all()
+        return {
+            r.event_id: Attempt(r.event_id, r.position, r.attempts, r.first_failure_us, r.last_failure_us,
+                                r.reason, r.trace)
+            for r in rows
+        }
+
+    @db_errors
+    async def record_attempt(self, partition: int, member: str, att: Attempt) -> None:
+        ins = insert_for(self.dialect)
+        values = dict(
+            scope=self.scope, group_name=self.group, event_id=att.event_id, partition=partition,
+            position=att.position, attempts=att.attempts, first_failure_us=att.first_failure_us,
+            last_failure_us=att.last_failure_us, reason=att.reason, trace=att.trace, member=member,
+        )
+        stmt = ins(bus_attempts).values(**values).on_conflict_do_update(
+            index_elements=["scope", "group_name", "event_id"],
+            set_={k: values[k] for k in ("attempts", "last_failure_us", "reason", "trace", "member")},
+        )
+        async with self._w.begin() as conn:
+            await conn.execute(stmt)
+
+    @db_errors
+    async def clear_attempt(self, event_id: str) -> None:
+        a = bus_attempts.c
+        async with self._w.begin() as conn:
+            await conn.execute(
+                delete(bus_attempts).where(a.scope == self.scope, a.group_name == self.group, a.event_id == event_id)
+            )
+
+
+@db_errors
+async def list_groups(store: Any, scope: str | None = None) -> list[dict[str, Any]]:
+    """Every group (or those of one scope) with partitions, live members and checkpoints."""
+    _, r = engines(store)
+    now = now_us()
+    g, p, m = bus_groups.c, bus_partitions.c, bus_members.c
+    out = []
+    async with r.connect() as conn:
+        q = select(bus_groups).order_by(g.scope, g.group_name)
+        if scope is not None:
+            q = q.where(g.scope == scope)
+        for grp in (await conn.execute(q)).all():
+            key_p = and_(p.scope == grp.scope, p.group_name == grp.group_name)
+            parts = (await conn.execute(select(bus_partitions).where(key_p).order_by(p.partition))).all()
+            members = (
+                await conn.execute(
+                    select(bus_members)
+                    .where(m.scope == grp.scope, m.group_name == grp.group_name, m.expires_us >= now)
+                    .order_by(m.member)
+                )
+            ).all()
+            low = min((x.position for x in parts), default=0)
+            # Lag: events of the group's tenant scope past its lowest partition checkpoint
+            # (an upper bound: events the filter would skip count too).
+            lag_q = select(func.count()).select_from(events).where(events.c.position > low)
+            if grp.scope != SCOPE_ALL:
+                lag_q = lag_q.where(events.c.tenant == grp.scope)
+            lag = (await conn.execute(lag_q)).scalar_one()
+            head = (await conn.execute(select(log_head.c.position).where(log_head.c.id == 1))).scalar_one()
+            out.append(
+                {
+                    "scope": grp.scope,
+                    "group": grp.group_name,
+                    "partitions": grp.partitions,
+                    "low_watermark": low,
+                    "head": head,
+                    "lag": lag,
+                    "high_watermark": max((x.position for x in parts), default=0),
+                    "members": [
+                        {
+                            "member": x.member, "host": x.host, "pid": x.pid,
+                            "heartbeat_us": x.heartbeat_us,
+                            "partitions": [y.partition for y in parts if y.owner == x.member and y.lease_until_us >= now],
+                        }
+                        for x in members
+                    ],
+                    "unowned": [y.partition for y in parts if y.owner is None or y.lease_until_us < now],
+                }
+            )
+    return out
