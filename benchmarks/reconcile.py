@@ -86,13 +86,19 @@ def generate(seed: int) -> tuple[list[list[ClientOp]], int]:
     own = [dict() for _ in range(RECORDS)]  # record -> client -> own op count
     queues: list[list[ClientOp]] = [[] for _ in range(CLIENTS)]
     concurrent = 0
+    touched: list[int] = []  # records with at least one op: candidates for a concurrent edit
     for k in range(OPS):
         c = rng.randrange(CLIENTS)
         r = rng.randrange(RECORDS)
+        is_concurrent = bool(touched) and rng.random() < CONCURRENT_SHARE
+        if is_concurrent and not last_fields[r]:
+            r = rng.choice(touched)
+        if not last_fields[r]:
+            touched.append(r)
         client = f"client-{c:03d}"
         n_own = own[r].get(client, 0) + 1
         own[r][client] = n_own
-        if last_fields[r] and rng.random() < CONCURRENT_SHARE:
+        if is_concurrent:
             # Made offline without having seen the record's latest op, on its fields.
             concurrent += 1
             base = before_last[r]

@@ -165,6 +165,11 @@ class VectorClock:
         a, b = self._c, other._c
         if len(b) > len(a):
             a, b = b, a
+        for node, n in b.items():
+            if n > a.get(node, 0):
+                break
+        else:  # ``a`` already covers ``b``: no copy (the usual case for a newer op)
+            return self if a is self._c else other
         out = dict(a)
         changed = added = False
         for node, n in b.items():

@@ -20,7 +20,7 @@ from .payloads import (
     StreamEvent,
     as_stream_writes,
 )
-from .reconcile import Reconciliation, reconcile
+from .reconciler import Reconciliation, reconcile
 from .state import (
     Conflict,
     FieldState,

@@ -4,10 +4,15 @@
 
     {"op": str, "client": str, "user": str,
      "hlc": str (HLCTimestamp.encode), "vc": {client: counter}, "base": int,
-     "changes": {field: {"strategy": "lww" | "manual" | "merge",
-                         "merge": str (merge only), "value": Any, "deleted": true (when so)}},
+     "lww": {field: value},                     (each group present only when not empty)
+     "manual": {field: value},
+     "merge": {field: [merge function name, operand]},
+     "deleted": {field: "lww" | "manual"},      (tombstone writes)
      "resolves": {"conflict": str, "choice": str}          (a ResolveOp only),
      "outcome": {"kind": str, "conflicts": [str], "resolved": [str], "superseded": [str]}}
+
+Field changes apply in the order lww, manual, merge, deleted; an op names a field
+once, so the order does not change the result.
 
 ``conflict.detected`` (on ``$conflicts``)::
 
@@ -84,14 +89,6 @@ def record_patched(
     resolves: tuple[str, str] | None,
     actor: Actor,
 ) -> NewEvent:
-    out: dict[str, Any] = {}
-    for name, strategy, value, deleted, mf in changes:
-        if strategy is _MERGE:
-            out[name] = {"strategy": "merge", "merge": mf.name, "value": mf.encode(value)}
-        elif deleted:
-            out[name] = {"strategy": _NAME[strategy], "value": None, "deleted": True}
-        else:
-            out[name] = {"strategy": _NAME[strategy], "value": value}
     hlc = stamp.hlc.encode()
     data: dict[str, Any] = {
         "op": stamp.op_id,
@@ -100,18 +97,31 @@ def record_patched(
         "hlc": hlc,
         "vc": vc,
         "base": base_version,
-        "changes": out,
-        "outcome": _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]},
     }
+    # Fields grouped by strategy: one map per group rather than one per field.
+    for name, strategy, value, deleted, mf in changes:
+        if strategy is _MERGE:
+            group = data.get("merge")
+            if group is None:
+                group = data["merge"] = {}
+            group[name] = [mf.name, mf.encode(value)]
+        elif deleted:
+            group = data.get("deleted")
+            if group is None:
+                group = data["deleted"] = {}
+            group[name] = _NAME[strategy]
+        else:
+            key = _NAME[strategy]
+            group = data.get(key)
+            if group is None:
+                group = data[key] = {}
+            group[name] = value
     if resolves is not None:
         data["resolves"] = {"conflict": resolves[0], "choice": resolves[1]}
-    return NewEvent(
-        type=RECORD_PATCHED,
-        data=data,
-        schema=SCHEMA,
-        actor=actor,
-        clock={"vc": vc, "hlc": hlc},
+    data["outcome"] = (
+        _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]}
     )
+    return NewEvent(RECORD_PATCHED, data, SCHEMA, actor, {"vc": vc, "hlc": hlc}, {})
 
 
 def _version_body(w: Write) -> dict[str, Any]:
@@ -185,14 +195,16 @@ def decode_patch(
         HLCTimestamp.decode(data["hlc"]),
         VectorClock.from_dict(data["vc"]),
     )
-    changes = []
-    for name, c in data["changes"].items():
-        strategy = _BY_NAME[c["strategy"]]
-        if strategy is Strategy.MERGE:
-            mf = registry.get(c["merge"])
-            changes.append(Change(name, strategy, mf.validate(c["value"]), False, mf))
-        else:
-            changes.append(Change(name, strategy, c.get("value"), bool(c.get("deleted", False))))
+    changes: list[Change] = []
+    for name, value in data.get("lww", {}).items():
+        changes.append(Change(name, Strategy.LWW, value))
+    for name, value in data.get("manual", {}).items():
+        changes.append(Change(name, Strategy.MANUAL, value))
+    for name, (fn, operand) in data.get("merge", {}).items():
+        mf = registry.get(fn)
+        changes.append(Change(name, Strategy.MERGE, mf.validate(operand), False, mf))
+    for name, strategy in data.get("deleted", {}).items():
+        changes.append(Change(name, _BY_NAME[strategy], None, True))
     o = data["outcome"]
     outcome = Outcome(
         OutcomeKind(o["kind"]),

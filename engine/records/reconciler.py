@@ -18,7 +18,7 @@ from typing import Any, Iterable, NamedTuple
 from ..clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
 from ..events import STREAM_MAX, STREAM_RE, Actor
 from .config import ResolutionConfig, Strategy
-from .kernel import Change, apply_changes
+from .kernel import PLAIN, Change, apply_changes
 from .ops import ClientOp, Op, ResolveOp, collection_of
 from .outcomes import Outcome, OutcomeKind, RejectReason, rejected
 from .payloads import StreamEvent, conflict_detected, conflict_resolved, record_patched
@@ -27,6 +27,11 @@ from .state import FieldState, RecordsState, RecordState, Stamp
 VALUE_DEPTH_MAX = 32
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack can carry
+
+
+_APPLIED = OutcomeKind.APPLIED
+_MERGED = OutcomeKind.MERGED
+_CONFLICT = OutcomeKind.CONFLICT
 
 
 class Reconciliation(NamedTuple):
@@ -81,54 +86,55 @@ def reconcile(
     records_in = state.records
     actors: dict[tuple[str, str], Actor] = {}
     for op in ops:
-        if not isinstance(op, (ClientOp, ResolveOp)) or not _basic_ok(op):
+        t = type(op)
+        if not ((t is ClientOp or t is ResolveOp) and _basic_ok(op)):
             oid = getattr(op, "op_id", "")
             outcomes.append(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
             continue
         stream = op.stream
+        op_id = op.op_id
         w = work.get(stream)
         if w is not None:
-            first = w.receipts.get(op.op_id)
+            first = w.receipts.get(op_id)
         else:
             rec = records_in.get(stream)
-            first = rec.receipts.get(op.op_id) if rec is not None else None
+            first = rec[3].get(op_id) if rec is not None else None
         if first is not None:
-            outcomes.append(Outcome(OutcomeKind.DUPLICATE, op.op_id, stream, original=first))
+            outcomes.append(Outcome(OutcomeKind.DUPLICATE, op_id, stream, original=first))
             continue
         try:
             changes = _validate(op, config, now_ms)
         except _Reject as r:
-            outcomes.append(rejected(op.op_id, stream, r.reason, r.detail))
+            outcomes.append(rejected(op_id, stream, r.reason, r.detail))
             continue
         if w is None:
             w = work[stream] = _Work(stream, records_in.get(stream))
-        stamp = Stamp(op.op_id, op.client, op.user, op.hlc, op.clock)
+        clock = op.clock
+        stamp = Stamp(op_id, op.client, op.user, op.hlc, clock)
         eff = apply_changes(w.fields, stream, stamp, changes, registry)
-        w.clock = w.clock.merge(op.clock)
-        kind = (
-            OutcomeKind.CONFLICT
-            if eff.conflicts
-            else OutcomeKind.MERGED
-            if eff.merged
-            else OutcomeKind.APPLIED
-        )
-        outcome = Outcome(kind, op.op_id, stream, eff.conflicts, eff.resolved, eff.superseded)
-        w.receipts[op.op_id] = outcome
+        w.clock = w.clock.merge(clock)
+        if eff is PLAIN:
+            outcome = Outcome(_APPLIED, op_id, stream)
+        else:
+            kind = _CONFLICT if eff.conflicts else _MERGED if eff.merged else _APPLIED
+            outcome = Outcome(kind, op_id, stream, eff.conflicts, eff.resolved, eff.superseded)
+        w.receipts[op_id] = outcome
         outcomes.append(outcome)
-        resolves = (op.conflict_id, op.choice) if type(op) is ResolveOp else None
         key = (op.user, op.client)
         actor = actors.get(key)
         if actor is None:
             actor = actors[key] = Actor(op.user, op.client)
-        patched = record_patched(
-            stamp, changes, outcome, op.clock.to_dict(), op.base_version, resolves, actor
-        )
+        if t is ResolveOp:
+            resolves: tuple[str, str] | None = (op.conflict_id, op.choice)
+        else:
+            resolves = None
+        patched = record_patched(stamp, changes, outcome, clock.to_dict(), op.base_version, resolves, actor)
         events.append(StreamEvent(stream, patched))
         for name, old_id, new_id, new_field in eff.transitions:
             if new_id is not None:
                 events.append(conflict_detected(stream, name, new_field, old_id, stamp))
             elif old_id is not None:
-                choice = op.choice if type(op) is ResolveOp and name == op.field else None
+                choice = op.choice if t is ResolveOp and name == op.field else None
                 events.append(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
     if not work:
         return Reconciliation(state, events, outcomes)

@@ -54,28 +54,28 @@ class Write(NamedTuple):
 
 
 class LwwField(NamedTuple):
-    winner: Write
+    """The winning write, flattened (one object per field instead of two)."""
+
+    stamp: Stamp
+    value: Any
+    deleted: bool
     clock: VectorClock  # merge of the clocks of every write seen on this field
 
     @property
+    def winner(self) -> Write:
+        return Write(self.stamp, self.value, self.deleted)
+
+    @property
     def current(self) -> Write:
-        return self.winner
-
-    @property
-    def value(self) -> Any:
-        return self.winner.value
-
-    @property
-    def deleted(self) -> bool:
-        return self.winner.deleted
+        return Write(self.stamp, self.value, self.deleted)
 
     @property
     def hlc(self) -> HLCTimestamp:
-        return self.winner.stamp.hlc
+        return self.stamp.hlc
 
     @property
     def author(self) -> Actor:
-        return self.winner.stamp.author
+        return self.stamp.author
 
 
 class ManualField(NamedTuple):

@@ -363,9 +363,10 @@ def test_events_are_valid_envelopes_and_deterministic():
     assert [se.stream for se in patched] == [S, S]
     data = patched[0].event.data
     assert data["op"] == "a1" and data["vc"] == {"a": 1} and data["hlc"] == ops[0].hlc.encode()
-    assert data["changes"]["tags"] == {"strategy": "merge", "merge": "set_union", "value": [3, "z"]}
-    assert data["changes"]["title"] == {"strategy": "lww", "value": [1, [2]]}
-    assert patched[1].event.data["changes"]["title"] == {"strategy": "lww", "value": None, "deleted": True}
+    assert data["merge"] == {"tags": ["set_union", [3, "z"]]}
+    assert data["lww"] == {"title": [1, [2]]} and data["manual"] == {"body": "A"}
+    assert patched[1].event.data["deleted"] == {"title": "lww"}
+    assert patched[1].event.data["merge"] == {"likes": ["counter", 4]}
     assert patched[0].event.actor.user == "user-a" and patched[0].event.clock["vc"] == {"a": 1}
     writes = as_stream_writes(first.events)
     assert [w.stream for w in writes] == [S, CONFLICTS_STREAM]
