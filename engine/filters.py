@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -52,6 +52,14 @@ class EventFilter:
     streams: tuple[str, ...] = ()
     types: tuple[str, ...] = ()  # glob patterns: "order.*", "crdt.update"
     where: tuple[Predicate, ...] = ()
+    # Derived once, for matching in hot loops (projections test every event).
+    _stream_set: frozenset = field(init=False, repr=False, compare=False, default=frozenset())
+    _literal_types: frozenset | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_stream_set", frozenset(self.streams))
+        if self.types and not any(c in t for t in self.types for c in "*?["):
+            object.__setattr__(self, "_literal_types", frozenset(self.types))
 
     @property
     def is_empty(self) -> bool:
@@ -59,13 +67,16 @@ class EventFilter:
 
     def matches(self, event: RecordedEvent) -> bool:
         if self.streams or self.stream_prefixes:
-            if event.stream not in self.streams and not any(
-                event.stream.startswith(p) for p in self.stream_prefixes
-            ):
+            stream = event.stream
+            if stream not in self._stream_set and not stream.startswith(self.stream_prefixes):
                 return False
-        if self.types and not any(_glob(t).match(event.type) for t in self.types):
-            return False
-        return all(p.matches(event.data) for p in self.where)
+        if self.types:
+            if self._literal_types is not None:
+                if event.type not in self._literal_types:
+                    return False
+            elif not any(_glob(t).match(event.type) for t in self.types):
+                return False
+        return not self.where or all(p.matches(event.data) for p in self.where)
 
 
 @lru_cache(maxsize=512)
