@@ -11,11 +11,13 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import SynclineError
 from store import open_store
+from store.records_service import RecordsService
 
 from . import routes_commands, routes_docs, routes_events, routes_health, routes_rooms, ws_native, ws_yjs
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Gateway
+from .ops import default_resolution
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .settings import Settings
 
@@ -82,7 +84,11 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def create_app(settings: Settings | None = None, store: Any = None) -> Litestar:
+def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None) -> Litestar:
+    """The gateway app. ``store``: an open event store (the caller closes it); by default
+    one is opened from ``settings.database_url`` at startup and closed at shutdown.
+    ``resolution``: the records' :class:`~engine.records.ResolutionConfig` (default: every
+    collection, every field last-writer-wins)."""
     settings = settings or Settings()
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
@@ -92,6 +98,7 @@ def create_app(settings: Settings | None = None, store: Any = None) -> Litestar:
         s = store if store is not None else await open_store(settings.database_url, poll_interval_s=settings.poll_interval_s)
         gw = Gateway(settings, s, owns_store=owns)
         gw.yjs = ws_yjs.DocRooms(gw)
+        gw.records = RecordsService(s, resolution or default_resolution())
         app.state.gateway = gw
         holder["gw"] = gw
         await gw.start()

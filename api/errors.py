@@ -71,6 +71,12 @@ class CriticalCommandRefused(Forbidden):
     code = "critical_requires_command"
 
 
+class WebSocketForbidden(Forbidden):
+    """Critical commands (class D) are refused over WebSocket: REST only."""
+
+    code = "websocket_forbidden"
+
+
 class RateLimited(SynclineError):
     code = "rate_limited"
     http_status = 429

@@ -45,6 +45,7 @@ class Gateway:
         self.shutting_down = False
         self.started_at = time.time()
         self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
+        self.records: Any = None  # store.records_service.RecordsService, set by the app factory
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:

@@ -1,4 +1,5 @@
-"""REST for documents: state with time travel (``?at=``), Yjs diffs, snapshots (checksummed, chunked)."""
+"""REST for state: documents and records with time travel (``?at=``), Yjs diffs,
+deltas with cursors, and checksummed snapshots streamed in chunks."""
 from __future__ import annotations
 
 import base64
@@ -10,13 +11,18 @@ from litestar import Request, Response, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from engine.doc_history import document_at, document_at_time
-from engine.documents import CRDT_UPDATE, DocSnapshot, Document, checksum
+from engine.documents import Document, checksum
 from engine.errors import ValidationError
+from engine.events import check_stream, is_system_stream
+from engine.syncdata import chunk_snapshot
+from store import history
+from store.sync import delta, state_snapshot
 
-from .auth import READ
-from .deps import gateway_of, read_scope
-from .ws_yjs import DOC_RE, SNAPSHOT_KIND, load_document
+from .auth import ADMIN, READ
+from .deps import gateway_of, principal_of, read_scope
+from .errors import Forbidden
+from .wire import events_wire
+from .ws_yjs import DOC_RE
 
 
 def _doc_name(doc: str) -> str:
@@ -44,20 +50,10 @@ async def _document(request: Request, doc: str, at: str | None) -> tuple[str, Do
     gw = gateway_of(request)
     doc = _doc_name(doc)
     tenant = await read_scope(request, resource=f"doc:{doc}")
-    stream = f"doc/{doc}"
     position, time_us = parse_at(at)
-    if position is None and time_us is None:
-        if tenant == request.state.principal.tenant:
-            return tenant, await gw.yjs.document_for_read(tenant, doc)
-        return tenant, await load_document(gw.store, tenant, stream)
-    events = [e for e in await gw.store.read_stream(tenant, stream) if e.type == CRDT_UPDATE]
-    snaps = []
-    found = await gw.store.load_snapshot(tenant, stream, SNAPSHOT_KIND, at_or_before=position)
-    if found is not None and position is not None:
-        snaps.append(DocSnapshot(found[0], bytes(found[1]), found[2]))
-    if position is not None:
-        return tenant, document_at(position, snaps, events, doc_id=stream)
-    return tenant, document_at_time(time_us, [], events, doc_id=stream)
+    if position is None and time_us is None and tenant == principal_of(request).tenant:
+        return tenant, await gw.yjs.document_for_read(tenant, doc)
+    return tenant, await history.load_document(gw.store, tenant, f"doc/{doc}", position=position, time_us=time_us)
 
 
 @get("/docs/{doc:str}", opt={"perm": READ}, summary="A document's state (time travel with ?at=position|ISO time)")
@@ -99,33 +95,109 @@ async def doc_diff(
                     headers={"X-Syncline-Position": str(d.position)})
 
 
-@get("/docs/{doc:str}/snapshot", opt={"perm": READ}, summary="A snapshot (Yjs update), streamed in chunks")
-async def doc_snapshot(request: Request, doc: str, at: str | None = Parameter(default=None)) -> Stream:
-    """The whole state as one Yjs update, with its sha256 in ``X-Syncline-Checksum`` and the
-    position it covers in ``X-Syncline-Position``; sent in chunks of
-    ``SYNCLINE_SNAPSHOT_CHUNK_BYTES`` so large documents stream."""
-    gw = gateway_of(request)
-    tenant, d = await _document(request, doc, at)
-    snap = d.snapshot() if at is None else DocSnapshot.of(d.encode_state(), position=d.position)
-    if at is None and snap.position:
-        await gw.store.save_snapshot(tenant, f"doc/{doc}", SNAPSHOT_KIND, snap.position, snap.state, snap.checksum)
-    chunk = gw.settings.snapshot_chunk_bytes
-    data = snap.state
-
-    async def chunks() -> AsyncIterator[bytes]:
+def _chunked(data: bytes, chunk: int) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
         for i in range(0, len(data), chunk):
             yield data[i:i + chunk]
 
+    return gen()
+
+
+@get("/docs/{doc:str}/snapshot", opt={"perm": READ}, summary="A document snapshot (Yjs update), streamed in chunks")
+async def doc_snapshot(request: Request, doc: str, at: str | None = Parameter(default=None)) -> Stream:
+    """The whole state as one Yjs update, its sha256 in ``X-Syncline-Checksum``, the
+    position it covers in ``X-Syncline-Position``; streamed in chunks of
+    ``SYNCLINE_SNAPSHOT_CHUNK_BYTES``."""
+    gw = gateway_of(request)
+    _, d = await _document(request, doc, at)
+    state = d.encode_state()
+    digest = checksum(state)
+    chunk = gw.settings.snapshot_chunk_bytes
     return Stream(
-        chunks(),
+        _chunked(state, chunk),
         media_type="application/octet-stream",
         headers={
-            "X-Syncline-Checksum": snap.checksum,
-            "X-Syncline-Position": str(snap.position),
-            "X-Syncline-Size": str(len(data)),
-            "X-Syncline-Chunks": str((len(data) + chunk - 1) // chunk),
+            "X-Syncline-Checksum": digest,
+            "X-Syncline-Position": str(d.position),
+            "X-Syncline-Size": str(len(state)),
+            "X-Syncline-Chunks": str(max(1, (len(state) + chunk - 1) // chunk)),
         },
     )
 
 
-V1 = [read_doc, doc_diff, doc_snapshot]
+def _selection(request: Request, stream: list[str] | None, prefix: list[str] | None) -> tuple[list, list]:
+    streams, prefixes = list(stream or ()), list(prefix or ())
+    for s in streams:
+        check_stream(s)
+    if not principal_of(request).can(ADMIN) and (
+        any(is_system_stream(s) for s in streams) or any(p.startswith("$") for p in prefixes)
+    ):
+        raise Forbidden("system streams need the 'admin' permission")
+    return streams, prefixes
+
+
+@get("/sync/deltas", opt={"perm": READ}, summary="Deltas: everything after a position or cursor for a selection")
+async def sync_deltas(
+    request: Request,
+    stream: list[str] | None = Parameter(default=None),
+    prefix: list[str] | None = Parameter(default=None),
+    after: int | None = Parameter(default=None, ge=0),
+    cursor: str | None = Parameter(default=None),
+    limit: int = Parameter(default=500, ge=1, le=5000),
+) -> dict:
+    streams, prefixes = _selection(request, stream, prefix)
+    tenant = await read_scope(request, resource="deltas")
+    d = await delta(gateway_of(request).store, tenant, streams=streams, prefixes=prefixes, after=after,
+                    cursor=cursor, limit=limit)
+    return {"events": events_wire(d.events), "cursor": d.cursor, "next_after": d.next_after, "head": d.head,
+            "done": d.done}
+
+
+@get("/snapshots", opt={"perm": READ}, summary="A consistent snapshot of a selection, with checksum, in chunks")
+async def snapshots(
+    request: Request,
+    stream: list[str] | None = Parameter(default=None),
+    prefix: list[str] | None = Parameter(default=None),
+    at: int | None = Parameter(default=None, ge=0),
+    chunk: int | None = Parameter(default=None, ge=0, description="chunk index; omit for the manifest"),
+) -> Response:
+    """Without ``chunk``: the manifest ``{position, checksum, total, chunk_bytes}``. With
+    ``chunk=i``: that chunk's bytes (msgpack of ``[position, content]`` split in pieces;
+    see engine.syncdata.assemble_snapshot). Continue with deltas after ``position``."""
+    gw = gateway_of(request)
+    streams, prefixes = _selection(request, stream, prefix)
+    tenant = await read_scope(request, resource="snapshot")
+    if at is None:
+        at = await gw.store.head_position()  # pin the position so every chunk request agrees
+    snap = await state_snapshot(gw.store, tenant, streams=streams, prefixes=prefixes, at=at,
+                                registry=gw.records.config.registry)
+    chunks = chunk_snapshot(snap.position, snap.content, snap.checksum, gw.settings.snapshot_chunk_bytes)
+    if chunk is None:
+        return Response({"position": snap.position, "checksum": snap.checksum, "total": len(chunks),
+                         "chunk_bytes": gw.settings.snapshot_chunk_bytes})
+    if chunk >= len(chunks):
+        raise ValidationError(f"chunk {chunk} out of range (total {len(chunks)})")
+    c = chunks[chunk]
+    return Response(c.data, media_type="application/octet-stream", headers={
+        "X-Syncline-Checksum": c.checksum, "X-Syncline-Position": str(snap.position),
+        "X-Syncline-Chunk": f"{c.index}/{c.total}"})
+
+
+@get("/records/{collection:str}/{record_id:str}", opt={"perm": READ},
+     summary="A record's fields and open conflicts (time travel with ?at=position|ISO time)")
+async def read_record(request: Request, collection: str, record_id: str, at: str | None = Parameter(default=None)) -> dict:
+    gw = gateway_of(request)
+    stream = check_stream(f"rec/{collection}/{record_id}")
+    tenant = await read_scope(request, resource=f"record:{stream}")
+    position, time_us = parse_at(at)
+    rec = await history.record_at(gw.store, tenant, stream, position=position, time_us=time_us,
+                                  registry=gw.records.config.registry)
+    if rec is None:
+        return {"stream": stream, "exists": False, "values": {}, "conflicts": []}
+    conflicts = []
+    for c in rec.conflicts():
+        conflicts.append({"id": c.id, "field": getattr(c, "field", None)})
+    return {"stream": stream, "exists": True, "values": rec.values(), "conflicts": conflicts}
+
+
+V1 = [read_doc, doc_diff, doc_snapshot, sync_deltas, snapshots, read_record]

@@ -1,26 +1,25 @@
-"""The native WebSocket protocol at ``/v1/ws`` (specified in docs/protocol.md).
+"""The native WebSocket protocol at ``/v1/ws`` (docs/protocol.md; codec in engine/protocol.py).
 
-Subprotocol ``syncline.msgpack`` → msgpack binary frames; ``syncline.json`` (or none)
-→ JSON text frames. Each frame is one map with a type field ``t``; several queued
-messages may travel as one ``{"t": "batch", "m": [...]}`` frame.
+Subprotocol ``syncline.v1.msgpack`` (default) → msgpack binary frames;
+``syncline.v1.json`` → JSON text frames. One frame, one message, ``t`` names it.
 
-The connection is a reader loop (frames in → handlers), a writer task (the outbox),
-a heartbeat watchdog, and one task per subscription reading the log from its cursor.
+A connection is a reader loop (frames in → handlers), a writer task (the outbox),
+a heartbeat watchdog, and one task per subscription reading the log from its cursor:
+the log is the queue, so resume after a disconnect is "subscribe after my position".
 """
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import json
 import re
 import time
+from collections import deque
 from typing import Any, Callable
 
-import msgpack
 from litestar import WebSocket, websocket
 
+from engine import protocol as P
 from engine.errors import ProtocolError, SynclineError, ValidationError
-from engine.events import StreamWrite, check_stream, is_system_stream
+from engine.events import check_stream, is_system_stream
 from engine.filters import EventFilter
 
 from .auth import ADMIN, READ, WRITE, Principal
@@ -30,30 +29,24 @@ from .errors import (
     WS_PROTOCOL,
     WS_RATE_LIMITED,
     WS_STALE,
-    CriticalCommandRefused,
     Forbidden,
     TenantViolation,
     Unauthenticated,
+    WebSocketForbidden,
     ws_close_code,
 )
 from .gateway import Gateway
 from .hub import room_channel, user_channel
 from .logging import clear, log
 from .ratelimit import SlidingWindow, Verdict
-from .wire import events_wire, from_jsonable, jsonable, new_events
+from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
 ENDPOINT = "native"
-MSGPACK, JSON = "syncline.msgpack", "syncline.json"
 ROOM_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
-CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{0,64}$")
+CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,64}$")
 SUBS_MAX = 64
 ROOMS_MAX = 256
-PROTOCOL_VERSION = 1
-
-# Latency-critical messages bypass the batching window.
-URGENT = frozenset({"welcome", "pong", "ack", "error", "warning", "disconnect", "appended", "subscribed",
-                    "unsubscribed", "joined", "left_room", "direct", "room", "refresh", "op_acks"})
 
 
 class Subscription:
@@ -62,25 +55,26 @@ class Subscription:
         self.filter = filter_
         self.cursor = after
         self.system_ok = system_ok
-        self.unacked = 0
+        self.inflight: deque[int] = deque()  # `next` of each batch sent and not yet acked
         self.acked = asyncio.Event()
         self.task: asyncio.Task | None = None
 
 
 class NativeConnection:
-    def __init__(self, gw: Gateway, socket: WebSocket, principal: Principal, binary: bool, client: str) -> None:
+    def __init__(self, gw: Gateway, socket: WebSocket, principal: Principal, subprotocol: str, client: str) -> None:
         self.gw = gw
         self.s = gw.settings
         self.socket = socket
         self.principal = principal
-        self.binary = binary
-        self.client = client
+        self.subprotocol = subprotocol
         self.conn_id = new_conn_id()
-        self.member = (principal.tenant, principal.user, client or self.conn_id)
+        self.client = client or self.conn_id
+        self.member = (principal.tenant, principal.user, self.client)
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
         self.pending: list[dict] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self.subs: dict[str, Subscription] = {}
+        self.resume: dict[str, int] = {}
         self.rooms: set[str] = set()
         self.limiter = SlidingWindow(self.s.rate_limit_messages, self.s.rate_limit_window_s)
         self.last_seen = time.monotonic()
@@ -89,19 +83,16 @@ class NativeConnection:
 
     # -- outgoing ------------------------------------------------------------
 
-    def encode(self, msg: dict) -> bytes | str:
-        if self.binary:
-            return msgpack.packb(msg, use_bin_type=True)
-        return json.dumps(jsonable(msg), separators=(",", ":"), default=str)
-
     def send(self, msg: dict, *, urgent: bool | None = None) -> None:
+        """Queue a message. Latency-critical ones go at once (after anything already
+        waiting, to keep order); the rest wait up to the batching window."""
         if self.outbox.closed:
             return
         if urgent is None:
-            urgent = msg.get("t") in URGENT
+            urgent = msg.get("t") in P.LATENCY_CRITICAL
         if urgent or self.s.batch_window_ms <= 0:
             self.flush()
-            self.outbox.put(self.encode(msg))
+            self.outbox.put(P.encode_frame(msg, self.subprotocol))
             return
         self.pending.append(msg)
         if self._flush_handle is None:
@@ -111,32 +102,34 @@ class NativeConnection:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self.pending:
-            return
         msgs, self.pending = self.pending, []
-        self.outbox.put(self.encode(msgs[0] if len(msgs) == 1 else {"t": "batch", "m": msgs}))
+        for m in msgs:
+            self.outbox.put(P.encode_frame(m, self.subprotocol))
 
     def close(self, code: int, reason: str) -> None:
         self.flush()
         self.outbox.close(code, reason)
 
-    def error(self, req_id: Any, err: SynclineError) -> None:
-        body: dict[str, Any] = {"t": "error", "code": err.code, "message": err.message}
-        if req_id is not None:
-            body["id"] = req_id
+    def bye(self, code: str, reason: str, close_code: int) -> None:
+        self.send(P.message(P.BYE, code=code, reason=reason))
+        self.close(close_code, code)
+
+    def error(self, ref: Any, err: SynclineError) -> None:
+        body: dict[str, Any] = {"t": P.ERROR, "code": err.code, "message": err.message}
+        if ref is not None:
+            body["ref"] = ref
         if err.details:
-            body["details"] = jsonable(err.details)
+            body["details"] = {k: v for k, v in err.details.items() if isinstance(v, (str, int, float, bool, type(None)))}
         self.send(body)
 
     async def shutdown(self, reason: str) -> None:
-        self.send({"t": "disconnect", "reason": reason, "retry_after_ms": 1000, "resume": True})
-        self.close(WS_GOING_AWAY, reason)
+        self.bye("shutdown", reason, WS_GOING_AWAY)
         await self.outbox.drain(self.s.shutdown_grace_s)
 
     def _on_hub(self, msg: Any) -> None:
         if isinstance(msg, dict):
-            if msg.get("t") == "room" and msg.get("from", {}).get("conn") == self.conn_id:
-                return  # no echo of one's own broadcast
+            if msg.get("conn") == self.conn_id and msg.get("t") in (P.MSG, P.PRESENCE):
+                return  # no echo of one's own broadcast or presence
             self.send(msg)
 
     def spawn(self, coro) -> asyncio.Task:
@@ -147,20 +140,35 @@ class NativeConnection:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def _attach(self) -> set[str]:
+        gw, p = self.gw, self.principal
+        rooms = gw.presence.attach(self.member, self.conn_id)
+        for room in rooms:  # membership survives reconnection
+            if room not in self.rooms:
+                self.rooms.add(room)
+                gw.hub.subscribe(room_channel(p.tenant, room), self._deliver)
+        return rooms
+
+    def _detach(self) -> None:
+        gw, p = self.gw, self.principal
+        for room in self.rooms:
+            gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
+            gw.hub.publish(room_channel(p.tenant, room),
+                           {"t": P.PRESENCE, "room": room, "user": p.user, "conn": self.conn_id, "state": None})
+        self.rooms = set()
+        gw.presence.detach(self.member, self.conn_id, time.monotonic())
+
     async def run(self) -> None:
         gw, p = self.gw, self.principal
         gw.hub.subscribe(user_channel(p.tenant, p.user), self._deliver)
-        rooms = gw.presence.attach(self.member, self.conn_id)
-        for room in rooms:  # membership survives reconnection
-            self.rooms.add(room)
-            gw.hub.subscribe(room_channel(p.tenant, room), self._deliver)
-        self.send({
-            "t": "welcome", "v": PROTOCOL_VERSION, "conn": self.conn_id, "user": p.user, "tenant": p.tenant,
-            "client": self.member[2], "perms": sorted(p.perms), "rooms": sorted(rooms),
-            "heartbeat_s": self.s.heartbeat_interval_s, "stale_after_s": self.s.stale_after_s,
-            "batch_window_ms": self.s.batch_window_ms, "max_behind": self.s.max_behind,
-            "rate_limit": {"messages": self.s.rate_limit_messages, "window_s": self.s.rate_limit_window_s},
-        })
+        rooms = self._attach()
+        head = await gw.store.head_position()
+        self.send(P.message(
+            P.WELCOME, session=self.conn_id, tenant=p.tenant, user=p.user, head=head, client=self.client,
+            perms=sorted(p.perms), rooms=sorted(rooms), heartbeat_s=self.s.heartbeat_interval_s,
+            stale_s=self.s.stale_after_s, batch_window_ms=self.s.batch_window_ms, max_behind=self.s.max_behind,
+            rate_limit={"messages": self.s.rate_limit_messages, "window_s": self.s.rate_limit_window_s},
+        ))
         self.spawn(self._watchdog())
         received = gw.metrics.ws_messages.labels(ENDPOINT, "in")
         while not self.outbox.closed:
@@ -173,41 +181,39 @@ class NativeConnection:
             if verdict is not Verdict.OK:
                 self.rate_limited(verdict)
                 continue
+            frame = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+            msg: dict | None = None
             try:
-                msg = self.decode(message)
-            except ProtocolError as e:
-                self.error(None, e)
-                self.close(WS_PROTOCOL, e.code)
-                return
-            req_id = msg.get("id")
-            try:
+                if frame is None:
+                    raise P.InvalidMessage("empty frame")
+                msg = P.decode_frame(frame, self.subprotocol, allowed=P.CLIENT_TYPES)
                 await self.dispatch(msg)
             except TenantViolation as e:
                 await gw.security_event(p, "cross_tenant_message", target=str(msg.get("tenant"))[:80],
                                         message_type=str(msg.get("t"))[:40], conn=self.conn_id)
-                self.error(req_id, e)
+                self.error(msg.get("id"), e)
                 self.close(WS_FORBIDDEN, e.code)
                 return
             except ProtocolError as e:
-                self.error(req_id, e)
+                self.error(msg.get("id") if msg else None, e)
                 self.close(WS_PROTOCOL, e.code)
                 return
             except SynclineError as e:
-                self.error(req_id, e)
+                self.error(msg.get("id") if msg else None, e)
 
     def rate_limited(self, verdict: Verdict) -> None:
         m = self.gw.metrics.rate_limited
         retry = round(self.limiter.retry_after(time.monotonic()), 3)
         if verdict is Verdict.WARN:
             m.labels("warn").inc()
-            self.send({"t": "warning", "code": "rate_limited", "message": "slow down: message dropped",
-                       "retry_after_s": retry})
+            self.send(P.message(P.WARN, code="rate_limited", message="slow down: message dropped",
+                                retry_after_s=retry))
             return
         m.labels("disconnect").inc()
         self.gw.bans.ban((self.principal.tenant, self.principal.user), time.monotonic() + self.s.rate_limit_ban_s)
         log.warning("ws.rate_limited_disconnect", ban_s=self.s.rate_limit_ban_s)
-        self.send({"t": "disconnect", "reason": "rate_limited", "retry_after_ms": int(self.s.rate_limit_ban_s * 1000),
-                   "resume": True})
+        self.send(P.message(P.BYE, code="rate_limited", reason="too many messages",
+                            retry_after_s=self.s.rate_limit_ban_s))
         self.close(WS_RATE_LIMITED, "rate_limited")
 
     async def _watchdog(self) -> None:
@@ -217,105 +223,79 @@ class NativeConnection:
             await asyncio.sleep(step)
             if time.monotonic() - self.last_seen > stale:
                 log.info("ws.stale", silent_s=round(time.monotonic() - self.last_seen, 3))
-                self.send({"t": "disconnect", "reason": "stale", "retry_after_ms": 0, "resume": True})
-                self.close(WS_STALE, "stale")
+                self.bye("stale", f"nothing received for {stale}s", WS_STALE)
                 return
 
     async def cleanup(self) -> None:
         gw, p = self.gw, self.principal
         for t in list(self._tasks):
             t.cancel()
-        for sub in self.subs.values():
-            if sub.task:
-                sub.task.cancel()
         gw.hub.unsubscribe(user_channel(p.tenant, p.user), self._deliver)
-        for room in self.rooms:
-            gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
-        gw.presence.detach(self.member, self.conn_id, time.monotonic())
-        for room in self.rooms:
-            gw.hub.publish(room_channel(p.tenant, room),
-                           {"t": "presence", "room": room, "user": p.user, "conn": self.conn_id, "state": None})
+        self._detach()
 
     # -- incoming ------------------------------------------------------------
-
-    def decode(self, message: dict) -> dict:
-        raw_bytes, text = message.get("bytes"), message.get("text")
-        try:
-            if raw_bytes is not None:
-                msg = msgpack.unpackb(raw_bytes, raw=False, strict_map_key=True, max_buffer_size=self.s.max_payload)
-            elif text is not None:
-                if len(text) > self.s.max_payload:
-                    raise ProtocolError("frame too large", reason="too_large")
-                msg = from_jsonable(json.loads(text))
-            else:
-                raise ProtocolError("empty frame")
-        except ProtocolError:
-            raise
-        except Exception as e:
-            raise ProtocolError(f"undecodable frame: {type(e).__name__}", reason="undecodable") from e
-        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-            raise ProtocolError("a frame must be a map with a string 't'", reason="no_type")
-        return msg
 
     async def dispatch(self, msg: dict) -> None:
         tenant = msg.get("tenant")
         if tenant is not None and tenant != self.principal.tenant:
             raise TenantViolation("messages are scoped to the token's tenant", tenant=self.principal.tenant)
-        handler = HANDLERS.get(msg["t"])
-        if handler is None:
-            raise ValidationError(f"unknown message type {str(msg['t'])[:40]!r}", reason="unknown_type")
-        await handler(self, msg)
+        await HANDLERS[msg["t"]](self, msg)
 
     def require(self, perm: str) -> None:
         if not self.principal.can(perm):
             raise Forbidden(f"the token lacks the {perm!r} permission", needed=perm)
 
-    async def on_ping(self, msg: dict) -> None:
-        self.send({"t": "pong", "n": msg.get("n"), "server_time_ms": int(time.time() * 1000)})
+    async def on_hello(self, msg: dict) -> None:
+        client = msg.get("client")
+        if client and client != self.client:
+            if not CLIENT_RE.match(client):
+                raise ValidationError("invalid client id")
+            self._detach()
+            self.client = client
+            self.member = (self.principal.tenant, self.principal.user, client)
+            self._attach()
+        for sub_id, pos in (msg.get("resume") or {}).items():
+            if isinstance(sub_id, str) and isinstance(pos, int) and pos >= 0:
+                self.resume[sub_id[:64]] = pos
 
-    async def on_pong(self, msg: dict) -> None:
-        return None
+    async def on_ping(self, msg: dict) -> None:
+        self.send(P.message(P.PONG, id=msg.get("id"), time_us=time.time_ns() // 1000))
 
     # subscriptions
 
-    async def on_subscribe(self, msg: dict) -> None:
+    async def on_sub(self, msg: dict) -> None:
         self.require(READ)
-        sub_id = str(msg.get("sub") or msg.get("id") or "default")[:64]
-        if sub_id in self.subs:
-            raise ValidationError(f"subscription {sub_id!r} exists; unsubscribe first")
+        sub_id = msg["id"][:64]
+        old = self.subs.pop(sub_id, None)
+        if old and old.task:
+            old.task.cancel()
         if len(self.subs) >= SUBS_MAX:
             raise ValidationError(f"at most {SUBS_MAX} subscriptions per connection")
-        streams = _str_list(msg.get("streams"), "streams")
-        prefixes = _str_list(msg.get("prefixes"), "prefixes")
-        types = _str_list(msg.get("types"), "types")
-        rooms = _str_list(msg.get("rooms"), "rooms")
+        streams = list(msg.get("streams") or ())
+        prefixes = list(msg.get("prefixes") or ())
         for s in streams:
             check_stream(s)
-        for r in rooms:
-            _check_room(r)
-            streams.append(f"room/{r}")
+        for r in msg.get("rooms") or ():
+            streams.append(f"room/{_check_room(r)}")
         system_ok = self.principal.can(ADMIN)
         if not system_ok and (any(is_system_stream(s) for s in streams) or any(x.startswith("$") for x in prefixes)):
             raise Forbidden("system streams need the 'admin' permission")
-        after = msg.get("after", 0)
-        if not isinstance(after, int) or after < 0:
-            raise ValidationError("'after' must be a non-negative integer position")
-        f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(types))
+        after = msg.get("after")
+        if after is None:
+            after = self.resume.get(sub_id, 0)
+        f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(msg.get("types") or ()))
         sub = Subscription(sub_id, None if f.is_empty else f, after, system_ok)
         self.subs[sub_id] = sub
-        head = await self.gw.store.head_position()
-        self.send({"t": "subscribed", "id": msg.get("id"), "sub": sub_id, "after": after, "head": head})
-        sub.task = self.spawn(self._pump(sub, head))
+        sub.task = self.spawn(self._pump(sub))
 
     async def _too_far_behind(self, sub: Subscription, head: int) -> bool:
         limit = self.s.max_behind
         if head - sub.cursor <= limit:
             return False
         counted, cursor = 0, sub.cursor
-        store = self.gw.store
         while cursor < head:
-            page = await store.read_log(self.principal.tenant, after=cursor, limit=min(5000, limit + 1),
-                                        filter=sub.filter)
+            page = await self.gw.store.read_log(self.principal.tenant, after=cursor, limit=min(5000, limit + 1),
+                                                filter=sub.filter)
             counted += len(page.events)
             if counted > limit:
                 return True
@@ -324,19 +304,19 @@ class NativeConnection:
             cursor = page.next_after
         return False
 
-    async def _pump(self, sub: Subscription, head: int) -> None:
-        """Missed events first, in order, then live ones: the same loop, since the log is the queue."""
+    async def _pump(self, sub: Subscription) -> None:
+        """Missed events first, in order, then live ones — one loop, since the log is the queue."""
         store, tenant = self.gw.store, self.principal.tenant
         try:
+            head = await store.head_position()
             if await self._too_far_behind(sub, head):
-                self.send({"t": "refresh", "sub": sub.id, "reason": "too_far_behind", "head": head,
-                           "max_behind": self.s.max_behind,
-                           "hint": "load a snapshot (GET /v1/docs/{doc}/snapshot) or read state, then subscribe after its position"})
+                self.send(P.message(P.REFRESH, sub=sub.id, head=head, reason="too_far_behind",
+                                    max_behind=self.s.max_behind))
                 self.subs.pop(sub.id, None)
                 return
             window = self.s.unacked_batches_max
             while not self.outbox.closed:
-                while sub.unacked >= window:
+                while len(sub.inflight) >= window:
                     sub.acked.clear()
                     await sub.acked.wait()
                 page = await store.read_log(tenant, after=sub.cursor, limit=self.s.event_batch_max, filter=sub.filter)
@@ -345,9 +325,9 @@ class NativeConnection:
                     events = tuple(e for e in events if not is_system_stream(e.stream))
                 sub.cursor = max(sub.cursor, page.next_after)
                 if events:
-                    sub.unacked += 1
-                    self.send({"t": "events", "sub": sub.id, "events": events_wire(events),
-                               "last": events[-1].position, "cursor": sub.cursor})
+                    sub.inflight.append(sub.cursor)
+                    self.send(P.message(P.EVENTS, sub=sub.id, events=events_wire(events), next=sub.cursor,
+                                        head=page.head))
                     continue
                 if page.events:
                     continue
@@ -355,138 +335,110 @@ class NativeConnection:
         except asyncio.CancelledError:
             raise
         except SynclineError as e:
-            self.error(None, e)
+            self.error(sub.id, e)
             self.subs.pop(sub.id, None)
         except Exception:
             log.exception("ws.subscription_failed", sub=sub.id)
             self.subs.pop(sub.id, None)
 
     async def on_ack(self, msg: dict) -> None:
-        sub = self.subs.get(str(msg.get("sub") or "default"))
+        sub = self.subs.get(msg["sub"])
         if sub is None:
             return
-        sub.unacked = max(0, sub.unacked - max(1, int(msg.get("batches", 1) or 1)))
+        upto = msg["upto"]
+        while sub.inflight and sub.inflight[0] <= upto:
+            sub.inflight.popleft()
         sub.acked.set()
 
-    async def on_unsubscribe(self, msg: dict) -> None:
-        sub = self.subs.pop(str(msg.get("sub") or "default"), None)
+    async def on_unsub(self, msg: dict) -> None:
+        sub = self.subs.pop(msg["id"], None)
         if sub and sub.task:
             sub.task.cancel()
-        self.send({"t": "unsubscribed", "id": msg.get("id"), "sub": sub.id if sub else None})
 
-    # appends (class C); class D types are refused here
+    async def on_snap(self, msg: dict) -> None:
+        from engine.syncdata import chunk_snapshot
+        from store.sync import state_snapshot
 
-    async def on_append(self, msg: dict) -> None:
-        self.require(WRITE)
-        stream = check_stream(msg.get("stream"))
-        if is_system_stream(stream):
-            raise Forbidden("system streams are written by the server only")
-        items = msg.get("events")
-        for it in items if isinstance(items, list) else ():
-            t = it.get("type") if isinstance(it, dict) else None
-            if isinstance(t, str) and any(fnmatch.fnmatchcase(t, pat) for pat in self.s.critical_types):
-                raise CriticalCommandRefused(f"{t!r} is a critical command type: use POST /v1/commands/{t}", type=t)
-        events = new_events(items, self.principal, client=self.member[2])
-        expected = msg.get("expected_version")
-        if expected is not None and (not isinstance(expected, int) or expected < 0):
-            raise ValidationError("expected_version must be a non-negative integer")
-        idem = msg.get("idem")
-        if idem is not None and (not isinstance(idem, str) or not 0 < len(idem) <= 200):
-            raise ValidationError("idem must be a string of 1-200 characters")
-        result = await self.gw.store.append_many(
-            self.principal.tenant, [StreamWrite(stream, tuple(events), expected)], idempotency_key=idem
-        )
-        self.gw.metrics.events_appended.labels("ws").inc(len(events))
-        s = result.streams[0]
-        self.send({"t": "appended", "id": msg.get("id"), "stream": stream, "first_position": s.first_position,
-                   "last_position": s.last_position, "last_version": s.last_version, "duplicate": result.duplicate})
+        self.require(READ)
+        streams, prefixes = list(msg.get("streams") or ()), list(msg.get("prefixes") or ())
+        if not self.principal.can(ADMIN) and (any(is_system_stream(s) for s in streams)
+                                             or any(x.startswith("$") for x in prefixes)):
+            raise Forbidden("system streams need the 'admin' permission")
+        snap = await state_snapshot(self.gw.store, self.principal.tenant, streams=streams, prefixes=prefixes,
+                                    registry=self.gw.records.config.registry)
+        for c in chunk_snapshot(snap.position, snap.content, snap.checksum, self.s.snapshot_chunk_bytes):
+            self.send(P.message(P.SNAPSHOT, id=msg["id"], index=c.index, total=c.total, checksum=c.checksum,
+                                data=c.data, position=snap.position))
 
-    async def on_command(self, msg: dict) -> None:
-        raise CriticalCommandRefused("critical commands are refused over WebSocket: POST /v1/commands/{type}")
+    # class C ops; class D commands are refused here
 
     async def on_ops(self, msg: dict) -> None:
-        from . import ops  # the records reconcile API (engine/records); see api/ops.py
+        from .ops import submit_ops
 
         self.require(WRITE)
-        acks = await ops.submit_ops(self.gw, self.principal, self.member[2], msg.get("ops"))
-        self.send({"t": "op_acks", "id": msg.get("id"), "acks": acks})
+        results = await submit_ops(self.gw, self.principal, self.client, msg["ops"])
+        self.send(P.message(P.OPACKS, id=msg["id"], results=results))
+
+    async def on_command(self, msg: dict) -> None:
+        raise WebSocketForbidden("critical commands are REST only: POST /v1/commands/{type}")
 
     # rooms, direct messages, presence
 
     async def on_join(self, msg: dict) -> None:
         self.require(READ)
-        room = _check_room(msg.get("room"))
+        room = _check_room(msg["room"])
         p = self.principal
         if room not in self.rooms:
             if len(self.rooms) >= ROOMS_MAX:
                 raise ValidationError(f"at most {ROOMS_MAX} rooms per connection")
             self.rooms.add(room)
             self.gw.hub.subscribe(room_channel(p.tenant, room), self._deliver)
-        first = self.gw.presence.join(self.member, room)
-        if first:
-            await self.gw.record_presence(p.tenant, room, p.user, self.member[2], True)
+        if self.gw.presence.join(self.member, room):
+            await self.gw.record_presence(p.tenant, room, p.user, self.client, True)
             self.gw.hub.publish(room_channel(p.tenant, room),
-                                {"t": "joined_room", "room": room, "user": p.user, "client": self.member[2]},
+                                P.message(P.PRESENCE, room=room, user=p.user, event="joined", client=self.client),
                                 skip=self._deliver)
         snap = self.gw.presence.snapshot(p.tenant, room, time.monotonic())
-        self.send({"t": "joined", "id": msg.get("id"), "room": room, "members": snap["members"],
-                   "states": snap["states"]})
+        self.send(P.message(P.JOINED, room=room, members=snap["members"], states=snap["states"]))
 
     async def on_leave(self, msg: dict) -> None:
-        room = _check_room(msg.get("room"))
+        room = _check_room(msg["room"])
         p = self.principal
         if room in self.rooms:
             self.rooms.discard(room)
             self.gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
         if self.gw.presence.leave(self.member, room):
-            await self.gw.record_presence(p.tenant, room, p.user, self.member[2], False)
+            await self.gw.record_presence(p.tenant, room, p.user, self.client, False)
             self.gw.hub.publish(room_channel(p.tenant, room),
-                                {"t": "left", "room": room, "user": p.user, "client": self.member[2]})
-        self.send({"t": "left_room", "id": msg.get("id"), "room": room})
+                                P.message(P.PRESENCE, room=room, user=p.user, event="left", client=self.client))
+        self.send(P.message(P.LEFT, room=room))
 
-    async def on_broadcast(self, msg: dict) -> None:
+    async def on_say(self, msg: dict) -> None:
         self.require(WRITE)
-        room = _check_room(msg.get("room"))
+        room = _check_room(msg["room"])
         if room not in self.rooms:
-            raise Forbidden("join the room before broadcasting to it", room=room)
+            raise Forbidden("join the room before sending to it", room=room)
         p = self.principal
-        self.gw.hub.publish(room_channel(p.tenant, room), {
-            "t": "room", "room": room, "from": {"user": p.user, "conn": self.conn_id}, "data": msg.get("data")})
-        if msg.get("id") is not None:
-            self.send({"t": "ack", "id": msg.get("id")})
+        self.gw.hub.publish(room_channel(p.tenant, room),
+                            P.message(P.MSG, room=room, data=msg.get("data"), conn=self.conn_id, **{"from": p.user}))
 
-    async def on_direct(self, msg: dict) -> None:
+    async def on_dm(self, msg: dict) -> None:
         self.require(WRITE)
-        to = msg.get("to")
-        if not isinstance(to, str) or not to or len(to) > 200:
-            raise ValidationError("'to' must be a user id")
         p = self.principal
-        self.gw.hub.publish(user_channel(p.tenant, to), {
-            "t": "direct", "from": {"user": p.user, "conn": self.conn_id}, "data": msg.get("data")})
-        if msg.get("id") is not None:
-            self.send({"t": "ack", "id": msg.get("id")})
+        self.gw.hub.publish(user_channel(p.tenant, msg["to"]),
+                            P.message(P.MSG, direct=True, data=msg.get("data"), conn=self.conn_id,
+                                      **{"from": p.user}))
 
     async def on_presence(self, msg: dict) -> None:
-        room = _check_room(msg.get("room"))
+        room = _check_room(msg["room"])
         if room not in self.rooms:
             raise Forbidden("join the room before setting presence in it", room=room)
         state = msg.get("state")
-        if state is not None and not isinstance(state, dict):
-            raise ValidationError("presence state must be a map (typing, cursor, ...) or null")
         p = self.principal
-        now = time.monotonic()
-        self.gw.presence.set_state(p.tenant, room, p.user, self.conn_id, state, now)
-        self.gw.hub.publish(room_channel(p.tenant, room), {
-            "t": "presence", "room": room, "user": p.user, "conn": self.conn_id, "state": state,
-            "ttl_s": self.s.presence_ttl_s}, skip=self._deliver)
-
-
-def _str_list(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 255 for v in value) or len(value) > 100:
-        raise ValidationError(f"'{name}' must be a list of at most 100 strings")
-    return list(value)
+        self.gw.presence.set_state(p.tenant, room, p.user, self.conn_id, state, time.monotonic())
+        self.gw.hub.publish(room_channel(p.tenant, room),
+                            P.message(P.PRESENCE, room=room, user=p.user, conn=self.conn_id, state=state,
+                                      ttl_s=self.s.presence_ttl_s))
 
 
 def _check_room(room: Any) -> str:
@@ -496,19 +448,19 @@ def _check_room(room: Any) -> str:
 
 
 HANDLERS: dict[str, Callable[[NativeConnection, dict], Any]] = {
-    "ping": NativeConnection.on_ping,
-    "pong": NativeConnection.on_pong,
-    "subscribe": NativeConnection.on_subscribe,
-    "unsubscribe": NativeConnection.on_unsubscribe,
-    "ack": NativeConnection.on_ack,
-    "append": NativeConnection.on_append,
-    "command": NativeConnection.on_command,
-    "ops": NativeConnection.on_ops,
-    "join": NativeConnection.on_join,
-    "leave": NativeConnection.on_leave,
-    "broadcast": NativeConnection.on_broadcast,
-    "direct": NativeConnection.on_direct,
-    "presence": NativeConnection.on_presence,
+    P.HELLO: NativeConnection.on_hello,
+    P.PING: NativeConnection.on_ping,
+    P.SUB: NativeConnection.on_sub,
+    P.UNSUB: NativeConnection.on_unsub,
+    P.ACK: NativeConnection.on_ack,
+    P.OPS: NativeConnection.on_ops,
+    P.SNAP: NativeConnection.on_snap,
+    P.JOIN: NativeConnection.on_join,
+    P.LEAVE: NativeConnection.on_leave,
+    P.SAY: NativeConnection.on_say,
+    P.DM: NativeConnection.on_dm,
+    P.PRESENCE: NativeConnection.on_presence,
+    P.COMMAND: NativeConnection.on_command,
 }
 
 
@@ -538,18 +490,17 @@ async def native_ws(socket: WebSocket) -> None:
         await refuse(gw, socket, ENDPOINT, WS_GOING_AWAY, "shutting down")
         return
     client = socket.query_params.get("client") or ""
-    if not CLIENT_RE.match(client):
+    if client and not CLIENT_RE.match(client):
         await refuse(gw, socket, ENDPOINT, WS_PROTOCOL, "invalid_client")
         return
-    binary = MSGPACK in offered
-    chosen = MSGPACK if binary else (JSON if JSON in offered else None)
+    chosen = next((sp for sp in offered if sp in P.SUBPROTOCOLS), None)
     await socket.accept(subprotocols=chosen)
-    conn = NativeConnection(gw, socket, principal, binary, client)
+    conn = NativeConnection(gw, socket, principal, chosen or P.SUBPROTOCOL_MSGPACK, client)
     bind_connection(conn.conn_id, principal, ENDPOINT)
     gw.connections[conn.conn_id] = conn
     gauge = gw.metrics.ws_connections.labels(ENDPOINT)
     gauge.inc()
-    log.info("ws.open", format="msgpack" if binary else "json", client=client)
+    log.info("ws.open", subprotocol=conn.subprotocol, client=client)
     try:
         await conn.run()
     except SynclineError as e:

@@ -18,7 +18,7 @@ import pycrdt
 from litestar import WebSocket, websocket
 
 from engine.awareness import AwarenessRegistry
-from engine.documents import CRDT_UPDATE, DocSnapshot, Document, SnapshotPolicy
+from engine.documents import CRDT_UPDATE, Document, SnapshotPolicy
 from engine.errors import ProtocolError, SynclineError
 from engine.events import Actor, NewEvent
 from engine.yprotocol import (
@@ -37,6 +37,7 @@ from engine.yprotocol import (
     sync_step1,
 )
 from engine.yupdates import EMPTY_UPDATE
+from store import history
 
 from .auth import READ, WRITE, Principal
 from .errors import WS_FORBIDDEN, WS_GOING_AWAY, WS_PROTOCOL, WS_UNAVAILABLE, Unauthenticated, ws_close_code
@@ -46,7 +47,7 @@ from .logging import clear, log
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
 DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
-SNAPSHOT_KIND = "yjs"
+SNAPSHOT_KIND = history.DOC_SNAPSHOT_KIND
 ENDPOINT = "yjs"
 
 
@@ -73,19 +74,8 @@ class DocRoom:
 
 
 async def load_document(store: Any, tenant: str, stream: str) -> Document:
-    """Latest snapshot (verified; ignored when corrupt) plus the stream's updates after it."""
-    snap = None
-    found = await store.load_snapshot(tenant, stream, SNAPSHOT_KIND)
-    if found is not None:
-        position, data, checksum = found
-        snap = DocSnapshot(position, bytes(data), checksum)
-        try:
-            snap.verify()
-        except SynclineError:
-            log.warning("yjs.snapshot_corrupt", stream=stream, position=position)
-            snap = None
-    events = await store.read_stream(tenant, stream)
-    return Document.load(snap, [e for e in events if e.type == CRDT_UPDATE], doc_id=stream)
+    """Latest verified snapshot plus the stream's updates after it (store.history)."""
+    return await history.load_document(store, tenant, stream)
 
 
 class DocRooms:
