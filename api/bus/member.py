@@ -404,8 +404,8 @@ class GroupMember:
         if out is False:
             return False  # the claim expires and the partition's next owner delivers it
         if out is None:
-            self.stats.redelivered_from_dlq += 1
             await self.dlq.resolved(entry, self.id)
+            self.stats.redelivered_from_dlq += 1
             return True
         await self.dlq.dead_letter(scope=self.scope, group=self.group, partition=w.partition, event=ev,
                                    attempt=out, member=self.id)
