@@ -1,0 +1,157 @@
+"""`syncline bus ...`: consumer groups (lag, members) and the dead-letter queue."""
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import SynclineError
+from store import open_store
+
+from ..settings import Settings
+
+console = Console()
+db_option = click.option("--db", "database_url", default=None, help="Store URL (default SYNCLINE_DATABASE_URL).")
+
+
+def _run(action):
+    """Open the store, run ``action(bus)``, close; typed errors become exit code 2."""
+    from api.bus import Bus
+
+    async def go(url):
+        store = await open_store(url or Settings().database_url, listen=False)
+        try:
+            return await action(Bus(store))
+        finally:
+            await store.close()
+
+    def runner(url):
+        try:
+            return asyncio.run(go(url))
+        except SynclineError as e:
+            console.print(f"[red]error[/red] {e.code}: {e.message}")
+            raise SystemExit(2)
+
+    return runner
+
+
+def _time(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if us else "-"
+
+
+@click.group()
+def bus() -> None:
+    """The event bus: consumer groups and dead letters."""
+
+
+@bus.command("groups")
+@db_option
+@click.option("--tenant", default=None, help="Only this tenant's groups ('*' for platform groups).")
+@click.option("--json", "as_json", is_flag=True)
+def groups_cmd(database_url, tenant, as_json) -> None:
+    """List consumer groups with their lag and live members."""
+    groups = _run(lambda b: b.groups(tenant))(database_url)
+    if as_json:
+        click.echo(json.dumps(groups))
+        return
+    table = Table("tenant", "group", "partitions", "checkpoint", "head", "lag", "members", "unowned",
+                  title="consumer groups")
+    for g in groups:
+        members = ", ".join(f"{m['member']} ({len(m['partitions'])}p)" for m in g["members"]) or "-"
+        table.add_row(g["scope"], g["group"], str(g["partitions"]), str(g["low_watermark"]), str(g["head"]),
+                      str(g["lag"]), members, str(len(g["unowned"])))
+    console.print(table)
+
+
+@bus.group("dlq")
+def dlq() -> None:
+    """Inspect, edit, requeue and discard dead letters."""
+
+
+@dlq.command("list")
+@db_option
+@click.option("--tenant", default=None, help="The group's tenant ('*' for platform groups).")
+@click.option("--group", default=None)
+@click.option("--status", default="dead", show_default=True, help="dead|requeued|redelivering|resolved|discarded|all")
+@click.option("--stream-prefix", default=None)
+@click.option("--type", "type_", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(database_url, tenant, group, status, stream_prefix, type_, limit, as_json) -> None:
+    """List dead letters matching the criteria."""
+    entries = _run(lambda b: b.dlq.query(
+        scope=tenant, group=group, status=None if status == "all" else status, stream_prefix=stream_prefix,
+        type=type_, limit=limit,
+    ))(database_url)
+    if as_json:
+        click.echo(json.dumps([_brief(e) for e in entries]))
+        return
+    table = Table("id", "tenant", "group", "stream", "type", "position", "attempts", "last failure", "status",
+                  "reason", title="dead letters")
+    for e in entries:
+        table.add_row(e.id, e.scope, e.group, e.stream, e.type, str(e.position), str(e.attempts),
+                      _time(e.last_failure_us), e.status, e.reason[:60])
+    console.print(table)
+
+
+def _brief(e) -> dict:
+    d = e.to_dict()
+    d.pop("trace")
+    return d
+
+
+@dlq.command("show")
+@db_option
+@click.argument("entry_id")
+def dlq_show(database_url, entry_id) -> None:
+    """Show one dead letter: the original event, the failure and its stack trace."""
+    e = _run(lambda b: b.dlq.get(entry_id))(database_url)
+    click.echo(json.dumps(e.to_dict(), indent=2, default=str))
+
+
+@dlq.command("edit")
+@db_option
+@click.argument("entry_id")
+@click.option("--data", "data_json", required=True, help="The new payload, as JSON.")
+@click.option("--by", default="cli")
+def dlq_edit(database_url, entry_id, data_json, by) -> None:
+    """Replace the payload a requeue will deliver."""
+    data = json.loads(data_json)
+    e = _run(lambda b: b.dlq.edit(entry_id, data, by=by))(database_url)
+    console.print(f"edited {e.id}")
+
+
+@dlq.command("requeue")
+@db_option
+@click.argument("entry_ids", nargs=-1, required=True)
+@click.option("--by", default="cli")
+def dlq_requeue(database_url, entry_ids, by) -> None:
+    """Deliver dead letters to their group again (with their original event ids)."""
+
+    async def go(b):
+        return [await b.dlq.requeue(i, by=by) for i in entry_ids]
+
+    for e in _run(go)(database_url):
+        console.print(f"requeued {e.id} ({e.stream} v{e.version}) to {e.group}")
+
+
+@dlq.command("discard")
+@db_option
+@click.argument("entry_ids", nargs=-1, required=True)
+@click.option("--reason", required=True)
+@click.option("--by", default="cli")
+def dlq_discard(database_url, entry_ids, reason, by) -> None:
+    """Discard dead letters, with a reason (recorded on the $dlq/<group> stream)."""
+
+    async def go(b):
+        return [await b.dlq.discard(i, reason, by=by) for i in entry_ids]
+
+    for e in _run(go)(database_url):
+        console.print(f"discarded {e.id}")
+
+
+COMMANDS = [bus]
