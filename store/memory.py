@@ -227,9 +227,14 @@ class MemoryEventStore:
         doomed: set[int] = set()
         touched = 0
         for key, rows in self._stream_rows.items():
+            covered = None  # a document's updates are its only copy until a snapshot covers them
+            if key[1].startswith("doc/"):
+                covered = max(self._snapshots.get((key[0], key[1], "ydoc"), {0: None}))
             n = 0
             for r in rows:  # rows are in version order: prune only a prefix
                 if not expired(r) or (limit_pos is not None and r["position"] > limit_pos):
+                    break
+                if covered is not None and r["position"] > covered:
                     break
                 n += 1
             if n:

@@ -28,6 +28,7 @@ from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row,
 from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
 from .tail import tail_log
 
+DOC_PREFIX = "doc/"
 _COLS = [events.c[name] for name in READ_COLUMNS]
 _VERIFY_COLS = _COLS + [events.c.prev_hash, events.c.hash]
 
@@ -337,7 +338,7 @@ class SqlEventStore:
 
         Only a prefix of each stream is pruned, so the rest of the chain still links to
         the stream's anchor (the hash of the last pruned event). ``critical`` events are
-        never pruned, and nothing past the lowest durable checkpoint is pruned unless
+        never pruned, ``doc/`` updates only where a document snapshot covers them, and nothing past the lowest durable checkpoint is pruned unless
         ``respect_checkpoints`` is False. Positions are never reused: they come from
         log_head, which pruning does not touch.
         """
@@ -368,16 +369,27 @@ class SqlEventStore:
             ).all()
             deleted = touched = 0
             for t, s, _ in cand_streams:
+                stream_candidate = candidate
+                if s.startswith(DOC_PREFIX):
+                    # A document's updates are its only copy until a snapshot covers them.
+                    covered = (
+                        await conn.execute(
+                            select(func.max(snapshots.c.position)).where(
+                                snapshots.c.tenant == t, snapshots.c.stream == s, snapshots.c.kind == "ydoc"
+                            )
+                        )
+                    ).scalar() or 0
+                    stream_candidate = and_(candidate, events.c.position <= covered)
                 # The first event of the stream that must stay bounds the prunable prefix.
                 barrier = (
                     await conn.execute(
                         select(func.min(events.c.version)).where(
-                            events.c.tenant == t, events.c.stream == s, ~candidate
+                            events.c.tenant == t, events.c.stream == s, ~stream_candidate
                         )
                     )
                 ).scalar()
                 upto = select(func.max(events.c.version)).where(
-                    events.c.tenant == t, events.c.stream == s, candidate
+                    events.c.tenant == t, events.c.stream == s, stream_candidate
                 )
                 if barrier is not None:
                     upto = upto.where(events.c.version < barrier)

@@ -121,7 +121,8 @@ def record_patched(
     data["outcome"] = (
         _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]}
     )
-    return NewEvent(RECORD_PATCHED, data, SCHEMA, actor, {"vc": vc, "hlc": hlc}, {})
+    # Critical: record state has no snapshots, so its patches must outlive the retention period.
+    return NewEvent(RECORD_PATCHED, data, SCHEMA, actor, {"vc": vc, "hlc": hlc}, {}, Retention.CRITICAL)
 
 
 def _version_body(w: Write) -> dict[str, Any]:

@@ -274,6 +274,18 @@ async def _prune_scenario(s, now):
         await s.prune(tenant="nobody")
 
 
+async def test_prune_keeps_document_updates_until_a_snapshot_covers_them(clocked_store):
+    s, now = clocked_store
+    day = 86_400_000_000
+    r = await s.append("acme", "doc/paper", [ev("crdt.update", b"u%d" % i) for i in range(4)])
+    now[0] += 8 * day
+    assert (await s.prune(retention_s=7 * 86400)).events_deleted == 0
+    await s.save_snapshot("acme", "doc/paper", "ydoc", r.first_position + 2, b"state", "c")
+    assert (await s.prune(retention_s=7 * 86400)).events_deleted == 3
+    assert [e.version for e in await s.read_stream("acme", "doc/paper")] == [4]
+    assert (await s.verify()).ok
+
+
 async def test_prune(clocked_store):
     s, now = clocked_store
     await _prune_scenario(s, now)
