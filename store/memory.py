@@ -193,6 +193,11 @@ class MemoryEventStore:
     async def list_tenants(self) -> list[str]:
         return sorted(self._tenants)
 
+    async def list_streams(self, tenant: str, *, prefix: str = "", limit: int = 10_000) -> list[tuple[str, int]]:
+        check_tenant(tenant)
+        found = sorted((s, h["version"]) for (t, s), h in self._streams.items() if t == tenant and s.startswith(prefix))
+        return found[:limit]
+
     async def verify(self, tenant: str | None = None, stream: str | None = None) -> VerifyReport:
         if tenant is not None and check_tenant(tenant) not in self._tenants:
             raise UnknownTenant(f"no tenant {tenant!r}", tenant=tenant)

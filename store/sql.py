@@ -297,6 +297,17 @@ class SqlEventStore:
             return list((await conn.execute(select(tenants.c.id).order_by(tenants.c.id))).scalars())
 
     @db_errors
+    async def list_streams(self, tenant: str, *, prefix: str = "", limit: int = 10_000) -> list[tuple[str, int]]:
+        """(stream, version) of a tenant's streams, by name."""
+        check_tenant(tenant)
+        q = select(streams.c.stream, streams.c.version).where(streams.c.tenant == tenant)
+        if prefix:
+            q = q.where(streams.c.stream.like(prefix_to_like(prefix), escape="\\"))
+        async with self._r.connect() as conn:
+            rows = (await conn.execute(q.order_by(streams.c.stream).limit(limit))).all()
+        return [(r[0], r[1]) for r in rows]
+
+    @db_errors
     async def verify(self, tenant: str | None = None, stream: str | None = None) -> VerifyReport:
         """Walk the hash chain of every stream (or one tenant, or one stream)."""
         if tenant is not None:

@@ -217,3 +217,26 @@ def test_feed_pages_newest_first():
     second, cur2 = page(feed, before=cur, limit=3)
     third, cur3 = page(feed, before=cur2, limit=3)
     assert [i.position for i in first + second + third] == [7, 6, 5, 4, 3, 2, 1] and cur3 is None
+
+
+async def test_prune_job_snapshots_documents_then_prunes_their_updates():
+    import pycrdt as y
+
+    from store.maintenance import prune_job
+
+    now = [1_700_000_000_000_000]
+    store = await open_store("memory://", clock_us=lambda: now[0])
+    doc = y.Doc()
+    text = doc.get("text", type=y.Text)
+    for word in ["one ", "two ", "three "]:
+        before = doc.get_state()
+        text.insert(len(str(text)), word)
+        await store.append("acme", "doc/notes", [NewEvent("crdt.update", doc.get_update(before))])
+    assert await store.list_streams("acme", prefix="doc/") == [("doc/notes", 3)]
+    now[0] += 8 * 86_400_000_000
+    report = await prune_job(store, retention_s=7 * 86400)
+    assert report.events_deleted == 3
+    assert await store.read_stream("acme", "doc/notes") == []
+    assert (await load_document(store, "acme", "doc/notes")).text() == "one two three "
+    assert (await store.verify()).ok
+    await store.close()
