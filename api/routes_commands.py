@@ -122,4 +122,17 @@ async def command_status(request: Request, command_id: str) -> dict:
             "time": first.to_wire()["time"], "data": first.data, "webhook": webhook}
 
 
-V1 = [submit_command, command_status]
+@post("/ops", opt={"perm": WRITE}, status_code=200, summary="Submit a batch of record ops (per-op outcomes)")
+async def submit_ops_rest(request: Request, data: dict[str, Any]) -> dict:
+    """``{"ops": [...]}`` in the order the client made them (engine.records wire form);
+    the answer has one result per op, in order. Idempotent by op id."""
+    from .ops import submit_ops
+
+    await write_scope(request, data.get("tenant"))
+    ops = data.get("ops")
+    if ops == []:
+        return {"results": []}
+    return {"results": await submit_ops(gateway_of(request), principal_of(request), "", ops)}
+
+
+V1 = [submit_command, command_status, submit_ops_rest]

@@ -60,12 +60,12 @@ class NativeClient:
         await self.ws.close()
 
 
-async def ws_close_code(url: str, **kw) -> int | None:
+async def ws_close_code(url: str, wait_s: float = 5, **kw) -> int | None:
     """Connect and return the close code the server answers with (None if it stays open)."""
     try:
         async with websockets.connect(url, open_timeout=10, ping_interval=None, **kw) as ws:
             try:
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(wait_s):
                     while True:
                         await ws.recv()
             except websockets.ConnectionClosed as e:
