@@ -1,0 +1,624 @@
+"""The session core: a sans-I/O state machine for one client (docs/clientkit.md).
+
+No socket, no asyncio, no clock, no global randomness: time arrives as ``now_ms``
+arguments and randomness through an injected ``random.Random``. Every method returns
+a list of outputs (frames to send, events applied, state changes, conflicts...) for
+the caller to carry out; the core performs nothing itself. The asyncio client
+(``client.py``) and the simulator are two such callers.
+
+States and the transition table
+-------------------------------
+Rules:
+- Only the inputs listed in ``TRANSITIONS`` change the state; any other (state,
+  input) pair leaves the state alone (a late ``welcome`` on a dead connection, a
+  ``disconnected`` while offline, ... are harmless).
+- OFFLINE is where a core starts and where every disconnect leads. With
+  ``auto_reconnect`` a ``tick`` past the backoff deadline emits ``Connect`` and moves
+  to CONNECTING; ``connect()`` does the same at once.
+- CONNECTING -> ONLINE on ``welcome``: the core subscribes from its last applied
+  position, re-joins its rooms and starts sending queued ops, in order, in batches.
+- ONLINE -> RESYNCING on ``refresh`` (too far behind): the core asks for a snapshot;
+  a corrupted one (checksum mismatch) is refused and asked for again.
+- RESYNCING -> ONLINE once the snapshot is installed (the core subscribes again
+  after the snapshot's position).
+- Ops are only sent while ONLINE. An op leaves the queue when its result arrives;
+  on a disconnect every unanswered op is sent again on the next connection (the
+  server answers ``duplicate`` for those it had committed).
+"""
+from __future__ import annotations
+
+import random
+from enum import StrEnum
+from typing import Any, Iterable, Mapping, NamedTuple
+
+from engine import protocol as P
+from engine.clocks import HLCTimestamp, VectorClock, hlc_receive, hlc_send
+from engine.records import ClientOp, Conflict, ResolutionConfig
+from engine.syncdata import Chunk, SnapshotChecksumMismatch, assemble_snapshot
+
+from .errors import LocalProtocolError, UnknownConflict
+from .queue import MemoryOpQueue, OpQueue
+from .replica import RecordsReplica
+
+
+class State(StrEnum):
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    RESYNCING = "resyncing"
+
+
+class Input(StrEnum):
+    CONNECT = "connect"  # the caller asked, or the backoff deadline passed
+    WELCOME = "welcome"  # the server accepted the session
+    REFRESH = "refresh"  # the server says we are too far behind
+    SNAPSHOT_INSTALLED = "snapshot_installed"
+    DISCONNECTED = "disconnected"
+
+
+S, I = State, Input
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (S.OFFLINE, I.CONNECT): S.CONNECTING,
+    (S.CONNECTING, I.WELCOME): S.ONLINE,
+    (S.CONNECTING, I.DISCONNECTED): S.OFFLINE,
+    (S.ONLINE, I.REFRESH): S.RESYNCING,
+    (S.ONLINE, I.DISCONNECTED): S.OFFLINE,
+    (S.RESYNCING, I.SNAPSHOT_INSTALLED): S.ONLINE,
+    (S.RESYNCING, I.DISCONNECTED): S.OFFLINE,
+}
+
+
+# ---------------------------------------------------------------- outputs
+class Send(NamedTuple):
+    msg: dict
+
+
+class Connect(NamedTuple):
+    attempt: int
+
+
+class Disconnect(NamedTuple):
+    reason: str
+
+
+class StateChanged(NamedTuple):
+    old: State
+    new: State
+
+
+class EventsApplied(NamedTuple):
+    events: list  # wire events (every type: documents, feeds... as well as records)
+    position: int
+
+
+class Progress(NamedTuple):
+    position: int
+    head: int
+
+
+class OpResult(NamedTuple):
+    op_id: str
+    kind: str  # applied | merged | conflict | duplicate | rejected
+    result: dict
+
+
+class ConflictFound(NamedTuple):
+    conflict: Conflict
+
+
+class SnapshotCorrupt(NamedTuple):
+    attempt: int
+    error: str
+
+
+class SnapshotInstalled(NamedTuple):
+    position: int
+    dropped_ops: int
+
+
+class PresenceChanged(NamedTuple):
+    room: str
+    user: str
+    state: dict | None
+
+
+class RoomMessage(NamedTuple):
+    msg: dict
+
+
+class ServerError(NamedTuple):
+    msg: dict
+
+
+Output = (Send | Connect | Disconnect | StateChanged | EventsApplied | Progress | OpResult | ConflictFound
+          | SnapshotCorrupt | SnapshotInstalled | PresenceChanged | RoomMessage | ServerError)
+
+ACCEPTED = frozenset({"applied", "merged", "conflict", "duplicate"})
+
+
+class SessionCore:
+    """One client's session. Cheap: ``__slots__``, and the optional parts (rooms,
+    presence, snapshot chunks, per-record clocks) are created on first use."""
+
+    __slots__ = (
+        "client_id", "user", "queue", "replica", "rng", "state", "position", "head", "prefixes", "sub_id",
+        "batch_size", "max_inflight", "heartbeat_ms", "stale_ms", "ack_timeout_ms", "backoff_base_ms",
+        "backoff_max_ms", "auto_reconnect", "keep_local_ops_on_refresh", "snapshot_attempts_max",
+        "_now", "_hlc", "_op_n", "_clocks", "_inflight", "_sent_seq", "_batch_n", "_attempt", "_next_attempt",
+        "_last_rx", "_last_ping", "_rooms", "_presence", "_others", "_snap", "_snap_attempt", "_snap_id",
+        "_ping_n",
+    )
+
+    def __init__(
+        self,
+        *,
+        user: str,
+        queue: OpQueue | None = None,
+        client_id: str | None = None,
+        rng: random.Random | None = None,
+        config: ResolutionConfig | None = None,
+        prefixes: Iterable[str] = ("rec/",),
+        position: int = 0,
+        batch_size: int = 500,
+        max_inflight: int = 2,
+        heartbeat_ms: int = 30_000,
+        stale_ms: int = 90_000,
+        ack_timeout_ms: int = 30_000,
+        backoff_base_ms: int = 250,
+        backoff_max_ms: int = 30_000,
+        auto_reconnect: bool = True,
+        keep_local_ops_on_refresh: bool = True,
+        snapshot_attempts_max: int = 3,
+    ) -> None:
+        self.queue = queue if queue is not None else MemoryOpQueue()
+        self.rng = rng if rng is not None else random.Random(0)
+        stored = self.queue.get_meta("client")
+        if client_id is None:
+            client_id = stored or "c%016x" % self.rng.getrandbits(64)
+        if stored is None:
+            self.queue.set_meta({"client": client_id})
+        elif stored != client_id:
+            raise LocalProtocolError(f"the queue belongs to client {stored!r}, not {client_id!r}")
+        self.client_id = client_id
+        self.user = user
+        self.replica = RecordsReplica(config)
+        self.state = State.OFFLINE
+        self.position = position
+        self.head = position
+        self.prefixes = list(prefixes)
+        self.sub_id = "main"
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.heartbeat_ms = heartbeat_ms
+        self.stale_ms = stale_ms
+        self.ack_timeout_ms = ack_timeout_ms
+        self.backoff_base_ms = backoff_base_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.auto_reconnect = auto_reconnect
+        self.keep_local_ops_on_refresh = keep_local_ops_on_refresh
+        self.snapshot_attempts_max = snapshot_attempts_max
+        self._now = 0
+        last = self.queue.get_meta("hlc")
+        self._hlc: HLCTimestamp | None = HLCTimestamp.decode(last) if last else None
+        self._op_n: int = self.queue.get_meta("n", 0)
+        self._clocks: dict[str, VectorClock] | None = None
+        self._inflight: dict[str, tuple[list[str], int]] = {}  # batch id -> (op ids, sent at)
+        self._sent_seq = 0
+        self._batch_n = 0
+        self._attempt = 0
+        self._next_attempt = 0
+        self._last_rx = 0
+        self._last_ping = 0
+        self._rooms: set[str] | None = None
+        self._presence: dict[str, dict] | None = None  # our own state per room
+        self._others: dict[str, dict[str, Any]] | None = None  # room -> user -> state
+        self._snap: dict[int, Chunk] | None = None
+        self._snap_attempt = 0
+        self._snap_id = ""
+        self._ping_n = 0
+
+    # ------------------------------------------------------------ transitions
+    def _to(self, inp: Input, out: list) -> bool:
+        new = TRANSITIONS.get((self.state, inp))
+        if new is None:
+            return False
+        if new is not self.state:
+            out.append(StateChanged(self.state, new))
+            self.state = new
+        return True
+
+    # ------------------------------------------------------------ connection
+    def connect(self, now_ms: int) -> list[Output]:
+        """Ask for a connection now (ignores the backoff deadline)."""
+        self._now = max(self._now, now_ms)
+        out: list[Output] = []
+        if self._to(Input.CONNECT, out):
+            self._attempt += 1
+            out.append(Connect(self._attempt))
+        return out
+
+    def connected(self, now_ms: int) -> list[Output]:
+        """The transport is open: introduce ourselves. ``welcome`` completes the handshake."""
+        self._now = max(self._now, now_ms)
+        self._last_rx = self._last_ping = now_ms
+        if self.state is not State.CONNECTING:
+            return []
+        return [Send(P.message(P.HELLO, client=self.client_id, resume={self.sub_id: self.position}))]
+
+    def disconnected(self, now_ms: int, reason: str = "") -> list[Output]:
+        self._now = max(self._now, now_ms)
+        out: list[Output] = []
+        if self._to(Input.DISCONNECTED, out):
+            self._inflight.clear()
+            self._sent_seq = 0  # every unanswered op goes again, in order
+            self._snap = None
+            delay = min(self.backoff_max_ms, self.backoff_base_ms * (2 ** min(self._attempt, 20)))
+            # "Full jitter": a uniform delay in [delay/2, delay], so clients that lost one
+            # server together do not come back together.
+            self._next_attempt = now_ms + delay // 2 + self.rng.randint(0, max(0, delay // 2))
+        return out
+
+    def tick(self, now_ms: int) -> list[Output]:
+        self._now = max(self._now, now_ms)
+        st = self.state
+        if st is State.OFFLINE:
+            if self.auto_reconnect and now_ms >= self._next_attempt:
+                return self.connect(now_ms)
+            return []
+        if st is State.CONNECTING:
+            return []
+        out: list[Output] = []
+        if now_ms - self._last_rx > self.stale_ms:
+            out.append(Disconnect("stale"))
+            out.extend(self.disconnected(now_ms, "stale"))
+            return out
+        if now_ms - self._last_ping >= self.heartbeat_ms:
+            self._last_ping = now_ms
+            self._ping_n += 1
+            out.append(Send(P.message(P.PING, id=self._ping_n)))
+        if self._inflight:
+            oldest = min(sent for _, sent in self._inflight.values())
+            if now_ms - oldest > self.ack_timeout_ms:
+                # An ops batch was never answered (dropped by a rate limiter, lost):
+                # send everything unanswered again; duplicates are answered as such.
+                self._inflight.clear()
+                self._sent_seq = 0
+        out.extend(self._pump())
+        return out
+
+    def next_deadline(self) -> int | None:
+        """The next ``now_ms`` at which ``tick`` has something to do (None: nothing planned)."""
+        if self.state is State.OFFLINE:
+            return self._next_attempt if self.auto_reconnect else None
+        if self.state is State.CONNECTING:
+            return None
+        d = min(self._last_ping + self.heartbeat_ms, self._last_rx + self.stale_ms + 1)
+        if self._inflight:
+            d = min(d, min(s for _, s in self._inflight.values()) + self.ack_timeout_ms + 1)
+        return d
+
+    # ------------------------------------------------------------ user ops
+    def set(self, stream: str, values: Mapping[str, Any], now_ms: int, *, delete: Iterable[str] = ()
+            ) -> list[Output]:
+        """Write fields of a record (and delete others): queued, applied locally at once."""
+        self._now = max(self._now, now_ms)
+        op = ClientOp(self._next_op_id(), self.client_id, self.user, stream, self._next_clock(stream),
+                      self._next_hlc(now_ms), dict(values), tuple(delete), self.replica.version(stream))
+        return self._enqueue(op)
+
+    def delete(self, stream: str, fields: Iterable[str], now_ms: int) -> list[Output]:
+        return self.set(stream, {}, now_ms, delete=fields)
+
+    def resolve(self, conflict_id: str, choice: str, now_ms: int, *, value: Any = None,
+                custom: bool = False) -> list[Output]:
+        """Decide a manual conflict: ``choice`` is a version's op id, or use ``custom=True``
+        with ``value``. The decision is an op like any other (queued, idempotent)."""
+        self._now = max(self._now, now_ms)
+        c = self.replica.conflict(conflict_id)
+        if c is None:
+            raise UnknownConflict(f"no open conflict {conflict_id!r} in the local replica")
+        kw = {"value": value} if custom else {}
+        op = c.resolution(op_id=self._next_op_id(), client=self.client_id, user=self.user,
+                          hlc=self._next_hlc(now_ms), choice="custom" if custom else choice,
+                          base_clock=self._local_clock(c.stream), **kw)
+        return self._enqueue(op)
+
+    def _enqueue(self, op) -> list[Output]:
+        meta = {"n": self._op_n + 1, "hlc": op.hlc.encode(), "vc:" + op.stream: op.clock.to_dict()}
+        self.queue.append(op, meta)  # QueueFull propagates; nothing below has happened then
+        self._op_n += 1
+        self._hlc = op.hlc
+        if self._clocks is None:
+            self._clocks = {}
+        self._clocks[op.stream] = op.clock
+        self.replica.local(op)
+        return self._pump()
+
+    def _next_op_id(self) -> str:
+        return f"{self.client_id}.{self._op_n + 1}"
+
+    def _next_hlc(self, now_ms: int) -> HLCTimestamp:
+        return hlc_send(self._hlc, now_ms, self.client_id)
+
+    def _local_clock(self, stream: str) -> VectorClock:
+        own = self._clocks.get(stream) if self._clocks is not None else None
+        if own is None:
+            stored = self.queue.get_meta("vc:" + stream)
+            own = VectorClock.from_dict(stored) if stored else VectorClock()
+        return self.replica.clock(stream).merge(own)
+
+    def _next_clock(self, stream: str) -> VectorClock:
+        return self._local_clock(stream).increment(self.client_id)
+
+    # ------------------------------------------------------------ presence and rooms
+    def join(self, room: str) -> list[Output]:
+        if self._rooms is None:
+            self._rooms = set()
+        self._rooms.add(room)
+        return [Send(P.message(P.JOIN, room=room))] if self._live() else []
+
+    def leave(self, room: str) -> list[Output]:
+        if self._rooms is not None:
+            self._rooms.discard(room)
+        if self._presence is not None:
+            self._presence.pop(room, None)
+        if self._others is not None:
+            self._others.pop(room, None)
+        return [Send(P.message(P.LEAVE, room=room))] if self._live() else []
+
+    def set_presence(self, room: str, state: dict | None) -> list[Output]:
+        """Typing, cursor...: ephemeral; re-sent after a reconnect, dropped while offline."""
+        if self._presence is None:
+            self._presence = {}
+        self._presence[room] = state
+        return [Send(P.message(P.PRESENCE, room=room, state=state))] if self._live() else []
+
+    def say(self, room: str, data: Any) -> list[Output]:
+        return [Send(P.message(P.SAY, room=room, data=data))] if self._live() else []
+
+    def others(self, room: str) -> dict[str, Any]:
+        """Other users' presence state in a room, as last heard."""
+        return dict(self._others.get(room, {})) if self._others else {}
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms or ())
+
+    def _live(self) -> bool:
+        return self.state is State.ONLINE or self.state is State.RESYNCING
+
+    # ------------------------------------------------------------ incoming
+    def receive(self, msg: Mapping[str, Any], now_ms: int) -> list[Output]:
+        """One validated server message (``engine.protocol.decode_frame`` output)."""
+        self._now = max(self._now, now_ms)
+        self._last_rx = now_ms
+        t = msg.get("t")
+        h = _HANDLERS.get(t)
+        if h is None:
+            return []  # unknown or client-only types: ignored (forward compatible)
+        return h(self, msg)
+
+    def _on_welcome(self, msg) -> list[Output]:
+        out: list[Output] = []
+        if not self._to(Input.WELCOME, out):
+            return out
+        self._attempt = 0
+        self.head = max(self.head, int(msg.get("head") or 0))
+        hb = msg.get("heartbeat_s")
+        if isinstance(hb, (int, float)) and hb > 0:
+            self.heartbeat_ms = int(hb * 1000)
+        out.append(Send(P.message(P.SUB, id=self.sub_id, prefixes=self.prefixes, after=self.position)))
+        for room in sorted(self._rooms or ()):
+            out.append(Send(P.message(P.JOIN, room=room)))
+            st = (self._presence or {}).get(room)
+            if st is not None:
+                out.append(Send(P.message(P.PRESENCE, room=room, state=st)))
+        out.extend(self._pump())
+        return out
+
+    def _on_events(self, msg) -> list[Output]:
+        if msg.get("sub") != self.sub_id or self.state is State.OFFLINE:
+            return []
+        # Exactly once: a batch the server sends again after a resume is skipped here.
+        events = [e for e in msg["events"] if isinstance(e, Mapping) and int(e.get("position", 0)) > self.position]
+        out: list[Output] = []
+        if events:
+            for c in self.replica.apply_wire_events(events):
+                out.append(ConflictFound(c))
+            for e in events:
+                ts = e.get("clock", {}).get("hlc") if isinstance(e.get("clock"), Mapping) else None
+                if isinstance(ts, str):
+                    try:
+                        self._hlc = hlc_receive(self._hlc, HLCTimestamp.decode(ts), self._now, self.client_id)
+                    except Exception:
+                        pass  # a remote clock we cannot read never blocks applying the event
+        nxt = int(msg["next"])
+        self.position = max(self.position, nxt, *(int(e["position"]) for e in events)) if events else max(
+            self.position, nxt)
+        head = msg.get("head")
+        self.head = max(self.head, self.position, int(head) if isinstance(head, int) else 0)
+        if events:
+            out.append(EventsApplied(events, self.position))
+        out.append(Progress(self.position, self.head))
+        out.append(Send(P.message(P.ACK, sub=self.sub_id, upto=self.position)))
+        return out
+
+    def _on_opacks(self, msg) -> list[Output]:
+        entry = self._inflight.pop(msg["id"], None)
+        out: list[Output] = []
+        done: list[str] = []
+        for r in msg["results"]:
+            if not isinstance(r, Mapping) or not isinstance(r.get("op"), str):
+                continue
+            kind = str(r.get("kind", ""))
+            op_id = r["op"]
+            done.append(op_id)
+            if kind not in ACCEPTED:
+                self.replica.forget(op_id)  # rejected: the optimistic value goes away
+            out.append(OpResult(op_id, kind, dict(r)))
+        self.queue.ack(done)
+        if entry is not None and len(done) < len(entry[0]):
+            # A partial answer: whatever was not answered goes again from the queue.
+            self._inflight.clear()
+            self._sent_seq = 0
+        if not self._inflight and len(self.queue) == 0:
+            self._sent_seq = 0
+        out.extend(self._pump())
+        return out
+
+    def _on_refresh(self, msg) -> list[Output]:
+        if msg.get("sub") != self.sub_id:
+            return []
+        out: list[Output] = []
+        if self.state is State.RESYNCING:
+            return out
+        if not self._to(Input.REFRESH, out):
+            return out
+        self.head = max(self.head, int(msg["head"]))
+        self._snap_attempt = 0
+        out.extend(self._ask_snapshot())
+        return out
+
+    def _ask_snapshot(self) -> list[Output]:
+        self._snap_attempt += 1
+        self._snap = {}
+        self._snap_id = f"snap{self._snap_attempt}"
+        return [Send(P.message(P.SNAP, id=self._snap_id, prefixes=self.prefixes))]
+
+    def _on_snapshot(self, msg) -> list[Output]:
+        if self.state is not State.RESYNCING or self._snap is None or msg["id"] != self._snap_id:
+            return []
+        self._snap[msg["index"]] = Chunk(msg["index"], msg["total"], msg["checksum"], bytes(msg["data"]))
+        if len(self._snap) < msg["total"]:
+            return []
+        chunks = list(self._snap.values())
+        self._snap = None
+        out: list[Output] = []
+        try:
+            position, content, _ = assemble_snapshot(chunks)
+        except SnapshotChecksumMismatch as e:
+            # Refuse it: nothing of it is installed. Ask again, a bounded number of times.
+            out.append(SnapshotCorrupt(self._snap_attempt, e.message))
+            if self._snap_attempt >= self.snapshot_attempts_max:
+                out.append(Disconnect("snapshot_refused"))
+                out.extend(self.disconnected(self._now, "snapshot_refused"))
+                return out
+            out.extend(self._ask_snapshot())
+            return out
+        return out + self.install_snapshot(position, content)
+
+    def install_snapshot(self, position: int, content: Mapping[str, Any]) -> list[Output]:
+        """Install a verified snapshot (from ``snap`` or fetched over REST by the shell)."""
+        keep = self.keep_local_ops_on_refresh
+        dropped = 0
+        if not keep:
+            dropped = self.queue.clear()
+        self.replica.install_snapshot(content, keep_pending=keep)
+        self.position = position
+        self.head = max(self.head, position)
+        self._inflight.clear()
+        self._sent_seq = 0
+        out: list[Output] = [SnapshotInstalled(position, dropped)]
+        if self._to(Input.SNAPSHOT_INSTALLED, out):
+            out.append(Send(P.message(P.SUB, id=self.sub_id, prefixes=self.prefixes, after=self.position)))
+            out.extend(self._pump())
+        return out
+
+    def _on_presence(self, msg) -> list[Output]:
+        room, user = msg.get("room"), msg.get("user")
+        if not isinstance(room, str) or not isinstance(user, str):
+            return []
+        state = msg.get("state")
+        if self._others is None:
+            self._others = {}
+        members = self._others.setdefault(room, {})
+        if msg.get("event") == "left" or (state is None and msg.get("event") != "joined"):
+            members.pop(user, None)
+        else:
+            members[user] = state
+        return [PresenceChanged(room, user, state)]
+
+    def _on_joined(self, msg) -> list[Output]:
+        members = msg.get("members")
+        if isinstance(members, list):
+            if self._others is None:
+                self._others = {}
+            room = self._others.setdefault(msg["room"], {})
+            for m in members:
+                u = m.get("user") if isinstance(m, Mapping) else m
+                if isinstance(u, str) and u != self.user:
+                    room.setdefault(u, m.get("state") if isinstance(m, Mapping) else None)
+        return [RoomMessage(dict(msg))]
+
+    def _on_conflict(self, msg) -> list[Output]:
+        return [RoomMessage(dict(msg))]  # the replica finds conflicts in the events themselves
+
+    def _on_msg(self, msg) -> list[Output]:
+        return [RoomMessage(dict(msg))]
+
+    def _on_error(self, msg) -> list[Output]:
+        ref = msg.get("ref") or msg.get("id")
+        if isinstance(ref, str) and ref in self._inflight:
+            # The batch failed as a whole: send it (and what followed) again later.
+            self._inflight.clear()
+            self._sent_seq = 0
+        return [ServerError(dict(msg))]
+
+    def _on_bye(self, msg) -> list[Output]:
+        return [Disconnect(str(msg.get("code", "bye")))]
+
+    def _on_pong(self, msg) -> list[Output]:
+        return []
+
+    # ------------------------------------------------------------ sending ops
+    def _pump(self) -> list[Output]:
+        if self.state is not State.ONLINE:
+            return []
+        out: list[Output] = []
+        while len(self._inflight) < self.max_inflight:
+            batch = self.queue.peek(self._sent_seq, self.batch_size)
+            if not batch:
+                break
+            self._batch_n += 1
+            bid = f"b{self._batch_n}"
+            self._inflight[bid] = ([q.op_id for q in batch], self._now)
+            self._sent_seq = batch[-1].seq
+            out.append(Send(P.message(P.OPS, id=bid, ops=[q.to_wire() for q in batch])))
+        return out
+
+    # ------------------------------------------------------------ status
+    @property
+    def pending_ops(self) -> int:
+        return len(self.queue)
+
+    @property
+    def status(self) -> str:
+        """For an app's status line: "online", "offline", "reconnecting…" or "resyncing…"."""
+        if self.state is State.ONLINE:
+            return "online"
+        if self.state is State.RESYNCING:
+            return "resyncing…"
+        if self.state is State.CONNECTING or (self.auto_reconnect and self._attempt > 0):
+            return "reconnecting…"
+        return "offline"
+
+    def get(self, stream: str) -> dict[str, Any]:
+        return self.replica.get(stream)
+
+
+_HANDLERS = {
+    P.WELCOME: SessionCore._on_welcome,
+    P.EVENTS: SessionCore._on_events,
+    P.OPACKS: SessionCore._on_opacks,
+    P.REFRESH: SessionCore._on_refresh,
+    P.SNAPSHOT: SessionCore._on_snapshot,
+    P.PRESENCE: SessionCore._on_presence,
+    P.JOINED: SessionCore._on_joined,
+    P.LEFT: SessionCore._on_msg,
+    P.MSG: SessionCore._on_msg,
+    P.CONFLICT: SessionCore._on_conflict,
+    P.ERROR: SessionCore._on_error,
+    P.WARN: SessionCore._on_msg,
+    P.BYE: SessionCore._on_bye,
+    P.PONG: SessionCore._on_pong,
+}
