@@ -6,10 +6,11 @@ result, in order; a resubmitted op id gets its original outcome (``duplicate``).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import ValidationError
-from engine.records import LWW, ResolutionConfig, op_from_wire
+from engine.records import LWW, CollectionPolicy, ResolutionConfig, op_from_wire
 from engine.records.config import FIELD_RE
 
 from .auth import Principal
@@ -31,8 +32,26 @@ class OpenResolutionConfig(ResolutionConfig):
         return rule
 
 
+class _AnyCollection(Mapping):
+    """Every collection name is configured, with the default policy (last-writer-wins)."""
+
+    def __getitem__(self, name: str) -> CollectionPolicy:
+        if not isinstance(name, str) or not name:
+            raise KeyError(name)
+        return CollectionPolicy()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(name)
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 def default_resolution() -> ResolutionConfig:
-    return OpenResolutionConfig(collections={})
+    return OpenResolutionConfig(collections=_AnyCollection())
 
 
 async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> list[dict]:
