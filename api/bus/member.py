@@ -65,7 +65,8 @@ class MemberStats:
 
 
 class _Worker:
-    """One owned partition: a bounded queue of events (and checkpoint marks) and a task."""
+    """One owned partition: a bounded queue (chunks of events, checkpoint marks, requeued
+    dead letters) and the task that works through it."""
 
     def __init__(self, lease: Lease, attempts: dict[str, Attempt], queue_max: int) -> None:
         self.partition = lease.partition
@@ -102,10 +103,11 @@ class GroupMember:
         policy: RetryPolicy = RetryPolicy(),
         batch: int = 500,
         commit_interval_s: float = 0.05,
-        queue_max: int = 2000,
+        queue_max: int = 64,
         include_system_streams: bool = False,
         dlq: DeadLetterQueue | None = None,
         mirror_checkpoint: bool = True,
+        start_at: str = "earliest",
     ) -> None:
         self.store = store
         self.group = check_group_name(group)
@@ -125,6 +127,9 @@ class GroupMember:
         self.include_system = include_system_streams
         self.dlq = dlq or DeadLetterQueue(store)
         self.mirror_checkpoint = mirror_checkpoint
+        if start_at not in ("earliest", "latest"):
+            raise ValidationError("start_at is 'earliest' (the whole log) or 'latest' (only new events)")
+        self.start_at = start_at  # where a group that does not exist yet begins
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
         self._w, _ = engines(store)
@@ -146,7 +151,8 @@ class GroupMember:
     async def start(self) -> "GroupMember":
         if self.partitions < 1 or self.partitions > 4096:
             raise ValidationError("partitions must be 1..4096")
-        self.partitions = await self._gs.ensure(self.partitions, self._filter_doc())
+        initial = await self.store.head_position() if self.start_at == "latest" else 0
+        self.partitions = await self._gs.ensure(self.partitions, self._filter_doc(), initial)
         await self._rebalance()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -290,13 +296,19 @@ class GroupMember:
                 # (a partition claimed meanwhile starts from its own checkpoint after a reset).
                 eligible = {p: w for p, w in self._workers.items() if w.dispatched >= cursor and not w.stopping}
                 n = self.partitions
+                chunks: dict[int, list[RecordedEvent]] = {}
                 for ev in page.events:
                     if not self.include_system and ev.stream[0] == "$":
                         continue
-                    w = eligible.get(partition_of(ev, n))
-                    if w is not None and ev.position > w.dispatched and not w.stopping:
-                        await w.queue.put(ev)
-                        w.dispatched = ev.position
+                    p = partition_of(ev, n)
+                    w = eligible.get(p)
+                    if w is not None and ev.position > w.dispatched:
+                        chunks.setdefault(p, []).append(ev)
+                for p, evs in chunks.items():
+                    w = eligible[p]
+                    if not w.stopping:
+                        await w.queue.put(evs)  # one item per partition per page: cheap and bounded
+                        w.dispatched = evs[-1].position
                 for w in eligible.values():
                     if page.next_after > w.dispatched and not w.stopping:
                         w.dispatched = page.next_after
@@ -324,22 +336,23 @@ class GroupMember:
             if type(item) is int:  # a checkpoint mark: everything of this partition up to it is queued
                 w.done = max(w.done, item)
                 continue
-            while True:
-                try:
-                    if isinstance(item, DeadLetter):
-                        ok = await self._redeliver(w, item)
-                    else:
-                        ok = await self._handle(w, item)
-                    break
-                except SynclineError as e:  # the store failed us, not the handler: try again
-                    log.warning("bus %s/%s p%d store error: %s", self.scope, self.group, w.partition, e.code)
-                    await asyncio.sleep(0.5)
-                    if w.stopping:
-                        return
-            if not ok:
-                return
-            if not isinstance(item, DeadLetter):
-                w.done = item.position
+            for one in item if type(item) is list else (item,):
+                if not await self._handle_safely(w, one):
+                    return
+                if type(one) is not DeadLetter:
+                    w.done = one.position
+
+    async def _handle_safely(self, w: _Worker, item: RecordedEvent | DeadLetter) -> bool:
+        while True:
+            try:
+                if type(item) is DeadLetter:
+                    return await self._redeliver(w, item)
+                return await self._handle(w, item)
+            except SynclineError as e:  # the store failed us, not the handler: try again
+                log.warning("bus %s/%s p%d store error: %s", self.scope, self.group, w.partition, e.code)
+                await asyncio.sleep(0.5)
+                if w.stopping:
+                    return False
 
     async def _lease_ok(self, w: _Worker) -> bool:
         while time.monotonic() >= self._lease_deadline:

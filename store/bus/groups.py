@@ -70,9 +70,9 @@ class GroupStore:
         self._key = and_(bus_partitions.c.scope == scope, bus_partitions.c.group_name == group)
 
     @db_errors
-    async def ensure(self, partitions: int, filter_doc: Any = None) -> int:
-        """Create the group and its partitions at position ``0`` unless they exist; return
-        the partition count (an existing group keeps its own)."""
+    async def ensure(self, partitions: int, filter_doc: Any = None, initial_position: int = 0) -> int:
+        """Create the group and its partitions at ``initial_position`` unless they exist;
+        return the partition count (an existing group keeps its own, and its checkpoints)."""
         ins = insert_for(self.dialect)
         now = now_us()
         async with self._w.begin() as conn:
@@ -93,7 +93,7 @@ class GroupStore:
                 ins(bus_partitions).on_conflict_do_nothing(index_elements=["scope", "group_name", "partition"]),
                 [
                     dict(scope=self.scope, group_name=self.group, partition=p, owner=None, epoch=0,
-                         lease_until_us=0, position=0, updated_us=now)
+                         lease_until_us=0, position=initial_position, updated_us=now)
                     for p in range(n)
                 ],
             )
