@@ -36,6 +36,7 @@ from engine.yprotocol import (
     encode_sync_update,
     sync_step1,
 )
+from engine.lib0 import Reader
 from engine.yupdates import EMPTY_UPDATE
 from store import history
 
@@ -53,6 +54,46 @@ ENDPOINT = "yjs"
 
 def now_ms() -> int:
     return int(time.monotonic() * 1000)
+
+
+def _delete_set(ds: bytes) -> dict[int, list[tuple[int, int]]]:
+    """Parse a Yjs delete set: client -> [(clock, length)]."""
+    r = Reader(ds)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(r.read_var_uint("ds clients")):
+        client = r.read_var_uint("ds client")
+        ranges = out.setdefault(client, [])
+        for _ in range(r.read_var_uint("ds ranges")):
+            ranges.append((r.read_var_uint("ds clock"), r.read_var_uint("ds len")))
+    return out
+
+
+def _covered(ranges: list[tuple[int, int]], clock: int, length: int) -> bool:
+    end = clock + length
+    for start, n in sorted(ranges):
+        if start <= clock < start + n:
+            clock = start + n
+            if clock >= end:
+                return True
+    return clock >= end
+
+
+def brings_news(document: Document, update: bytes) -> bool:
+    """Whether an update adds structs or deletions the document lacks. A peer's sync
+    step 2 always carries its whole delete set, so "nothing new" is the common case for a
+    client that only reads; appending it would fill the log with no-ops."""
+    sv = document.state_vector()
+    diff = pycrdt.get_update(update, sv)
+    if diff[0] != 0:
+        return True
+    try:
+        theirs = _delete_set(diff[1:])
+        if not theirs:
+            return False
+        ours = _delete_set(document.diff(sv)[1:])
+    except Exception:
+        return True  # when in doubt, keep it: a redundant update is harmless
+    return any(not _covered(ours.get(c, []), clock, n) for c, rs in theirs.items() for clock, n in rs)
 
 
 class DocRoom:
@@ -221,9 +262,10 @@ class YjsConnection:
             update = msg.update
             if update == EMPTY_UPDATE:
                 return
+            if not brings_news(room.document, update):
+                return
             if not self.writable:
-                if isinstance(msg, SyncUpdate) or pycrdt.get_update(update, room.document.state_vector())[0] != 0:
-                    self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
+                self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
                 return
             await self.apply(update)
         elif isinstance(msg, AwarenessMessage):
