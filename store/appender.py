@@ -23,6 +23,14 @@ class Pending(Generic[T]):
 
 
 class GroupCommitter(Generic[T]):
+    """Gathers calls into batches and hands each batch to ``commit``.
+
+    Up to ``max_in_flight`` batches may be committing at once: while the database
+    works on one batch, the event loop resumes the callers of the previous one and
+    gathers the next, instead of the two waiting for each other. The store's write
+    path keeps positions in commit order whatever the overlap (store/pg_writer.py).
+    """
+
     def __init__(
         self,
         commit: Callable[[list[Pending[T]]], Awaitable[None]],
@@ -30,16 +38,18 @@ class GroupCommitter(Generic[T]):
         max_batch_calls: int = 1024,
         max_batch_events: int = 4096,
         max_wait_s: float = 0.0,
+        max_in_flight: int = 2,
     ) -> None:
         self._commit = commit
         self._max_calls = max_batch_calls
         self._max_events = max_batch_events
         self._max_wait_s = max_wait_s
+        self._max_in_flight = max_in_flight
         self._queue: list[Pending[T]] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._in_flight: set[asyncio.Task] = set()
         self._closed = False
-        self._committing = False
         self.batches = 0  # observability: commits made
         self.calls = 0
 
@@ -68,9 +78,10 @@ class GroupCommitter(Generic[T]):
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                if self._closed:
+            if not self._queue or len(self._in_flight) >= self._max_in_flight:
+                if self._closed and not self._queue:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -78,31 +89,39 @@ class GroupCommitter(Generic[T]):
             if self._max_wait_s:
                 await asyncio.sleep(self._max_wait_s)
             batch = self._take_batch()
-            self._committing = True
-            try:
-                await self._commit(batch)
-            except BaseException as e:  # resolve every caller, then keep serving
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
-                if not isinstance(e, Exception):
-                    raise
-            finally:
-                self._committing = False
-            self.batches += 1
-            self.calls += len(batch)
+            task = loop.create_task(self._commit_one(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _commit_one(self, batch: list[Pending[T]]) -> None:
+        try:
+            await self._commit(batch)
+        except BaseException as e:  # resolve every caller, then keep serving
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+            if not isinstance(e, Exception):
+                raise
+        self.batches += 1
+        self.calls += len(batch)
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Stop taking calls; commit what is already queued (within the timeout), then stop."""
         self._closed = True
         if self._worker is not None and not self._worker.done():
             self._wakeup.set()
-            deadline = asyncio.get_running_loop().time() + drain_timeout_s
-            while self._queue or self._committing:
-                if asyncio.get_running_loop().time() > deadline:
-                    break
-                await asyncio.sleep(0.005)
-        if self._worker is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), drain_timeout_s)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=drain_timeout_s)
+        if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             try:
                 await self._worker

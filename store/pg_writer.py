@@ -7,7 +7,7 @@ cost about eight round trips and most of the CPU (measured in benchmarks/store_a
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,38 +57,47 @@ WHERE (tenant, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 class PgBatchWriter:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._sa_conn = None
-        self._raw = None
+        # Idle (SQLAlchemy connection, asyncpg connection) pairs. The group committer may
+        # run two batches at once; each needs its own connection (they queue on log_head).
+        self._idle: list[tuple[Any, Any]] = []
+        self._all: list[tuple[Any, Any]] = []
 
-    async def _connection(self):
-        if self._raw is None or self._raw.is_closed():
-            if self._sa_conn is not None:
-                await self._drop()
-            self._sa_conn = await self._engine.connect()
-            self._raw = (await self._sa_conn.get_raw_connection()).driver_connection
-        return self._raw
+    async def _acquire(self) -> tuple[Any, Any]:
+        while self._idle:
+            pair = self._idle.pop()
+            if not pair[1].is_closed():
+                return pair
+            await self._drop(pair)
+        sa_conn = await self._engine.connect()
+        pair = (sa_conn, (await sa_conn.get_raw_connection()).driver_connection)
+        self._all.append(pair)
+        return pair
 
-    async def _drop(self) -> None:
-        conn, self._sa_conn, self._raw = self._sa_conn, None, None
+    async def _drop(self, pair: tuple[Any, Any]) -> None:
+        if pair in self._all:
+            self._all.remove(pair)
         try:
-            await conn.invalidate()
-            await conn.close()
+            await pair[0].invalidate()
+            await pair[0].close()
         except Exception:
             pass
 
     async def commit(self, calls: list[PreparedAppend], clock_us: Callable[[], int]) -> BatchPlan:
-        raw = await self._connection()
+        pair = await self._acquire()
+        raw = pair[1]
         try:
             plan = await self._commit(raw, calls, clock_us)
         except BaseException:
             if not raw.is_closed() and raw.is_in_transaction():
                 try:
                     await raw.execute("ROLLBACK")
+                    self._idle.append(pair)
                 except Exception:
-                    await self._drop()
+                    await self._drop(pair)
             else:
-                await self._drop()
+                await self._drop(pair)
             raise
+        self._idle.append(pair)
         return plan
 
     async def _commit(self, raw, calls: list[PreparedAppend], clock_us: Callable[[], int]) -> BatchPlan:
@@ -139,6 +148,10 @@ class PgBatchWriter:
         return plan
 
     async def close(self) -> None:
-        if self._sa_conn is not None:
-            await self._sa_conn.close()
-            self._sa_conn = self._raw = None
+        for sa_conn, _raw in self._all:
+            try:
+                await sa_conn.close()
+            except Exception:
+                pass
+        self._all.clear()
+        self._idle.clear()

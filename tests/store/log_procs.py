@@ -38,7 +38,7 @@ async def writer(url: str, n: int, tag: str) -> None:
 
 async def odd_writer(url: str, tag: str, mode: str) -> None:
     store = await open_store(url)
-    raw = await store._writer._connection()
+    sa_conn, raw = await store._writer._acquire()
 
     class Hooked:
         """Delay or break the COMMIT of the real write path, nothing else."""
@@ -58,10 +58,10 @@ async def odd_writer(url: str, tag: str, mode: str) -> None:
 
     hooked = Hooked()
 
-    async def connection():
-        return hooked
+    async def acquire():
+        return sa_conn, hooked
 
-    store._writer._connection = connection
+    store._writer._acquire = acquire
     try:
         r = await store.append("acme", f"odd/{tag}", [NewEvent("test.written", {"tag": tag, "i": 0})])
         out(f"ack {r.last_position} {tag} 0")
