@@ -1,0 +1,342 @@
+"""``SynclineClient``: the asyncio shell around a ``SessionCore``.
+
+It owns a queue (a SQLite file by default), a connector (WebSocket with polling
+fallback by default) and the core, and carries out what the core returns: frames
+go to the connection, callbacks get events, conflicts and status changes. All core
+calls happen on the event loop's thread, so the core needs no locks.
+
+    client = SynclineClient("http://127.0.0.1:8000", token, user="alice",
+                            queue_path="alice.queue.db")
+    await client.start()
+    client.set("rec/notes/1", {"title": "hello"})       # works offline too
+    await client.wait_synced(timeout=10)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from engine.records import Conflict, ResolutionConfig
+
+from . import core as C
+from .core import SessionCore, State
+from .docs import DocReplica
+from .errors import ConnectionClosed, TransportError
+from .queue import DEFAULT_LIMIT, MemoryOpQueue, OpQueue, SqliteOpQueue
+from .transports.fallback import FallbackConnector
+
+log = logging.getLogger("clientkit")
+
+Callback = Callable[..., Any]
+
+
+class SynclineClient:
+    def __init__(
+        self,
+        base_url: str = "",
+        token: str = "",
+        *,
+        user: str,
+        queue_path: str | Path | None = None,
+        queue: OpQueue | None = None,
+        queue_limit: int = DEFAULT_LIMIT,
+        connector: Any = None,
+        config: ResolutionConfig | None = None,
+        prefixes: Iterable[str] = ("rec/",),
+        keep_local_ops_on_refresh: bool = True,
+        clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
+        **core_options: Any,
+    ) -> None:
+        if queue is None:
+            queue = SqliteOpQueue(queue_path, queue_limit) if queue_path else MemoryOpQueue(queue_limit)
+        self.base_url = base_url
+        self.token = token
+        self.queue = queue
+        self.connector = connector if connector is not None else FallbackConnector(base_url, token)
+        self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.core = SessionCore(user=user, queue=queue, rng=rng or random.Random(), config=config,
+                                prefixes=prefixes, keep_local_ops_on_refresh=keep_local_ops_on_refresh,
+                                **core_options)
+        # callbacks (all optional): on_conflict(conflict), on_status(status), on_events(events),
+        # on_progress(position, head), on_op_result(op_id, kind, result), on_presence(room, user, state),
+        # on_message(msg), on_snapshot(position, dropped), on_snapshot_corrupt(attempt, error), on_error(msg)
+        self.callbacks: dict[str, Callback] = {}
+        self.conn: Any = None
+        self.transport = "none"
+        self.docs: dict[str, DocReplica] = {}
+        self.stats = {"connects": 0, "ws_connects": 0, "poll_connects": 0, "events": 0, "acked": 0,
+                      "conflicts": 0, "snapshots": 0, "corrupt_snapshots": 0, "duplicates": 0}
+        self._send_q: asyncio.Queue | None = None
+        self._wake: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._want_connect = False
+        self._want_close = False
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._paused = False
+        self._last_upgrade = False
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._apply(self.core.connect(self._clock()))
+        for d in self.docs.values():
+            d.start()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._wake:
+            self._wake.set()
+        if self.conn is not None:
+            await self.conn.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        for d in self.docs.values():
+            await d.stop()
+        aclose = getattr(self.connector, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        self.queue.close()
+
+    async def go_offline(self) -> None:
+        """Drop the connection and stay offline until ``go_online`` (for apps and tests)."""
+        self._paused = True
+        self.core.auto_reconnect = False
+        if self.conn is not None:
+            await self.conn.close()
+        await self.wait_until(lambda: self.core.state is State.OFFLINE, timeout=10)
+
+    def go_online(self) -> None:
+        self._paused = False
+        self.core.auto_reconnect = True
+        self._apply(self.core.connect(self._clock()))
+
+    # -------------------------------------------------------------- user API
+    def set(self, stream: str, values: Mapping[str, Any], *, delete: Iterable[str] = ()) -> None:
+        self._apply(self.core.set(stream, values, self._clock(), delete=delete))
+
+    def delete(self, stream: str, fields: Iterable[str]) -> None:
+        self._apply(self.core.delete(stream, fields, self._clock()))
+
+    def get(self, stream: str) -> dict[str, Any]:
+        return self.core.get(stream)
+
+    def resolve(self, conflict_id: str, choice: str, *, value: Any = None, custom: bool = False) -> None:
+        self._apply(self.core.resolve(conflict_id, choice, self._clock(), value=value, custom=custom))
+
+    def conflicts(self) -> list[Conflict]:
+        return self.core.replica.conflicts()
+
+    def join(self, room: str) -> None:
+        self._apply(self.core.join(room))
+
+    def leave(self, room: str) -> None:
+        self._apply(self.core.leave(room))
+
+    def set_presence(self, room: str, state: dict | None) -> None:
+        self._apply(self.core.set_presence(room, state))
+
+    def typing(self, room: str, typing: bool = True) -> None:
+        self.set_presence(room, {"typing": typing})
+
+    def cursor(self, room: str, position: Any) -> None:
+        self.set_presence(room, {"cursor": position})
+
+    def others(self, room: str) -> dict[str, Any]:
+        return self.core.others(room)
+
+    def say(self, room: str, data: Any) -> None:
+        self._apply(self.core.say(room, data))
+
+    def doc(self, doc_id: str) -> DocReplica:
+        """A Yjs document replica (created on first use, synced while the client runs)."""
+        d = self.docs.get(doc_id)
+        if d is None:
+            d = self.docs[doc_id] = DocReplica(self.base_url, self.token, doc_id)
+            if self._task is not None:
+                d.start()
+        return d
+
+    def on(self, name: str, fn: Callback) -> None:
+        self.callbacks[name] = fn
+
+    @property
+    def status(self) -> str:
+        return self.core.status
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    @property
+    def synced(self) -> bool:
+        """Online, nothing queued, and caught up with the head we know of."""
+        c = self.core
+        return c.state is State.ONLINE and len(self.queue) == 0 and not c.replica.pending and c.position >= c.head
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait for a condition with a deadline (no sleeps: woken by every core output)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError("condition not reached in time")
+            assert self._changed is not None
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.25))
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_synced(self, timeout: float = 10.0) -> None:
+        await self.wait_until(lambda: self.synced, timeout)
+
+    # -------------------------------------------------------------- the shell
+    def _emit(self, name: str, *args: Any) -> None:
+        fn = self.callbacks.get(name)
+        if fn is not None:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - an app callback never breaks the session
+                log.exception("callback %s failed", name)
+
+    def _apply(self, outputs: list) -> None:
+        for o in outputs:
+            t = type(o)
+            if t is C.Send:
+                if self._send_q is not None:
+                    self._send_q.put_nowait(o.msg)
+            elif t is C.Connect:
+                self._want_connect = True
+            elif t is C.Disconnect:
+                self._want_close = True
+            elif t is C.StateChanged:
+                self._emit("on_status", self.core.status)
+            elif t is C.EventsApplied:
+                self.stats["events"] += len(o.events)
+                self._emit("on_events", o.events)
+            elif t is C.Progress:
+                self._emit("on_progress", o.position, o.head)
+            elif t is C.OpResult:
+                self.stats["acked"] += 1
+                if o.kind == "duplicate":
+                    self.stats["duplicates"] += 1
+                self._emit("on_op_result", o.op_id, o.kind, o.result)
+            elif t is C.ConflictFound:
+                self.stats["conflicts"] += 1
+                self._emit("on_conflict", o.conflict)
+            elif t is C.SnapshotCorrupt:
+                self.stats["corrupt_snapshots"] += 1
+                self._emit("on_snapshot_corrupt", o.attempt, o.error)
+            elif t is C.SnapshotInstalled:
+                self.stats["snapshots"] += 1
+                self._emit("on_snapshot", o.position, o.dropped_ops)
+            elif t is C.PresenceChanged:
+                self._emit("on_presence", o.room, o.user, o.state)
+            elif t is C.RoomMessage:
+                self._emit("on_message", o.msg)
+            elif t is C.ServerError:
+                self._emit("on_error", o.msg)
+        if self._wake is not None:
+            self._wake.set()
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._closing:
+            now = self._clock()
+            self._apply(self.core.tick(now))
+            if self._want_connect:
+                self._want_connect = False
+                await self._session()
+                continue
+            deadline = self.core.next_deadline()
+            wait_s = 3600.0 if deadline is None else max(0.0, (deadline - self._clock()) / 1000)
+            self._wake.clear()
+            if self._want_connect:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(wait_s, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _session(self) -> None:
+        """One connection: open, run reader/writer/ticker until it ends, tell the core."""
+        try:
+            open_ = self.connector.open
+            conn = await open_(self.core.client_id)
+        except TransportError as e:
+            log.info("connect failed: %s", e.message)
+            self._apply(self.core.disconnected(self._clock(), e.message))
+            return
+        self.conn = conn
+        self.transport = conn.kind
+        self.stats["connects"] += 1
+        self.stats["ws_connects" if conn.kind == "ws" else "poll_connects"] += 1
+        self._send_q = asyncio.Queue()
+        self._want_close = False
+        self._apply(self.core.connected(self._clock()))
+        reason = "closed"
+        tasks = [asyncio.create_task(self._reader(conn)), asyncio.create_task(self._writer(conn)),
+                 asyncio.create_task(self._ticker())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    reason = getattr(exc, "message", repr(exc))
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._send_q = None
+            self.conn = None
+            await conn.close()
+            self._apply(self.core.disconnected(self._clock(), reason))
+            if getattr(self, "_last_upgrade", False):
+                self._last_upgrade = False
+                if not self._paused:
+                    self._apply(self.core.connect(self._clock()))  # back to the WebSocket at once
+
+    async def _reader(self, conn: Any) -> None:
+        try:
+            while True:
+                msg = await conn.recv()
+                self._apply(self.core.receive(msg, self._clock()))
+                if self._want_close:
+                    return
+        except ConnectionClosed as e:
+            self._last_upgrade = e.upgrade
+            raise
+
+    async def _writer(self, conn: Any) -> None:
+        q = self._send_q
+        assert q is not None
+        while True:
+            msg = await q.get()
+            await conn.send(msg)
+
+    async def _ticker(self) -> None:
+        assert self._wake is not None
+        while True:
+            if self._want_close or self._closing:
+                return
+            now = self._clock()
+            self._apply(self.core.tick(now))
+            if self._want_close:
+                return
+            deadline = self.core.next_deadline()
+            wait_s = 1.0 if deadline is None else max(0.01, min(1.0, (deadline - now) / 1000))
+            await asyncio.sleep(wait_s)

@@ -1,0 +1,44 @@
+"""A gateway process for the client kit tests: the colleague's app factory (api.app.create_app)
+under uvicorn, with the records resolution config the tests need.
+
+    python tests/clientkit/ck_server.py --port N --db sqlite+aiosqlite:///path.db [--config notes]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+
+def notes_config():
+    from engine.records import MANUAL, CollectionPolicy, ResolutionConfig, merged
+    from api.ops import OpenResolutionConfig
+
+    return OpenResolutionConfig(collections={
+        "notes": CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}),
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--config", default="notes")
+    args = ap.parse_args()
+    from api.app import create_app
+    from api.server import make_server
+    from api.settings import Settings
+
+    s = Settings()
+    s.database_url = args.db
+    s.port = args.port
+    app = create_app(s, resolution=notes_config() if args.config == "notes" else None)
+    server = make_server(app, "127.0.0.1", args.port)
+    print("ready", flush=True)
+    asyncio.run(server.serve())
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    main()

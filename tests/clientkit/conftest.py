@@ -1,0 +1,84 @@
+"""Fixtures for the client kit tests: a real gateway process on a real port."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+SECRET = "clientkit-test-secret-0123456789abcdef"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token(user: str = "alice", tenant: str = "acme", ttl_s: int = 3600) -> str:
+    return jwt.encode({"sub": user, "tenant": tenant, "roles": ["member"], "exp": int(time.time()) + ttl_s},
+                      SECRET, algorithm="HS256")
+
+
+class ServerProcess:
+    def __init__(self, db_path: Path, port: int | None = None) -> None:
+        self.db = f"sqlite+aiosqlite:///{db_path}"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        env = dict(os.environ, SYNCLINE_JWT_SECRET=SECRET, SYNCLINE_RATE_LIMIT_MESSAGES="1000000",
+                   SYNCLINE_BATCH_WINDOW_MS="2", SYNCLINE_LOG_FORMAT="json", SYNCLINE_POLL_INTERVAL_S="0.2",
+                   SYNCLINE_SHUTDOWN_GRACE_S="1", PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/clientkit/ck_server.py"), "--port", str(self.port), "--db", self.db],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ServerProcess(tmp_path / "server.db").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started: list[ServerProcess] = []
+
+    def make(**kw) -> ServerProcess:
+        s = ServerProcess(tmp_path / f"server{len(started)}.db", **kw).start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
