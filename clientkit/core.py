@@ -133,6 +133,7 @@ class ServerError(NamedTuple):
 Output = (Send | Connect | Disconnect | StateChanged | EventsApplied | Progress | OpResult | ConflictFound
           | SnapshotCorrupt | SnapshotInstalled | PresenceChanged | RoomMessage | ServerError)
 
+_SHARED_RNG = random.Random()
 ACCEPTED = frozenset({"applied", "merged", "conflict", "duplicate"})
 
 
@@ -171,7 +172,8 @@ class SessionCore:
         snapshot_attempts_max: int = 3,
     ) -> None:
         self.queue = queue if queue is not None else MemoryOpQueue()
-        self.rng = rng if rng is not None else random.Random(0)
+        # A Random holds 2.5 KB of state: cores share one unless the caller injects theirs.
+        self.rng = rng if rng is not None else _SHARED_RNG
         stored = self.queue.get_meta("client")
         if client_id is None:
             client_id = stored or "c%016x" % self.rng.getrandbits(64)

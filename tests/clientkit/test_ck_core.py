@@ -1,0 +1,193 @@
+"""The session core against the in-process loopback server (in-memory transport, real codec)."""
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clientkit.core import TRANSITIONS, ConflictFound, OpResult, SessionCore, SnapshotCorrupt, State
+from clientkit.queue import MemoryOpQueue
+from clientkit.transports.loopback_server import LoopbackServer, open_config
+from clientkit.transports.memory import MemoryLink
+from engine.records import MANUAL, CollectionPolicy, merged
+
+CFG = open_config(notes=CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}))
+
+
+def pair(server, *users):
+    out = []
+    for u in users:
+        core = SessionCore(user=u, client_id=f"c-{u}", config=CFG, rng=random.Random(u))
+        out.append((core, MemoryLink(core, server, wire=True)))
+    return out
+
+
+def settle(links, now, rounds=50):
+    for _ in range(rounds):
+        moved = sum(link.run(now) for link in links)
+        if not moved and all(link.core.state is State.ONLINE or not link.up for link in links):
+            return
+        now += 1000
+    return now
+
+
+def test_transition_table_covers_every_state():
+    sources = {s for s, _ in TRANSITIONS}
+    assert sources == set(State)
+    assert all(new in State for new in TRANSITIONS.values())
+
+
+def test_backoff_grows_with_jitter_and_resets_on_welcome():
+    core = SessionCore(user="u", rng=random.Random(1))
+    delays, now = [], 0
+    for _ in range(6):
+        core.connect(now)
+        core.disconnected(now)
+        delays.append(core.next_deadline() - now)
+        now = core.next_deadline()
+    assert delays == sorted(delays) and delays[-1] <= core.backoff_max_ms
+    assert core.status == "reconnecting…"
+
+
+def test_offline_ops_are_readable_and_sent_in_order_once():
+    srv = LoopbackServer(CFG)
+    (a, la), = pair(srv, "alice")
+    la.up = False
+    la.run(0)
+    for i in range(1000):
+        a.set(f"rec/notes/{i % 7}", {"body": i, "likes": 1}, 10 + i)
+    assert a.state is State.OFFLINE and len(a.queue) == 1000
+    assert a.get("rec/notes/3")["likes"] == sum(1 for i in range(1000) if i % 7 == 3)
+    la.up = True
+    settle([la], 20_000)
+    assert len(a.queue) == 0
+    ops = [e["data"]["op"] for e in srv.log if e["type"] == "record.patched"]
+    assert ops == [f"{a.client_id}.{n}" for n in range(1, 1001)]  # once each, in order
+    assert a.replica.confirmed_values() == {s: r.values() for s, r in sorted(srv.records.records.items())}
+
+
+def test_lost_opacks_after_commit_resubmits_without_duplicates():
+    srv = LoopbackServer(CFG)
+    (a, la), = pair(srv, "alice")
+    la.run(0)
+    srv.lose_opacks = 1
+    outs = a.set("rec/notes/1", {"likes": 1}, 1)
+    la.do(outs, 1)
+    assert len(a.queue) == 1  # committed on the server, the answer was lost
+    la.drop(2)
+    settle([la], 100_000)
+    assert len(a.queue) == 0
+    kinds = [o.kind for o in la.outputs if type(o) is OpResult]
+    assert kinds == ["duplicate"]
+    assert sum(1 for e in srv.log if e["type"] == "record.patched") == 1
+    assert a.get("rec/notes/1") == {"likes": 1}
+
+
+def test_corrupted_snapshot_is_refused_and_fetched_again():
+    srv = LoopbackServer(CFG, max_behind=5)
+    (w, lw), (r, lr) = pair(srv, "writer", "reader")
+    lw.run(0)
+    for i in range(20):
+        lw.do(w.set(f"rec/notes/{i}", {"body": i, "likes": 2}, i + 1), i + 1)
+    srv.corrupt_snapshots = 1
+    lr.run(100)
+    corrupt = [o for o in lr.outputs if type(o) is SnapshotCorrupt]
+    assert len(corrupt) == 1
+    assert r.state is State.ONLINE and r.position == srv.head
+    assert r.replica.confirmed_values() == w.replica.confirmed_values()
+    # later events fold on top of the snapshot (counter keeps its value)
+    lw.do(w.set("rec/notes/3", {"likes": 1}, 200), 200)
+    lr.run(201)
+    assert r.get("rec/notes/3") == {"body": 3, "likes": 3}
+
+
+def test_refresh_can_drop_unsynced_local_ops():
+    srv = LoopbackServer(CFG, max_behind=5)
+    (w, lw), = pair(srv, "writer")
+    lw.run(0)
+    for i in range(10):
+        lw.do(w.set(f"rec/notes/{i}", {"body": i}, i + 1), i + 1)
+    r = SessionCore(user="reader", client_id="c-r", config=CFG, keep_local_ops_on_refresh=False)
+    lr = MemoryLink(r, srv, wire=True)
+    r.set("rec/notes/0", {"body": "mine"}, 50)
+    srv.lose_opacks = 1  # the op is still unanswered when the refresh arrives
+    lr.run(100)
+    [installed] = [o for o in lr.outputs if type(o).__name__ == "SnapshotInstalled"]
+    assert installed.dropped_ops == 1 and len(r.queue) == 0 and not r.replica.pending
+    assert r.replica.confirmed_values() == {s: v.values() for s, v in sorted(srv.records.records.items())}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["alice", "bob"]), st.integers(0, 2),
+                          st.sampled_from(["title", "body", "likes", "tags"]), st.integers(0, 9)),
+                min_size=1, max_size=30),
+       st.integers(0, 2**32))
+def test_partitioned_clients_converge_and_see_each_conflict_once(edits, seed):
+    srv = LoopbackServer(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    for link in (la, lb):
+        link.up = False
+        link.drop(1)
+    rnd = random.Random(seed)
+    now = 10
+    for user, rec, field, v in edits:
+        core = a if user == "alice" else b
+        core.set(f"rec/notes/{rec}", {field: 1 if field == "likes" else f"{user}{v}"}, now + rnd.randint(0, 5))
+        now += 3
+    la.up = lb.up = True
+    settle([la, lb], now + 100_000, rounds=200)
+    settle([la, lb], now + 500_000, rounds=200)
+    assert len(a.queue) == len(b.queue) == 0
+    server_view = {s: r.values() for s, r in sorted(srv.records.records.items())}
+    assert a.replica.confirmed_values() == b.replica.confirmed_values() == server_view
+    assert a.replica.confirmed.same_data(b.replica.confirmed)
+    for link in (la, lb):
+        ids = [o.conflict.id for o in link.outputs if type(o) is ConflictFound]
+        assert len(ids) == len(set(ids))
+        open_ids = {c.id for c in link.core.replica.conflicts()}
+        assert open_ids <= set(ids)
+
+
+def test_resolve_sends_the_decision_and_both_replicas_close_the_conflict():
+    srv = LoopbackServer(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    la.up = lb.up = False
+    la.drop(1)
+    lb.drop(1)
+    a.set("rec/notes/1", {"title": "A"}, 10)
+    b.set("rec/notes/1", {"title": "B"}, 11)
+    la.up = lb.up = True
+    settle([la, lb], 100_000, rounds=100)
+    settle([la, lb], 200_000, rounds=100)
+    [c] = a.replica.conflicts()
+    assert {(w.stamp.user, w.value) for w in c.versions} == {("alice", "A"), ("bob", "B")}
+    choice = next(w.stamp.op_id for w in c.versions if w.value == "B")
+    la.do(a.resolve(c.id, choice, 300_000), 300_000)
+    settle([la, lb], 300_001, rounds=100)
+    assert a.replica.conflicts() == [] and b.replica.conflicts() == []
+    assert a.get("rec/notes/1")["title"] == b.get("rec/notes/1")["title"] == "B"
+
+
+def test_presence_helpers():
+    srv = LoopbackServer(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    la.do(a.join("room1"), 1)
+    lb.do(b.join("room1"), 1)
+    la.do(a.set_presence("room1", {"typing": True}), 2)
+    settle([la, lb], 3)
+    assert b.others("room1") == {"alice": {"typing": True}}
+
+
+def test_core_is_small():
+    import tracemalloc
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cores = [SessionCore(user="u", queue=MemoryOpQueue(), client_id=f"c{i}") for i in range(1000)]
+    per_core = (tracemalloc.get_traced_memory()[0] - before) / len(cores)
+    tracemalloc.stop()
+    assert per_core < 4096, per_core
