@@ -68,7 +68,7 @@ COMMAND = "command"  # refused over WebSocket: critical commands are REST only
 # Server -> client
 WELCOME = "welcome"  # {session, tenant, user, head, heartbeat_s, stale_s}
 PONG = "pong"  # {[id], time_us}
-EVENTS = "events"  # {sub, events: [event wire], next, head}
+EVENTS = "events"  # {sub, events: [event wire], next, head, [prev]}
 REFRESH = "refresh"  # {sub, head, reason}: too far behind, resync from a snapshot
 OPACKS = "opacks"  # {id, results: [{op, kind, [conflicts], [resolved], [reason]}]}
 SNAPSHOT = "snapshot"  # {id, index, total, checksum, data}: one chunk of a snapshot
@@ -116,7 +116,8 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     COMMAND: {"type": (False, _any)},
     WELCOME: {"session": (True, _str), "tenant": (True, _str), "user": (True, _str), "head": (True, _pos)},
     PONG: {"id": (False, _any)},
-    EVENTS: {"sub": (True, _str), "events": (True, _list), "next": (True, _pos), "head": (False, _opt_pos)},
+    EVENTS: {"sub": (True, _str), "events": (True, _list), "next": (True, _pos), "head": (False, _opt_pos),
+             "prev": (False, _opt_pos)},
     REFRESH: {"sub": (True, _str), "head": (True, _pos), "reason": (False, _opt_str)},
     OPACKS: {"id": (True, _str), "results": (True, _list)},
     SNAPSHOT: {"id": (True, _str), "index": (True, _pos), "total": (True, _pos), "checksum": (True, _str),
