@@ -1,0 +1,46 @@
+"""Two gateway processes' worth of hubs sharing Redis: rooms, direct messages and Yjs
+updates cross between them; the log (one shared database) stays the truth."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pycrdt
+from api_wsclient import NativeClient
+from test_api_yjs import texts, wait_until, yclient
+
+from engine import protocol as P
+
+
+def wait_redis_up(g) -> None:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{g.url}/readyz").json()["dependencies"]["redis"]["state"] != "up":
+        assert time.monotonic() < deadline, "hub never connected to Redis"
+        time.sleep(0.02)
+
+
+async def test_rooms_dms_and_yjs_cross_gateways(gateway, redis_client_url, tmp_path):
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    g1 = gateway(database_url=db, redis_url=redis_client_url)
+    g2 = gateway(database_url=db, redis_url=redis_client_url)
+    wait_redis_up(g1)
+    wait_redis_up(g2)
+    a = await NativeClient.connect(g1.ws_url, g1.token(user="alice"))
+    b = await NativeClient.connect(g2.ws_url, g2.token(user="bob"))
+    for c in (a, b):
+        await c.expect(P.WELCOME)
+        await c.send(P.JOIN, room="lobby")
+        await c.expect(P.JOINED)
+    await a.send(P.SAY, room="lobby", data="across")
+    assert (await b.expect(P.MSG))["data"] == "across"
+    await b.send(P.DM, to="alice", data="back")
+    assert (await a.expect(P.MSG))["data"] == "back"
+    for c in (a, b):
+        await c.close()
+    d1, d2 = pycrdt.Doc(), pycrdt.Doc()
+    async with yclient(g1, "x", d1), yclient(g2, "x", d2):
+        d1.get("text", type=pycrdt.Text).insert(0, "one")
+        await wait_until(lambda: texts(d2) == "one")
+        d2.get("text", type=pycrdt.Text).insert(3, " two")
+        await wait_until(lambda: texts(d1) == "one two")
