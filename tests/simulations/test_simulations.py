@@ -1,0 +1,121 @@
+"""Deterministic simulation: determinism, checkers, broken variants, SQLite mode.
+
+Soak (long): SOAK=1 python -m pytest tests/simulations -k soak -q   (200 seeds, more clients)
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simulations import scenarios
+from simulations.sim import Params, run
+
+# Found by these simulations in clientkit (reported; not ours to change): after a
+# snapshot refresh the optimistic overlay keeps ops already in the snapshot, and a
+# values-only snapshot lets a late, superseded LWW write win on the refreshed replica.
+KNOWN_CLIENTKIT = {"overlay_drained", "convergence"}
+
+
+def _names(result):
+    return {v.checker for v in result.violations}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    clients=st.integers(2, 12),
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.sampled_from([0.0, 0.02, 0.05]),
+    dup=st.sampled_from([0.0, 0.05]),
+    resets=st.sampled_from([0.0, 0.005]),
+    partitions=st.integers(0, 2),
+    crashes=st.integers(0, 2),
+    name=st.sampled_from(["offline-records", "docs-partitions", "multi-tenant", "poison-consumer"]),
+)
+def test_invariants_hold_under_faults(clients, seed, loss, dup, resets, partitions, crashes, name):
+    base = scenarios.get(name)
+    sc = base.with_(ops_per_client=8, duration_ms=10_000, faults=base.faults.__class__(
+        loss=loss, dup=dup, resets=resets, partitions=partitions, crashes=crashes, server_restarts=1))
+    result, sim = run(sc, Params(clients=clients, seed=seed))
+    assert result.ok, sim.failure(result)
+
+
+def test_same_seed_same_log_and_trace():
+    sc = scenarios.get("offline-records").with_(ops_per_client=10, duration_ms=10_000)
+    a, _ = run(sc, Params(clients=8, seed=42))
+    b, _ = run(sc, Params(clients=8, seed=42))
+    c, _ = run(sc, Params(clients=8, seed=43))
+    assert (a.log_hash, a.trace_hash, a.steps) == (b.log_hash, b.trace_hash, b.steps)
+    assert a.trace_hash != c.trace_hash
+
+
+def test_replay_stops_at_the_same_step_with_the_same_trace():
+    sc = scenarios.get("multi-tenant").with_(ops_per_client=6, duration_ms=8_000)
+    full, _ = run(sc, Params(clients=6, seed=7, stop_at_step=500))
+    again, _ = run(sc, Params(clients=6, seed=7, stop_at_step=500))
+    assert full.steps == again.steps == 500 and full.trace_hash == again.trace_hash
+
+
+def test_unpersisted_queue_is_caught():
+    sc = scenarios.get("offline-records").with_(
+        ops_per_client=15, duration_ms=10_000,
+        offline=scenarios.Offline(fraction=0.5, start_ms=500, length_ms=8_000),
+        faults=scenarios.Faults(crashes=4, crash_down_ms=(500, 1_000)))
+    caught = False
+    for seed in range(6):
+        result, sim = run(sc, Params(clients=6, seed=seed, broken="unpersisted_queue"))
+        if "no_op_lost" in _names(result):
+            caught = True
+            assert "seed=" in str(sim.failure(result))
+            break
+    assert caught
+
+
+def test_cursor_reset_client_is_caught():
+    sc = scenarios.get("offline-records").with_(ops_per_client=10, duration_ms=8_000)
+    result, _ = run(sc, Params(clients=6, seed=1, broken="cursor_reset"))
+    assert _names(result) & {"applied_once", "monotonic_reads"}
+
+
+def test_flash_crowd_one_room():
+    result, sim = run(scenarios.get("flash-crowd"), Params(clients=60, seed=5))
+    assert result.ok, sim.failure(result)
+    assert result.events >= 60  # every join is in the log
+
+
+def test_long_offline_forces_a_snapshot_refresh():
+    result, _ = run(scenarios.get("long-offline"), Params(clients=10, seed=2))
+    assert result.metrics["refreshes"] >= 1 and result.metrics["snapshots"] >= 1
+    assert _names(result) <= KNOWN_CLIENTKIT, result.violations[:3]
+
+
+def test_sqlite_mode_matches_memory_and_verifies(tmp_path):
+    from store import open_store
+
+    sc = scenarios.get("multi-tenant").with_(ops_per_client=6, duration_ms=8_000)
+    mem, _ = run(sc, Params(clients=6, seed=11))
+    path = tmp_path / "sim.db"
+    sq, sim = run(sc, Params(clients=6, seed=11, store="sqlite", sqlite_path=str(path)))
+    assert sq.ok, sim.failure(sq)
+    assert (sq.log_hash, sq.trace_hash) == (mem.log_hash, mem.trace_hash)
+
+    async def verify():
+        store = await open_store(f"sqlite+aiosqlite:///{path}")
+        try:
+            report = await store.verify()
+        finally:
+            await store.close()
+        assert not report.breaks and report.events_checked == sq.events
+
+    asyncio.run(verify())
+
+
+@pytest.mark.skipif(not os.environ.get("SOAK"), reason="soak: SOAK=1")
+@pytest.mark.parametrize("seed", range(200))
+def test_soak(seed):
+    name = ["offline-records", "docs-partitions", "multi-tenant", "poison-consumer"][seed % 4]
+    result, sim = run(scenarios.get(name), Params(clients=40, seed=seed))
+    assert result.ok, sim.failure(result)
