@@ -46,6 +46,7 @@ class Gateway:
         self.started_at = time.time()
         self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
         self.records: Any = None  # store.records_service.RecordsService, set by the app factory
+        self.bus: Any = None  # api.bus.Bus, made on first use
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:

@@ -27,6 +27,15 @@ ROUTES = [
     ("GET", f"/v1/commands/{uuid.uuid4()}", None),
     ("GET", "/v1/rooms/r1/presence", None),
     ("POST", "/v1/ops", {"ops": []}),
+    ("GET", "/v1/conflicts", None),
+]
+ADMIN_ROUTES = [
+    ("GET", "/v1/bus/groups", None),
+    ("GET", "/v1/bus/dead-letters", None),
+    ("GET", "/v1/bus/dead-letters/nope", None),
+    ("PUT", "/v1/bus/dead-letters/nope", {"data": 1}),
+    ("POST", "/v1/bus/dead-letters/nope/requeue", None),
+    ("POST", "/v1/bus/dead-letters/nope/discard", {"reason": "x"}),
 ]
 WRITE_ROUTES = [r for r in ROUTES if r[0] == "POST"]
 
@@ -69,6 +78,19 @@ def test_every_route_refuses_bad_tokens(srv, method, path, body):
         # and a good token passes auth
         r = _request(c, method, path, body, srv.headers())
         assert r.status_code not in (401, 403), r.text
+
+
+@pytest.mark.parametrize("method,path,body", ADMIN_ROUTES, ids=[f"{m} {p}" for m, p, _ in ADMIN_ROUTES])
+def test_admin_routes_refuse_bad_tokens_and_non_admins(srv, method, path, body):
+    with httpx.Client(base_url=srv.url) as c:
+        for case, headers, code in _bad_tokens():
+            r = _request(c, method, path, body, headers)
+            assert r.status_code == 401 and r.json()["code"] == code, case
+        r = _request(c, method, path, body, srv.headers())  # a member, not an admin
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        r = _request(c, method, path, body, srv.headers(roles=["admin"]))
+        assert r.status_code in (200, 404), r.text
+        assert r.headers["content-type"].startswith("application/json")
 
 
 @pytest.mark.parametrize("method,path,body", WRITE_ROUTES, ids=[f"{m} {p}" for m, p, _ in WRITE_ROUTES])
