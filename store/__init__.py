@@ -39,10 +39,12 @@ async def open_store(
 
         if not url.startswith("sqlite+aiosqlite://"):
             raise ValidationError("SQLite URLs must use the aiosqlite driver: sqlite+aiosqlite:///path.db")
+        from .sqlite_reader import SqliteReader
         from .sqlite_writer import SqliteBatchWriter
 
         writer, reader = create_engines(url)
         batch_writer = SqliteBatchWriter(url)
+        options["sqlite_reader"] = SqliteReader(url)
         on_close = None
     elif url.startswith("postgresql"):
         from .postgres import PgNotifyDoorbell, create_engine

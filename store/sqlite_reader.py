@@ -1,0 +1,51 @@
+"""The SQLite read path for events: stdlib sqlite3 connections in reader threads.
+
+A page is one thread hop: the query runs and its rows are decoded in the thread.
+In WAL mode readers never block the writer and are never blocked by it.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from .rows import decode_row
+from .sqlite import BUSY_TIMEOUT_MS
+
+
+class SqliteReader:
+    def __init__(self, url: str, threads: int = 2) -> None:
+        self._path = make_url(url).database
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="syncline-sqlite-reader")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA case_sensitive_like=ON")  # LIKE filters on streams and types
+            self._local.db = db
+            with self._lock:
+                self._conns.append(db)
+        return db
+
+    def _fetch(self, sql: str, params: list[Any], upcasters) -> list:
+        return [decode_row(r, upcasters) for r in self._conn().execute(sql, params)]
+
+    async def fetch(self, sql: str, params: list[Any], upcasters=None) -> list:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._fetch, sql, params, upcasters)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for db in self._conns:
+                db.close()
+            self._conns.clear()
