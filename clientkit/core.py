@@ -218,6 +218,13 @@ class SessionCore:
         self._snap_attempt = 0
         self._snap_id = ""
         self._ping_n = 0
+        if len(self.queue):
+            # Ops queued by an earlier run (the process was killed or closed): readable again.
+            after = 0
+            while batch := self.queue.peek(after, 1000):
+                for q in batch:
+                    self.replica.local(q.to_op())
+                after = batch[-1].seq
 
     # ------------------------------------------------------------ transitions
     def _to(self, inp: Input, out: list) -> bool:

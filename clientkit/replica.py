@@ -40,6 +40,7 @@ from engine.records import (
     fold_record_events,
 )
 
+_BUILTINS = MergeRegistry.with_builtins()  # built once: registering checks the merge laws
 _SNAPSHOT_STAMP = Stamp("snapshot", "~snapshot", "", HLCTimestamp(0, 0, "~snapshot"), EMPTY_CLOCK)
 
 
@@ -66,7 +67,7 @@ class RecordsReplica:
 
     def __init__(self, config: ResolutionConfig | None = None) -> None:
         self.config = config
-        self.registry = config.registry if config is not None else MergeRegistry.with_builtins()
+        self.registry = config.registry if config is not None else _BUILTINS
         self.confirmed = RecordsState()
         self.pending: dict[str, Op] = {}  # op id -> op, in the order they were made
         self.backup: RecordsState | None = None  # the state a snapshot replaced

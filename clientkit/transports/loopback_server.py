@@ -16,7 +16,9 @@ from typing import Any
 
 from engine import protocol as P
 from engine.events import Actor
-from engine.records import LWW, RecordsState, ResolutionConfig, reconcile
+from collections.abc import Mapping
+
+from engine.records import LWW, CollectionPolicy, RecordsState, ResolutionConfig, reconcile
 from engine.records.config import FIELD_RE
 from engine.records.ops import op_from_wire
 from engine.syncdata import chunk_snapshot, snapshot_checksum
@@ -38,8 +40,32 @@ class _OpenConfig(ResolutionConfig):
         return rule
 
 
-def open_config(**collections: Any) -> ResolutionConfig:
-    return _OpenConfig(collections=collections)
+class _OpenCollections(Mapping):
+    """The named collections as configured; any other name with the default policy (LWW)."""
+
+    def __init__(self, named: dict[str, CollectionPolicy]) -> None:
+        self._named = named
+
+    def __getitem__(self, name: str) -> CollectionPolicy:
+        if name in self._named:
+            return self._named[name]
+        if not isinstance(name, str) or not name:
+            raise KeyError(name)
+        return CollectionPolicy()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(name)
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
+def open_config(**collections: CollectionPolicy) -> ResolutionConfig:
+    """Like the gateway's default (every collection, every field LWW), plus ``collections``."""
+    return _OpenConfig(collections=_OpenCollections(collections))
 
 
 @dataclass

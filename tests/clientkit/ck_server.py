@@ -12,12 +12,10 @@ import sys
 
 
 def notes_config():
-    from engine.records import MANUAL, CollectionPolicy, ResolutionConfig, merged
-    from api.ops import OpenResolutionConfig
+    from clientkit.transports.loopback_server import open_config
+    from engine.records import MANUAL, CollectionPolicy, merged
 
-    return OpenResolutionConfig(collections={
-        "notes": CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}),
-    })
+    return open_config(notes=CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}))
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ def token(user: str = "alice", tenant: str = "acme", ttl_s: int = 3600) -> str:
 
 
 class ServerProcess:
-    def __init__(self, db_path: Path, port: int | None = None) -> None:
+    def __init__(self, db_path: Path, port: int | None = None, env: dict | None = None) -> None:
+        self.extra_env = env or {}
         self.db = f"sqlite+aiosqlite:///{db_path}"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,7 +38,7 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         env = dict(os.environ, SYNCLINE_JWT_SECRET=SECRET, SYNCLINE_RATE_LIMIT_MESSAGES="1000000",
                    SYNCLINE_BATCH_WINDOW_MS="2", SYNCLINE_LOG_FORMAT="json", SYNCLINE_POLL_INTERVAL_S="0.2",
-                   SYNCLINE_SHUTDOWN_GRACE_S="1", PYTHONPATH=str(ROOT))
+                   SYNCLINE_SHUTDOWN_GRACE_S="1", PYTHONPATH=str(ROOT), **self.extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests/clientkit/ck_server.py"), "--port", str(self.port), "--db", self.db],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,3 +83,15 @@ def server_factory(tmp_path):
     yield make
     for s in started:
         s.stop()
+
+
+def read_log(server: ServerProcess, tok: str) -> list[dict]:
+    """Every event of the tenant, in log order, over REST."""
+    out, after = [], 0
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as http:
+        while True:
+            body = http.get("/v1/log", params={"after": after, "limit": 1000}).json()
+            out += body["events"]
+            if not body["more"]:
+                return out
+            after = body["next_after"]
