@@ -1,6 +1,7 @@
 """Apply alembic migrations at startup, safely when several processes start at once."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -26,6 +27,7 @@ async def upgrade(engine: AsyncEngine) -> None:
     first migrates, the others then find nothing to do. On SQLite the writer
     connection begins transactions with BEGIN IMMEDIATE, which serializes them too.
     """
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision is noise at startup
     async with engine.connect() as conn:
         is_pg = conn.dialect.name == "postgresql"
         if is_pg:
