@@ -48,15 +48,20 @@ class Gateway:
         self.records: Any = None  # store.records_service.RecordsService, set by the app factory
         self.bus: Any = None  # api.bus.Bus, made on first use
         self._sweeper: asyncio.Task | None = None
+        self._pruner: asyncio.Task | None = None
+        self.last_prune: dict[str, Any] | None = None
 
     async def start(self) -> None:
         await self.hub.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
+        if self.settings.prune_interval_s > 0:
+            self._pruner = asyncio.create_task(self._prune(), name="prune-job")
 
     async def close(self) -> None:
         await self.shutdown("server stopping")
-        if self._sweeper:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._pruner):
+            if task:
+                task.cancel()
         if self.yjs is not None:
             await self.yjs.close()
         await self.hub.close()
@@ -75,6 +80,24 @@ class Gateway:
                 [asyncio.ensure_future(c.shutdown(reason)) for c in conns],
                 timeout=self.settings.shutdown_grace_s,
             )
+
+    async def _prune(self) -> None:
+        """The retention job: delete ``standard`` events past the retention period (never
+        ``critical`` ones, never past a durable checkpoint). Runs once shortly after start,
+        then every ``prune_interval_s``."""
+        await asyncio.sleep(min(60.0, self.settings.prune_interval_s))
+        while True:
+            try:
+                r = await self.store.prune(retention_s=self.settings.retention_s)
+                self.last_prune = {"at": time.time(), "events_deleted": r.events_deleted,
+                                   "held_back_by_checkpoint": r.held_back_by_checkpoint}
+                if r.events_deleted:
+                    log.info("prune.done", **self.last_prune)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("prune.failed")
+            await asyncio.sleep(self.settings.prune_interval_s)
 
     # -- audit and security --------------------------------------------------
 

@@ -34,6 +34,8 @@ async def readyz(request: Request) -> Response:
     deps["websocket"] = {"state": "draining" if gw.shutting_down else "up", "connections": len(gw.connections)}
     if gw.shutting_down:
         degradations.append("shutting_down")
+    deps["prune_job"] = {"state": "enabled" if gw.settings.prune_interval_s > 0 else "disabled",
+                         "last": gw.last_prune}
     if deps["store"]["state"] != "up" or gw.shutting_down:
         status, code = "unavailable", 503
     elif degradations:

@@ -66,4 +66,5 @@ class Settings:
     )
     snapshot_chunk_bytes: int = field(default_factory=lambda: _int("SYNCLINE_SNAPSHOT_CHUNK_BYTES", 256 * 1024))
     shutdown_grace_s: float = field(default_factory=lambda: _float("SYNCLINE_SHUTDOWN_GRACE_S", 5.0))
+    prune_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_PRUNE_INTERVAL_S", 3600.0))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")
