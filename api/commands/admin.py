@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine.errors import SynclineError
 from store import open_store
+from store.maintenance import prune_job
 
 from ..settings import Settings
 
@@ -62,7 +63,11 @@ def prune(database_url: str | None, retention_days: float | None, tenant: str | 
     async def go():
         store = await open_store(database_url or settings.database_url)
         try:
-            return await store.prune(retention_s=retention_s, respect_checkpoints=not ignore_checkpoints, tenant=tenant)
+            if tenant is not None:
+                return await store.prune(
+                    retention_s=retention_s, respect_checkpoints=not ignore_checkpoints, tenant=tenant
+                )
+            return await prune_job(store, retention_s=retention_s, respect_checkpoints=not ignore_checkpoints)
         finally:
             await store.close()
 
