@@ -13,10 +13,10 @@ from store import open_store
 
 
 def test_token_is_signed_with_the_configured_secret(monkeypatch):
-    monkeypatch.setenv("SYNCLINE_JWT_SECRET", "s3cret")
+    monkeypatch.setenv("SYNCLINE_JWT_SECRET", "a-test-secret-that-is-32-bytes-long!")
     out = CliRunner().invoke(main, ["token", "--tenant", "acme", "--user", "alice", "--role", "admin"])
     assert out.exit_code == 0
-    claims = jwt.decode(out.output.strip(), "s3cret", algorithms=["HS256"])
+    claims = jwt.decode(out.output.strip(), "a-test-secret-that-is-32-bytes-long!", algorithms=["HS256"])
     assert (claims["tenant"], claims["sub"], claims["roles"]) == ("acme", "alice", ["admin"])
     bad = CliRunner().invoke(main, ["token", "--tenant", "../etc", "--user", "alice"])
     assert bad.exit_code != 0
