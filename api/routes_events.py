@@ -8,14 +8,16 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.params import Parameter
 
+from engine.documents import CRDT_UPDATE
 from engine.errors import ValidationError
+from engine.yupdates import check_update
 from engine.events import StreamWrite, check_stream, is_system_stream
 from engine.filters import glob_to_like
 
 from .auth import READ, WRITE
 from .deps import check_stream_access, gateway_of, idempotency_key, principal_of, read_scope, write_scope
 from .errors import CriticalCommandRefused, Forbidden
-from .wire import build_filter, events_wire, new_events, suggest_poll_interval
+from .wire import build_filter, events_wire, from_jsonable, new_events, suggest_poll_interval
 
 LIMIT_MAX = 1000
 
@@ -37,6 +39,20 @@ class AppendIn:
     tenant: str | None = None  # optional; must equal the token's tenant
 
 
+def _doc_updates(stream: str, items: list[dict]) -> list[bytes]:
+    """``crdt.update`` events on ``doc/`` streams must carry a valid Yjs update (bytes, as
+    ``{"$b64": ...}`` in JSON): an offline client resubmitting its queued edits."""
+    if not stream.startswith("doc/"):
+        return []
+    updates = []
+    for it in items:
+        if it["type"] == CRDT_UPDATE:
+            if not isinstance(it["data"], bytes):
+                raise ValidationError('crdt.update data must be a Yjs update: {"$b64": "<base64>"}')
+            updates.append(check_update(it["data"]))
+    return updates
+
+
 def _is_critical(gw, type_: str) -> bool:
     import fnmatch
 
@@ -55,18 +71,26 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     check_stream_access(p, stream)
     if is_system_stream(stream):
         raise Forbidden("system streams are written by the server only", stream=stream)
-    items = [e.__dict__ for e in data.events]
+    # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
+    items = [{name: getattr(e, name, default) for name, default in
+              (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
+             for e in data.events]
     for it in items:
         if _is_critical(gw, it["type"]):
             raise CriticalCommandRefused(
                 f"{it['type']!r} is a critical command type: POST /v1/commands/{it['type']}", type=it["type"]
             )
+    for it in items:
+        it["data"] = from_jsonable(it["data"])
+    doc_updates = _doc_updates(stream, items)
     events = new_events(items, p, correlation_id=request.state.get("correlation_id"))
     result = await gw.store.append_many(
         tenant, [StreamWrite(stream, tuple(events), data.expected_version)], idempotency_key=idempotency_key(request)
     )
     gw.metrics.events_appended.labels("rest").inc(len(events))
     s = result.streams[0]
+    if doc_updates and not result.duplicate:
+        gw.yjs.apply_external(tenant, stream.removeprefix("doc/"), doc_updates, s.last_position)
     return {
         "stream": s.stream,
         "first_version": s.first_version,

@@ -194,6 +194,16 @@ class DocRooms:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
+    def apply_external(self, tenant: str, doc: str, updates: list[bytes], position: int) -> None:
+        """Updates appended through REST (an offline client's queue): bring a loaded
+        document up to date and relay them to its connections."""
+        room = self.rooms.get((tenant, doc))
+        if room is None:
+            return
+        for u in updates:
+            room.document.apply_update(u, position=position)
+            room.broadcast(encode_sync_update(u))
+
     async def document_for_read(self, tenant: str, doc: str) -> Document:
         room = self.rooms.get((tenant, doc))
         if room is not None:

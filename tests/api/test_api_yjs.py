@@ -179,3 +179,18 @@ async def test_malformed_frames_close_4400(srv):
                 await asyncio.wait_for(ws.recv(), 5)
         except websockets.ConnectionClosed as e:
             assert e.rcvd.code == 4400
+
+
+async def test_offline_update_submitted_over_rest_reaches_live_clients(srv):
+    live = pycrdt.Doc()
+    async with yclient(srv, "offline", live, user="alice"):
+        offline = pycrdt.Doc()
+        offline.get("text", type=pycrdt.Text).insert(0, "queued offline")
+        update = offline.get_update()
+        r = httpx.post(f"{srv.url}/v1/streams/doc/offline", headers=srv.headers(user="bob"),
+                       json={"events": [{"type": "crdt.update", "data": {"$b64": base64.b64encode(update).decode()}}]})
+        assert r.status_code == 201, r.text
+        await wait_until(lambda: texts(live) == "queued offline")
+        bad = httpx.post(f"{srv.url}/v1/streams/doc/offline", headers=srv.headers(user="bob"),
+                         json={"events": [{"type": "crdt.update", "data": "not bytes"}]})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid"
