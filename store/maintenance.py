@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from engine.ports import PruneReport
 
+from .bus import forget_processed
 from .history import load_document, save_doc_snapshot
 
 log = logging.getLogger("syncline.store.maintenance")
@@ -24,10 +26,27 @@ async def snapshot_documents(store: Any, *, min_tail_events: int = 1) -> int:
     return written
 
 
-async def prune_job(store: Any, *, retention_s: float, respect_checkpoints: bool = True) -> PruneReport:
-    """Snapshot documents first, so their expired updates become prunable, then prune."""
+async def prune_job(
+    store: Any, *, retention_s: float, respect_checkpoints: bool = True, now_us: int | None = None
+) -> PruneReport:
+    """Snapshot documents first, so their expired updates become prunable, then prune the
+    log, then the bus's processed event ids older than the same retention period."""
     snaps = await snapshot_documents(store)
-    report = await store.prune(retention_s=retention_s, respect_checkpoints=respect_checkpoints)
-    log.info("prune: %d snapshots, %d events deleted from %d streams (%d held back by checkpoints)",
-             snaps, report.events_deleted, report.streams_touched, report.held_back_by_checkpoint)
+    report = await store.prune(retention_s=retention_s, respect_checkpoints=respect_checkpoints, now_us=now_us)
+    forgotten = await prune_bus_processed(store, retention_s=retention_s, now_us=now_us)
+    log.info("prune: %d snapshots, %d events deleted from %d streams (%d held back by checkpoints), "
+             "%d processed bus event ids forgotten",
+             snaps, report.events_deleted, report.streams_touched, report.held_back_by_checkpoint, forgotten)
     return report
+
+
+async def prune_bus_processed(store: Any, *, retention_s: float, now_us: int | None = None) -> int:
+    """Forget idempotent consumers' processed event ids (bus_processed) older than the
+    retention period. An id is only needed while its event can still be delivered again
+    (a redelivery after a crash, a requeued dead letter); past the retention period the
+    event itself is prunable, so the record has outlived its use. The in-memory store
+    hosts no bus: nothing to do there."""
+    if getattr(store, "engines", None) is None:
+        return 0
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    return await forget_processed(store, older_than_us=now - int(retention_s * 1_000_000))

@@ -77,6 +77,13 @@ class SqlEventStore:
         self._on_close = on_close
         self._sqlite_reader = sqlite_reader
 
+    @property
+    def engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        """(write, read) engines, for components that keep their own tables in the log's
+        database and share its transactions (the event bus, store/bus/). On PostgreSQL
+        both are one engine."""
+        return self._w, self._r
+
     # ------------------------------------------------------------------ writes
 
     async def append(
@@ -169,6 +176,22 @@ class SqlEventStore:
                 )
             ).scalar()
         return v or 0
+
+    @db_errors
+    async def stream_versions(self, tenant: str, names: Sequence[str]) -> dict[str, int]:
+        """Versions of several streams in one query (absent streams are left out)."""
+        check_tenant(tenant)
+        found: dict[str, int] = {}
+        names = sorted(set(names))
+        async with self._r.connect() as conn:
+            for i in range(0, len(names), 500):
+                rows = await conn.execute(
+                    select(streams.c.stream, streams.c.version).where(
+                        streams.c.tenant == tenant, streams.c.stream.in_(names[i:i + 500])
+                    )
+                )
+                found.update({r[0]: r[1] for r in rows})
+        return found
 
     @db_errors
     async def head_position(self) -> int:

@@ -49,8 +49,8 @@ class Subscription:
         self.handled = 0
         self.given_up = 0
         self._task: asyncio.Task | None = None
-        w = getattr(store, "_w", None)
-        self._tx = w.begin if w is not None else None
+        pair = getattr(store, "engines", None)  # None on memory://: handlers get no transaction
+        self._tx = pair[0].begin if pair is not None else None
 
     async def start(self) -> "Subscription":
         if self.position is None:

@@ -19,10 +19,10 @@ def engines(store: Any) -> tuple[AsyncEngine, AsyncEngine]:
     """(write, read) engines of a SqlEventStore. The bus keeps its state in the same
     database as the log, so a handler's writes, its processed-id record and the log can
     share transactions; the in-memory store has no database, so it cannot host a bus."""
-    w, r = getattr(store, "_w", None), getattr(store, "_r", None)
-    if w is None or r is None:
+    pair = getattr(store, "engines", None)  # SqlEventStore.engines
+    if pair is None:
         raise ValidationError("the event bus needs a SQL store (SQLite or PostgreSQL), not memory://")
-    return w, r
+    return pair
 
 
 def insert_for(dialect: str):
