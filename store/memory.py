@@ -111,6 +111,10 @@ class MemoryEventStore:
         s = self._streams.get((tenant, stream))
         return s["version"] if s else 0
 
+    async def stream_versions(self, tenant: str, names: Sequence[str]) -> dict[str, int]:
+        check_tenant(tenant)
+        return {n: h["version"] for n in set(names) if (h := self._streams.get((tenant, n))) is not None}
+
     async def head_position(self) -> int:
         return self._head
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from engine.errors import ConcurrencyError
 from engine.events import StreamWrite
+from engine.filters import EventFilter
 from engine.records import (
     Op,
     Outcome,
@@ -24,7 +25,6 @@ from engine.records import (
     reconcile,
 )
 
-from .history import stream_events
 
 MAX_RETRIES = 8
 
@@ -40,24 +40,39 @@ class RecordsService:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def _load(self, tenant: str, streams: set[str], *, refresh: bool = False) -> RecordsState:
+        """The state of ``streams``, from this process's cache where it is current.
+
+        One query fetches the versions of the streams not known (or all, on refresh);
+        new streams (version 0) need nothing more; the others are replayed together
+        with one filtered read of the log.
+        """
         state = self._states.get(tenant, RecordsState())
-        for stream in sorted(streams):
-            key = (tenant, stream)
-            if key in self._versions and not refresh:
-                continue
-            current = await self.store.stream_version(tenant, stream)
-            if self._versions.get(key) == current:
-                continue
-            rebuilt = RecordsState()
-            async for events in stream_events(self.store, tenant, stream):
-                rebuilt = fold_record_events(rebuilt, events, self.config.registry)
-            records = dict(state.records)
-            if stream in rebuilt.records:
-                records[stream] = rebuilt.records[stream]
+        wanted = sorted(s for s in streams if refresh or (tenant, s) not in self._versions)
+        if not wanted:
+            return state
+        current = await self.store.stream_versions(tenant, wanted)
+        stale = [s for s in wanted if self._versions.get((tenant, s), 0) != current.get(s, 0)]
+        for s in wanted:
+            self._versions[(tenant, s)] = current.get(s, 0)
+        if not stale:
+            return state
+        rebuilt = RecordsState()
+        f = EventFilter(streams=tuple(stale))
+        after = 0
+        while True:
+            page = await self.store.read_log(tenant, after=after, limit=5000, filter=f)
+            if page.events:
+                rebuilt = fold_record_events(rebuilt, page.events, self.config.registry)
+            if not page.events or page.next_after >= page.head:
+                break
+            after = page.next_after
+        records = dict(state.records)
+        for s in stale:
+            if s in rebuilt.records:
+                records[s] = rebuilt.records[s]
             else:
-                records.pop(stream, None)
-            state = RecordsState(records)
-            self._versions[key] = current
+                records.pop(s, None)
+        state = RecordsState(records)
         self._states[tenant] = state
         return state
 
