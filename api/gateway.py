@@ -47,6 +47,13 @@ class Gateway:
         self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
         self.records: Any = None  # store.records_service.RecordsService, set by the app factory
         self.bus: Any = None  # api.bus.Bus, made on first use
+        self.redis_presence: Any = None
+        if settings.redis_url:
+            from .presence_redis import RedisPresence
+
+            interval = self._sweep_interval()
+            self.redis_presence = RedisPresence(settings.redis_url, ttl_s=settings.presence_ttl_s,
+                                                grace_s=settings.membership_grace_s, online_s=interval * 3)
         self._sweeper: asyncio.Task | None = None
         self._pruner: asyncio.Task | None = None
         self.last_prune: dict[str, Any] | None = None
@@ -65,6 +72,8 @@ class Gateway:
         if self.yjs is not None:
             await self.yjs.close()
         await self.hub.close()
+        if self.redis_presence is not None:
+            await self.redis_presence.close()
         if self.owns_store:
             await self.store.close()
 
@@ -157,12 +166,36 @@ class Gateway:
         except Exception:
             log.exception("presence.record_failed", room=room)
 
+    def _sweep_interval(self) -> float:
+        return max(0.05, min(self.settings.presence_ttl_s, self.settings.membership_grace_s, 20.0) / 4)
+
+    # -- presence mirror (Redis), best effort ----------------------------------
+
+    def mirror(self, coro_factory) -> None:
+        """Run a Redis presence update in the background (never blocks or fails a message)."""
+        if self.redis_presence is None:
+            return
+        task = asyncio.ensure_future(coro_factory(self.redis_presence))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def room_presence(self, tenant: str, room: str) -> dict[str, Any]:
+        local = self.presence.snapshot(tenant, room, time.monotonic())
+        if self.redis_presence is None:
+            return local
+        from .presence_redis import merge_snapshots
+
+        return merge_snapshots(local, await self.redis_presence.snapshot(tenant, room))
+
     async def _sweep(self) -> None:
         p = self.presence
-        interval = max(0.05, min(p.ttl_s, p.grace_s) / 4)
+        interval = self._sweep_interval()
         while True:
             await asyncio.sleep(interval)
             try:
+                if self.redis_presence is not None:
+                    await self.redis_presence.touch(
+                        (m.tenant, room, m.user, m.client, bool(m.connections))
+                        for m in list(p.members.values()) if m.detached_at is None for room in m.rooms)
                 now = time.monotonic()
                 for tenant, room, e in p.expire_states(now):
                     self.hub.publish(
@@ -173,6 +206,7 @@ class Gateway:
                     rooms = list(m.rooms)
                     p.forget((m.tenant, m.user, m.client))
                     for room in rooms:
+                        self.mirror(lambda rp, m=m, room=room: rp.left(m.tenant, room, m.user, m.client))
                         self.hub.publish(
                             room_channel(m.tenant, room),
                             {"t": "left", "room": room, "user": m.user, "client": m.client},

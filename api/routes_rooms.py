@@ -1,8 +1,6 @@
 """REST view of a room's presence (class A)."""
 from __future__ import annotations
 
-import time
-
 from litestar import Request, get
 
 from engine.errors import ValidationError
@@ -17,7 +15,7 @@ async def room_presence(request: Request, room: str) -> dict:
     if not ROOM_RE.match(room):
         raise ValidationError("invalid room name", reason="invalid_room")
     tenant = await read_scope(request, resource=f"room:{room}")
-    return gateway_of(request).presence.snapshot(tenant, room, time.monotonic())
+    return await gateway_of(request).room_presence(tenant, room)
 
 
 V1 = [room_presence]

@@ -153,6 +153,7 @@ class NativeConnection:
         gw, p = self.gw, self.principal
         for room in self.rooms:
             gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
+            gw.mirror(lambda rp, room=room: rp.state(p.tenant, room, p.user, self.conn_id, None))
             gw.hub.publish(room_channel(p.tenant, room),
                            {"t": P.PRESENCE, "room": room, "user": p.user, "conn": self.conn_id, "state": None})
         self.rooms = set()
@@ -394,11 +395,12 @@ class NativeConnection:
             self.rooms.add(room)
             self.gw.hub.subscribe(room_channel(p.tenant, room), self._deliver)
         if self.gw.presence.join(self.member, room):
+            self.gw.mirror(lambda rp: rp.touch([(p.tenant, room, p.user, self.client, True)]))
             await self.gw.record_presence(p.tenant, room, p.user, self.client, True)
             self.gw.hub.publish(room_channel(p.tenant, room),
                                 P.message(P.PRESENCE, room=room, user=p.user, event="joined", client=self.client),
                                 skip=self._deliver)
-        snap = self.gw.presence.snapshot(p.tenant, room, time.monotonic())
+        snap = await self.gw.room_presence(p.tenant, room)
         self.send(P.message(P.JOINED, room=room, members=snap["members"], states=snap["states"]))
 
     async def on_leave(self, msg: dict) -> None:
@@ -407,7 +409,10 @@ class NativeConnection:
         if room in self.rooms:
             self.rooms.discard(room)
             self.gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
+            self.gw.presence.set_state(p.tenant, room, p.user, self.conn_id, None, time.monotonic())
+            self.gw.mirror(lambda rp: rp.state(p.tenant, room, p.user, self.conn_id, None))
         if self.gw.presence.leave(self.member, room):
+            self.gw.mirror(lambda rp: rp.left(p.tenant, room, p.user, self.client))
             await self.gw.record_presence(p.tenant, room, p.user, self.client, False)
             self.gw.hub.publish(room_channel(p.tenant, room),
                                 P.message(P.PRESENCE, room=room, user=p.user, event="left", client=self.client))
@@ -436,6 +441,7 @@ class NativeConnection:
         state = msg.get("state")
         p = self.principal
         self.gw.presence.set_state(p.tenant, room, p.user, self.conn_id, state, time.monotonic())
+        self.gw.mirror(lambda rp: rp.state(p.tenant, room, p.user, self.conn_id, state))
         self.gw.hub.publish(room_channel(p.tenant, room),
                             P.message(P.PRESENCE, room=room, user=p.user, conn=self.conn_id, state=state,
                                       ttl_s=self.s.presence_ttl_s))

@@ -44,3 +44,31 @@ async def test_rooms_dms_and_yjs_cross_gateways(gateway, redis_client_url, tmp_p
         await wait_until(lambda: texts(d2) == "one")
         d2.get("text", type=pycrdt.Text).insert(3, " two")
         await wait_until(lambda: texts(d1) == "one two")
+
+
+async def test_room_presence_is_shared_through_redis(gateway, redis_client_url, tmp_path):
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    g1 = gateway(database_url=db, redis_url=redis_client_url, presence_ttl_s=2)
+    g2 = gateway(database_url=db, redis_url=redis_client_url, presence_ttl_s=2)
+    a = await NativeClient.connect(g1.ws_url, g1.token(user="alice"), query="client=a1")
+    b = await NativeClient.connect(g2.ws_url, g2.token(user="bob"), query="client=b1")
+    for c in (a, b):
+        await c.expect(P.WELCOME)
+        await c.send(P.JOIN, room="lobby")
+        await c.expect(P.JOINED)
+    await b.send(P.PRESENCE, room="lobby", state={"typing": True})
+    deadline = time.monotonic() + 5
+    while True:
+        view = httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()
+        if len(view["members"]) == 2 and view["states"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert {(m["user"], m["client"]) for m in view["members"]} == {("alice", "a1"), ("bob", "b1")}
+    assert view["states"][0]["user"] == "bob" and view["states"][0]["state"] == {"typing": True}
+    await b.send(P.LEAVE, room="lobby")
+    await b.expect(P.LEFT)
+    await asyncio.sleep(0.2)
+    view = httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()
+    assert [m["user"] for m in view["members"]] == ["alice"]
+    for c in (a, b):
+        await c.close()
