@@ -8,7 +8,7 @@ import httpx
 import jwt
 import pytest
 from api_wsclient import ws_close_code
-from conftest import SECRET, make_token
+from api_support import SECRET, make_token
 
 ROUTES = [
     ("GET", "/v1/log", None),

@@ -10,7 +10,6 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
-import msgpack
 
 from engine.syncdata import Chunk, assemble_snapshot
 

@@ -9,14 +9,13 @@ import httpx
 import pycrdt
 import websockets
 
-from engine.awareness import AwarenessEntry, decode_awareness_update, encode_awareness_update
+from engine.awareness import AwarenessEntry, encode_awareness_update
 from engine.yprotocol import (
     AwarenessMessage,
     PermissionDenied,
     SyncStep1,
     decode_message,
     encode_awareness,
-    encode_sync_step1,
 )
 
 
