@@ -91,13 +91,17 @@ class Gateway:
             )
 
     async def _prune(self) -> None:
-        """The retention job: delete ``standard`` events past the retention period (never
-        ``critical`` ones, never past a durable checkpoint). Runs once shortly after start,
-        then every ``prune_interval_s``."""
+        """The retention job (store.maintenance.prune_job): snapshot documents, delete
+        ``standard`` events past the retention period (never ``critical`` ones, never past a
+        durable checkpoint). Runs once shortly after start, then every ``prune_interval_s``."""
         await asyncio.sleep(min(60.0, self.settings.prune_interval_s))
         while True:
             try:
-                r = await self.store.prune(retention_s=self.settings.retention_s)
+                # store.maintenance.prune_job snapshots documents first, so pruning their
+                # old updates never loses a document; then prunes the log and the bus ids.
+                from store.maintenance import prune_job
+
+                r = await prune_job(self.store, retention_s=self.settings.retention_s)
                 self.last_prune = {"at": time.time(), "events_deleted": r.events_deleted,
                                    "held_back_by_checkpoint": r.held_back_by_checkpoint}
                 if r.events_deleted:
