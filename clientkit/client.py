@@ -107,6 +107,7 @@ class SynclineClient:
         aclose = getattr(self.connector, "aclose", None)
         if aclose is not None:
             await aclose()
+        self.core.save(self._clock())  # the replica and its position, for the next start
         self.queue.close()
 
     async def go_offline(self) -> None:

@@ -147,7 +147,7 @@ class SessionCore:
         "backoff_max_ms", "auto_reconnect", "keep_local_ops_on_refresh", "snapshot_attempts_max",
         "_now", "_hlc", "_op_n", "_clocks", "_inflight", "_sent_seq", "_batch_n", "_attempt", "_next_attempt",
         "_last_rx", "_last_ping", "_rooms", "_presence", "_others", "_snap", "_snap_attempt", "_snap_id",
-        "_ping_n",
+        "_ping_n", "persist_replica", "persist_interval_ms", "_saved_at", "_saved_position",
     )
 
     def __init__(
@@ -170,6 +170,8 @@ class SessionCore:
         auto_reconnect: bool = True,
         keep_local_ops_on_refresh: bool = True,
         snapshot_attempts_max: int = 3,
+        persist_replica: bool = True,
+        persist_interval_ms: int = 1_000,
     ) -> None:
         self.queue = queue if queue is not None else MemoryOpQueue()
         # A Random holds 2.5 KB of state: cores share one unless the caller injects theirs.
@@ -218,6 +220,9 @@ class SessionCore:
         self._snap_attempt = 0
         self._snap_id = ""
         self._ping_n = 0
+        self.persist_replica = persist_replica
+        self.persist_interval_ms = persist_interval_ms
+        self._saved_at = 0
         if len(self.queue):
             # Ops queued by an earlier run (the process was killed or closed): readable again.
             after = 0
@@ -225,6 +230,16 @@ class SessionCore:
                 for q in batch:
                     self.replica.local(q.to_op())
                 after = batch[-1].seq
+        if persist_replica:
+            # The confirmed state an earlier run saved, with the position it is at: resume
+            # from there instead of catching up from 0. Queued ops it already contains
+            # leave the overlay (``RecordsReplica.restore``).
+            saved_position, saved = self.queue.load_replica()
+            if saved_position > self.position:
+                self.replica.restore(saved)
+                self.position = self.head = saved_position
+            self.replica.track_changes()
+        self._saved_position = self.position
 
     # ------------------------------------------------------------ transitions
     def _to(self, inp: Input, out: list) -> bool:
@@ -257,6 +272,7 @@ class SessionCore:
     def disconnected(self, now_ms: int, reason: str = "") -> list[Output]:
         self._now = max(self._now, now_ms)
         out: list[Output] = []
+        self.save(now_ms)
         if self._to(Input.DISCONNECTED, out):
             self._inflight.clear()
             self._sent_seq = 0  # every unanswered op goes again, in order
@@ -276,6 +292,8 @@ class SessionCore:
             return []
         if st is State.CONNECTING:
             return []
+        if self.position != self._saved_position and now_ms - self._saved_at >= self.persist_interval_ms:
+            self.save(now_ms)
         out: list[Output] = []
         if now_ms - self._last_rx > self.stale_ms:
             out.append(Disconnect("stale"))
@@ -294,6 +312,18 @@ class SessionCore:
                 self._sent_seq = 0
         out.extend(self._pump())
         return out
+
+    def save(self, now_ms: int, *, everything: bool = False) -> None:
+        """Persist the replica's changed records with the position, in one queue transaction.
+
+        Any saved (position, records) pair is consistent, so saving is throttled to once per
+        ``persist_interval_ms`` while events flow: a crash loses at most that much progress,
+        which the next run catches up by delta. The asyncio client saves on close too."""
+        if not self.persist_replica or (self.position == self._saved_position and not everything):
+            return
+        self.queue.save_replica(self.position, self.replica.export(everything=everything), reset=everything)
+        self._saved_position = self.position
+        self._saved_at = now_ms
 
     def next_deadline(self) -> int | None:
         """The next ``now_ms`` at which ``tick`` has something to do (None: nothing planned)."""
@@ -448,6 +478,8 @@ class SessionCore:
         self.head = max(self.head, self.position, int(head) if isinstance(head, int) else 0)
         if events:
             out.append(EventsApplied(events, self.position))
+        if self.persist_replica and self._now - self._saved_at >= self.persist_interval_ms:
+            self.save(self._now)
         out.append(Progress(self.position, self.head))
         out.append(Send(P.message(P.ACK, sub=self.sub_id, upto=self.position)))
         return out
@@ -525,6 +557,7 @@ class SessionCore:
         self.replica.install_snapshot(content, keep_pending=keep)
         self.position = position
         self.head = max(self.head, position)
+        self.save(self._now, everything=True)  # the snapshot replaces the saved state, in one step
         self._inflight.clear()
         self._sent_seq = 0
         out: list[Output] = [SnapshotInstalled(position, dropped)]

@@ -14,7 +14,10 @@ Rules (both peers):
 - ``append`` raises ``QueueFull`` when ``limit`` ops are queued, and queues nothing;
 - a small key/value ``meta`` area is written in the same transaction as the op it
   goes with (client id, op counter, per-record clocks), so a restart never reuses
-  an op id or a clock tick.
+  an op id or a clock tick;
+- the local replica's confirmed records (opaque bytes per stream) are saved with the
+  log position they are at, in one transaction (``save_replica``), so a restart
+  resumes from that position (``load_replica``) instead of catching up from 0.
 """
 from __future__ import annotations
 
@@ -80,13 +83,15 @@ class OpQueue(Protocol):
     def __len__(self) -> int: ...
     def get_meta(self, key: str, default: Any = None) -> Any: ...
     def set_meta(self, values: Mapping[str, Any]) -> None: ...
+    def save_replica(self, position: int, records: Mapping[str, bytes], *, reset: bool = False) -> None: ...
+    def load_replica(self) -> tuple[int, dict[str, bytes]]: ...
     def close(self) -> None: ...
 
 
 class MemoryOpQueue:
     """In memory; ``seqs`` stays sorted because seq only grows."""
 
-    __slots__ = ("limit", "_seqs", "_ops", "_by_id", "_next", "_meta")
+    __slots__ = ("limit", "_seqs", "_ops", "_by_id", "_next", "_meta", "_replica")
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self.limit = limit
@@ -95,6 +100,7 @@ class MemoryOpQueue:
         self._by_id: dict[str, int] = {}
         self._next = 1
         self._meta: dict[str, Any] | None = None
+        self._replica: tuple[int, dict[str, bytes]] | None = None
 
     def append(self, op: Op, meta: Mapping[str, Any] | None = None) -> QueuedOp:
         return self.append_many((op,), meta)[0]
@@ -148,6 +154,14 @@ class MemoryOpQueue:
             self._meta = {}
         self._meta.update(values)
 
+    def save_replica(self, position: int, records: Mapping[str, bytes], *, reset: bool = False) -> None:
+        saved = {} if reset or self._replica is None else self._replica[1]
+        saved.update(records)
+        self._replica = (position, saved)
+
+    def load_replica(self) -> tuple[int, dict[str, bytes]]:
+        return (0, {}) if self._replica is None else (self._replica[0], dict(self._replica[1]))
+
     def close(self) -> None:
         pass
 
@@ -172,6 +186,7 @@ CREATE TABLE IF NOT EXISTS ops (
     base INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS replica (stream TEXT PRIMARY KEY, state BLOB NOT NULL);
 """
 
 _pack = lambda v: msgpack.packb(v, use_bin_type=True)  # noqa: E731
@@ -285,6 +300,26 @@ class SqliteOpQueue:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def save_replica(self, position: int, records: Mapping[str, bytes], *, reset: bool = False) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if reset:
+                    db.execute("DELETE FROM replica")
+                db.executemany("INSERT OR REPLACE INTO replica (stream, state) VALUES (?, ?)", records.items())
+                self._put_meta({"position": position})
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load_replica(self) -> tuple[int, dict[str, bytes]]:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='position'").fetchone()
+            records = dict(self._db.execute("SELECT stream, state FROM replica").fetchall())
+        return (0 if row is None else _unpack(row[0])), records
 
     def _put_meta(self, values: Mapping[str, Any]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",

@@ -7,8 +7,12 @@ Pure and synchronous (the session core owns one). Two layers:
   with, so after quiescence every replica holds the server's data byte for byte);
 - ``pending``: the client's own ops not yet seen back in the log, in order. Reads
   (``get``) overlay them on the confirmed values, so the app sees its own edits at
-  once, online or offline. An op leaves the overlay when its event arrives, or when
-  the server rejects it.
+  once, online or offline. An op leaves the overlay when its event arrives, when
+  the server rejects it, or when an installed state (a snapshot, or the state saved
+  before a restart) already contains it: its clock is covered by the record's clock.
+
+The confirmed state can be saved (``export``) and loaded (``restore``): the session
+core keeps it with its position in the queue's file, so a restart resumes from there.
 
 Conflicts (manual fields holding concurrent versions) are reported once per
 conflict id, with every version and its author, whichever replica saw them first.
@@ -37,8 +41,11 @@ from engine.records import (
     Stamp,
     Strategy,
     collection_of,
+    decode_record_state,
+    encode_record_state,
     fold_record_events,
 )
+from engine.codec import pack, unpack
 
 _BUILTINS = MergeRegistry.with_builtins()  # built once: registering checks the merge laws
 _SNAPSHOT_STAMP = Stamp("snapshot", "~snapshot", "", HLCTimestamp(0, 0, "~snapshot"), EMPTY_CLOCK)
@@ -63,7 +70,8 @@ def event_from_wire(w: Mapping[str, Any]) -> RecordedEvent:
 
 
 class RecordsReplica:
-    __slots__ = ("config", "registry", "confirmed", "pending", "backup", "_seen_conflicts")
+    __slots__ = ("config", "registry", "confirmed", "pending", "backup", "_seen_conflicts", "_version_base",
+                 "_covered", "_dirty")
 
     def __init__(self, config: ResolutionConfig | None = None) -> None:
         self.config = config
@@ -72,6 +80,12 @@ class RecordsReplica:
         self.pending: dict[str, Op] = {}  # op id -> op, in the order they were made
         self.backup: RecordsState | None = None  # the state a snapshot replaced
         self._seen_conflicts: set[str] | None = None
+        # An installed state has no receipts: a record's version is the installed one
+        # plus the ops folded since (``len(receipts)``).
+        self._version_base: dict[str, int] | None = None
+        # Pending ops an installed state already contained (op id -> stream): left the overlay.
+        self._covered: dict[str, str] | None = None
+        self._dirty: set[str] | None = None  # streams changed since the last ``export``
 
     # -- reads ---------------------------------------------------------------
 
@@ -115,7 +129,14 @@ class RecordsReplica:
 
     def version(self, stream: str) -> int:
         rec = self.confirmed.records.get(stream)
-        return rec.version if rec is not None else 0
+        n = rec.version if rec is not None else 0
+        return n + self._version_base.get(stream, 0) if self._version_base else n
+
+    def sees(self, op_id: str, stream: str) -> bool:
+        """Whether reads include this op of ours: pending, folded, or in an installed state."""
+        if op_id in self.pending or op_id in self.confirmed.get(stream).receipts:
+            return True
+        return self._covered is not None and op_id in self._covered
 
     def conflicts(self, stream: str | None = None) -> list[Conflict]:
         recs = [self.confirmed.get(stream)] if stream else self.confirmed.records.values()
@@ -145,6 +166,8 @@ class RecordsReplica:
         if not recs:
             return []
         self.confirmed = fold_record_events(self.confirmed, recs, self.registry)
+        if self._dirty is not None:
+            self._dirty.update(e.stream for e in recs)
         if self.pending:
             for e in recs:
                 op_id = e.data.get("op") if isinstance(e.data, Mapping) else None
@@ -163,26 +186,91 @@ class RecordsReplica:
     def install_snapshot(self, content: Mapping[str, Any], *, keep_pending: bool) -> None:
         """Replace the confirmed state with a snapshot's records, in one step.
 
-        The previous state is kept in ``backup``. The snapshot carries values, not
-        per-field clocks, so each value becomes a write that any later write supersedes
-        (an empty clock and the smallest HLC); merge fields keep their accumulated value.
+        The previous state is kept in ``backup``. Each record body carries its field
+        state (``state``: stamps, clocks, accumulators), so merging continues exactly as
+        if every event had been folded. A body with values only (an older server) gets
+        the weakest stamp: any later write supersedes those values.
         """
         records: dict[str, RecordState] = {}
+        versions: dict[str, int] = {}
         for stream, body in content.items():
             if not isinstance(body, Mapping) or body.get("kind") != "record":
                 continue
-            fields: dict[str, Any] = {}
-            for name, value in (body.get("values") or {}).items():
-                mf_name = self._merge_name(stream, name)
-                if mf_name is not None:
-                    fields[name] = MergeField(mf_name, value, EMPTY_CLOCK, _SNAPSHOT_STAMP)
-                else:
-                    fields[name] = LwwField(_SNAPSHOT_STAMP, value, False, EMPTY_CLOCK)
-            records[stream] = RecordState(stream, MappingProxyType(fields))
+            state = body.get("state")
+            if isinstance(state, Mapping):
+                records[stream] = decode_record_state(stream, state, self.registry)
+            else:
+                records[stream] = self._from_values(stream, body.get("values") or {})
+            v = body.get("version")
+            versions[stream] = v if type(v) is int and v > 0 else 0
         self.backup = self.confirmed
-        self.confirmed = RecordsState(MappingProxyType(records))
         if not keep_pending:
             self.pending.clear()
+        self._install(records, versions)
+
+    def _from_values(self, stream: str, values: Mapping[str, Any]) -> RecordState:
+        fields: dict[str, Any] = {}
+        for name, value in values.items():
+            mf_name = self._merge_name(stream, name)
+            if mf_name is not None:
+                # Wire form back to the accumulator's own (a set arrives as a list).
+                acc = self.registry.get(mf_name).validate(value)
+                fields[name] = MergeField(mf_name, acc, EMPTY_CLOCK, _SNAPSHOT_STAMP)
+            else:
+                fields[name] = LwwField(_SNAPSHOT_STAMP, value, False, EMPTY_CLOCK)
+        return RecordState(stream, MappingProxyType(fields))
+
+    def _install(self, records: dict[str, RecordState], versions: dict[str, int]) -> None:
+        """The confirmed state becomes ``records``; pending ops it already contains leave
+        the overlay (or reads would show them twice: a counter would double)."""
+        self.confirmed = RecordsState(MappingProxyType(records))
+        self._version_base = versions or None
+        self._covered = None
+        if self._dirty is not None:
+            self._dirty = set(records)
+        if not self.pending:
+            return
+        for op_id, op in list(self.pending.items()):
+            rec = records.get(op.stream)
+            # An accepted op's clock is part of its record's clock (the merge of every
+            # accepted op's). A client's ticks on a record only grow, so a covered op was
+            # accepted, or rejected while a later one of ours was accepted: either way it
+            # is no longer the overlay's to show.
+            if rec is not None and op.clock <= rec.clock:
+                del self.pending[op_id]
+                if self._covered is None:
+                    self._covered = {}
+                self._covered[op_id] = op.stream
+
+    # -- persistence ---------------------------------------------------------
+
+    def track_changes(self) -> None:
+        """Start remembering which records changed, for incremental ``export``."""
+        if self._dirty is None:
+            self._dirty = set(self.confirmed.records)
+
+    def export(self, *, everything: bool = False) -> dict[str, bytes]:
+        """Records changed since the last export (all with ``everything``), encoded:
+        stream -> bytes for ``restore``. Requires ``track_changes`` first."""
+        streams = self.confirmed.records if everything or self._dirty is None else self._dirty
+        out = {}
+        for stream in streams:
+            rec = self.confirmed.records.get(stream)
+            if rec is not None:
+                out[stream] = pack([self.version(stream), encode_record_state(rec, self.registry)])
+        self._dirty = set()
+        return out
+
+    def restore(self, saved: Mapping[str, bytes]) -> None:
+        """Load records saved by ``export`` (the confirmed state a restart resumes from)."""
+        records: dict[str, RecordState] = {}
+        versions: dict[str, int] = {}
+        for stream, blob in saved.items():
+            version, state = unpack(blob)
+            records[stream] = decode_record_state(stream, state, self.registry)
+            versions[stream] = version
+        self._install(records, versions)
+        self._dirty = set()
 
     def _merge_name(self, stream: str, name: str) -> str | None:
         cfg = self.config

@@ -60,13 +60,13 @@ from .filters import EventFilter
 from .hashchain import GENESIS, event_hash
 from .ids import uuid7
 from .records import (
-    MergeField,
     RecordsState,
     ResolutionConfig,
     as_stream_writes,
     fold_record_events,
     op_from_wire,
     reconcile,
+    record_snapshot,
 )
 from .records.outcomes import RejectReason, rejected
 from .records.payloads import RECORD_PATCHED, StreamEvent
@@ -573,14 +573,15 @@ class SyncServer:
 
     def _on_snap(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
         """The selected streams at the log head, in the client kit's snapshot shape:
-        ``{stream: {"kind": "record", "values", "version"} | {"kind": "doc", "state"}}``."""
+        ``{stream: {"kind": "record", "values", "version", "conflicts", "state"} | {"kind": "doc", "state"}}``."""
         tenant = conn.principal.tenant
         f = EventFilter(stream_prefixes=tuple(msg.get("prefixes") or ()), streams=tuple(msg.get("streams") or ()))
         position = self.log.head()
         content: dict[str, Any] = {}
         for stream, rec in self.records(tenant).records.items():
             if _selected(f, stream):
-                content[stream] = {"kind": "record", "values": self._wire_values(rec), "version": rec.version}
+                # Values and the field state: a replica keeps merging exactly from it.
+                content[stream] = record_snapshot(rec, rec.version, self.resolution.registry)
         for (t, stream), doc in self._docs.items():
             if t == tenant and _selected(f, stream):
                 content[stream] = {"kind": "doc", "state": doc.encode_state()}
@@ -588,13 +589,6 @@ class SyncServer:
         for c in chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes):
             out.append((conn.id, P.message(P.SNAPSHOT, id=msg["id"], index=c.index, total=c.total,
                                            checksum=c.checksum, data=c.data)))
-
-    def _wire_values(self, rec: Any) -> dict[str, Any]:
-        values = rec.values()
-        for name, f in rec.fields.items():
-            if type(f) is MergeField and name in values:
-                values[name] = self.resolution.registry.get(f.merge).encode(values[name])  # e.g. sets as lists
-        return values
 
     # ---- rooms, presence, messages
 

@@ -1,8 +1,9 @@
 """A simulated client: the client kit's ``SessionCore`` plus what a device keeps.
 
 The core is the real one (clientkit/core.py). Around it this adapter holds what
-survives a crash (the op queue, and the queue of Yjs updates) and what does not
-(the core itself with its replica and cursor, the local Yjs documents). Yjs
+survives a crash (the op queue with the records replica and cursor the core saves
+in it, and the queue of Yjs updates) and what does not (the core itself, the local
+Yjs documents: doc clients catch up from 0). Yjs
 updates travel in ``ops`` batches as ``{"kind": "doc"}`` entries (docs/protocol.md);
 the core's queue holds record ops only, so doc ops have their own small queue here.
 """
@@ -55,14 +56,18 @@ class SimClient:
         self.start()
 
     def start(self) -> None:
-        """A (re)started process: a fresh core over the persisted queue; cursor and replica start empty."""
+        """A (re)started process: a fresh core over the persisted queue (records replica and cursor included)."""
         if not self.persist_queue and self.incarnation > 0:
             # The deliberately broken variant: the queue lived in memory only.
             fresh = MemoryOpQueue()
             fresh.set_meta({k: self.queue.get_meta(k) for k in ("client", "n", "hlc") if self.queue.get_meta(k)})
             self.queue = fresh
+        # The core saves its records replica and position in the queue, so a restart resumes
+        # from there. The Yjs documents here are not saved: doc clients start from 0 again.
+        docs_only = all(p.startswith("doc/") for p in self.prefixes)
         self.core = SessionCore(user=self.user, queue=self.queue, client_id=self.client_id, rng=self.rng,
-                                config=self.config, prefixes=self.prefixes, **CORE_OPTIONS)
+                                config=self.config, prefixes=self.prefixes, persist_replica=not docs_only,
+                                **CORE_OPTIONS)
         self.incarnation += 1
         self.alive = True
         self.docs: dict[str, pycrdt.Doc] = {}

@@ -100,7 +100,7 @@ _add(Scenario(
 _add(Scenario(
     "long-offline",
     "long offline periods that exceed the catch-up limit and force a snapshot refresh",
-    strategies=("lww", "counter", "max"),
+    strategies=("lww", "counter", "union", "max"),
     group_size=0,
     ops_per_client=30,
     duration_ms=30_000,

@@ -9,7 +9,7 @@ from engine.documents import CRDT_UPDATE, Document
 from engine.errors import ValidationError
 from engine.events import RecordedEvent
 from engine.filters import EventFilter
-from engine.records import RECORD_PATCHED, MergeRegistry, RecordsState, fold_record_events
+from engine.records import RECORD_PATCHED, MergeRegistry, RecordsState, fold_record_events, record_snapshot
 from engine.syncdata import decode_cursor, encode_cursor, snapshot_checksum
 
 MAX_SELECTION = 256
@@ -70,7 +70,7 @@ async def state_snapshot(
 ) -> StateSnapshot:
     """The state of every selected stream at one position (the head by default).
 
-    ``rec/`` streams give their field values, version and open conflicts; ``doc/``
+    ``rec/`` streams give their field values, field state, version and open conflicts; ``doc/``
     streams their full Yjs state; other streams their events. Everything folded is at
     or below ``position``, so a client may continue with a delta after it.
     """
@@ -101,12 +101,9 @@ async def state_snapshot(
         after = page.next_after
     content: dict[str, Any] = {}
     for stream, rec in records.records.items():
-        content[stream] = {
-            "kind": "record",
-            "version": versions.get(stream, 0),
-            "values": rec.values(),
-            "conflicts": sorted(c.id for c in rec.conflicts()),
-        }
+        # Values for simple clients, and the field state (stamps, clocks, accumulators)
+        # that a replica needs to keep merging exactly (engine/records/snapshots.py).
+        content[stream] = record_snapshot(rec, versions.get(stream, 0), registry)
     for stream, doc in docs.items():
         content[stream] = {"kind": "ydoc", "version": versions[stream], "state": doc.encode_state()}
     for stream, evs in others.items():

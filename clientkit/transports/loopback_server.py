@@ -18,7 +18,7 @@ from engine import protocol as P
 from engine.events import Actor
 from collections.abc import Mapping
 
-from engine.records import LWW, CollectionPolicy, RecordsState, ResolutionConfig, reconcile
+from engine.records import LWW, CollectionPolicy, RecordsState, ResolutionConfig, reconcile, record_snapshot
 from engine.records.config import FIELD_RE
 from engine.records.ops import op_from_wire
 from engine.syncdata import chunk_snapshot, snapshot_checksum
@@ -230,8 +230,7 @@ class LoopbackServer:
         for stream, rec in self.records.records.items():
             if prefixes and not stream.startswith(prefixes):
                 continue
-            content[stream] = {"kind": "record", "version": self.versions.get(stream, 0), "values": rec.values(),
-                               "conflicts": sorted(cf.id for cf in rec.conflicts())}
+            content[stream] = record_snapshot(rec, self.versions.get(stream, 0), self.config.registry)
         position = self.head
         checksum = snapshot_checksum(position, content)
         chunks = chunk_snapshot(position, content, checksum, self.chunk_bytes)

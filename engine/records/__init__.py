@@ -21,6 +21,13 @@ from .payloads import (
     as_stream_writes,
 )
 from .reconciler import Reconciliation, reconcile
+from .snapshots import (
+    InvalidRecordState,
+    decode_record_state,
+    encode_record_state,
+    record_snapshot,
+    wire_values,
+)
 from .state import (
     Conflict,
     FieldState,
@@ -35,6 +42,11 @@ from .state import (
 )
 
 __all__ = [
+    "InvalidRecordState",
+    "decode_record_state",
+    "encode_record_state",
+    "record_snapshot",
+    "wire_values",
     "CONFLICTS_STREAM",
     "CONFLICT_DETECTED",
     "CONFLICT_RESOLVED",

@@ -14,12 +14,6 @@ from hypothesis import strategies as st
 from simulations import scenarios
 from simulations.sim import Params, run
 
-# Found by these simulations in clientkit (reported; not ours to change): after a
-# snapshot refresh the optimistic overlay keeps ops already in the snapshot, and a
-# values-only snapshot lets a late, superseded LWW write win on the refreshed replica.
-KNOWN_CLIENTKIT = {"overlay_drained", "convergence"}
-
-
 def _names(result):
     return {v.checker for v in result.violations}
 
@@ -86,10 +80,12 @@ def test_flash_crowd_one_room():
     assert result.events >= 60  # every join is in the log
 
 
-def test_long_offline_forces_a_snapshot_refresh():
-    result, _ = run(scenarios.get("long-offline"), Params(clients=10, seed=2))
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_long_offline_forces_a_snapshot_refresh(seed):
+    # Seed 2 once showed a late, superseded LWW write winning on a refreshed replica.
+    result, sim = run(scenarios.get("long-offline"), Params(clients=10, seed=seed))
     assert result.metrics["refreshes"] >= 1 and result.metrics["snapshots"] >= 1
-    assert _names(result) <= KNOWN_CLIENTKIT, result.violations[:3]
+    assert result.ok, sim.failure(result)
 
 
 def test_sqlite_mode_matches_memory_and_verifies(tmp_path):
