@@ -12,6 +12,7 @@ is injected, so the engine never reads the system time itself.
 """
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
@@ -198,6 +199,17 @@ class VectorClock:
 
     @classmethod
     def from_dict(cls, data: Any) -> VectorClock:
+        if type(data) is dict and len(data) <= VECTOR_NODES_MAX:
+            # Fast path for what our own encoders write (a plain dict, nodes sorted,
+            # counters >= 1): the checks of ``__init__`` in one pass, no sort. Any
+            # other input takes the general path, which also raises the errors.
+            prev = ""
+            for node, n in data.items():
+                if type(node) is not str or node <= prev or type(n) is not int or not 0 < n <= COUNTER_MAX:
+                    break
+                prev = node
+            else:
+                return cls._trusted(dict(data))
         if not isinstance(data, Mapping):
             raise InvalidClock("a vector clock must be a map of node -> counter")
         if len(data) > VECTOR_NODES_MAX:
@@ -247,6 +259,52 @@ class VectorClock:
 EMPTY_CLOCK = VectorClock()
 
 
+class ClockMerger:
+    """The merge of a base clock and every clock ``add``-ed to it, kept in one mutable
+    dict: folding n clocks into one costs one copy instead of n new clocks. Adding a
+    clock the result already covers does nothing. Private to its user, never shared."""
+
+    __slots__ = ("_base", "_c")
+
+    def __init__(self, base: VectorClock) -> None:
+        self._base = base
+        self._c: dict[str, int] | None = None
+
+    def add(self, clock: VectorClock) -> None:
+        c = self._c
+        b = clock._c
+        if c is None:
+            base = self._base._c
+            for node, n in b.items():
+                if n > base.get(node, 0):
+                    break
+            else:  # covered: the record's clock already holds this op's history
+                return
+            if len(b) >= len(base):
+                for node, n in base.items():
+                    if n > b.get(node, 0):
+                        break
+                else:  # ``clock`` covers the base: it is the merge (the usual newer op)
+                    self._base = clock
+                    return
+            c = self._c = dict(base)
+        get = c.get
+        for node, n in b.items():
+            if n > get(node, 0):
+                c[node] = n
+
+    def result(self) -> VectorClock:
+        c = self._c
+        if c is None:
+            return self._base
+        # New nodes were appended at the end; the canonical order is sorted.
+        vc = VectorClock._trusted(c if len(c) == len(self._base._c) else dict(sorted(c.items())))
+        self._base, self._c = vc, None  # the dict now belongs to ``vc``: never touch it again
+        return vc
+
+
+
+
 def _put_uvarint(out: bytearray, n: int) -> None:
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -287,12 +345,15 @@ class HLCTimestamp(NamedTuple):
 
     @classmethod
     def decode(cls, text: Any) -> HLCTimestamp:
-        if not isinstance(text, str) or len(text) < 23 or text[12] != "-" or text[21] != "-":
+        m = _HLC_TEXT.fullmatch(text) if isinstance(text, str) else None
+        if m is None:
             raise InvalidClock(f"invalid HLC timestamp {str(text)[:80]!r}")
-        wall, logical, node = text[:12], text[13:21], text[22:]
-        if not (_is_lower_hex(wall) and _is_lower_hex(logical)) or not node:
-            raise InvalidClock(f"invalid HLC timestamp {text[:80]!r}")
-        return cls.checked(int(wall, 16), int(logical, 16), node)
+        wall, logical, node = m.groups()
+        if len(node) > 64 or not node.isascii():
+            return cls.checked(int(wall, 16), int(logical, 16), node)  # the node's byte length
+        # 12 and 8 hex digits are within WALL_MS_MAX and LOGICAL_MAX by construction,
+        # and a short ASCII node is within NODE_BYTES_MAX: nothing left to check.
+        return _new_hlc(cls, (int(wall, 16), int(logical, 16), node))
 
     def to_bytes(self) -> bytes:
         """6 bytes wall, 4 bytes logical (big-endian), node utf-8: byte order == timestamp order."""
@@ -321,11 +382,9 @@ class HLCTimestamp(NamedTuple):
         return cls(wall_ms, logical, node)
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
-def _is_lower_hex(s: str) -> bool:
-    return all(ch in _HEX for ch in s)
+# ``encode``'s format: 12 and 8 lower-case hex digits, then a non-empty node.
+_HLC_TEXT = re.compile(r"([0-9a-f]{12})-([0-9a-f]{8})-(.+)", re.DOTALL)
+_new_hlc = tuple.__new__
 
 
 def _clamp_wall(pt: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Iterable
 
+from ..clocks import ClockMerger
 from ..events import RecordedEvent
 from .kernel import apply_changes
 from .merges import MergeRegistry
@@ -30,27 +31,30 @@ def fold_record_events(
     state: RecordsState, events: Iterable[RecordedEvent], registry: MergeRegistry | None = None
 ) -> RecordsState:
     reg = registry if registry is not None else _BUILTINS
-    work: dict[str, tuple[dict, list, dict]] = {}
+    # stream -> (fields, record clock, receipts): mutable working copies, frozen at the end
+    work: dict[str, tuple[dict, ClockMerger, dict]] = {}
+    get_work = work.get
     for ev in events:
         if ev.type != RECORD_PATCHED:
             continue
         stream = ev.stream
-        w = work.get(stream)
+        w = get_work(stream)
         if w is None:
             rec = state.get(stream)
-            w = work[stream] = (dict(rec.fields), [rec.clock], dict(rec.receipts))
-        fields, clock_box, receipts = w
+            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), dict(rec.receipts))
+        fields, clock, receipts = w
         stamp, changes, outcome = decode_patch(stream, ev.data, reg)
-        if stamp.op_id in receipts:
+        op_id = stamp[0]
+        if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
         apply_changes(fields, stream, stamp, changes, reg)
-        clock_box[0] = clock_box[0].merge(stamp.clock)
-        receipts[stamp.op_id] = outcome
+        clock.add(stamp[4])
+        receipts[op_id] = outcome
     if not work:
         return state
     records = dict(state.records)
-    for stream, (fields, clock_box, receipts) in work.items():
+    for stream, (fields, clock, receipts) in work.items():
         records[stream] = RecordState(
-            stream, MappingProxyType(fields), clock_box[0], MappingProxyType(receipts)
+            stream, MappingProxyType(fields), clock.result(), MappingProxyType(receipts)
         )
     return RecordsState(MappingProxyType(records))

@@ -54,6 +54,10 @@ class Effect:
 # instead of allocating an Effect each (allocation and GC were a third of the cost).
 PLAIN = Effect()
 
+# The field NamedTuples are built per field per op: through tuple.__new__ directly,
+# without the Python frame of their generated ``__new__``.
+_new = tuple.__new__
+
 
 def apply_changes(
     fields: dict[str, FieldState],
@@ -70,7 +74,7 @@ def apply_changes(
         old = fields.get(name)
         if strategy is _LWW:
             if old is None:
-                fields[name] = LwwField(stamp, value, deleted, clock)
+                fields[name] = _new(LwwField, (stamp, value, deleted, clock))
                 continue
             if type(old) is not LwwField:
                 old = _to_lww(old, registry)
@@ -87,12 +91,13 @@ def apply_changes(
             if rank is None:
                 rank = stamp.rank
             if rank > old.stamp.rank:
-                fields[name] = LwwField(stamp, value, deleted, new_clock)
+                fields[name] = _new(LwwField, (stamp, value, deleted, new_clock))
             else:
                 if eff is PLAIN:
                     eff = Effect()
                 eff.superseded += (name,)
-                fields[name] = old._replace(clock=new_clock)
+                # (``old`` may be a converted field of another strategy: always store it)
+                fields[name] = _new(LwwField, (old[0], old[1], old[2], new_clock))
         elif strategy is _MANUAL:
             w = Write(stamp, value, deleted)
             if old is None:
@@ -124,7 +129,7 @@ def apply_changes(
                 eff.transitions += ((name, old.conflict_id, cid, new),)
         else:
             if old is None:
-                fields[name] = MergeField(mf.name, mf.combine(mf.initial, value), clock, stamp)
+                fields[name] = _new(MergeField, (mf.name, mf.combine(mf.initial, value), clock, stamp))
                 continue
             if type(old) is not MergeField or old.merge != mf.name:
                 old = _to_merge(old, mf, registry)
@@ -141,7 +146,7 @@ def apply_changes(
             if rank is None:
                 rank = stamp.rank
             last = stamp if rank > old.last.rank else old.last
-            fields[name] = MergeField(mf.name, mf.combine(old.acc, value), new_clock, last)
+            fields[name] = _new(MergeField, (mf.name, mf.combine(old.acc, value), new_clock, last))
     return eff
 
 

@@ -122,7 +122,27 @@ def record_patched(
         _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]}
     )
     # Critical: record state has no snapshots, so its patches must outlive the retention period.
-    return NewEvent(RECORD_PATCHED, data, SCHEMA, actor, {"vc": vc, "hlc": hlc}, {}, Retention.CRITICAL)
+    ev = _NEW(NewEvent)
+    _set_type(ev, RECORD_PATCHED)
+    _set_data(ev, data)
+    _set_schema(ev, SCHEMA)
+    _set_actor(ev, actor)
+    _set_clock(ev, {"vc": vc, "hlc": hlc})
+    _set_meta(ev, _NO_META)
+    _set_retention(ev, _CRITICAL)
+    _set_id(ev, None)
+    return ev
+
+
+# NewEvent is a frozen dataclass: its generated __init__ sets each field through
+# object.__setattr__. Setting the slots through their descriptors builds the same
+# event at a third of the cost (store/rows.py does the same for RecordedEvent).
+_NEW = object.__new__
+_set_type, _set_data, _set_schema, _set_actor, _set_clock, _set_meta, _set_retention, _set_id = (
+    getattr(NewEvent, f).__set__ for f in ("type", "data", "schema", "actor", "clock", "meta", "retention", "id")
+)
+_CRITICAL = Retention.CRITICAL
+_NO_META: dict = {}  # shared by every patch, never written to (events are immutable; store/rows.py does the same)
 
 
 def _version_body(w: Write) -> dict[str, Any]:
@@ -189,30 +209,52 @@ def conflict_resolved(
 def decode_patch(
     stream: str, data: Mapping[str, Any], registry: MergeRegistry
 ) -> tuple[Stamp, list[Change], Outcome]:
-    stamp = Stamp(
-        data["op"],
+    op_id = data["op"]
+    stamp = _tuple_new(Stamp, (
+        op_id,
         data["client"],
         data["user"],
         HLCTimestamp.decode(data["hlc"]),
         VectorClock.from_dict(data["vc"]),
-    )
-    changes: list[Change] = []
-    for name, value in data.get("lww", {}).items():
-        changes.append(Change(name, Strategy.LWW, value))
-    for name, value in data.get("manual", {}).items():
-        changes.append(Change(name, Strategy.MANUAL, value))
-    for name, (fn, operand) in data.get("merge", {}).items():
-        mf = registry.get(fn)
-        changes.append(Change(name, Strategy.MERGE, mf.validate(operand), False, mf))
-    for name, strategy in data.get("deleted", {}).items():
-        changes.append(Change(name, _BY_NAME[strategy], None, True))
+    ))
+    # Plain tuples shaped like ``Change``, as the reconciler builds them.
+    changes: list = []
+    group = data.get("lww")
+    if group:
+        for name, value in group.items():
+            changes.append((name, _LWW, value, False, None))
+    group = data.get("manual")
+    if group:
+        for name, value in group.items():
+            changes.append((name, _MANUAL, value, False, None))
+    group = data.get("merge")
+    if group:
+        for name, (fn, operand) in group.items():
+            mf = registry.get(fn)
+            changes.append((name, _MERGE, mf.validate(operand), False, mf))
+    group = data.get("deleted")
+    if group:
+        for name, strategy in group.items():
+            changes.append((name, _BY_NAME[strategy], None, True, None))
     o = data["outcome"]
-    outcome = Outcome(
-        OutcomeKind(o["kind"]),
-        stamp.op_id,
-        stream,
-        tuple(o.get("conflicts", ())),
-        tuple(o.get("resolved", ())),
-        tuple(o.get("superseded", ())),
-    )
+    kind = _KIND_BY_NAME.get(o["kind"])
+    if kind is None:
+        kind = OutcomeKind(o["kind"])  # raises ValueError, as for any unknown kind
+    if len(o) == 1:
+        outcome = _tuple_new(Outcome, (kind, op_id, stream, (), (), (), None, "", None))
+    else:
+        outcome = Outcome(
+            kind,
+            op_id,
+            stream,
+            tuple(o.get("conflicts", ())),
+            tuple(o.get("resolved", ())),
+            tuple(o.get("superseded", ())),
+        )
     return stamp, changes, outcome
+
+
+_tuple_new = tuple.__new__
+_LWW = Strategy.LWW
+_MANUAL = Strategy.MANUAL
+_KIND_BY_NAME = {k.value: k for k in OutcomeKind}

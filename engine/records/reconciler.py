@@ -15,7 +15,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Iterable, NamedTuple
 
-from ..clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
+from ..clocks import EMPTY_CLOCK, ClockMerger, HLCTimestamp, VectorClock
 from ..events import STREAM_MAX, STREAM_RE, Actor
 from .config import ResolutionConfig, Strategy
 from .kernel import PLAIN, Change, apply_changes
@@ -55,16 +55,21 @@ class _Work:
         self.stream = stream
         if rec is None:
             self.fields: dict[str, FieldState] = {}
-            self.clock = EMPTY_CLOCK
+            self.clock = ClockMerger(EMPTY_CLOCK)
             self.receipts: dict[str, Outcome] = {}
         else:
             self.fields = dict(rec.fields)
-            self.clock = rec.clock
+            self.clock = ClockMerger(rec.clock)
             self.receipts = dict(rec.receipts)
 
     def freeze(self) -> RecordState:
         # The dicts are handed over, not copied: nothing else holds them after this.
-        return RecordState(self.stream, self.fields, self.clock, self.receipts)
+        return _tuple_new(RecordState, (self.stream, self.fields, self.clock.result(), self.receipts))
+
+
+# NamedTuples built per op go through tuple.__new__ directly: the generated
+# ``__new__`` is a Python frame that only forwards its arguments.
+_tuple_new = tuple.__new__
 
 
 def reconcile(
@@ -85,11 +90,13 @@ def reconcile(
     registry = config.registry
     records_in = state.records
     actors: dict[tuple[str, str], Actor] = {}
+    append_event = events.append
+    append_outcome = outcomes.append
     for op in ops:
         t = type(op)
         if not ((t is ClientOp or t is ResolveOp) and _basic_ok(op)):
             oid = getattr(op, "op_id", "")
-            outcomes.append(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
+            append_outcome(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
             continue
         stream = op.stream
         op_id = op.op_id
@@ -100,45 +107,48 @@ def reconcile(
             rec = records_in.get(stream)
             first = rec[3].get(op_id) if rec is not None else None
         if first is not None:
-            outcomes.append(Outcome(OutcomeKind.DUPLICATE, op_id, stream, original=first))
+            append_outcome(Outcome(OutcomeKind.DUPLICATE, op_id, stream, original=first))
             continue
         try:
             changes = _validate(op, config, now_ms)
         except _Reject as r:
-            outcomes.append(rejected(op_id, stream, r.reason, r.detail))
+            append_outcome(rejected(op_id, stream, r.reason, r.detail))
             continue
         if w is None:
             w = work[stream] = _Work(stream, records_in.get(stream))
         clock = op.clock
-        stamp = Stamp(op_id, op.client, op.user, op.hlc, clock)
+        client = op.client
+        user = op.user
+        stamp = _tuple_new(Stamp, (op_id, client, user, op.hlc, clock))
         eff = apply_changes(w.fields, stream, stamp, changes, registry)
-        w.clock = w.clock.merge(clock)
+        w.clock.add(clock)
         if eff is PLAIN:
-            outcome = Outcome(_APPLIED, op_id, stream)
+            outcome = _tuple_new(Outcome, (_APPLIED, op_id, stream, (), (), (), None, "", None))
         else:
             kind = _CONFLICT if eff.conflicts else _MERGED if eff.merged else _APPLIED
             outcome = Outcome(kind, op_id, stream, eff.conflicts, eff.resolved, eff.superseded)
         w.receipts[op_id] = outcome
-        outcomes.append(outcome)
-        key = (op.user, op.client)
+        append_outcome(outcome)
+        key = (user, client)
         actor = actors.get(key)
         if actor is None:
-            actor = actors[key] = Actor(op.user, op.client)
+            actor = actors[key] = Actor(user, client)
         if t is ResolveOp:
             resolves: tuple[str, str] | None = (op.conflict_id, op.choice)
         else:
             resolves = None
         patched = record_patched(stamp, changes, outcome, clock.to_dict(), op.base_version, resolves, actor)
-        events.append(StreamEvent(stream, patched))
-        for name, old_id, new_id, new_field in eff.transitions:
-            if new_id is not None:
-                events.append(conflict_detected(stream, name, new_field, old_id, stamp))
-            elif old_id is not None:
-                choice = op.choice if t is ResolveOp and name == op.field else None
-                events.append(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
+        append_event(_tuple_new(StreamEvent, (stream, patched)))
+        if eff is not PLAIN:
+            for name, old_id, new_id, new_field in eff.transitions:
+                if new_id is not None:
+                    append_event(conflict_detected(stream, name, new_field, old_id, stamp))
+                elif old_id is not None:
+                    choice = op.choice if t is ResolveOp and name == op.field else None
+                    append_event(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
     if not work:
         return Reconciliation(state, events, outcomes)
-    records = dict(state.records)
+    records = dict(records_in)
     for stream, w in work.items():
         records[stream] = w.freeze()
     return Reconciliation(RecordsState(MappingProxyType(records)), events, outcomes)
@@ -172,7 +182,7 @@ def _validate(op: Op, config: ResolutionConfig, now_ms: int | None) -> list[Chan
         raise _Reject(RejectReason.INVALID_STREAM, "a record stream is rec/<collection>/<id>")
     if coll not in config.collections:
         raise _Reject(RejectReason.UNKNOWN_COLLECTION, coll)
-    if op.clock.get(op.client) < 1:
+    if op.clock._c.get(op.client, 0) < 1:
         raise _Reject(RejectReason.INVALID_CLOCK, "the clock lacks the client's own tick")
     if type(op.base_version) is not int or op.base_version < 0:
         raise _Reject(RejectReason.INVALID_BASE_VERSION)
@@ -196,12 +206,14 @@ def _op_changes(op: ClientOp, coll: str, config: ResolutionConfig) -> list:
     sets, deletes = op.set, op.delete
     if not sets and not deletes:
         raise _Reject(RejectReason.EMPTY_OP)
-    rule_of = config.field_rule
+    declared = config._table[coll][0]  # the fields named in the policy: one dict get each
     changes: list = []
     for name, value in sets.items():
-        rule = rule_of(coll, name)
+        rule = declared.get(name) if type(name) is str else None
         if rule is None:
-            raise _Reject(RejectReason.INVALID_FIELD, str(name)[:80])
+            rule = config.field_rule(coll, name)
+            if rule is None:
+                raise _Reject(RejectReason.INVALID_FIELD, str(name)[:80])
         strategy, mf = rule
         if strategy is _MERGE:
             try:
@@ -215,7 +227,7 @@ def _op_changes(op: ClientOp, coll: str, config: ResolutionConfig) -> list:
         if isinstance(deletes, str):
             raise _Reject(RejectReason.INVALID_OP, "delete is a sequence of field names")
         for name in dict.fromkeys(deletes):  # duplicates in the list are one delete
-            rule = rule_of(coll, name)
+            rule = config.field_rule(coll, name)
             if rule is None:
                 raise _Reject(RejectReason.INVALID_FIELD, str(name)[:80])
             if name in sets:
