@@ -6,12 +6,10 @@ result, in order; a resubmitted op id gets its original outcome (``duplicate``).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import ValidationError
-from engine.records import LWW, CollectionPolicy, ResolutionConfig, op_from_wire
-from engine.records.config import FIELD_RE
+from engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
 
 from .auth import Principal
 from .errors import TenantViolation
@@ -19,39 +17,9 @@ from .errors import TenantViolation
 OPS_MAX = 500
 
 
-class OpenResolutionConfig(ResolutionConfig):
-    """The default configuration: any collection, every field last-writer-wins, unless
-    the collection is configured explicitly."""
-
-    __slots__ = ()
-
-    def field_rule(self, collection: str, name: str):
-        rule = ResolutionConfig.field_rule(self, collection, name)
-        if rule is None and collection not in self._table and type(name) is str and FIELD_RE.match(name):
-            return self._resolve(LWW)
-        return rule
-
-
-class _AnyCollection(Mapping):
-    """Every collection name is configured, with the default policy (last-writer-wins)."""
-
-    def __getitem__(self, name: str) -> CollectionPolicy:
-        if not isinstance(name, str) or not name:
-            raise KeyError(name)
-        return CollectionPolicy()
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(name)
-
-    def __iter__(self):
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 def default_resolution() -> ResolutionConfig:
-    return OpenResolutionConfig(collections=_AnyCollection())
+    """Any collection, every field last-writer-wins (configure collections to change that)."""
+    return ResolutionConfig({}, default_collection=CollectionPolicy())
 
 
 async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> list[dict]:

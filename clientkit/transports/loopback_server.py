@@ -16,10 +16,7 @@ from typing import Any
 
 from engine import protocol as P
 from engine.events import Actor
-from collections.abc import Mapping
-
-from engine.records import LWW, CollectionPolicy, RecordsState, ResolutionConfig, reconcile, record_snapshot
-from engine.records.config import FIELD_RE
+from engine.records import CollectionPolicy, RecordsState, ResolutionConfig, reconcile, record_snapshot
 from engine.records.ops import op_from_wire
 from engine.syncdata import chunk_snapshot, snapshot_checksum
 
@@ -28,44 +25,9 @@ from .memory import Out
 _ids = itertools.count(1)
 
 
-class _OpenConfig(ResolutionConfig):
-    """Any collection, every field last-writer-wins, unless configured (the gateway's default)."""
-
-    __slots__ = ()
-
-    def field_rule(self, collection: str, name: str):
-        rule = ResolutionConfig.field_rule(self, collection, name)
-        if rule is None and collection not in self._table and type(name) is str and FIELD_RE.match(name):
-            return self._resolve(LWW)
-        return rule
-
-
-class _OpenCollections(Mapping):
-    """The named collections as configured; any other name with the default policy (LWW)."""
-
-    def __init__(self, named: dict[str, CollectionPolicy]) -> None:
-        self._named = named
-
-    def __getitem__(self, name: str) -> CollectionPolicy:
-        if name in self._named:
-            return self._named[name]
-        if not isinstance(name, str) or not name:
-            raise KeyError(name)
-        return CollectionPolicy()
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(name)
-
-    def __iter__(self):
-        return iter(self._named)
-
-    def __len__(self) -> int:
-        return len(self._named)
-
-
 def open_config(**collections: CollectionPolicy) -> ResolutionConfig:
     """Like the gateway's default (every collection, every field LWW), plus ``collections``."""
-    return _OpenConfig(collections=_OpenCollections(collections))
+    return ResolutionConfig(collections, default_collection=CollectionPolicy())
 
 
 @dataclass

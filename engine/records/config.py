@@ -60,20 +60,66 @@ class CollectionPolicy:
         return self.default
 
 
+COLLECTION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class _AnyCollection(Mapping):
+    """The named collections, and every other valid name with the default policy."""
+
+    def __init__(self, named: Mapping[str, CollectionPolicy], default: CollectionPolicy) -> None:
+        self._named, self._default = dict(named), default
+
+    def __getitem__(self, name: str) -> CollectionPolicy:
+        if name in self._named:
+            return self._named[name]
+        if isinstance(name, str) and COLLECTION_RE.match(name):
+            return self._default
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._named or (isinstance(name, str) and COLLECTION_RE.match(name) is not None)
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
+class _Table(dict):
+    """collection -> resolved rules; unnamed collections get the default's (when there is one)."""
+
+    default_entry: tuple | None = None
+
+    def __missing__(self, name: str) -> tuple:
+        if self.default_entry is None or not isinstance(name, str) or not COLLECTION_RE.match(name):
+            raise KeyError(name)
+        return self.default_entry
+
+
 @dataclass(frozen=True, slots=True)
 class ResolutionConfig:
-    """Collections by name. Building it checks every merge name against the registry."""
+    """Collections by name. Building it checks every merge name against the registry.
+
+    With ``default_collection``, every collection not named in ``collections`` is
+    accepted with that policy (the gateway's default: any collection, every field LWW);
+    without it, ops on an unnamed collection are rejected (``unknown_collection``).
+    """
 
     collections: Mapping[str, CollectionPolicy]
     registry: MergeRegistry = field(default_factory=MergeRegistry.with_builtins)
     max_clock_skew_ms: int | None = None  # with reconcile(now_ms=...): reject ops this far ahead
     max_op_age_ms: int | None = None  # with reconcile(now_ms=...): reject ops this old
+    default_collection: CollectionPolicy | None = None
 
     # collection -> (field -> (strategy, merge function or None), default or None if strict)
-    _table: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _table: dict = field(default_factory=_Table, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for cname, coll in self.collections.items():
+        named = dict(self.collections)
+        if self.default_collection is not None:
+            named["<any>"] = self.default_collection  # validated below like the others
+        for cname, coll in named.items():
             for fname, p in [("<default>", coll.default), *coll.fields.items()]:
                 if fname != "<default>" and not FIELD_RE.match(fname):
                     raise InvalidResolutionConfig(f"invalid field name {fname!r} in {cname!r}")
@@ -85,14 +131,18 @@ class ResolutionConfig:
             per_field = {f: self._resolve(p) for f, p in coll.fields.items()}
             default = None if coll.strict else self._resolve(coll.default)
             self._table[cname] = (per_field, default)
+        if self.default_collection is not None:
+            self._table.default_entry = self._table.pop("<any>")
+            object.__setattr__(self, "collections", _AnyCollection(self.collections, self.default_collection))
 
     def _resolve(self, p: FieldPolicy) -> tuple[Strategy, MergeFunction | None]:
         return (p.strategy, self.registry.get(p.merge) if p.merge is not None else None)
 
     def field_rule(self, collection: str, name: str) -> tuple[Strategy, MergeFunction | None] | None:
         """(strategy, merge function) for a field, or None when the field is not allowed."""
-        entry = self._table.get(collection)
-        if entry is None:
+        try:
+            entry = self._table[collection]
+        except KeyError:
             return None
         rule = entry[0].get(name)
         if rule is not None:
