@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -262,6 +263,7 @@ class _Sub:
     acked: int
     inflight: list[int] = field(default_factory=list)  # ``next`` of unacked batches
     progress_ms: int = 0  # last time an ack moved, or the sub started
+    timed: bool = False  # an ack-timeout check for it is in the server's timer heap
 
 
 @dataclass(slots=True)
@@ -302,6 +304,13 @@ class SyncServer:
         self._by_tenant: dict[str, dict[int, None]] = {}
         self._dirty: dict[str, None] = {}
         self._wire: dict[int, dict] = {}
+        # Deadlines instead of scans: ``tick`` pops what is due. (due_ms, seq, conn_id, sub):
+        # sub None is the connection's stale check; otherwise that sub's ack timeout. Entries
+        # are checked when popped (the connection may be gone, the sub replaced, the ack
+        # moved on: then it is re-armed at the new deadline or dropped). One entry per
+        # connection and one per sub with batches in flight: bounded by the connections.
+        self._timers: list[tuple[int, int, int, _Sub | None]] = []
+        self._timer_seq = 0
         self.stats = {"ops": 0, "duplicates": 0, "rejected": 0, "events_sent": 0, "refreshes": 0, "rewinds": 0}
         self._rebuild()
 
@@ -357,6 +366,7 @@ class SyncServer:
         self._conns[cid] = conn
         self._by_tenant.setdefault(principal.tenant, {})[cid] = None
         self._users.setdefault((principal.tenant, principal.user), {})[cid] = None
+        self._push_timer(now_ms + self.config.stale_ms + 1, cid, None)
         welcome = P.message(
             P.WELCOME, session=conn.session, tenant=principal.tenant, user=principal.user,
             head=self.log.head(), heartbeat_s=self.config.heartbeat_ms // 1000, stale_s=self.config.stale_ms // 1000,
@@ -398,22 +408,36 @@ class SyncServer:
         return out
 
     def tick(self, now_ms: int) -> Out:
+        """Stale connections, ack timeouts, presence expiry, and the pump of tenants with
+        new events. Work is proportional to what is due or changed, not to connections."""
         out: Out = []
         cfg = self.config
-        for conn in list(self._conns.values()):
-            if now_ms - conn.seen_ms > cfg.stale_ms:
-                out.extend(self.disconnect(conn.id, now_ms))
-                out.append((conn.id, P.message(P.BYE, code="stale", reason="silent too long", close=P.CLOSE_STALE)))
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            _, _, cid, sub = heapq.heappop(timers)
+            conn = self._conns.get(cid)
+            if conn is None:
                 continue
-            for sub in list(conn.subs.values()):
-                if sub.inflight and now_ms - sub.progress_ms > cfg.ack_timeout_ms:
-                    # Lost batches or lost acks: send again from what the client confirmed.
-                    self.stats["rewinds"] += 1
-                    sub.cursor = sub.sent_next = sub.acked
-                    sub.inflight.clear()
-                    sub.progress_ms = now_ms
-                    if not self._check_behind(conn, sub, out):
-                        self._pump(conn, sub, now_ms, out)
+            if sub is None:
+                if now_ms - conn.seen_ms > cfg.stale_ms:
+                    out.extend(self.disconnect(cid, now_ms))
+                    out.append((cid, P.message(P.BYE, code="stale", reason="silent too long", close=P.CLOSE_STALE)))
+                else:
+                    self._push_timer(conn.seen_ms + cfg.stale_ms + 1, cid, None)
+                continue
+            sub.timed = False
+            if conn.subs.get(sub.id) is not sub or not sub.inflight:
+                continue  # replaced, dropped or caught up: re-armed when batches go out again
+            if now_ms - sub.progress_ms > cfg.ack_timeout_ms:
+                # Lost batches or lost acks: send again from what the client confirmed.
+                self.stats["rewinds"] += 1
+                sub.cursor = sub.sent_next = sub.acked
+                sub.inflight.clear()
+                sub.progress_ms = now_ms
+                if not self._check_behind(conn, sub, out):
+                    self._pump(conn, sub, now_ms, out)
+            else:
+                self._arm_ack(cid, sub)
         for key, members in list(self._presence.items()):
             for cid, expires in list(members.items()):
                 if expires <= now_ms:
@@ -429,6 +453,15 @@ class SyncServer:
                 for sub in conn.subs.values():
                     self._pump(conn, sub, now_ms, out)
         return out
+
+    def _push_timer(self, due_ms: int, conn_id: int, sub: _Sub | None) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due_ms, self._timer_seq, conn_id, sub))
+
+    def _arm_ack(self, conn_id: int, sub: _Sub) -> None:
+        if not sub.timed:
+            sub.timed = True
+            self._push_timer(sub.progress_ms + self.config.ack_timeout_ms + 1, conn_id, sub)
 
     # ---- subscriptions
 
@@ -458,6 +491,8 @@ class SyncServer:
                               head=self.log.head())
             sub.sent_next = sub.cursor
             sub.inflight.append(sub.cursor)
+            if not sub.timed:
+                self._arm_ack(conn.id, sub)
             self.stats["events_sent"] += len(wires)
             out.append((conn.id, batch))
 

@@ -30,7 +30,7 @@ class SimClient:
     __slots__ = (
         "idx", "tenant", "user", "client_id", "group", "prefixes", "config", "rng", "queue", "core",
         "alive", "channel", "incarnation", "docs", "doc_queue", "doc_n", "doc_inflight", "doc_batch_n",
-        "ops_left", "last_position", "snapshots", "persist_queue", "created",
+        "ops_left", "last_position", "snapshots", "persist_queue", "created", "timer_ms",
     )
 
     def __init__(self, idx: int, tenant: str, group: int, prefixes: list[str], config: ResolutionConfig,
@@ -53,6 +53,7 @@ class SimClient:
         self.ops_left = 0
         self.snapshots = 0
         self.created = 0
+        self.timer_ms: int | None = None  # the simulator's one live tick for this client
         self.start()
 
     def start(self) -> None:
@@ -126,6 +127,17 @@ class SimClient:
 
     def doc_text(self, stream: str) -> str:
         return str(self.doc(stream).get("text", type=pycrdt.Text))
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        """When a tick has something to do: the core's deadline, or the doc queue's."""
+        d = self.core.next_deadline()
+        if self.doc_inflight:
+            doc = min(t for _, t in self.doc_inflight.values()) + DOC_ACK_TIMEOUT_MS + 1
+        elif self.doc_queue and self.core.state.value == "online":
+            doc = now_ms + 1
+        else:
+            return d
+        return doc if d is None else min(d, doc)
 
     @property
     def pending(self) -> int:

@@ -55,13 +55,19 @@ TAGS = ("red", "green", "blue", "amber", "violet", "teal")
 
 # Kinds of scheduled happenings.
 UP, DOWN, ACCEPT, CONNECT_FAIL, CLIENT_CLOSED, SERVER_DROP, WAKE, SERVER_TICK, CLIENT_TICK, FAULT, SAMPLE, \
-    CONSUME, CHECK = range(13)
+    CONSUME, CHECK, HANDSHAKE = range(14)
 KIND_NAMES = ("up", "down", "accept", "connect_fail", "client_closed", "server_drop", "wake", "server_tick",
-              "client_tick", "fault", "sample", "consume", "check")
+              "client_tick", "fault", "sample", "consume", "check", "handshake")
 IN_FLIGHT = frozenset({UP, DOWN, ACCEPT, CONNECT_FAIL, CLIENT_CLOSED, SERVER_DROP})
+# Heartbeats in flight do not hold quiescence back: with a thousand clients one is
+# always on the wire, and they change nothing a checker looks at.
+HEARTBEATS = frozenset({"ping", "pong"})
 
 SERVER_TICK_MS = 100
+# Client cores are ticked on a 250 ms grid, but only at the grid points where one has
+# something to do (its ``next_deadline``): an idle client costs nothing between them.
 CLIENT_TICK_MS = 250
+TRACE_FLUSH_ENTRIES = 4_096  # trace lines hashed per ``update`` (the hash is over the joined lines)
 SAMPLE_MS = 1_000
 CONNECT_TIMEOUT_MS = 3_000
 
@@ -150,6 +156,7 @@ class Simulation:
         }
         self.quiet_since: int | None = None
         self.quiesced_at: int | None = None
+        self._ticks: dict[int, list[int]] = {}  # grid time -> clients to tick then
         self._plan_faults()
 
     # ------------------------------------------------------------ setup
@@ -215,13 +222,12 @@ class Simulation:
             self._at(250, CONSUME, None)
         self._at(d, FAULT, ("quiet", None))
         self._at(SERVER_TICK_MS, SERVER_TICK, None)
-        self._at(CLIENT_TICK_MS, CLIENT_TICK, None)
         self._at(SAMPLE_MS, SAMPLE, None)
 
     # ------------------------------------------------------------ scheduling
     def _at(self, t: int, kind: int, a: Any, b: Any = None) -> None:
         self._seq += 1
-        if kind in IN_FLIGHT:
+        if kind in IN_FLIGHT and (b is None or b["t"] not in HEARTBEATS):
             self._in_flight += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
@@ -237,10 +243,11 @@ class Simulation:
         pop = heapq.heappop
         trace = self._trace
         recent = self._recent
+        buf: list[str] = []
         last_report = 0
         while heap and self._stopped is None:
             t, _, kind, a, b = pop(heap)
-            if kind in IN_FLIGHT:
+            if kind in IN_FLIGHT and (b is None or b["t"] not in HEARTBEATS):
                 self._in_flight -= 1
             if t > deadline:
                 break
@@ -249,8 +256,11 @@ class Simulation:
             line = self._dispatch(kind, a, b)
             if line is not None:
                 entry = f"{self.step}|{t}|{KIND_NAMES[kind]}|{line}"
-                trace.update(entry.encode())
+                buf.append(entry)
                 recent.append(entry)
+                if len(buf) >= TRACE_FLUSH_ENTRIES:
+                    trace.update(("\n".join(buf) + "\n").encode())
+                    buf.clear()
             if self.quiesced_at is not None:
                 break
             if stop_at is not None and self.step >= stop_at:
@@ -258,6 +268,8 @@ class Simulation:
             if self.progress is not None and t - last_report >= 1_000:
                 last_report = t
                 self.progress(min(t, deadline), deadline)
+        if buf:
+            trace.update(("\n".join(buf) + "\n").encode())
         if self._stopped is None and stop_at is None:
             if self.quiesced_at is None:
                 stuck = [c.describe() for c in self.clients if not c.settled()][:3]
@@ -301,16 +313,7 @@ class Simulation:
             self._at(self.now_ms + SERVER_TICK_MS, SERVER_TICK, None)
             return f"{len(out)}" if out else None
         if kind == CLIENT_TICK:
-            now = self.now_ms
-            for c in self.clients:
-                if c.alive:
-                    out = c.core.tick(now)
-                    if out:
-                        self._route_client(c, out)
-                    if c.doc_queue:
-                        for m in c.doc_sends(now):
-                            self._send_up(c, m)
-            self._at(now + CLIENT_TICK_MS, CLIENT_TICK, None)
+            self._client_tick(a)
             return None
         if kind == WAKE:
             return self._wake(self.clients[a])
@@ -335,6 +338,8 @@ class Simulation:
             return f"{a.client}"
         if kind == FAULT:
             return self._fault(*a)
+        if kind == HANDSHAKE:
+            return self._handshake_timeout(a)
         if kind == SAMPLE:
             self.metrics["queue_depth"].append((self.now_ms, sum(c.pending for c in self.clients)))
             self._at(self.now_ms + SAMPLE_MS, SAMPLE, None)
@@ -352,6 +357,8 @@ class Simulation:
         self.metrics["reconnects"] += 1
         ch = Channel(c.idx, (c.channel.gen + 1) if c.channel else c.incarnation * 100_000 + self.step)
         c.channel = ch
+        if self.scenario.handshake_timeout_ms:
+            self._at(self.now_ms + self.scenario.handshake_timeout_ms, HANDSHAKE, ch)
         if not self.net.reachable(c.idx):
             self._at(self.now_ms + CONNECT_TIMEOUT_MS, CONNECT_FAIL, ch)
             return
@@ -371,6 +378,22 @@ class Simulation:
         self._route_client(c, c.core.connected(self.now_ms))
         self._route_server(out)
         return f"{ch.client} conn={conn_id}"
+
+    def _handshake_timeout(self, ch: Channel) -> str | None:
+        """The shell gives up on a connection attempt that brought no ``welcome``.
+
+        The client kit's core waits in CONNECTING without a deadline, so a partition
+        that cuts a client while it connects (before the accept, or between ``hello``
+        and ``welcome``) leaves it there for good (reported to clientkit). Scenarios
+        with ``handshake_timeout_ms`` model a shell that closes such an attempt and
+        lets the core back off and try again."""
+        c = self.clients[ch.client]
+        if c.channel is not ch or not c.alive or c.core.state.value != "connecting":
+            return None
+        self.metrics["handshake_timeouts"] = self.metrics.get("handshake_timeouts", 0) + 1
+        self._close(c, notify_server=True)
+        self._route_client(c, c.core.disconnected(self.now_ms, "handshake_timeout"))
+        return f"{ch.client}"
 
     def _close(self, c: SimClient, notify_server: bool) -> None:
         ch = c.channel
@@ -449,6 +472,8 @@ class Simulation:
             self._at(self.now_ms + 1_000, FAULT, ("restart", c.idx))
             return f"{ch.client}<{t}:exception"
         self._route_client(c, out)
+        if t == "error":
+            self._arm(c, self.now_ms + 1)  # the core may have freed its send window: tick it soon
         return f"{ch.client}<{t}:{detail}"
 
     def _route_client(self, c: SimClient, outs: list) -> None:
@@ -474,6 +499,46 @@ class Simulation:
             elif tp is StateChanged and o.new.value == "online":
                 for m in c.doc_sends(self.now_ms):
                     self._send_up(c, m)
+        self._arm(c)
+
+    # ------------------------------------------------------------ client timers
+    def _arm(self, c: SimClient, due_ms: int | None = None) -> None:
+        """Make sure ``c`` is ticked at the first grid point at or after its next deadline.
+
+        Called after every interaction with a client core. A client keeps at most one
+        live timer (``c.timer_ms``); an earlier deadline re-arms it, and the entry left
+        in the later bucket is skipped when that bucket fires."""
+        if not c.alive:
+            return
+        d = c.next_deadline(self.now_ms)
+        if due_ms is not None:
+            d = due_ms if d is None else min(d, due_ms)
+        if d is None:
+            return
+        g = -(-max(d, self.now_ms + 1) // CLIENT_TICK_MS) * CLIENT_TICK_MS
+        if c.timer_ms is not None and c.timer_ms <= g:
+            return
+        c.timer_ms = g
+        bucket = self._ticks.get(g)
+        if bucket is None:
+            bucket = self._ticks[g] = []
+            self._at(g, CLIENT_TICK, g)
+        bucket.append(c.idx)
+
+    def _client_tick(self, g: int) -> None:
+        now = self.now_ms
+        for idx in self._ticks.pop(g, ()):
+            c = self.clients[idx]
+            if c.timer_ms != g:
+                continue  # re-armed earlier and already ticked, or a duplicate entry
+            c.timer_ms = None
+            if not c.alive:
+                continue
+            self._route_client(c, c.core.tick(now))  # re-arms
+            if c.doc_queue:
+                for m in c.doc_sends(now):
+                    self._send_up(c, m)
+                self._arm(c)
 
     def _applied(self, c: SimClient, events: list[dict]) -> None:
         self.checkers.on_applied(c, events)

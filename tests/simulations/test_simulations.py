@@ -74,6 +74,20 @@ def test_cursor_reset_client_is_caught():
     assert _names(result) & {"applied_once", "monotonic_reads"}
 
 
+def test_core_stranded_in_connecting_is_caught():
+    # clientkit's core waits for ``welcome`` without a deadline: a partition between
+    # ``hello`` and ``welcome`` strands it. Without the shell's handshake timeout the
+    # liveness checker names it (a hypothesis example found this seed).
+    base = scenarios.get("docs-partitions")
+    sc = base.with_(ops_per_client=8, duration_ms=10_000, handshake_timeout_ms=0,
+                    faults=scenarios.Faults(partitions=2, server_restarts=1))
+    stranded, _ = run(sc, Params(clients=6, seed=1001))
+    assert "liveness" in _names(stranded) and "'connecting'" in str(stranded.violations[0])
+    healed, sim = run(sc.with_(handshake_timeout_ms=10_000), Params(clients=6, seed=1001))
+    assert healed.ok, sim.failure(healed)
+    assert healed.metrics["handshake_timeouts"] >= 1
+
+
 def test_flash_crowd_one_room():
     result, sim = run(scenarios.get("flash-crowd"), Params(clients=60, seed=5))
     assert result.ok, sim.failure(result)
