@@ -47,10 +47,19 @@ class Ordering(Enum):
 # --------------------------------------------------------------------------- vector clocks
 
 
+def _sorted(c: dict[str, int]) -> dict[str, int]:
+    # Sorting the keys, not the items: string comparisons instead of tuple ones (3x faster).
+    return {node: c[node] for node in sorted(c)}
+
+
 class VectorClock:
     """An immutable map node -> counter (counters >= 1; absent means 0)."""
 
-    __slots__ = ("_c", "_hash")
+    # ``_c`` is kept sorted by node (the canonical order) except after a merge
+    # added nodes: then ``_sorted`` is False and the first reader of the order
+    # (items, iteration, encodings) sorts it once. Sorting after every merge cost
+    # more than the merge itself for wide clocks; equality and hashing ignore order.
+    __slots__ = ("_c", "_hash", "_sorted")
 
     def __init__(self, counts: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
         items = counts.items() if isinstance(counts, Mapping) else counts
@@ -61,9 +70,10 @@ class VectorClock:
             if n:
                 c[node] = n
         if len(c) > 1:
-            c = dict(sorted(c.items()))
+            c = _sorted(c)
         object.__setattr__(self, "_c", c)
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_sorted", True)
 
     @classmethod
     def _trusted(cls, c: dict[str, int]) -> VectorClock:
@@ -72,7 +82,24 @@ class VectorClock:
         vc = object.__new__(cls)
         object.__setattr__(vc, "_c", c)
         object.__setattr__(vc, "_hash", None)
+        object.__setattr__(vc, "_sorted", True)
         return vc
+
+    @classmethod
+    def _unsorted(cls, c: dict[str, int]) -> VectorClock:
+        # As ``_trusted``, for a dict whose nodes may be out of order.
+        vc = object.__new__(cls)
+        object.__setattr__(vc, "_c", c)
+        object.__setattr__(vc, "_hash", None)
+        object.__setattr__(vc, "_sorted", False)
+        return vc
+
+    def _canonical(self) -> dict[str, int]:
+        """``_c`` in node order (sorted once, on first need; same entries, so still immutable)."""
+        if not self._sorted:
+            object.__setattr__(self, "_c", _sorted(self._c))
+            object.__setattr__(self, "_sorted", True)
+        return self._c
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("VectorClock is immutable")
@@ -88,7 +115,7 @@ class VectorClock:
         return self._c.get(node, 0)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._c)
+        return iter(self._canonical())
 
     def __len__(self) -> int:
         return len(self._c)
@@ -98,7 +125,7 @@ class VectorClock:
 
     def items(self) -> tuple[tuple[str, int], ...]:
         """Entries sorted by node: the canonical order."""
-        return tuple(self._c.items())
+        return tuple(self._canonical().items())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VectorClock):
@@ -182,20 +209,21 @@ class VectorClock:
                     added = True
         if not changed:
             return self if a is self._c else other
-        return VectorClock._trusted(dict(sorted(out.items())) if added else out)
+        in_order = not added and (self._sorted if a is self._c else other._sorted)
+        return VectorClock._trusted(out) if in_order else VectorClock._unsorted(out)
 
     def increment(self, node: str) -> VectorClock:
         if not isinstance(node, str) or not node:
             raise InvalidClock(f"invalid node id {node!r}")
-        out = dict(self._c)
+        out = dict(self._canonical())
         n = out.get(node, 0)
         out[node] = n + 1
-        return VectorClock._trusted(out if n else dict(sorted(out.items())))
+        return VectorClock._trusted(out if n else _sorted(out))
 
     # encodings
     def to_dict(self) -> dict[str, int]:
         """A short dict (for msgpack/JSON wires), keys sorted."""
-        return dict(self._c)
+        return dict(self._canonical())
 
     @classmethod
     def from_dict(cls, data: Any) -> VectorClock:
@@ -298,7 +326,9 @@ class ClockMerger:
         if c is None:
             return self._base
         # New nodes were appended at the end; the canonical order is sorted.
-        vc = VectorClock._trusted(c if len(c) == len(self._base._c) else dict(sorted(c.items())))
+        base = self._base
+        in_order = base._sorted and len(c) == len(base._c)
+        vc = VectorClock._trusted(c) if in_order else VectorClock._unsorted(c)
         self._base, self._c = vc, None  # the dict now belongs to ``vc``: never touch it again
         return vc
 

@@ -31,13 +31,16 @@ class Projection(Generic[S]):
 
     def fold(self, events: Iterable[RecordedEvent], state: S | None = None) -> S:
         s = self.initial() if state is None else state
-        wants = self.wants
+        # Runs once per page and projection: the filter is applied in one
+        # comprehension, and a projection without one sees the page as it is.
+        if self.filter is not None:
+            matches = self.filter.matches
+            events = [e for e in events if matches(e)]
         if self.apply_many is not None:
-            return self.apply_many(s, [e for e in events if wants(e)])
+            return self.apply_many(s, events if isinstance(events, (list, tuple)) else list(events))
         apply = self.apply
         for e in events:
-            if wants(e):
-                s = apply(s, e)
+            s = apply(s, e)
         return s
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..events import RecordedEvent
 from . import Projection
@@ -29,5 +30,22 @@ def apply_stats_event(state: dict[tuple[str, str], StreamStat], e: RecordedEvent
     return state
 
 
+def apply_stats_events(state: dict[tuple[str, str], StreamStat], events: Sequence[RecordedEvent]) -> dict:
+    """``apply_stats_event`` over a page, in one loop (the same result)."""
+    get = state.get
+    for e in events:
+        key = (e.tenant, e.stream)
+        st = get(key)
+        if st is None:
+            st = state[key] = StreamStat(first_position=e.position)
+        st.events += 1
+        st.version = e.version
+        st.last_position = e.position
+        st.last_time_us = e.time_us
+        types = st.types
+        types[e.type] = types.get(e.type, 0) + 1
+    return state
+
+
 def stats_projection() -> Projection[dict]:
-    return Projection("stats", dict, apply_stats_event)
+    return Projection("stats", dict, apply_stats_event, apply_many=apply_stats_events)
