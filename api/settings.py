@@ -67,4 +67,9 @@ class Settings:
     snapshot_chunk_bytes: int = field(default_factory=lambda: _int("SYNCLINE_SNAPSHOT_CHUNK_BYTES", 256 * 1024))
     shutdown_grace_s: float = field(default_factory=lambda: _float("SYNCLINE_SHUTDOWN_GRACE_S", 5.0))
     prune_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_PRUNE_INTERVAL_S", 3600.0))
+    # Yjs documents stay loaded this long after their last connection leaves, and the
+    # least recently used idle ones are unloaded while the loaded total is over the budget.
+    yjs_doc_idle_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_DOC_IDLE_S", 300.0))
+    yjs_doc_memory_budget_bytes: int = field(
+        default_factory=lambda: _int("SYNCLINE_YJS_DOC_MEMORY_BUDGET_BYTES", 256 * 1024 * 1024))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

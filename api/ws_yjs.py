@@ -18,6 +18,7 @@ import pycrdt
 from litestar import WebSocket, websocket
 
 from engine.awareness import AwarenessRegistry
+from engine.doccache import DocumentCache
 from engine.documents import CRDT_UPDATE, Document, SnapshotPolicy
 from engine.errors import ProtocolError, SynclineError
 from engine.events import Actor, NewEvent
@@ -104,9 +105,14 @@ class DocRoom:
         self.document = document
         self.awareness = AwarenessRegistry()
         self.conns: dict[str, YjsConnection] = {}
-        self.inflight = 0  # appends not yet applied; no snapshot while > 0
+        self.inflight = 0  # updates accepted and not yet applied; no snapshot while > 0
         self.snapshotting = False
         self.remote_cb: Any = None
+        # Updates waiting for the next append (update, writer connection), and the task
+        # appending them: see DocRooms.submit.
+        self.pending: list[tuple[bytes, YjsConnection]] = []
+        self.appender: asyncio.Task | None = None
+        self.appended = asyncio.Event()
 
     def broadcast(self, frame: bytes, skip: str | None = None) -> None:
         for cid, c in self.conns.items():
@@ -119,9 +125,17 @@ async def load_document(store: Any, tenant: str, stream: str) -> Document:
     return await history.load_document(store, tenant, stream)
 
 
+# Updates a room holds back before its writers wait for the append in flight: the bound
+# on what one room's writers can queue in memory ahead of the store.
+PENDING_UPDATES_MAX = 2048
+
+
 class DocRooms:
-    """Loaded documents with connections; loaded once per (tenant, doc), dropped when the last
-    connection leaves (after a snapshot when the tail since the last one is long)."""
+    """Loaded documents. A document is loaded once per (tenant, doc) and stays loaded
+    while it has connections (pinned in the :class:`~engine.doccache.DocumentCache`) and
+    for ``yjs_doc_idle_s`` after the last one leaves, so a client that reconnects, or the
+    next visitor, finds it in memory; idle documents, and the least recently used ones
+    past ``yjs_doc_memory_budget_bytes``, are unloaded after a snapshot of their tail."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -129,23 +143,53 @@ class DocRooms:
         self._loading: dict[tuple[str, str], asyncio.Future] = {}
         self.policy = SnapshotPolicy()
         self._tasks: set[asyncio.Task] = set()
+        s = gw.settings
+        self.cache: DocumentCache[tuple[str, str]] = DocumentCache(
+            idle_after_ms=int(s.yjs_doc_idle_s * 1000), memory_budget_bytes=s.yjs_doc_memory_budget_bytes)
+        self._sweeper: asyncio.Task | None = None
+
+    def _sweep_interval_s(self) -> float:
+        return max(0.05, min(self.gw.settings.yjs_doc_idle_s / 4, 10.0))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s())
+            try:
+                self.unload(self.cache.sweep(now_ms=now_ms()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("yjs.sweep_failed")
 
     async def open(self, tenant: str, doc: str) -> DocRoom:
+        """The room, loaded if needed, pinned in the cache: the caller must :meth:`release` it."""
         key = (tenant, doc)
         room = self.rooms.get(key)
-        if room is not None:
-            return room
+        if room is None:
+            room = await self._load(key)
+        if key not in self.cache:
+            self.cache.put(key, room.document, now_ms=now_ms())
+        self.cache.pin(key)
+        self.unload(self.cache.touch(key, now_ms=now_ms()))
+        return room
+
+    async def _load(self, key: tuple[str, str]) -> DocRoom:
         fut = self._loading.get(key)
         if fut is not None:
             return await asyncio.shield(fut)
+        tenant, doc = key
         fut = self._loading[key] = asyncio.get_running_loop().create_future()
         try:
             document = await load_document(self.gw.store, tenant, f"doc/{doc}")
             room = self.rooms[key] = DocRoom(tenant, doc, document)
             room.remote_cb = lambda msg, r=room: self._remote(r, msg)
             self.gw.hub.subscribe(doc_channel(tenant, doc), room.remote_cb)
+            evicted = self.cache.put(key, document, now_ms=now_ms())
             self.gw.metrics.docs_loaded.set(len(self.rooms))
+            if self._sweeper is None:
+                self._sweeper = asyncio.create_task(self._sweep(), name="yjs-doc-sweeper")
             fut.set_result(room)
+            self.unload(evicted)
             return room
         except BaseException as e:
             fut.set_exception(e)
@@ -165,34 +209,119 @@ class DocRooms:
             room.broadcast(encode_awareness(msg["update"]))
 
     def release(self, room: DocRoom) -> None:
-        if room.conns:
-            return
+        """A connection left: unpin; the document stays loaded until it is idle long
+        enough or the memory budget needs the room."""
         key = (room.tenant, room.doc)
-        if self.rooms.get(key) is room:
+        if self.rooms.get(key) is not room:
+            return
+        self.cache.unpin(key)
+        self.unload(self.cache.touch(key, now_ms=now_ms()))
+
+    def unload(self, dropped: list[tuple[tuple[str, str], Document]]) -> None:
+        """Forget rooms the cache dropped, snapshotting the ones with a tail first."""
+        for key, document in dropped:
+            room = self.rooms.get(key)
+            if room is None or room.document is not document:
+                continue
+            if room.conns or room.inflight or room.pending:
+                # Still busy (the cache only sees pins): keep it, it is swept again later.
+                self.cache.put(key, document, now_ms=now_ms())
+                continue
             del self.rooms[key]
             self.gw.hub.unsubscribe(doc_channel(room.tenant, room.doc), room.remote_cb)
             self.gw.metrics.docs_loaded.set(len(self.rooms))
-            if room.document.tail_events and room.inflight == 0:
+            if document.tail_events:
                 self.snapshot_soon(room)
 
     def snapshot_soon(self, room: DocRoom) -> None:
         if room.snapshotting or room.inflight:
             return
         room.snapshotting = True
-        snap = room.document.snapshot()
 
         async def save() -> None:
             try:
-                await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
-                                                  snap.state, snap.checksum)
+                await history.save_doc_snapshot(self.gw.store, room.tenant, room.stream, room.document)
             except Exception:
                 log.exception("yjs.snapshot_failed", stream=room.stream)
             finally:
                 room.snapshotting = False
 
-        t = asyncio.create_task(save())
+        self._spawn(save())
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        t = asyncio.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return t
+
+    # -- the write path ------------------------------------------------------
+
+    async def submit(self, room: DocRoom, update: bytes, conn: "YjsConnection") -> None:
+        """Queue a writer's update for the room's next append. Returns at once unless
+        PENDING_UPDATES_MAX updates already wait (then after the append in flight), so a
+        writer's connection keeps reading while its earlier updates are being committed.
+
+        Rule kept: an update is appended to the log before it is applied or relayed. The
+        updates that arrive while one append is in flight go together in the next one
+        (one ``store.append`` call, one commit: the store's group commit), and are then
+        applied and relayed in arrival order, so readers see them in the writers' order.
+        """
+        room.inflight += 1
+        room.pending.append((update, conn))
+        if room.appender is None:
+            room.appender = self._spawn(self._append_loop(room))
+        while len(room.pending) >= PENDING_UPDATES_MAX and room.appender is not None:
+            room.appended.clear()
+            await room.appended.wait()
+
+    async def _append_loop(self, room: DocRoom) -> None:
+        gw = self.gw
+        try:
+            while room.pending:
+                batch, room.pending = room.pending, []
+                events = [NewEvent(CRDT_UPDATE, data=u, actor=Actor(c.principal.user, c.conn_id)) for u, c in batch]
+                try:
+                    result = await gw.store.append(room.tenant, room.stream, events)
+                except Exception as e:
+                    room.inflight -= len(batch)
+                    self._append_failed(room, batch, e)
+                    continue
+                s = result.streams[0]
+                position, version = s.first_position, s.first_version
+                document = room.document
+                for update, conn in batch:
+                    document.apply_update(update, position=position, version=version)
+                    position += 1
+                    version += 1
+                    # One frame per update, shared by every reader's outbox.
+                    room.broadcast(encode_sync_update(update), skip=conn.conn_id)
+                    conn._relay({"kind": "update", "update": update})
+                room.inflight -= len(batch)
+                gw.metrics.yjs_updates.inc(len(batch))
+                gw.metrics.events_appended.labels("yjs").inc(len(batch))
+                room.appended.set()
+                if room.inflight == 0 and self.policy.due(document):
+                    self.snapshot_soon(room)
+        finally:
+            room.appender = None
+            room.appended.set()
+        if room.conns or room.pending:
+            return
+        self.unload(self.cache.touch((room.tenant, room.doc), now_ms=now_ms()))
+
+    def _append_failed(self, room: DocRoom, batch: list, e: Exception) -> None:
+        """Nothing of the batch was applied or relayed; its writers are closed (they
+        resend what they lack on reconnect, in sync step 2)."""
+        if isinstance(e, SynclineError):
+            code, reason = ws_close_code(e) if e.http_status != 503 else WS_UNAVAILABLE, e.code
+            log.info("yjs.append_failed", code=e.code, error=e.message, updates=len(batch))
+        else:
+            code, reason = 1011, "internal error"
+            log.error("yjs.append_failed", error=repr(e), updates=len(batch))
+        for conn in {id(c): c for _, c in batch}.values():
+            conn.outbox.close(code, reason)
+
+    # -- other ways in ---------------------------------------------------------
 
     def apply_external(self, tenant: str, doc: str, updates: list[bytes], position: int) -> None:
         """Updates appended through REST (an offline client's queue): bring a loaded
@@ -203,6 +332,7 @@ class DocRooms:
         for u in updates:
             room.document.apply_update(u, position=position)
             room.broadcast(encode_sync_update(u))
+        self.unload(self.cache.touch((tenant, doc), now_ms=now_ms()))
 
     async def document_for_read(self, tenant: str, doc: str) -> Document:
         room = self.rooms.get((tenant, doc))
@@ -211,12 +341,15 @@ class DocRooms:
         return await load_document(self.gw.store, tenant, f"doc/{doc}")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        appenders = [r.appender for r in self.rooms.values() if r.appender is not None]
+        if appenders:
+            await asyncio.wait(appenders, timeout=5)
         for room in list(self.rooms.values()):
-            if room.document.tail_events and room.inflight == 0:
-                snap = room.document.snapshot()
+            if room.document.tail_events and room.inflight == 0 and not room.snapshotting:
                 try:
-                    await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
-                                                      snap.state, snap.checksum)
+                    await history.save_doc_snapshot(self.gw.store, room.tenant, room.stream, room.document)
                 except Exception:
                     pass
         if self._tasks:
@@ -291,23 +424,7 @@ class YjsConnection:
             pass
 
     async def apply(self, update: bytes) -> None:
-        room, gw = self.room, self.gw
-        room.inflight += 1
-        try:
-            result = await gw.store.append(
-                room.tenant, room.stream,
-                [NewEvent(CRDT_UPDATE, data=update, actor=Actor(self.principal.user, self.conn_id))],
-            )
-            s = result.streams[0]
-            room.document.apply_update(update, position=s.last_position, version=s.last_version)
-        finally:
-            room.inflight -= 1
-        gw.metrics.yjs_updates.inc()
-        gw.metrics.events_appended.labels("yjs").inc()
-        room.broadcast(encode_sync_update(update), skip=self.conn_id)
-        self._relay({"kind": "update", "update": update})
-        if room.inflight == 0 and gw.yjs.policy.due(room.document):
-            gw.yjs.snapshot_soon(room)
+        await self.gw.yjs.submit(self.room, update, self)
 
     def _relay(self, msg: dict) -> None:
         hub = self.gw.hub
