@@ -405,10 +405,7 @@ class YjsConnection:
             update = msg.update
             if update == EMPTY_UPDATE:
                 return
-            # A writer's live update is news by construction; checking costs a parse of
-            # the document's whole delete set per deleting keystroke (it showed in the
-            # fan-out profile). Step 2 (a peer's whole state) and read-only peers are checked.
-            if (type(msg) is SyncStep2 or not self.writable) and not brings_news(room.document, update):
+            if not brings_news(room.document, update):
                 return
             if not self.writable:
                 self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
