@@ -1,4 +1,5 @@
-"""Tables of the event bus (api/bus/, store/bus/). Migration: store/migrations/versions/0002_bus.py.
+"""Tables of the event bus (api/bus/, store/bus/).
+Migrations: store/migrations/versions/0002_bus.py, 0003_bus_inflight.py.
 
 Every row is scoped by ``scope`` (the group's tenant, or ``"*"`` for a platform group
 that reads all tenants) and ``group_name``. A group's stream of work is split into a
@@ -53,7 +54,10 @@ bus_members = Table(
 
 # Assignment, lease and checkpoint of each partition. ``position``: every event of the
 # partition at or below it is handled (or dead-lettered). ``epoch`` grows with every
-# claim and fences checkpoint writes from a member that lost the lease.
+# claim and fences checkpoint writes from a member that lost the lease. ``inflight``
+# (migration 0003): the owner may have handed events up to here to its handler; written
+# before it does, reset on a clean release, so a new owner that finds it above
+# ``position`` knows the previous owner died with that range in hand.
 bus_partitions = Table(
     "bus_partitions",
     metadata,
@@ -65,6 +69,7 @@ bus_partitions = Table(
     Column("lease_until_us", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
+    Column("inflight", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("scope", "group_name", "partition"),
 )
 

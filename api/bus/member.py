@@ -4,14 +4,20 @@ The group's events are split into partitions by (tenant, stream) (api/bus/events
 A member holds leases on some partitions (store/bus/groups.py says how leases are
 shared out and fenced) and runs one worker task per partition, so events of one
 stream are handled in order, by one member at a time, while partitions run in
-parallel. One reader task per member reads the log (server-side filter, tenant
-scope) and feeds the workers; each worker advances its partition's checkpoint past
-what it handled, dead-lettered, or what the filter skipped.
+parallel. One reader per process and (store, scope, filter) reads the log and hands
+each page to every member attached to it (api/bus/reader.py); a member dispatches the
+events of the partitions it owns to their workers; each worker advances its
+partition's checkpoint past what it handled, dead-lettered, or what the filter skipped.
 
 Delivery is at least once: a checkpoint is written every ``commit_interval_s``, so a
 member that dies hands its partitions over (after its lease expires) with up to that
 much work done but not yet checkpointed, and the next owner delivers it again. The
 idempotent helper (api/bus/idempotent.py) turns that into exactly-once effects.
+
+A handler that kills its process counts as a failed attempt (store/bus/groups.py
+says how: in-flight marks, and attempts recorded before the handler runs where a
+crash is suspected), so a poison event that crashes workers reaches the dead-letter
+queue after ``max_attempts`` crashes instead of being redelivered forever.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +37,13 @@ from engine.events import RecordedEvent
 from engine.filters import EventFilter
 from store.bus import DeadLetter, GroupStore
 from store.bus._db import engines, now_us
-from store.bus.groups import Attempt, Lease
+from store.bus.groups import CRASH_REASON, Attempt, Lease
 from store.bus_schema import SCOPE_ALL
 
 from .delivery import Delivery, Failure, Handler, RetryPolicy, attempt
 from .dlq import DeadLetterQueue
-from .events import event_from_doc, partition_of
+from .events import event_from_doc
+from .reader import LogReader, PageSplit, reader_for
 
 log = logging.getLogger("syncline.bus")
 GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@~+=-")
@@ -56,6 +64,20 @@ def scope_of(tenant: str | None, all_tenants: bool) -> str:
     return SCOPE_ALL if all_tenants else tenant  # type: ignore[return-value]
 
 
+_recorded_attempt_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def recorded_attempt_lock() -> asyncio.Lock:
+    """The process's lock (per event loop) around attempts recorded before they run."""
+    loop = asyncio.get_running_loop()
+    lock = _recorded_attempt_locks.get(loop)
+    if lock is None:
+        lock = _recorded_attempt_locks[loop] = asyncio.Lock()
+    return lock
+
+
 @dataclass
 class MemberStats:
     handled: int = 0
@@ -74,15 +96,27 @@ class _Worker:
         self.dispatched = lease.position  # every event of the partition up to here is queued or skipped
         self.done = lease.position  # ... handled, dead-lettered or skipped
         self.committed = lease.position
+        self.marked = max(lease.inflight, lease.position)  # the durable in-flight mark covers up to here
+        # The previous owner died with events up to here possibly in its handler: until
+        # past it, record every attempt before running it (so a crash counts).
+        self.suspect_until = lease.inflight if lease.inflight > lease.position else 0
         self.attempts = attempts
         self.queue: asyncio.Queue = asyncio.Queue(queue_max)
         self.stopping = False
+        self.idle = False  # waiting for the queue, no event in hand
         self.task: asyncio.Task | None = None
 
     def stop(self) -> None:
         self.stopping = True
+        idle = self.idle
         while not self.queue.empty():  # unblock a reader waiting to put
-            self.queue.get_nowait()
+            item = self.queue.get_nowait()
+            # Page ends queued ahead of any event: nothing of the partition is pending up
+            # to them, so the final checkpoint may pass them.
+            if idle and type(item) is int:
+                self.done = max(self.done, item)
+            else:
+                idle = False
         self.queue.put_nowait(None)
 
 
@@ -108,6 +142,7 @@ class GroupMember:
         dlq: DeadLetterQueue | None = None,
         mirror_checkpoint: bool = True,
         start_at: str = "earliest",
+        mark_ahead: int | None = None,
     ) -> None:
         self.store = store
         self.group = check_group_name(group)
@@ -130,13 +165,16 @@ class GroupMember:
         if start_at not in ("earliest", "latest"):
             raise ValidationError("start_at is 'earliest' (the whole log) or 'latest' (only new events)")
         self.start_at = start_at  # where a group that does not exist yet begins
+        # How far past what is queued the in-flight mark reaches (log positions; see _mark).
+        self.mark_ahead = mark_ahead if mark_ahead is not None else 4 * batch
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
         self._w, _ = engines(store)
         self._workers: dict[int, _Worker] = {}
         self._tasks: list[asyncio.Task] = []
-        self._reset = True
-        self._wake = asyncio.Event()
+        self._reader: LogReader | None = None
+        self._steps: set[asyncio.Future] = set()
+        self._mark_lock = asyncio.Lock()
         self._lease_deadline = 0.0
         self._rebalanced = asyncio.Event()
         self._rebalance_lock = asyncio.Lock()
@@ -157,9 +195,10 @@ class GroupMember:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._heartbeat_loop(), name=f"bus-hb-{self.group}"),
-            loop.create_task(self._read_loop(), name=f"bus-read-{self.group}"),
             loop.create_task(self._commit_loop(), name=f"bus-commit-{self.group}"),
         ]
+        self._reader = reader_for(self)
+        self._reader.attach(self)
         return self
 
     async def stop(self) -> None:
@@ -189,10 +228,23 @@ class GroupMember:
         await self.stop()
 
     async def _cancel_tasks(self) -> None:
+        if self._reader is not None:
+            await self._reader.detach(self)
+            self._reader = None
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await asyncio.gather(*self._steps, return_exceptions=True)
+
+    async def _guarded(self, step: Any) -> Any:
+        """Run a database step of a background loop so that stopping cannot cut it off
+        halfway: a transaction cancelled mid-statement can leave its connection (and on
+        SQLite, the write lock) held. Stopping cancels the loop and waits for the step."""
+        t = asyncio.ensure_future(step)
+        self._steps.add(t)
+        t.add_done_callback(self._steps.discard)
+        return await asyncio.shield(t)
 
     def _filter_doc(self) -> Any:
         f = self.filter
@@ -207,7 +259,7 @@ class GroupMember:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self._rebalance()
+                await self._guarded(self._rebalance())
             except SynclineError as e:  # the database blinked: our leases may lapse; workers pause
                 log.warning("bus %s/%s heartbeat failed: %s", self.scope, self.group, e.code)
 
@@ -249,8 +301,8 @@ class GroupMember:
     def _add_worker(self, w: _Worker) -> None:
         self._workers[w.partition] = w
         w.task = asyncio.get_running_loop().create_task(self._work(w), name=f"bus-p{w.partition}-{self.group}")
-        self._reset = True
-        self._wake.set()
+        if self._reader is not None:
+            self._reader.reset()
 
     async def _stop_worker(self, w: _Worker, *, cancel: bool = False) -> None:
         w.stop()
@@ -274,73 +326,85 @@ class GroupMember:
 
     # ------------------------------------------------------------------ reading
 
-    async def _read_loop(self) -> None:
-        cursor = 0
-        bell = self.store.doorbell
-        while True:
-            try:
-                if self._reset:
-                    self._reset = False
-                    if not self._workers:
-                        self._wake.clear()
-                        await self._wait_wake(self.heartbeat_s)
-                        self._reset = True
-                        continue
-                    cursor = min(w.dispatched for w in self._workers.values())
-                if self.all_tenants:
-                    page = await self.store.read_log(None, after=cursor, limit=self.batch, filter=self.filter,
-                                                     all_tenants=True)
-                else:
-                    page = await self.store.read_log(self.tenant, after=cursor, limit=self.batch, filter=self.filter)
-                # Only workers that have seen everything up to the cursor may take this page
-                # (a partition claimed meanwhile starts from its own checkpoint after a reset).
-                eligible = {p: w for p, w in self._workers.items() if w.dispatched >= cursor and not w.stopping}
-                n = self.partitions
-                chunks: dict[int, list[RecordedEvent]] = {}
-                for ev in page.events:
-                    if not self.include_system and ev.stream[0] == "$":
-                        continue
-                    p = partition_of(ev, n)
-                    w = eligible.get(p)
-                    if w is not None and ev.position > w.dispatched:
-                        chunks.setdefault(p, []).append(ev)
-                for p, evs in chunks.items():
-                    w = eligible[p]
-                    if not w.stopping:
-                        await w.queue.put(evs)  # one item per partition per page: cheap and bounded
-                        w.dispatched = evs[-1].position
-                for w in eligible.values():
-                    if page.next_after > w.dispatched and not w.stopping:
-                        w.dispatched = page.next_after
-                        await w.queue.put(page.next_after)
-                cursor = page.next_after
-                if not page.events and not self._reset:
-                    await bell.wait(cursor, min(self.store.poll_interval_s, self.heartbeat_s))
-            except asyncio.CancelledError:
-                raise
-            except SynclineError as e:
-                log.warning("bus %s/%s read failed: %s", self.scope, self.group, e.code)
-                await asyncio.sleep(0.5)
+    def read_from(self) -> int | None:
+        """Where the shared reader must read from for this member (None: it needs nothing)."""
+        live = [w.dispatched for w in self._workers.values() if not w.stopping]
+        return min(live) if live else None
 
-    async def _wait_wake(self, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+    async def dispatch(self, split: PageSplit, cursor: int) -> None:
+        """Queue a page's events (read after ``cursor``) to the workers of the partitions
+        they belong to: one item per worker per page, the events and the page's end."""
+        page = split.page
+        # Only workers that have seen everything up to the cursor may take this page
+        # (a partition claimed meanwhile starts from its own checkpoint after a reset).
+        eligible = [w for w in self._workers.values() if w.dispatched >= cursor and not w.stopping]
+        if not eligible:
+            return
+        parts = split.by_partition(self.partitions, self.include_system)
+        end = page.next_after
+        for w in eligible:
+            evs = parts.get(w.partition)
+            if evs and evs[0].position <= w.dispatched:  # after a rewind: skip what is queued
+                evs = [ev for ev in evs if ev.position > w.dispatched]
+            if w.stopping:
+                continue
+            if evs:
+                w.dispatched = max(end, evs[-1].position)
+                await w.queue.put((evs, end))
+            elif end > w.dispatched:
+                w.dispatched = end
+                await w.queue.put(end)
 
     # ------------------------------------------------------------------ working
 
     async def _work(self, w: _Worker) -> None:
         while True:
+            w.idle = True
             item = await w.queue.get()
+            w.idle = False
             if w.stopping or item is None:
                 return
-            if type(item) is int:  # a checkpoint mark: everything of this partition up to it is queued
+            kind = type(item)
+            if kind is int:  # a checkpoint mark: everything of this partition up to it is queued
                 w.done = max(w.done, item)
                 continue
-            for one in item if type(item) is list else (item,):
-                if not await self._handle_safely(w, one):
+            if kind is DeadLetter:
+                if not await self._handle_safely(w, item):
                     return
-                if type(one) is not DeadLetter:
-                    w.done = one.position
+                continue
+            evs, upto = item
+            if w.marked < evs[-1].position and not await self._mark(w, evs[-1].position):
+                return
+            for ev in evs:
+                if not await self._handle_safely(w, ev):
+                    return
+                w.done = ev.position
+            w.done = max(w.done, upto)
+
+    async def _mark(self, w: _Worker, need: int) -> bool:
+        """Make the partition's durable in-flight mark cover ``need`` before its events reach
+        the handler. One write covers every worker of this member that needs one, and
+        marks ``mark_ahead`` positions past what each has queued: a mark only has to be
+        at or above what the handler gets (a higher one just widens the range a new
+        owner handles carefully after a crash), so under load one write serves many
+        pages instead of one."""
+        while True:
+            try:
+                async with self._mark_lock:
+                    if w.marked >= need:
+                        return True
+                    ahead = self.mark_ahead
+                    todo = [(x, x.dispatched + ahead) for x in self._workers.values()
+                            if x.dispatched > x.marked and not x.stopping]
+                    await self._gs.mark_inflight(self.id, [(x.partition, x.epoch, upto) for x, upto in todo])
+                    for x, upto in todo:
+                        x.marked = max(x.marked, upto)
+                    return True
+            except SynclineError as e:
+                log.warning("bus %s/%s p%d in-flight mark failed: %s", self.scope, self.group, w.partition, e.code)
+                await asyncio.sleep(0.5)
+                if w.stopping:
+                    return False
 
     async def _handle_safely(self, w: _Worker, item: RecordedEvent | DeadLetter) -> bool:
         while True:
@@ -371,17 +435,40 @@ class GroupMember:
         self, w: _Worker, ev: RecordedEvent, prior: Attempt | None, dead_letter_id: str | None, persist: bool
     ) -> Attempt | None | bool:
         """Deliver until acked (None), out of attempts (the last Attempt), or the partition is
-        gone (False)."""
+        gone (False).
+
+        With ``persist``, every attempt that might crash the process unnoticed is recorded
+        before it runs: retries (the event already failed once) and anything in a range the
+        previous owner died handling. There, the first attempt is recorded as the second:
+        the previous owner's crash is charged to the event only if this attempt dies too
+        (if it returns, its own outcome replaces the record)."""
         n = prior.attempts if prior else 0
         first = prior.first_failure_us if prior else 0
+        suspect = persist and ev.position <= w.suspect_until
+        credit = 1 if suspect and prior is None else 0
         while True:
             if not await self._lease_ok(w):
                 return False
             n += 1
-            failure: Failure | None = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
+            begun = persist and (suspect or n > 1)
+            if begun:
+                # One recorded attempt in flight per process: a crash kills every handler
+                # running in it, and only the one that holds this lock is charged for it.
+                async with recorded_attempt_lock():
+                    if w.stopping:
+                        return False
+                    now = now_us()
+                    charged = n + credit
+                    await self._gs.begin_attempt(w.partition, self.id, Attempt(
+                        ev.id, ev.position, charged, first or now, now,
+                        f"{CRASH_REASON} while handling the event (attempt {charged}, member {self.id})", ""))
+                    failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
+                    if failure is None:
+                        await self._gs.clear_attempt(ev.id)
+            else:
+                failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
+            credit = 0
             if failure is None:
-                if persist and n > 1:
-                    await self._gs.clear_attempt(ev.id)
                 return None
             self.stats.failed_attempts += 1
             now = now_us()
@@ -398,6 +485,9 @@ class GroupMember:
     async def _handle(self, w: _Worker, ev: RecordedEvent) -> bool:
         prior = w.attempts.pop(ev.id, None) if w.attempts else None
         if prior is not None and prior.attempts >= self.policy.max_attempts:
+            if prior.crashed:  # the last allowed attempt killed its worker: no more
+                return await self._dead_letter(w, ev, prior)
+            # (max_attempts was lowered since): one more try
             prior = Attempt(prior.event_id, prior.position, self.policy.max_attempts - 1, prior.first_failure_us,
                             prior.last_failure_us, prior.reason, prior.trace)
         out = await self._run_attempts(w, ev, prior, None, persist=True)
@@ -406,8 +496,11 @@ class GroupMember:
         if out is None:
             self.stats.handled += 1
             return True
+        return await self._dead_letter(w, ev, out)
+
+    async def _dead_letter(self, w: _Worker, ev: RecordedEvent, att: Attempt) -> bool:
         await self.dlq.dead_letter(scope=self.scope, group=self.group, partition=w.partition, event=ev,
-                                   attempt=out, member=self.id)
+                                   attempt=att, member=self.id)
         self.stats.dead_lettered += 1
         return True
 
@@ -431,7 +524,7 @@ class GroupMember:
         while True:
             await asyncio.sleep(self.commit_interval_s)
             try:
-                await self._flush()
+                await self._guarded(self._flush())
             except SynclineError as e:
                 log.warning("bus %s/%s checkpoint failed: %s", self.scope, self.group, e.code)
 

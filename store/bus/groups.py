@@ -14,6 +14,16 @@ that claim at once take disjoint partitions instead of queueing on the same rows
 on SQLite the writer's ``BEGIN IMMEDIATE`` serializes them. Every claim bumps
 ``epoch``; checkpoint writes carry the epoch, so a member that lost a partition
 (paused past its lease, say) cannot move the new owner's checkpoint.
+
+Crashes count as attempts. Before a member hands events of a partition to its handler
+it writes the partition's ``inflight`` mark (``mark_inflight``, one statement for all
+its partitions, coalesced); a clean release resets it. A member that claims a
+partition whose mark is above the checkpoint knows the previous owner died with that
+range in hand, and handles the range carefully: each attempt is recorded in
+``bus_attempts`` (``begin_attempt``) before the handler runs, so a handler that kills
+its process leaves a count behind that the next owner reads. Failing events are
+recorded that way on every retry too; only the first attempt of an event outside a
+suspect range goes without a write, which is what keeps the common path cheap.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ class Lease:
     partition: int
     epoch: int
     position: int
+    inflight: int = 0  # the previous owner may have handed events up to here to its handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,14 @@ class Attempt:
     last_failure_us: int
     reason: str
     trace: str
+
+    @property
+    def crashed(self) -> bool:
+        """The last attempt began and never finished: its worker died in the handler."""
+        return self.reason.startswith(CRASH_REASON)
+
+
+CRASH_REASON = "worker crashed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +170,39 @@ class GroupStore:
                     update(bus_partitions)
                     .where(self._key, p.partition.in_(free))
                     .values(owner=member, epoch=p.epoch + 1, lease_until_us=now + lease_us, updated_us=now)
-                    .returning(p.partition, p.epoch, p.position)
+                    .returning(p.partition, p.epoch, p.position, p.inflight)
                 )
             ).all()
-        return sorted((Lease(r.partition, r.epoch, r.position) for r in rows), key=lambda x: x.partition)
+        return sorted((Lease(r.partition, r.epoch, r.position, r.inflight) for r in rows), key=lambda x: x.partition)
+
+    @db_errors
+    async def mark_inflight(self, member: str, marks: Sequence[tuple[int, int, int]]) -> None:
+        """Write (partition, epoch, position) in-flight marks, fenced like checkpoints.
+
+        On PostgreSQL without waiting for the WAL flush: the mark guards against a worker
+        process dying, and is visible to every other session once committed; a crash of
+        the database itself could lose the last ones, and then that one crash of a
+        handler goes uncounted."""
+        if not marks:
+            return
+        p = bus_partitions.c
+        stmt = (
+            update(bus_partitions)
+            .where(
+                self._key,
+                p.partition == bindparam("b_partition"),
+                p.owner == member,
+                p.epoch == bindparam("b_epoch"),
+                p.inflight < bindparam("b_position"),
+            )
+            .values(inflight=bindparam("b_position"))
+        )
+        async with self._w.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            await conn.execute(
+                stmt, [{"b_partition": a, "b_epoch": e, "b_position": pos} for a, e, pos in marks]
+            )
 
     @db_errors
     async def commit(self, member: str, checkpoints: Sequence[tuple[int, int, int]]) -> None:
@@ -188,7 +236,7 @@ class GroupStore:
             await conn.execute(
                 update(bus_partitions)
                 .where(self._key, p.owner == member, p.partition.in_(list(partitions)))
-                .values(owner=None, lease_until_us=0, updated_us=now_us())
+                .values(owner=None, lease_until_us=0, inflight=0, updated_us=now_us())
             )
 
     @db_errors
@@ -196,7 +244,8 @@ class GroupStore:
         p = bus_partitions.c
         async with self._w.begin() as conn:
             await conn.execute(
-                update(bus_partitions).where(self._key, p.owner == member).values(owner=None, lease_until_us=0)
+                update(bus_partitions).where(self._key, p.owner == member)
+                .values(owner=None, lease_until_us=0, inflight=0)
             )
             await conn.execute(
                 delete(bus_members).where(
@@ -243,6 +292,12 @@ class GroupStore:
         )
         async with self._w.begin() as conn:
             await conn.execute(stmt)
+
+    async def begin_attempt(self, partition: int, member: str, att: Attempt) -> None:
+        """Record an attempt before its handler runs (``att.reason`` = CRASH_REASON...):
+        if the process dies in the handler, the row stays and the next owner counts it;
+        if the handler returns, clear_attempt or record_attempt replace it."""
+        await self.record_attempt(partition, member, att)
 
     @db_errors
     async def clear_attempt(self, event_id: str) -> None:

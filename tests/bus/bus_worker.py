@@ -6,11 +6,15 @@ MODE ``group``: a member of a 16-partition group; ``durable``: a durable subscri
 Tenant ``acme``. Each event is handled with the idempotent helper, which inserts one
 row into ``effects`` (created by the test) in the same transaction; every delivery is
 also printed as ``handled <event id> <stream> <version>`` (at-least-once evidence).
+An event whose payload has ``"kill": true`` makes the handler SIGKILL its own process
+(a poison event that crashes workers); it prints ``handling <event id> <attempt>`` first.
 Runs until killed or until stdin closes.
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +37,9 @@ async def main(url: str, group: str, member_id: str, mode: str, handler_ms: floa
 
     @idempotent
     async def handle(d, conn):
+        if d.event.data.get("kill"):
+            out(f"handling {d.event.id} {d.attempt}")
+            os.kill(os.getpid(), signal.SIGKILL)
         out(f"handled {d.event.id} {d.event.stream} {d.event.version}")
         if handler_ms:
             await asyncio.sleep(handler_ms / 1000)
