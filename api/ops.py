@@ -14,7 +14,7 @@ from engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
 from .auth import Principal
 from .errors import TenantViolation
 
-OPS_MAX = 500
+OPS_MAX = 2000
 
 
 def default_resolution() -> ResolutionConfig:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from engine.errors import ValidationError
@@ -35,8 +37,40 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=4096)
+def _iso_time(time_us: int) -> str:
+    # Exactly RecordedEvent.to_wire's "time". Formatting a datetime was a third of the
+    # gateway's CPU when streaming a catch-up; the events of one append share their time.
+    return datetime.fromtimestamp(time_us / 1_000_000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=4096)
+def _actor_wire(actor: Actor) -> dict[str, str]:
+    return {"user": actor.user, "client": actor.client}
+
+
+_RETENTION = {r: r.value for r in Retention}
+
+
 def events_wire(events: Iterable[RecordedEvent]) -> list[dict[str, Any]]:
-    return [e.to_wire() for e in events]
+    """``[e.to_wire() for e in events]``, cheaper: the ISO time formatted once per distinct
+    time, actor maps shared, plain-dict clocks and metas not copied. The result is for
+    encoding at once (frames, responses): treat it as read-only."""
+    return [{
+        "id": e.id,
+        "tenant": e.tenant,
+        "stream": e.stream,
+        "version": e.version,
+        "position": e.position,
+        "type": e.type,
+        "schema": e.schema,
+        "time": _iso_time(e.time_us),
+        "actor": _actor_wire(e.actor),
+        "clock": e.clock if type(e.clock) is dict else dict(e.clock),
+        "data": e.data,
+        "meta": e.meta if type(e.meta) is dict else dict(e.meta),
+        "retention": _RETENTION[e.retention],
+    } for e in events]
 
 
 def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = None, client: str = "",

@@ -33,7 +33,7 @@ from rich.table import Table  # noqa: E402
 from clientkit.client import SynclineClient  # noqa: E402
 from clientkit.core import SessionCore  # noqa: E402
 from clientkit.queue import SqliteOpQueue  # noqa: E402
-from conftest import ServerProcess, token  # noqa: E402  (the tests' server launcher)
+from ck_support import ServerProcess, token  # noqa: E402  (the tests' server launcher)
 
 console = Console(highlight=False)
 
@@ -47,7 +47,7 @@ async def drain(server: ServerProcess, ops: int, tmp: Path) -> dict:
     for i in range(ops):
         core.set(f"rec/items/{i % records}", {"n": i, "title": f"item {i}"}, now)
     q.close()
-    c = SynclineClient(server.url, token("alice"), user="alice", queue_path=qpath, batch_size=500, max_inflight=4)
+    c = SynclineClient(server.url, token("alice"), user="alice", queue_path=qpath, batch_size=2000, max_inflight=4)
     t0 = time.perf_counter()
     await c.start()
     await c.wait_until(lambda: c.pending == 0, 300)

@@ -1,4 +1,8 @@
-"""Fixtures for the client kit tests: a real gateway process on a real port."""
+"""Helpers for the client kit tests: a real gateway process on a real port, tokens, the log.
+
+A module of its own (not ``conftest``): ``tests/api`` has a ``conftest`` too, and a
+``from conftest import ...`` picks whichever was imported first when both suites run.
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import jwt
-import pytest
 
 SECRET = "clientkit-test-secret-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,27 +65,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = ServerProcess(tmp_path / "server.db").start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    started: list[ServerProcess] = []
-
-    def make(**kw) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"server{len(started)}.db", **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()
 
 
 def read_log(server: ServerProcess, tok: str) -> list[dict]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from conftest import ROOT, ServerProcess, read_log, token
+from ck_support import ROOT, ServerProcess, read_log, token
 
 from clientkit.client import SynclineClient
 from clientkit.errors import ConnectionClosed
