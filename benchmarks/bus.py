@@ -1,14 +1,17 @@
 """Benchmark: the event bus end to end, publish -> handler, against Redis Streams.
 
-    python benchmarks/bus.py [--quick] [--pg-url URL] [--redis-url URL]
+    python benchmarks/bus.py [--quick] [--runs N] [--pg-url URL] [--redis-url URL]
 
 Flows, each in one process (publisher and consumers share one event loop):
   * broadcast subscriber on SQLite and PostgreSQL;
-  * a consumer group of 4 members (16 partitions) on SQLite and PostgreSQL;
+  * a consumer group of 4 members (16 partitions) on SQLite and PostgreSQL; the members
+    share the process's one log reader (api/bus/reader.py);
   * the anchor: Redis Streams, XADD (pipelined) + XREADGROUP with 4 consumers + XACK.
 Throughput: publish N events as fast as possible (batches of 100, 50 streams) and time
 until the last is handled. Latency: each event carries its publish time; p50/p99 of
-handler time minus publish time, at full speed and paced at 5,000 events/s.
+handler time minus publish time, at full speed and paced at 5,000 events/s. With
+``--runs N`` every flow runs N times (interleaved) and the medians are reported: on a
+shared 2-core machine single runs vary by 2x.
 
 Without URLs (and without SYNCLINE_TEST_PG_URL / SYNCLINE_TEST_REDIS_URL), a private
 PostgreSQL and Redis are started on free ports and removed afterwards.
@@ -24,6 +27,7 @@ import logging
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -248,30 +252,35 @@ async def run_redis_flow(url: str, n: int, rate: float | None, consumers: int = 
 
 # --------------------------------------------------------------------- main
 
-async def bench(pg_url: str, redis_url: str, quick: bool) -> dict:
+def _median(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+async def bench(pg_url: str, redis_url: str, quick: bool, runs: int = 1) -> dict:
     n = 5_000 if quick else 30_000
     paced_n = 5_000 if quick else 15_000
-    rows: list[tuple[str, str, dict]] = []
+    results: dict[tuple[str, str], list[dict]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="syncline-bench-bus-"))
     db_name = f"bus_bench_{os.getpid()}"
     pg = await fresh_pg_database(pg_url, db_name)
     try:
-        for backend, url in (("sqlite", f"sqlite+aiosqlite:///{tmp}/bus.db"), ("postgres", pg)):
-            for kind in ("broadcast", "group4"):
-                r = await run_store_flow(url, kind, n, None)
-                rows.append((backend, kind, r))
-                console.log(f"{backend} {kind} flat out: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
-                r = await run_store_flow(url, kind, paced_n, 5000)
-                rows.append((backend, f"{kind} @5k/s", r))
-                console.log(f"{backend} {kind} @5k/s: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
-        r = await run_redis_flow(redis_url, n, None)
-        rows.append(("redis streams", "group4", r))
-        r = await run_redis_flow(redis_url, paced_n, 5000)
-        rows.append(("redis streams", "group4 @5k/s", r))
+        for _ in range(runs):
+            for backend, url in (("sqlite", f"sqlite+aiosqlite:///{tmp}/bus.db"), ("postgres", pg)):
+                for kind in ("broadcast", "group4"):
+                    r = await run_store_flow(url, kind, n, None)
+                    results.setdefault((backend, kind), []).append(r)
+                    console.log(f"{backend} {kind} flat out: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
+                    r = await run_store_flow(url, kind, paced_n, 5000)
+                    results.setdefault((backend, f"{kind} @5k/s"), []).append(r)
+                    console.log(f"{backend} {kind} @5k/s: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
+            results.setdefault(("redis streams", "group4"), []).append(await run_redis_flow(redis_url, n, None))
+            results.setdefault(("redis streams", "group4 @5k/s"), []).append(
+                await run_redis_flow(redis_url, paced_n, 5000))
     finally:
         await drop_pg_database(pg_url, db_name)
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"rows": rows, "n": n, "paced_n": paced_n}
+    rows = [(b, k, _median(rs)) for (b, k), rs in results.items()]
+    return {"rows": rows, "n": n, "paced_n": paced_n, "runs": runs}
 
 
 def report(result: dict) -> dict:
@@ -279,7 +288,7 @@ def report(result: dict) -> dict:
     get = {(b, k): r for b, k, r in rows}
     table = Table("backend", "flow", "events/s", "p50 ms", "p99 ms",
                   title=f"event bus: publish -> handler ({result['n']} events flat out, {result['paced_n']} paced; "
-                        f"{os.cpu_count()} cores)")
+                        f"median of {result['runs']} runs; {os.cpu_count()} cores)")
     for b, k, r in rows:
         table.add_row(b, k, f"{r['eps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
     Console().print(table)
@@ -316,12 +325,14 @@ def report(result: dict) -> dict:
         "sqlite_group4_eps": round(get[("sqlite", "group4")]["eps"]),
         "redis_streams_p99_ms_at_5k": round(get[("redis streams", "group4 @5k/s")]["p99_ms"], 1),
         "cores": os.cpu_count(),
+        "runs": result["runs"],
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=1, help="run every flow N times and report the medians")
     ap.add_argument("--pg-url", default=os.environ.get("SYNCLINE_BENCH_PG_URL") or os.environ.get("SYNCLINE_TEST_PG_URL"))
     ap.add_argument("--redis-url", default=os.environ.get("SYNCLINE_BENCH_REDIS_URL")
                     or os.environ.get("SYNCLINE_TEST_REDIS_URL"))
@@ -330,7 +341,7 @@ def main() -> None:
     with ExitStack() as stack:
         pg_url = args.pg_url or start_postgres(stack)
         redis_url = args.redis_url or start_redis(stack)
-        result = asyncio.run(bench(pg_url, redis_url, args.quick))
+        result = asyncio.run(bench(pg_url, redis_url, args.quick, max(1, args.runs)))
     print(json.dumps(report(result)))
 
 

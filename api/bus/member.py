@@ -216,6 +216,7 @@ class GroupMember:
         """Stop without checkpointing or releasing anything, as a crash would (for tests)."""
         await self._cancel_tasks()
         for w in self._workers.values():
+            w.stop()  # frees its queue: the shared reader may be waiting to put into it
             if w.task is not None:
                 w.task.cancel()
         await asyncio.gather(*(w.task for w in self._workers.values() if w.task), return_exceptions=True)
