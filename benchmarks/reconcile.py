@@ -105,7 +105,9 @@ def generate(seed: int) -> tuple[list[list[ClientOp]], int]:
             names = last_fields[r]
         else:
             base = full[r]
-            names = tuple(set(rng.choices(FIELDS, FIELD_WEIGHTS, k=rng.randint(1, 3))))
+            # dict.fromkeys, not set: a set's order depends on the hash seed, and the
+            # workload must be the same in every process.
+            names = tuple(dict.fromkeys(rng.choices(FIELDS, FIELD_WEIGHTS, k=rng.randint(1, 3))))
         counts = dict(base.items())
         counts[client] = max(counts.get(client, 0), n_own)
         clock = VectorClock(counts)
