@@ -1,4 +1,4 @@
-"""The client kit against a real gateway process on a real port (tests/clientkit/conftest.py)."""
+"""The client kit against a real gateway process on a real port (tests/clientkit/ck_support.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -273,3 +273,32 @@ async def test_partitioned_clients_heal_to_identical_state_manual_conflict_once(
     assert len(seen["alice"]) == len(seen["bob"]) == 1
     await a.close()
     await b.close()
+
+
+async def test_restart_resumes_from_the_saved_replica_and_position(server, tmp_path):
+    cfg = _config()
+    path = tmp_path / "alice.queue.db"
+    a = SynclineClient(server.url, token("alice"), user="alice", config=cfg, queue_path=path)
+    await a.start()
+    for i in range(30):
+        a.set(f"rec/notes/{i % 3}", {"body": f"v{i}", "likes": 1})
+    await a.wait_synced(20)
+    saved_position, saved = a.core.position, a.core.replica.confirmed_values()
+    await a.close()  # saves the replica with its position
+
+    b = SynclineClient(server.url, token("bob"), user="bob", config=cfg)
+    await b.start()
+    b.set("rec/notes/0", {"likes": 5})
+    await b.wait_synced(20)
+    await b.close()
+
+    again = SynclineClient(server.url, token("alice"), user="alice", config=cfg, queue_path=path)
+    assert again.core.position == saved_position  # before any connection: read from the file
+    assert again.core.replica.confirmed_values() == saved and again.get("rec/notes/0")["likes"] == 10
+    positions: list[int] = []
+    again.on("on_events", lambda evs: positions.extend(e["position"] for e in evs))
+    await again.start()
+    await again.wait_until(lambda: again.get("rec/notes/0")["likes"] == 15, 20)
+    await again.wait_synced(20)
+    assert positions and min(positions) > saved_position  # caught up from its position, not from 0
+    await again.close()
