@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 import pycrdt
@@ -46,11 +47,12 @@ from .errors import WS_FORBIDDEN, WS_GOING_AWAY, WS_PROTOCOL, WS_UNAVAILABLE, Un
 from .gateway import Gateway
 from .hub import doc_channel
 from .logging import clear, log
-from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
+from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, query_params, refuse
 
 DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
 SNAPSHOT_KIND = history.DOC_SNAPSHOT_KIND
 ENDPOINT = "yjs"
+_INF = float("inf")
 
 
 def now_ms() -> int:
@@ -69,20 +71,48 @@ def _delete_set(ds: bytes) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def _covered(ranges: list[tuple[int, int]], clock: int, length: int) -> bool:
+def _covered(ranges: list[tuple[int, int]] | None, clock: int, length: int) -> bool:
+    """Whether ``[clock, clock + length)`` lies in one range of a sorted, merged list."""
+    if not ranges:
+        return False
+    i = bisect_right(ranges, (clock, _INF)) - 1
+    return i >= 0 and ranges[i][0] + ranges[i][1] >= clock + length
+
+
+def _add_range(ranges: list[tuple[int, int]], clock: int, length: int) -> None:
+    """Insert ``[clock, clock + length)`` into a sorted, merged list, merging neighbours."""
     end = clock + length
-    for start, n in sorted(ranges):
-        if start <= clock < start + n:
-            clock = start + n
-            if clock >= end:
-                return True
-    return clock >= end
+    i = bisect_left(ranges, (clock,))
+    if i and ranges[i - 1][0] + ranges[i - 1][1] >= clock:
+        i -= 1
+        clock = ranges[i][0]
+        end = max(end, clock + ranges[i][1])
+    j = i
+    while j < len(ranges) and ranges[j][0] <= end:
+        end = max(end, ranges[j][0] + ranges[j][1])
+        j += 1
+    ranges[i:j] = [(clock, end - clock)]
 
 
-def brings_news(document: Document, update: bytes) -> bool:
+def _merged(ds: dict[int, list[tuple[int, int]]]) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = {}
+    for client, ranges in ds.items():
+        merged = out[client] = []
+        for clock, length in sorted(ranges):
+            if length > 0:
+                _add_range(merged, clock, length)
+    return out
+
+
+def brings_news(document: Document, update: bytes, room: "DocRoom | None" = None) -> bool:
     """Whether an update adds structs or deletions the document lacks. A peer's sync
     step 2 always carries its whole delete set, so "nothing new" is the common case for a
-    client that only reads; appending it would fill the log with no-ops."""
+    client that only reads; appending it would fill the log with no-ops.
+
+    The document's own delete set is parsed once per room and then kept up to date as
+    updates are applied (:meth:`DocRoom.note_applied`), not re-read for every deleting
+    keystroke. It only ever under-states the document's deletions (when unsure it is
+    dropped and parsed again), so the answer errs towards "news", which is harmless."""
     sv = document.state_vector()
     diff = pycrdt.get_update(update, sv)
     if diff[0] != 0:
@@ -91,10 +121,14 @@ def brings_news(document: Document, update: bytes) -> bool:
         theirs = _delete_set(diff[1:])
         if not theirs:
             return False
-        ours = _delete_set(document.diff(sv)[1:])
+        ours = room.deleted if room is not None else None
+        if ours is None:
+            ours = _merged(_delete_set(document.diff(sv)[1:]))
+            if room is not None:
+                room.deleted = ours
     except Exception:
         return True  # when in doubt, keep it: a redundant update is harmless
-    return any(not _covered(ours.get(c, []), clock, n) for c, rs in theirs.items() for clock, n in rs)
+    return any(not _covered(ours.get(c), clock, n) for c, rs in theirs.items() for clock, n in rs)
 
 
 class DocRoom:
@@ -113,6 +147,26 @@ class DocRoom:
         self.pending: list[tuple[bytes, YjsConnection]] = []
         self.appender: asyncio.Task | None = None
         self.appended = asyncio.Event()
+        # The document's delete set (client -> sorted, merged ranges) for brings_news;
+        # None until first needed or after an update it cannot follow cheaply.
+        self.deleted: dict[int, list[tuple[int, int]]] | None = None
+
+    def note_applied(self, update: bytes) -> None:
+        """Keep :attr:`deleted` in step with an update just applied to the document."""
+        ds = self.deleted
+        if ds is None or not update or update[-1] == 0:
+            return  # not tracked, or the update's delete set adds nothing (it ends in a 0 count)
+        if update[0] != 0:
+            self.deleted = None  # structs and deletions: re-read the delete set when next needed
+            return
+        try:
+            for client, ranges in _delete_set(update[1:]).items():
+                mine = ds.setdefault(client, [])
+                for clock, length in ranges:
+                    if length > 0:
+                        _add_range(mine, clock, length)
+        except Exception:
+            self.deleted = None
 
     def broadcast(self, frame: bytes, skip: str | None = None) -> None:
         for cid, c in self.conns.items():
@@ -204,6 +258,7 @@ class DocRooms:
             return
         if msg.get("kind") == "update":
             room.document.apply_update(msg["update"])
+            room.note_applied(msg["update"])
             room.broadcast(encode_sync_update(msg["update"]))
         elif msg.get("kind") == "awareness":
             room.broadcast(encode_awareness(msg["update"]))
@@ -291,6 +346,7 @@ class DocRooms:
                 document = room.document
                 for update, conn in batch:
                     document.apply_update(update, position=position, version=version)
+                    room.note_applied(update)
                     position += 1
                     version += 1
                     # One frame per update, shared by every reader's outbox.
@@ -331,6 +387,7 @@ class DocRooms:
             return
         for u in updates:
             room.document.apply_update(u, position=position)
+            room.note_applied(u)
             room.broadcast(encode_sync_update(u))
         self.unload(self.cache.touch((tenant, doc), now_ms=now_ms()))
 
@@ -405,7 +462,7 @@ class YjsConnection:
             update = msg.update
             if update == EMPTY_UPDATE:
                 return
-            if not brings_news(room.document, update):
+            if not brings_news(room.document, update, room):
                 return
             if not self.writable:
                 self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
@@ -453,7 +510,7 @@ async def yjs_ws(socket: WebSocket, doc: str) -> None:
     if not principal.can(READ):
         await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "forbidden")
         return
-    wanted = socket.query_params.get("tenant")
+    wanted = query_params(socket).get("tenant")
     if wanted and wanted != principal.tenant:
         await gw.security_event(principal, "cross_tenant_ws", target=wanted[:80], endpoint=ENDPOINT)
         await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "tenant_violation")

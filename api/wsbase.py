@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from typing import Any
+from urllib.parse import parse_qsl
 
 from litestar import WebSocket
 
 from .auth import Principal, bearer_token
-from .errors import TokenMalformed, Unauthenticated, WS_TRY_AGAIN
+from .errors import Unauthenticated, WS_TRY_AGAIN
 from .gateway import Gateway
 from .logging import bind, log
 
@@ -18,14 +20,23 @@ _CLOSE = object()
 
 
 def query_params(socket: WebSocket) -> dict[str, str]:
-    return {k: v for k, v in socket.query_params.items()}
+    """The query string as a dict (last value wins), parsed from the scope each time:
+    Litestar's ``socket.query_params`` caches a multi-dict in the scope, which an idle
+    connection would keep for its whole life."""
+    raw = socket.scope.get("query_string") or b""
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+
+
+def _authorization(socket: WebSocket) -> dict[str, str]:
+    """Only the ``Authorization`` header, read from the scope (no cached Headers object)."""
+    for name, value in socket.scope.get("headers") or ():
+        if name == b"authorization":
+            return {"authorization": value.decode("latin-1")}
+    return {}
 
 
 def authenticate(gw: Gateway, socket: WebSocket) -> Principal:
-    try:
-        token = bearer_token(socket.headers, query_params(socket))
-    except TokenMalformed:
-        raise
+    token = bearer_token(_authorization(socket), query_params(socket))
     try:
         return gw.verifier.verify(token)
     except Unauthenticated as e:
@@ -34,62 +45,95 @@ def authenticate(gw: Gateway, socket: WebSocket) -> Principal:
 
 
 class Outbox:
-    """Frames to one socket, written in order by one task. Bounded: a consumer that falls
-    this far behind is closed with 1013 and resumes from its cursor (the log keeps the data)."""
+    """Frames to one socket, written in order by at most one task at a time. Bounded: a
+    consumer that falls this far behind is closed with 1013 and resumes from its cursor
+    (the log keeps the data).
+
+    An idle connection holds no queue and no task: the frames wait in a deque made on
+    the first :meth:`put`, and the writer task exists only while frames are waiting —
+    it drains the deque and ends (a :meth:`put` after that starts a new one). Frames go
+    straight to the ASGI ``send`` (Litestar's state check kept, its per-frame helper
+    coroutines skipped), and the ``out`` counter is bumped once per drained run."""
+
+    __slots__ = ("socket", "endpoint", "metrics", "_send", "frames", "closed", "close_code", "task")
 
     def __init__(self, socket: WebSocket, endpoint: str, metrics: Any) -> None:
         self.socket = socket
         self.endpoint = endpoint
         self.metrics = metrics
-        self.queue: asyncio.Queue = asyncio.Queue(OUTBOX_FRAMES_MAX)
+        self._send = socket.send
+        self.frames: deque | None = None
         self.closed = False
         self.close_code: int | None = None
-        self.task = asyncio.create_task(self._run())
+        self.task: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames) if self.frames is not None else 0
 
     def put(self, frame: str | bytes) -> None:
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        frames = self.frames
+        if frames is None:
+            frames = self.frames = deque()
+        elif len(frames) >= OUTBOX_FRAMES_MAX:
             self.close(WS_TRY_AGAIN, "too slow: outbox full; reconnect and resume")
+            return
+        frames.append(frame)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return
         self.closed = True
         self.close_code = code
-        try:
-            self.queue.put_nowait((_CLOSE, code, reason))
-        except asyncio.QueueFull:
+        frames = self.frames
+        if frames is None:
+            frames = self.frames = deque()
+        elif len(frames) >= OUTBOX_FRAMES_MAX:
             # Make room for the close: drop what is queued (the client resumes from its cursor).
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait((_CLOSE, code, reason))
+            frames.clear()
+        frames.append((_CLOSE, code, reason))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        sent = self.metrics.ws_messages.labels(self.endpoint, "out")
+        frames, send = self.frames, self._send
+        sent = 0
         try:
-            while True:
-                frame = await self.queue.get()
-                if isinstance(frame, tuple) and frame and frame[0] is _CLOSE:
+            while frames:
+                frame = frames.popleft()
+                kind = type(frame)
+                if kind is bytes:
+                    await send({"type": "websocket.send", "bytes": frame, "text": None})
+                elif kind is str:
+                    await send({"type": "websocket.send", "bytes": None, "text": frame})
+                else:  # (_CLOSE, code, reason)
                     _, code, reason = frame
                     self.metrics.ws_closes.labels(self.endpoint, str(code)).inc()
                     await self.socket.close(code=code, reason=reason[:120])
+                    frames.clear()
                     return
-                if isinstance(frame, bytes):
-                    await self.socket.send_bytes(frame)
-                else:
-                    await self.socket.send_text(frame)
-                sent.inc()
+                sent += 1
         except Exception:  # the peer went away; the reader notices and cleans up
             self.closed = True
+            frames.clear()
+        finally:
+            self.task = None
+            if not frames:
+                self.frames = None  # idle again: hold no buffer
+            if sent:
+                self.metrics.ws_messages.labels(self.endpoint, "out").inc(sent)
 
     async def drain(self, timeout: float) -> None:
+        task = self.task
+        if task is None:
+            return
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+            await asyncio.wait_for(asyncio.shield(task), timeout)
         except (asyncio.TimeoutError, Exception):
-            self.task.cancel()
+            task.cancel()
 
 
 async def refuse(gw: Gateway, socket: WebSocket, endpoint: str, code: int, reason: str) -> None:

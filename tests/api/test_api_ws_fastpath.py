@@ -1,0 +1,146 @@
+"""The WebSocket hot path: the lazy outbox and the incremental delete set behind brings_news."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pycrdt
+
+from api.errors import WS_TRY_AGAIN
+from api.ws_yjs import DocRoom, _delete_set, brings_news
+from api.wsbase import OUTBOX_FRAMES_MAX, Outbox
+from engine.documents import Document
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def labels(self, *a):
+        return self
+
+    def inc(self, k: int = 1) -> None:
+        self.n += k
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.ws_messages = _Counter()
+        self.ws_closes = _Counter()
+
+
+class _Socket:
+    def __init__(self, slow: float = 0.0) -> None:
+        self.sent: list = []
+        self.closed: tuple | None = None
+        self.slow = slow
+
+    async def send(self, event: dict) -> None:
+        if self.slow:
+            await asyncio.sleep(self.slow)
+        self.sent.append(event["bytes"] if event["bytes"] is not None else event["text"])
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
+async def test_outbox_is_idle_without_frames_and_keeps_order() -> None:
+    sock, metrics = _Socket(), _Metrics()
+    box = Outbox(sock, "yjs", metrics)
+    assert box.task is None and box.frames is None  # an idle connection holds no task or buffer
+    for i in range(5):
+        box.put(bytes([i]))
+    box.put("text")
+    assert box.task is not None
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sock.sent == [bytes([i]) for i in range(5)] + ["text"]
+    assert box.task is None and box.frames is None
+    assert metrics.ws_messages.n == 6
+    box.put(b"again")  # a new run after going idle
+    box.close(1000, "bye")
+    box.put(b"after close")  # ignored
+    await box.drain(1.0)
+    assert sock.sent[-1] == b"again" and sock.closed == (1000, "bye")
+    assert box.task is None
+
+
+async def test_outbox_overflow_closes_with_try_again() -> None:
+    sock = _Socket(slow=0.001)
+    box = Outbox(sock, "yjs", _Metrics())
+    for i in range(OUTBOX_FRAMES_MAX + 10):
+        box.put(b"x")
+    assert box.closed and box.close_code == WS_TRY_AGAIN
+    await box.drain(5.0)
+    assert sock.closed is not None and sock.closed[0] == WS_TRY_AGAIN
+    assert len(sock.sent) <= OUTBOX_FRAMES_MAX
+
+
+async def test_outbox_peer_gone_marks_closed() -> None:
+    class Broken(_Socket):
+        async def send(self, event: dict) -> None:
+            raise ConnectionResetError
+
+    box = Outbox(Broken(), "yjs", _Metrics())
+    box.put(b"a")
+    box.put(b"b")
+    await box.drain(1.0)
+    assert box.closed and box.task is None and box.frames is None
+
+
+def _keystrokes(n: int, seed: int = 7) -> list[bytes]:
+    rnd = random.Random(seed)
+    doc = pycrdt.Doc()
+    text = doc.get("text", type=pycrdt.Text)
+    updates: list[bytes] = []
+    doc.observe(lambda e: updates.append(e.update))
+    for _ in range(n):
+        length = len(text)
+        if length and rnd.random() < 0.35:
+            pos = rnd.randrange(length)
+            del text[pos:min(length, pos + rnd.randint(1, 3))]
+        else:
+            text.insert(rnd.randint(0, length), rnd.choice("abcdefgh "))
+    return updates
+
+
+def test_brings_news_with_tracked_delete_set_matches_a_fresh_parse() -> None:
+    updates = _keystrokes(600)
+    doc = Document()
+    room = DocRoom("t", "d", doc)
+    rnd = random.Random(3)
+    seen: list[bytes] = []
+    for u in updates:
+        # The answer with the room's tracked delete set equals the answer parsed afresh.
+        assert brings_news(doc, u, room) == brings_news(doc, u) is True
+        doc.apply_update(u)
+        room.note_applied(u)
+        seen.append(u)
+        # An echo of something already applied (a deletion included) is no news.
+        old = rnd.choice(seen)
+        assert brings_news(doc, old, room) is brings_news(doc, old) is False
+    # A reader's sync step 2 (the whole state) brings nothing; the tracked set is the real one.
+    assert brings_news(doc, doc.diff(), room) is False
+    fresh = _delete_set(doc.diff(doc.state_vector())[1:])
+    assert {c: sum(n for _, n in rs) for c, rs in fresh.items()} == \
+        {c: sum(n for _, n in rs) for c, rs in room.deleted.items() if rs}
+
+
+def test_tracked_delete_set_is_dropped_for_mixed_updates() -> None:
+    doc = pycrdt.Doc()
+    text = doc.get("text", type=pycrdt.Text)
+    out: list[bytes] = []
+    doc.observe(lambda e: out.append(e.update))
+    text.insert(0, "hello world")
+    with doc.transaction():  # a replace: structs and a deletion in one update
+        del text[0:5]
+        text.insert(0, "HELLO")
+    d = Document()
+    room = DocRoom("t", "d", d)
+    d.apply_update(out[0])
+    assert brings_news(d, out[1], room) is True
+    room.deleted = {}
+    d.apply_update(out[1])
+    room.note_applied(out[1])
+    assert room.deleted is None  # re-read when next needed
+    assert brings_news(d, out[1], room) is False
