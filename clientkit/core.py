@@ -17,6 +17,10 @@ Rules:
   to CONNECTING; ``connect()`` does the same at once.
 - CONNECTING -> ONLINE on ``welcome``: the core subscribes from its last applied
   position, re-joins its rooms and starts sending queued ops, in order, in batches.
+- CONNECTING has a deadline (``handshake_timeout_ms`` after ``connect`` and again
+  after ``connected``): a ``tick`` past it emits ``Disconnect("handshake_timeout")``
+  and goes back to OFFLINE and the backoff, so an attempt cut off before ``welcome``
+  (a partition while connecting, a lost ``hello``) never strands the core.
 - ONLINE -> RESYNCING on ``refresh`` (too far behind): the core asks for a snapshot;
   a corrupted one (checksum mismatch) is refused and asked for again.
 - RESYNCING -> ONLINE once the snapshot is installed (the core subscribes again
@@ -149,6 +153,7 @@ class SessionCore:
         "_now", "_hlc", "_op_n", "_clocks", "_inflight", "_sent_seq", "_batch_n", "_attempt", "_next_attempt",
         "_last_rx", "_last_ping", "_rooms", "_presence", "_others", "_snap", "_snap_attempt", "_snap_id",
         "_ping_n", "persist_replica", "persist_interval_ms", "_saved_at", "_saved_position",
+        "handshake_timeout_ms", "_handshake_due",
     )
 
     def __init__(
@@ -173,6 +178,7 @@ class SessionCore:
         snapshot_attempts_max: int = 3,
         persist_replica: bool = True,
         persist_interval_ms: int = 1_000,
+        handshake_timeout_ms: int | None = 10_000,
     ) -> None:
         self.queue = queue if queue is not None else MemoryOpQueue()
         # A Random holds 2.5 KB of state: cores share one unless the caller injects theirs.
@@ -224,6 +230,9 @@ class SessionCore:
         self.persist_replica = persist_replica
         self.persist_interval_ms = persist_interval_ms
         self._saved_at = 0
+        # None: no deadline in CONNECTING (only for a caller whose transport has its own).
+        self.handshake_timeout_ms = handshake_timeout_ms
+        self._handshake_due: int | None = None
         if len(self.queue):
             # Ops queued by an earlier run (the process was killed or closed): readable again.
             after = 0
@@ -259,8 +268,13 @@ class SessionCore:
         out: list[Output] = []
         if self._to(Input.CONNECT, out):
             self._attempt += 1
+            self._arm_handshake(now_ms)
             out.append(Connect(self._attempt))
         return out
+
+    def _arm_handshake(self, now_ms: int) -> None:
+        t = self.handshake_timeout_ms
+        self._handshake_due = now_ms + t if t is not None else None
 
     def connected(self, now_ms: int) -> list[Output]:
         """The transport is open: introduce ourselves. ``welcome`` completes the handshake."""
@@ -268,6 +282,7 @@ class SessionCore:
         self._last_rx = self._last_ping = now_ms
         if self.state is not State.CONNECTING:
             return []
+        self._arm_handshake(now_ms)  # the handshake gets its own full deadline
         return [Send(P.message(P.HELLO, client=self.client_id, resume={self.sub_id: self.position}))]
 
     def disconnected(self, now_ms: int, reason: str = "") -> list[Output]:
@@ -275,6 +290,7 @@ class SessionCore:
         out: list[Output] = []
         self.save(now_ms)
         if self._to(Input.DISCONNECTED, out):
+            self._handshake_due = None
             self._inflight.clear()
             self._sent_seq = 0  # every unanswered op goes again, in order
             self._snap = None
@@ -292,10 +308,16 @@ class SessionCore:
                 return self.connect(now_ms)
             return []
         if st is State.CONNECTING:
-            return []
+            due = self._handshake_due
+            if due is None or now_ms < due:
+                return []
+            # No ``welcome`` in time: give the attempt up and back off like any disconnect.
+            out: list[Output] = [Disconnect("handshake_timeout")]
+            out.extend(self.disconnected(now_ms, "handshake_timeout"))
+            return out
         if self.position != self._saved_position and now_ms - self._saved_at >= self.persist_interval_ms:
             self.save(now_ms)
-        out: list[Output] = []
+        out = []
         if now_ms - self._last_rx > self.stale_ms:
             out.append(Disconnect("stale"))
             out.extend(self.disconnected(now_ms, "stale"))
@@ -331,10 +353,12 @@ class SessionCore:
         if self.state is State.OFFLINE:
             return self._next_attempt if self.auto_reconnect else None
         if self.state is State.CONNECTING:
-            return None
+            return self._handshake_due
         d = min(self._last_ping + self.heartbeat_ms, self._last_rx + self.stale_ms + 1)
         if self._inflight:
             d = min(d, min(s for _, s in self._inflight.values()) + self.ack_timeout_ms + 1)
+        if self.persist_replica and self.position != self._saved_position:
+            d = min(d, self._saved_at + self.persist_interval_ms)  # the periodic position save
         return d
 
     # ------------------------------------------------------------ user ops
@@ -442,6 +466,7 @@ class SessionCore:
         out: list[Output] = []
         if not self._to(Input.WELCOME, out):
             return out
+        self._handshake_due = None
         self._attempt = 0
         self.head = max(self.head, int(msg.get("head") or 0))
         hb = msg.get("heartbeat_s")

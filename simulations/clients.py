@@ -30,11 +30,12 @@ class SimClient:
     __slots__ = (
         "idx", "tenant", "user", "client_id", "group", "prefixes", "config", "rng", "queue", "core",
         "alive", "channel", "incarnation", "docs", "doc_queue", "doc_n", "doc_inflight", "doc_batch_n",
-        "ops_left", "last_position", "snapshots", "persist_queue", "created", "timer_ms",
+        "ops_left", "last_position", "snapshots", "persist_queue", "created", "timer_ms", "handshake_timeout_ms",
     )
 
     def __init__(self, idx: int, tenant: str, group: int, prefixes: list[str], config: ResolutionConfig,
-                 rng: random.Random, *, persist_queue: bool = True) -> None:
+                 rng: random.Random, *, persist_queue: bool = True, handshake_timeout_ms: int | None = 10_000
+                 ) -> None:
         self.idx = idx
         self.tenant = tenant
         self.user = f"{tenant}-u{idx}"
@@ -44,6 +45,7 @@ class SimClient:
         self.config = config
         self.rng = rng
         self.persist_queue = persist_queue
+        self.handshake_timeout_ms = handshake_timeout_ms  # the core's own deadline in CONNECTING
         self.queue = MemoryOpQueue()  # "on disk": survives crashes
         self.doc_queue: dict[str, dict] = {}  # op id -> doc op wire, in order ("on disk" too)
         self.doc_n = 0
@@ -68,7 +70,7 @@ class SimClient:
         docs_only = all(p.startswith("doc/") for p in self.prefixes)
         self.core = SessionCore(user=self.user, queue=self.queue, client_id=self.client_id, rng=self.rng,
                                 config=self.config, prefixes=self.prefixes, persist_replica=not docs_only,
-                                **CORE_OPTIONS)
+                                handshake_timeout_ms=self.handshake_timeout_ms, **CORE_OPTIONS)
         self.incarnation += 1
         self.alive = True
         self.docs: dict[str, pycrdt.Doc] = {}

@@ -61,10 +61,11 @@ class Scenario:
     consumers: int = 3
     room_join_window_ms: int = 2_000
     quiesce_deadline_ms: int = 180_000
-    # > 0: the shell closes a connection that brought no ``welcome`` for that long.
-    # 0: the core alone decides, and clientkit's core has no deadline in CONNECTING: a
-    # partition between ``hello`` and ``welcome`` strands it there for good (reported to
-    # clientkit; tests/simulations shows the liveness checker catching it).
+    # The client cores' own handshake deadline (``SessionCore(handshake_timeout_ms=...)``):
+    # an attempt that brings no ``welcome`` for that long is given up and retried.
+    # 0: no deadline, the deliberately broken core of old, which a partition between
+    # ``hello`` and ``welcome`` strands in CONNECTING for good (tests/simulations shows
+    # the liveness checker catching it).
     handshake_timeout_ms: int = 10_000
 
     def with_(self, **changes) -> Scenario:

@@ -55,9 +55,9 @@ TAGS = ("red", "green", "blue", "amber", "violet", "teal")
 
 # Kinds of scheduled happenings.
 UP, DOWN, ACCEPT, CONNECT_FAIL, CLIENT_CLOSED, SERVER_DROP, WAKE, SERVER_TICK, CLIENT_TICK, FAULT, SAMPLE, \
-    CONSUME, CHECK, HANDSHAKE = range(14)
+    CONSUME, CHECK = range(13)
 KIND_NAMES = ("up", "down", "accept", "connect_fail", "client_closed", "server_drop", "wake", "server_tick",
-              "client_tick", "fault", "sample", "consume", "check", "handshake")
+              "client_tick", "fault", "sample", "consume", "check")
 IN_FLIGHT = frozenset({UP, DOWN, ACCEPT, CONNECT_FAIL, CLIENT_CLOSED, SERVER_DROP})
 # Heartbeats in flight do not hold quiescence back: with a thousand clients one is
 # always on the wire, and they change nothing a checker looks at.
@@ -184,7 +184,8 @@ class Simulation:
         else:
             prefixes = [f"rec/{s}/g{group}-" for s in sc.strategies]
         c = SimClient(i, tenant, group, prefixes, self.resolution, self.rng,
-                      persist_queue=self.params.broken != "unpersisted_queue")
+                      persist_queue=self.params.broken != "unpersisted_queue",
+                      handshake_timeout_ms=sc.handshake_timeout_ms or None)
         c.ops_left = sc.ops_per_client
         return c
 
@@ -338,8 +339,6 @@ class Simulation:
             return f"{a.client}"
         if kind == FAULT:
             return self._fault(*a)
-        if kind == HANDSHAKE:
-            return self._handshake_timeout(a)
         if kind == SAMPLE:
             self.metrics["queue_depth"].append((self.now_ms, sum(c.pending for c in self.clients)))
             self._at(self.now_ms + SAMPLE_MS, SAMPLE, None)
@@ -357,8 +356,6 @@ class Simulation:
         self.metrics["reconnects"] += 1
         ch = Channel(c.idx, (c.channel.gen + 1) if c.channel else c.incarnation * 100_000 + self.step)
         c.channel = ch
-        if self.scenario.handshake_timeout_ms:
-            self._at(self.now_ms + self.scenario.handshake_timeout_ms, HANDSHAKE, ch)
         if not self.net.reachable(c.idx):
             self._at(self.now_ms + CONNECT_TIMEOUT_MS, CONNECT_FAIL, ch)
             return
@@ -378,22 +375,6 @@ class Simulation:
         self._route_client(c, c.core.connected(self.now_ms))
         self._route_server(out)
         return f"{ch.client} conn={conn_id}"
-
-    def _handshake_timeout(self, ch: Channel) -> str | None:
-        """The shell gives up on a connection attempt that brought no ``welcome``.
-
-        The client kit's core waits in CONNECTING without a deadline, so a partition
-        that cuts a client while it connects (before the accept, or between ``hello``
-        and ``welcome``) leaves it there for good (reported to clientkit). Scenarios
-        with ``handshake_timeout_ms`` model a shell that closes such an attempt and
-        lets the core back off and try again."""
-        c = self.clients[ch.client]
-        if c.channel is not ch or not c.alive or c.core.state.value != "connecting":
-            return None
-        self.metrics["handshake_timeouts"] = self.metrics.get("handshake_timeouts", 0) + 1
-        self._close(c, notify_server=True)
-        self._route_client(c, c.core.disconnected(self.now_ms, "handshake_timeout"))
-        return f"{ch.client}"
 
     def _close(self, c: SimClient, notify_server: bool) -> None:
         ch = c.channel
@@ -490,6 +471,8 @@ class Simulation:
             elif tp is Connect:
                 self._open(c)
             elif tp is Disconnect:
+                if o.reason == "handshake_timeout":  # the core gave up an attempt with no ``welcome``
+                    self.metrics["handshake_timeouts"] = self.metrics.get("handshake_timeouts", 0) + 1
                 self._close(c, notify_server=True)
                 self._route_client(c, c.core.disconnected(self.now_ms, o.reason))
             elif tp is SnapshotInstalled:

@@ -191,3 +191,83 @@ def test_core_is_small():
     per_core = (tracemalloc.get_traced_memory()[0] - before) / len(cores)
     tracemalloc.stop()
     assert per_core < 4096, per_core
+
+
+# ---------------------------------------------------------------- deadlines in CONNECTING and for saves
+from clientkit.core import Connect, Disconnect, StateChanged  # noqa: E402
+
+
+def _welcome(core, now):
+    return core.receive({"t": "welcome", "session": "s", "head": 0}, now)
+
+
+def test_connecting_without_transport_times_out_and_backs_off():
+    # The attempt is cut off before the transport even opens (a partition while connecting):
+    # the core gives it up at its handshake deadline instead of waiting for ever.
+    core = SessionCore(user="u", rng=random.Random(1), handshake_timeout_ms=7_000)
+    assert core.connect(0) == [StateChanged(State.OFFLINE, State.CONNECTING), Connect(1)]
+    assert core.next_deadline() == 7_000
+    assert core.tick(6_999) == [] and core.state is State.CONNECTING
+    out = core.tick(7_000)
+    assert out[0] == Disconnect("handshake_timeout")
+    assert StateChanged(State.CONNECTING, State.OFFLINE) in out and core.state is State.OFFLINE
+    retry = core.next_deadline()
+    assert retry > 7_000 and core.tick(retry - 1) == []
+    assert Connect(2) in core.tick(retry)  # backed off, then tries again
+    assert core.next_deadline() == retry + 7_000
+
+
+def test_handshake_deadline_restarts_at_connected_and_a_late_welcome_is_ignored():
+    core = SessionCore(user="u", rng=random.Random(1))  # default: 10 s
+    core.connect(0)
+    hello = core.connected(4_000)  # the transport opened; ``hello`` went out, ``welcome`` never comes
+    assert hello and hello[0].msg["t"] == "hello"
+    assert core.next_deadline() == 14_000
+    assert core.tick(13_999) == []
+    out = core.tick(14_000)
+    assert out[0] == Disconnect("handshake_timeout") and core.state is State.OFFLINE
+    assert _welcome(core, 14_001) == [] and core.state is State.OFFLINE  # too late: harmless
+
+
+def test_welcome_in_time_clears_the_handshake_deadline():
+    core = SessionCore(user="u", rng=random.Random(1), heartbeat_ms=30_000, stale_ms=90_000)
+    core.connect(0)
+    core.connected(100)
+    _welcome(core, 200)
+    assert core.state is State.ONLINE
+    assert core.next_deadline() == 100 + 30_000  # the heartbeat, not the handshake
+    assert not any(type(o) is Disconnect for o in core.tick(10_100))
+    assert core.state is State.ONLINE
+
+
+def test_handshake_deadline_none_waits_as_before():
+    core = SessionCore(user="u", rng=random.Random(1), handshake_timeout_ms=None)
+    core.connect(0)
+    assert core.next_deadline() is None
+    assert core.tick(10**9) == [] and core.state is State.CONNECTING
+
+
+def test_next_deadline_includes_the_periodic_position_save():
+    q = MemoryOpQueue()
+    core = SessionCore(user="u", queue=q, rng=random.Random(1), persist_interval_ms=1_000)
+    core.connect(0)
+    core.connected(0)
+    _welcome(core, 0)
+    assert core.next_deadline() == 30_000  # nothing to save yet
+    core.receive({"t": "events", "sub": "main", "next": 5, "head": 5,
+                  "events": [{"position": 5, "type": "feed.posted", "stream": "feed/x", "data": {}}]}, 400)
+    assert core.position == 5 and q.load_replica()[0] == 0  # throttled: not saved at once
+    assert core.next_deadline() == 1_000  # the last save (at 0) + persist_interval_ms
+    core.tick(1_000)
+    assert q.load_replica()[0] == 5
+    assert core.next_deadline() == 30_000  # saved: no save deadline left
+
+
+def test_no_save_deadline_without_persistence():
+    core = SessionCore(user="u", rng=random.Random(1), persist_replica=False)
+    core.connect(0)
+    core.connected(0)
+    _welcome(core, 0)
+    core.receive({"t": "events", "sub": "main", "next": 3, "head": 3,
+                  "events": [{"position": 3, "type": "feed.posted", "stream": "feed/x", "data": {}}]}, 10)
+    assert core.next_deadline() == 30_000
