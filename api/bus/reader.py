@@ -20,7 +20,6 @@ Events are decoded once and shared by every attached member: handlers must treat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -172,7 +171,7 @@ class LogReader:
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Cancel without awaiting them: awaiting here could swallow a cancellation of
+            # this task (detach() would then wait forever for a reader that carries on).
             for w in waits:
                 w.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*waits, return_exceptions=True)

@@ -1,6 +1,7 @@
 """Members in one process share one log reader per (store, scope, filter)."""
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 from bus_helpers import eventually
@@ -47,10 +48,11 @@ async def test_members_of_groups_in_one_process_share_one_reader(store, bus):
                 by_stream[stream].append(version)
             assert all(v == list(range(1, 21)) for v in by_stream.values()), name  # once each, in order
         assert {s for s, _, _ in seen["g3"]} == {"order/1"}
-        # only the readers read the log: one read serves the four unfiltered members
+        # only the readers read the log: one read serves the four unfiltered members (the
+        # reader may have one read under way that it has not counted yet)
         shared = g1[0]._reader
-        assert reads.count(None) == shared.pages
+        assert shared.pages <= reads.count(None) <= shared.pages + 1
     finally:
         for m in members:
             await m.stop()
-    assert all(not readers for readers in reader_mod._readers.values())  # detached readers are gone
+    assert not reader_mod._readers.get(asyncio.get_running_loop())  # detached readers are gone
