@@ -1,11 +1,80 @@
-"""uvicorn with a graceful WebSocket shutdown: clients are told why before the sockets close."""
+"""uvicorn with a graceful WebSocket shutdown: clients are told why before the sockets close;
+and WebSocket writes coalesced per event-loop turn (one socket call for a burst of frames)."""
 from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
+from uvicorn.config import WS_PROTOCOLS
+from uvicorn.importer import import_from_string
+
+
+class CoalescingTransport:
+    """A transport whose writes made during one event-loop turn reach the socket as one
+    ``write``. A room update fanned out to a reader, or a burst of frames drained from its
+    outbox, used to cost one ``send`` system call per frame; now it costs one per turn.
+    Order is kept (one buffer, flushed before close / EOF); latency grows by at most the
+    rest of the current turn. Everything else goes to the real transport."""
+
+    __slots__ = ("_transport", "_loop", "_buf")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._buf: list[bytes] | None = None  # None: nothing waiting and no flush scheduled
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        buf = self._buf
+        if buf is None:
+            self._buf = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            buf.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        buf, self._buf = self._buf, None
+        if buf and not self._transport.is_closing():
+            self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._buf = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._buf or ()))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def coalescing_ws_protocol(ws: str | type) -> type | None:
+    """uvicorn's WebSocket protocol class ``ws`` with its transport wrapped in a
+    :class:`CoalescingTransport`."""
+    base = import_from_string(WS_PROTOCOLS[ws]) if isinstance(ws, str) else ws
+    if base is None:
+        return None
+
+    def connection_made(self: Any, transport: Any) -> None:
+        base.connection_made(self, CoalescingTransport(transport, asyncio.get_running_loop()))
+
+    return type(f"Coalescing{base.__name__}", (base,), {"connection_made": connection_made})
 
 
 class GatewayServer(uvicorn.Server):
@@ -27,7 +96,8 @@ class GatewayServer(uvicorn.Server):
 
 
 def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warning", ws: str = "auto",
-                fd: int | None = None) -> GatewayServer:
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws, lifespan="on",
+                fd: int | None = None, coalesce_writes: bool = True) -> GatewayServer:
+    ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
                             timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None)
     return GatewayServer(config, app)

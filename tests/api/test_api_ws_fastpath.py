@@ -144,3 +144,45 @@ def test_tracked_delete_set_is_dropped_for_mixed_updates() -> None:
     room.note_applied(out[1])
     assert room.deleted is None  # re-read when next needed
     assert brings_news(d, out[1], room) is False
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str):
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+
+async def test_coalescing_transport_one_write_per_turn_in_order_and_flushed_on_close() -> None:
+    from api.server import CoalescingTransport
+
+    raw = _Transport()
+    t = CoalescingTransport(raw, asyncio.get_running_loop())
+    for i in range(5):
+        t.write(bytes([i]))
+    assert raw.writes == [] and t.get_write_buffer_size() == 5
+    await asyncio.sleep(0)
+    assert raw.writes == [bytes(range(5))]  # one socket write for the burst
+    t.write(b"a")
+    await asyncio.sleep(0)
+    t.write(b"b")
+    t.write(b"")
+    t.close()  # what is buffered goes out before the close
+    assert raw.writes == [bytes(range(5)), b"a", b"b"] and raw.closed
+    await asyncio.sleep(0)  # the scheduled flush finds nothing
+    assert t.get_extra_info("peername") == ("127.0.0.1", 1)
