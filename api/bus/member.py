@@ -440,35 +440,34 @@ class GroupMember:
 
         With ``persist``, every attempt that might crash the process unnoticed is recorded
         before it runs: retries (the event already failed once) and anything in a range the
-        previous owner died handling. There, the first attempt is recorded as the second:
-        the previous owner's crash is charged to the event only if this attempt dies too
-        (if it returns, its own outcome replaces the record)."""
+        previous owner died handling. An event in such a range starts at attempt 2: the
+        previous owner may have delivered it, and if it was what killed that process this
+        is its second try (RabbitMQ counts a delivery the same way for every message a
+        dead consumer held)."""
         n = prior.attempts if prior else 0
         first = prior.first_failure_us if prior else 0
         suspect = persist and ev.position <= w.suspect_until
-        credit = 1 if suspect and prior is None else 0
+        if suspect and prior is None:
+            n = 1
         while True:
             if not await self._lease_ok(w):
                 return False
             n += 1
-            begun = persist and (suspect or n > 1)
-            if begun:
+            if persist and (suspect or n > 1):
                 # One recorded attempt in flight per process: a crash kills every handler
                 # running in it, and only the one that holds this lock is charged for it.
                 async with recorded_attempt_lock():
                     if w.stopping:
                         return False
                     now = now_us()
-                    charged = n + credit
                     await self._gs.begin_attempt(w.partition, self.id, Attempt(
-                        ev.id, ev.position, charged, first or now, now,
-                        f"{CRASH_REASON} while handling the event (attempt {charged}, member {self.id})", ""))
+                        ev.id, ev.position, n, first or now, now,
+                        f"{CRASH_REASON} while handling the event (attempt {n}, member {self.id})", ""))
                     failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
                     if failure is None:
                         await self._gs.clear_attempt(ev.id)
             else:
                 failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
-            credit = 0
             if failure is None:
                 return None
             self.stats.failed_attempts += 1

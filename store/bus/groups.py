@@ -21,9 +21,12 @@ its partitions, coalesced); a clean release resets it. A member that claims a
 partition whose mark is above the checkpoint knows the previous owner died with that
 range in hand, and handles the range carefully: each attempt is recorded in
 ``bus_attempts`` (``begin_attempt``) before the handler runs, so a handler that kills
-its process leaves a count behind that the next owner reads. Failing events are
+its process leaves a count behind that the next owner reads; an event of that range
+starts at attempt 2 (the dead owner may have been handling it). Failing events are
 recorded that way on every retry too; only the first attempt of an event outside a
-suspect range goes without a write, which is what keeps the common path cheap.
+suspect range goes without a write, which is what keeps the common path cheap. One
+recorded attempt runs at a time per process (api/bus/member.py), so a crash is
+charged to one event, not to every handler that happened to be running.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ that crashes every worker that takes it reaches the dead-letter queue after
 max_attempts (3) crashes, and the group moves on."""
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from bus_helpers import WorkerProc, eventually
@@ -10,6 +12,7 @@ from bus_helpers import WorkerProc, eventually
 from api.bus import Bus
 from engine.events import NewEvent
 from store import open_store
+from store.bus import GroupStore
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +84,43 @@ async def test_poison_event_that_kills_its_worker_is_dead_lettered_after_three_c
             x.stop()
         await db.close()
         await store.close()
+
+
+async def test_attempts_cut_off_by_a_crash_count_in_process(store, bus):
+    """The same on SQLite and PostgreSQL, in one process: a member aborted (as a crash
+    would, no checkpoint, no release) while its handler is stuck on an event."""
+    stuck = asyncio.Event()
+    calls: list[tuple[str, int]] = []
+
+    async def handler(d):
+        calls.append((d.event.id, d.attempt))
+        if d.event.data.get("hang"):
+            stuck.set()
+            await asyncio.Event().wait()  # never returns: the member is killed in here
+
+    ids = []
+    for n in range(8):
+        r = await store.append("acme", f"order/{n % 2}", [NewEvent("order.step", {"n": n, "hang": n == 3})])
+        ids.append(r.event_ids[0])
+    head = await store.head_position()
+    options = dict(tenant="acme", partitions=2, lease_s=0.6)
+    for crash in range(3):
+        stuck.clear()
+        m = await bus.group("billing", handler, member_id=f"m{crash}", **options).start()
+        await eventually(stuck.is_set, what=f"member {crash} to take the event")
+        await m.abort()
+    survivor = await bus.group("billing", handler, member_id="m3", **options).start()
+    try:
+        await eventually(lambda: survivor.stats.dead_lettered == 1, what="the event to be dead-lettered")
+        assert [a for eid, a in calls if eid == ids[3]] == [1, 2, 3]  # as the handlers saw them
+        [entry] = await bus.dlq.query(scope="acme", group="billing")
+        assert entry.event_id == ids[3] and entry.attempts == 3 and "worker crashed" in entry.reason
+        gs = GroupStore(store, "acme", "billing")
+
+        async def past_it() -> bool:
+            return await gs.low_watermark() >= head
+
+        await eventually(past_it, what="the group to move past the event")
+        assert {eid for eid, _ in calls} == set(ids)
+    finally:
+        await survivor.stop()
