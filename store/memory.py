@@ -6,8 +6,8 @@ from __future__ import annotations
 import bisect
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from engine.errors import UnknownTenant, ValidationError
-from engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
+from engine.errors import UnknownTenant
+from engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
 from engine.filters import EventFilter
 from engine.hashchain import GENESIS
 from engine.ports import LogPage, PruneReport, VerifyReport
@@ -16,11 +16,11 @@ from engine.upcasting import UpcasterRegistry
 from .doorbell import LocalDoorbell
 from .planning import Head, plan_batch
 from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, decode_row, prepare
-from .sql import check_chain, wall_clock_us
+from .base import StoreBase, check_chain, check_scope, wall_clock_us
 from .tail import tail_log
 
 
-class MemoryEventStore:
+class MemoryEventStore(StoreBase):
     def __init__(
         self,
         *,
@@ -46,19 +46,6 @@ class MemoryEventStore:
         self._head_time = 0
         self._checkpoints: dict[tuple[str, str], int] = {}
         self._snapshots: dict[tuple[str, str, str], dict[int, tuple[bytes, str]]] = {}
-
-    async def append(
-        self,
-        tenant: str,
-        stream: str,
-        events: Sequence[NewEvent],
-        *,
-        expected_version: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> AppendResult:
-        return await self.append_many(
-            tenant, [StreamWrite(stream, tuple(events), expected_version)], idempotency_key=idempotency_key
-        )
 
     async def append_many(
         self, tenant: str, writes: Sequence[StreamWrite], *, idempotency_key: str | None = None
@@ -127,12 +114,7 @@ class MemoryEventStore:
         filter: EventFilter | None = None,
         all_tenants: bool = False,
     ) -> LogPage:
-        if tenant is None and not all_tenants:
-            raise ValidationError("a read across all tenants must say all_tenants=True")
-        if tenant is not None:
-            if all_tenants:
-                raise ValidationError("pass either a tenant or all_tenants=True, not both")
-            check_tenant(tenant)
+        check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
         head = self._head
         found: list[RecordedEvent] = []
@@ -159,8 +141,7 @@ class MemoryEventStore:
         all_tenants: bool = False,
         batch: int = 500,
     ) -> AsyncIterator[LogPage]:
-        if tenant is None and not all_tenants:
-            raise ValidationError("a read across all tenants must say all_tenants=True")
+        check_scope(tenant, all_tenants)
         return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
 
     async def position_at_time(self, time_us: int) -> int:

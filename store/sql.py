@@ -6,7 +6,6 @@ lives here and in store/planning.py.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -14,17 +13,17 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.errors import StoreUnavailable, UnknownTenant, ValidationError
-from engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
+from engine.errors import StoreUnavailable, UnknownTenant
+from engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
 from engine.filters import EventFilter, glob_to_like, prefix_to_like
-from engine.hashchain import GENESIS
 from engine.ports import ChainBreak, LogPage, PruneReport, VerifyReport
 from engine.upcasting import UpcasterRegistry
 
 from .appender import GroupCommitter, Pending
+from .base import StoreBase, check_chain, check_scope, wall_clock_us
 from .doorbell import LocalDoorbell
 from .errors import db_errors, map_db_error
-from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare, row_hash
+from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare
 from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
 from .tail import tail_log
 
@@ -33,11 +32,7 @@ _COLS = [events.c[name] for name in READ_COLUMNS]
 _VERIFY_COLS = _COLS + [events.c.prev_hash, events.c.hash]
 
 
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
-
-
-class SqlEventStore:
+class SqlEventStore(StoreBase):
     """Append-only, tenant-scoped event log on SQLite or PostgreSQL.
 
     Appends go through the group committer to ``writer`` (store/sqlite_writer.py,
@@ -85,19 +80,6 @@ class SqlEventStore:
         return self._w, self._r
 
     # ------------------------------------------------------------------ writes
-
-    async def append(
-        self,
-        tenant: str,
-        stream: str,
-        events_: Sequence[NewEvent],
-        *,
-        expected_version: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> AppendResult:
-        return await self.append_many(
-            tenant, [StreamWrite(stream, tuple(events_), expected_version)], idempotency_key=idempotency_key
-        )
 
     async def append_many(
         self, tenant: str, writes: Sequence[StreamWrite], *, idempotency_key: str | None = None
@@ -208,7 +190,7 @@ class SqlEventStore:
         filter: EventFilter | None = None,
         all_tenants: bool = False,
     ) -> LogPage:
-        _check_scope(tenant, all_tenants)
+        check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
         conds, python_filter = _sql_filter(tenant, filter)
         # Read the head first: every position up to it is committed (positions are
@@ -255,7 +237,7 @@ class SqlEventStore:
         all_tenants: bool = False,
         batch: int = 500,
     ) -> AsyncIterator[LogPage]:
-        _check_scope(tenant, all_tenants)
+        check_scope(tenant, all_tenants)
         return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
 
     @db_errors
@@ -476,39 +458,6 @@ class SqlEventStore:
         await self._w.dispose()
         if self._r is not self._w:
             await self._r.dispose()
-
-
-def check_chain(head: Any, rows: Sequence[Any]) -> list[ChainBreak]:
-    """Compare a stream's stored rows (in version order) with its head and anchor."""
-    t, s = head["tenant"], head["stream"]
-    out: list[ChainBreak] = []
-    expect_version = head["anchor_version"] + 1
-    prev_hash = head["anchor_hash"]
-    prev_position = 0
-    for r in rows:
-        if r["version"] != expect_version:
-            out.append(ChainBreak(t, s, expect_version, r["position"], "missing_event"))
-        elif r["prev_hash"] != prev_hash:
-            out.append(ChainBreak(t, s, r["version"], r["position"], "broken_link"))
-        if row_hash(r) != r["hash"]:
-            out.append(ChainBreak(t, s, r["version"], r["position"], "hash_mismatch"))
-        if r["position"] <= prev_position:
-            out.append(ChainBreak(t, s, r["version"], r["position"], "out_of_order"))
-        prev_position = r["position"]
-        prev_hash = r["hash"]
-        expect_version = r["version"] + 1
-    if expect_version - 1 != head["version"] or prev_hash != head["head_hash"]:
-        out.append(ChainBreak(t, s, head["version"], prev_position, "head_mismatch"))
-    return out
-
-
-def _check_scope(tenant: str | None, all_tenants: bool) -> None:
-    if tenant is None and not all_tenants:
-        raise ValidationError("a read across all tenants must say all_tenants=True")
-    if tenant is not None:
-        if all_tenants:
-            raise ValidationError("pass either a tenant or all_tenants=True, not both")
-        check_tenant(tenant)
 
 
 def _sql_filter(tenant: str | None, f: EventFilter | None) -> tuple[list, bool]:
