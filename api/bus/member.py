@@ -174,6 +174,7 @@ class GroupMember:
         self._tasks: list[asyncio.Task] = []
         self._reader: LogReader | None = None
         self._steps: set[asyncio.Future] = set()
+        self._marking: asyncio.Future | None = None
         self._mark_lock = asyncio.Lock()
         self._lease_deadline = 0.0
         self._rebalanced = asyncio.Event()
@@ -355,6 +356,24 @@ class GroupMember:
             elif end > w.dispatched:
                 w.dispatched = end
                 await w.queue.put(end)
+        # Renew in-flight marks in the background when half their reach is used, so
+        # workers seldom wait for one (they still do, in _mark, if this falls behind).
+        if self._marking is None and any(
+            w.dispatched + self.mark_ahead // 2 > w.marked for w in eligible if not w.stopping
+        ):
+            self._marking = asyncio.ensure_future(self._mark_soon())
+            self._steps.add(self._marking)
+            self._marking.add_done_callback(self._steps.discard)
+
+    async def _mark_soon(self) -> None:
+        try:
+            live = [w for w in self._workers.values() if not w.stopping]
+            if live:
+                await self._mark(live[0], float("inf"), retry=False)  # renews every worker that needs it
+        except SynclineError:
+            pass  # a worker that needs the mark writes it itself
+        finally:
+            self._marking = None
 
     # ------------------------------------------------------------------ working
 
@@ -382,7 +401,7 @@ class GroupMember:
                 w.done = ev.position
             w.done = max(w.done, upto)
 
-    async def _mark(self, w: _Worker, need: int) -> bool:
+    async def _mark(self, w: _Worker, need: int, *, retry: bool = True) -> bool:
         """Make the partition's durable in-flight mark cover ``need`` before its events reach
         the handler. One write covers every worker of this member that needs one, and
         marks ``mark_ahead`` positions past what each has queued: a mark only has to be
@@ -396,12 +415,14 @@ class GroupMember:
                         return True
                     ahead = self.mark_ahead
                     todo = [(x, x.dispatched + ahead) for x in self._workers.values()
-                            if x.dispatched > x.marked and not x.stopping]
+                            if x.dispatched + ahead // 2 > x.marked and not x.stopping]
                     await self._gs.mark_inflight(self.id, [(x.partition, x.epoch, upto) for x, upto in todo])
                     for x, upto in todo:
                         x.marked = max(x.marked, upto)
                     return True
             except SynclineError as e:
+                if not retry:
+                    raise
                 log.warning("bus %s/%s p%d in-flight mark failed: %s", self.scope, self.group, w.partition, e.code)
                 await asyncio.sleep(0.5)
                 if w.stopping:
