@@ -4,13 +4,15 @@ never each other."""
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from engine.errors import ValidationError
 from engine.events import AppendResult, NewEvent, StreamWrite, check_tenant
-from engine.ports import ChainBreak
+from engine.filters import EventFilter
+from engine.ports import ChainBreak, LogPage
 
 from .rows import row_hash
+from .tail import tail_log
 
 
 def wall_clock_us() -> int:
@@ -18,7 +20,7 @@ def wall_clock_us() -> int:
 
 
 class StoreBase:
-    """``append`` in terms of the adapter's ``append_many``."""
+    """``append`` in terms of the adapter's ``append_many``; ``tail`` over its ``read_log``."""
 
     async def append(
         self,
@@ -33,6 +35,18 @@ class StoreBase:
             tenant, [StreamWrite(stream, tuple(events_), expected_version)], idempotency_key=idempotency_key
         )
 
+
+    def tail(
+        self,
+        tenant: str | None,
+        *,
+        after: int = 0,
+        filter: EventFilter | None = None,
+        all_tenants: bool = False,
+        batch: int = 500,
+    ) -> AsyncIterator[LogPage]:
+        check_scope(tenant, all_tenants)
+        return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
 
 def check_chain(head: Any, rows: Sequence[Any]) -> list[ChainBreak]:
     """Compare a stream's stored rows (in version order) with its head and anchor."""

@@ -4,7 +4,7 @@ conformance suite as the SQL stores (tests/store/). It plans appends with the sa
 from __future__ import annotations
 
 import bisect
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from engine.errors import UnknownTenant
 from engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
@@ -17,7 +17,6 @@ from .doorbell import LocalDoorbell
 from .planning import Head, plan_batch
 from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, decode_row, prepare
 from .base import StoreBase, check_chain, check_scope, wall_clock_us
-from .tail import tail_log
 
 
 class MemoryEventStore(StoreBase):
@@ -131,18 +130,6 @@ class MemoryEventStore(StoreBase):
         else:
             cursor = head
         return LogPage(tuple(found), max(cursor, after), head)
-
-    def tail(
-        self,
-        tenant: str | None,
-        *,
-        after: int = 0,
-        filter: EventFilter | None = None,
-        all_tenants: bool = False,
-        batch: int = 500,
-    ) -> AsyncIterator[LogPage]:
-        check_scope(tenant, all_tenants)
-        return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
 
     async def position_at_time(self, time_us: int) -> int:
         best = 0

@@ -6,7 +6,7 @@ lives here and in store/planning.py.
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -25,7 +25,6 @@ from .doorbell import LocalDoorbell
 from .errors import db_errors, map_db_error
 from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare
 from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
-from .tail import tail_log
 
 DOC_PREFIX = "doc/"
 _COLS = [events.c[name] for name in READ_COLUMNS]
@@ -227,18 +226,6 @@ class SqlEventStore(StoreBase):
                 cursor = head  # nothing else matches up to the head
                 break
         return LogPage(tuple(found), max(cursor, after), head)
-
-    def tail(
-        self,
-        tenant: str | None,
-        *,
-        after: int = 0,
-        filter: EventFilter | None = None,
-        all_tenants: bool = False,
-        batch: int = 500,
-    ) -> AsyncIterator[LogPage]:
-        check_scope(tenant, all_tenants)
-        return tail_log(self, tenant, after=after, filter=filter, all_tenants=all_tenants, batch=batch)
 
     @db_errors
     async def position_at_time(self, time_us: int) -> int:
