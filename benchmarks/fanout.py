@@ -216,6 +216,12 @@ class Result:
     min_count: int = 0
 
     @property
+    def server_cpu_us(self) -> float:
+        """Server CPU time per room update (all its deliveries included): unlike updates/s,
+        this hardly depends on how much of a core a loaded machine leaves the server."""
+        return self.server_cpu / self.updates * 1e6 if self.updates else 0.0
+
+    @property
     def updates_per_s(self) -> float:
         return self.updates / self.seconds if self.seconds else 0.0
 
@@ -379,13 +385,13 @@ async def bench(args) -> dict:
                         reps_here.append(r)
                         console.print(f"  {s.label:28} {proto:6} n={readers:<3} {r.updates_per_s:8.0f} upd/s  "
                                       f"p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  server cpu "
-                                      f"{r.server_cpu / r.seconds:4.0%}  client cpu {r.client_cpu / r.seconds:4.0%}"
+                                      f"{r.server_cpu / r.seconds:4.0%} ({r.server_cpu_us:4.0f} us/upd)  client cpu {r.client_cpu / r.seconds:4.0%}"
                                       f"{'' if r.complete else f'  INCOMPLETE (min {r.min_count})'}")
                     results.append(median_result(reps_here))
                 case += 1
                 r = await run_case(s, proto, frames_of, updates[:n_paced], 50, 100.0, f"{os.getpid()}-{case}")
                 console.print(f"  {s.label:28} {proto:6} paced 100/s n=50: p50 {r.pct(50):.2f} ms  "
-                              f"p99 {r.pct(99):.2f} ms  server cpu {r.server_cpu / r.seconds:4.0%}")
+                              f"p99 {r.pct(99):.2f} ms  server cpu {r.server_cpu / r.seconds:4.0%} ({r.server_cpu_us:.0f} us/upd)")
                 paced.append(r)
             s.stop()
     finally:
@@ -394,12 +400,12 @@ async def bench(args) -> dict:
 
     table = Table(title=f"Fan-out, {n_updates} keystroke updates (flat out, window {WINDOW}); median of {reps}")
     for col in ("server", "protocol", "readers", "room updates/s", "deliveries/s", "p50 ms", "p99 ms",
-                "server CPU", "client CPU"):
+                "server CPU", "server us/upd", "client CPU"):
         table.add_column(col, justify="right" if col not in ("server", "protocol") else "left")
     for r in results + paced:
         label = f"{r.readers}" + (" paced 100/s" if r in paced else "")
         table.add_row(r.server, r.protocol, label, f"{r.updates_per_s:,.0f}", f"{r.updates_per_s * r.readers:,.0f}",
-                      f"{r.pct(50):.2f}", f"{r.pct(99):.2f}", f"{r.server_cpu / r.seconds:.0%}",
+                      f"{r.pct(50):.2f}", f"{r.pct(99):.2f}", f"{r.server_cpu / r.seconds:.0%}", f"{r.server_cpu_us:.0f}",
                       f"{r.client_cpu / r.seconds:.0%}")
     console.print(table)
 
@@ -422,6 +428,8 @@ async def bench(args) -> dict:
         "yjs_n10_updates_per_s_websockets": round(default.updates_per_s),
         "yjs_n10_updates_per_s_sansio": round(sansio.updates_per_s),
         "native_n10_updates_per_s": round(pick(best.server, "native", 10).updates_per_s),
+        "yjs_n10_server_cpu_us_per_update": round(best.server_cpu_us, 1),
+        "anchor_n10_server_cpu_us_per_update": round(anchor.server_cpu_us, 1),
         "updates": n_updates,
         "reps": reps,
         "python": platform.python_version(),
