@@ -494,7 +494,7 @@ class SessionCore:
                                            for i in range(len(events) - 1)):
                 events = [e for e in events if _position(e) > pos]
         else:
-            events = [e for e in raw if isinstance(e, AbcMapping) and _position(e) > pos]
+            events = [e for e in raw if (type(e) is dict or isinstance(e, AbcMapping)) and _position(e) > pos]
         out: list[Output] = []
         last = pos
         if events:
@@ -636,9 +636,10 @@ class SessionCore:
                 self._others = {}
             room = self._others.setdefault(msg["room"], {})
             for m in members:
-                u = m.get("user") if isinstance(m, Mapping) else m
+                is_map = type(m) is dict or isinstance(m, AbcMapping)
+                u = m.get("user") if is_map else m
                 if isinstance(u, str) and u != self.user:
-                    room.setdefault(u, m.get("state") if isinstance(m, Mapping) else None)
+                    room.setdefault(u, m.get("state") if is_map else None)
         return [RoomMessage(dict(msg))]
 
     def _on_conflict(self, msg) -> list[Output]:

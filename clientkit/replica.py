@@ -56,17 +56,44 @@ def event_from_wire(w: Mapping[str, Any]) -> RecordedEvent:
     actor = w.get("actor") or {}
     t = w.get("time")
     time_us = 0
-    if isinstance(t, str):
-        try:
-            time_us = int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1_000_000)
-        except ValueError:
-            time_us = 0
+    if type(t) is str or isinstance(t, str):
+        time_us = _TIMES.get(t)
+        if time_us is None:
+            try:
+                time_us = int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1_000_000)
+            except ValueError:
+                time_us = 0
+            if len(_TIMES) >= 4_096:
+                _TIMES.clear()
+            _TIMES[t] = time_us
     return RecordedEvent(
         str(w.get("id", "")), str(w.get("tenant", "")), w["stream"], int(w.get("version", 0)),
         int(w["position"]), w["type"], int(w.get("schema", 1)), time_us,
         Actor(actor.get("user", ""), actor.get("client", "")), w.get("clock") or {}, w.get("data"),
         w.get("meta") or {}, Retention(w.get("retention", "standard")),
     )
+
+
+# ISO time -> microseconds: every replica in a process parses the same event's time (ints: shared safely).
+_TIMES: dict[str, int] = {}
+
+# The same wire event object handed to many replicas (the simulator; a process fanning one
+# frame out to several sessions) becomes one ``RecordedEvent``: keyed by (tenant, position),
+# used only for that very object (its own dicts, as before), bounded.
+_EVENTS: dict[tuple[Any, Any], tuple[Mapping[str, Any], RecordedEvent]] = {}
+_EVENTS_MAX = 8_192
+
+
+def _event_of(w: Mapping[str, Any]) -> RecordedEvent:
+    key = (w.get("tenant"), w.get("position"))
+    hit = _EVENTS.get(key)
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    ev = event_from_wire(w)
+    if hit is None and len(_EVENTS) >= _EVENTS_MAX:
+        del _EVENTS[next(iter(_EVENTS))]
+    _EVENTS[key] = (w, ev)
+    return ev
 
 
 class RecordsReplica:
@@ -161,16 +188,18 @@ class RecordsReplica:
 
     def apply_wire_events(self, events: Iterable[Mapping[str, Any]]) -> list[Conflict]:
         """Fold the ``record.patched`` events of a batch; returns conflicts not reported before."""
-        recs = [event_from_wire(e) for e in events if e.get("type") == RECORD_PATCHED
+        recs = [_event_of(e) for e in events if e.get("type") == RECORD_PATCHED
                 and str(e.get("stream", "")).startswith("rec/")]
         if not recs:
             return []
-        self.confirmed = fold_record_events(self.confirmed, recs, self.registry)
+        # Decoded once per process, not once per replica (same result: payloads.decode_patch_cached).
+        self.confirmed = fold_record_events(self.confirmed, recs, self.registry, shared_decode=True)
         if self._dirty is not None:
             self._dirty.update(e.stream for e in recs)
         if self.pending:
             for e in recs:
-                op_id = e.data.get("op") if isinstance(e.data, Mapping) else None
+                d = e.data
+                op_id = d.get("op") if type(d) is dict or isinstance(d, Mapping) else None
                 if op_id is not None:
                     self.pending.pop(op_id, None)
         new = []
@@ -194,7 +223,7 @@ class RecordsReplica:
         records: dict[str, RecordState] = {}
         versions: dict[str, int] = {}
         for stream, body in content.items():
-            if not isinstance(body, Mapping) or body.get("kind") != "record":
+            if (type(body) is not dict and not isinstance(body, Mapping)) or body.get("kind") != "record":
                 continue
             state = body.get("state")
             if isinstance(state, Mapping):

@@ -7,17 +7,72 @@ the registry the reconciler used when it has functions beyond the built-ins.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from itertools import islice
 from types import MappingProxyType
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 from ..clocks import ClockMerger
 from ..events import RecordedEvent
 from .kernel import apply_changes
 from .merges import MergeRegistry
-from .payloads import RECORD_PATCHED, decode_patch
+from .payloads import RECORD_PATCHED, decode_patch, decode_patch_cached
 from .state import RecordsState, RecordState
 
 _BUILTINS = MergeRegistry.with_builtins()
+
+
+class Receipts(Mapping):
+    """Read-only receipts (op id -> outcome) that folds extend without copying.
+
+    Receipts only grow, in log order. A fold's states share one dict, ``op id -> (index,
+    outcome)``; each state sees its first ``n`` entries. A fold extending the newest state
+    of that line (nothing was appended past its ``n``) appends in place; from any older
+    state it copies first. So every state keeps reading exactly the receipts it had
+    (copy on write), and a batch costs its own ops, not the record's whole history."""
+
+    __slots__ = ("_d", "_n")
+
+    def __init__(self, d: dict[str, tuple[int, Any]], n: int) -> None:
+        self._d = d
+        self._n = n
+
+    def __getitem__(self, op_id: str) -> Any:
+        e = self._d[op_id]
+        if e[0] < self._n:
+            return e[1]
+        raise KeyError(op_id)
+
+    def get(self, op_id: str, default: Any = None) -> Any:
+        e = self._d.get(op_id)
+        return e[1] if e is not None and e[0] < self._n else default
+
+    def __contains__(self, op_id: object) -> bool:
+        e = self._d.get(op_id)  # type: ignore[call-overload]
+        return e is not None and e[0] < self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        # A snapshot of the keys: a later fold may append to the shared dict meanwhile.
+        return iter(list(islice(self._d, self._n)))
+
+    def __repr__(self) -> str:
+        return f"Receipts({dict(self.items())!r})"
+
+    def _tip(self) -> dict[str, tuple[int, Any]]:
+        """A dict a fold may append to: the shared one if this view is its newest, else a copy."""
+        d = self._d
+        if len(d) == self._n:
+            return d
+        return {k: d[k] for k in islice(d, self._n)}
+
+
+def _extendable(receipts: Mapping[str, Any]) -> dict[str, tuple[int, Any]]:
+    if type(receipts) is Receipts:
+        return receipts._tip()
+    return {op_id: (i, o) for i, (op_id, o) in enumerate(receipts.items())}
 
 
 def apply_record_event(
@@ -28,8 +83,12 @@ def apply_record_event(
 
 
 def fold_record_events(
-    state: RecordsState, events: Iterable[RecordedEvent], registry: MergeRegistry | None = None
+    state: RecordsState, events: Iterable[RecordedEvent], registry: MergeRegistry | None = None,
+    *, shared_decode: bool = False,
 ) -> RecordsState:
+    """``shared_decode``: decode patches through the bounded (tenant, position) cache
+    (``payloads.decode_patch_cached``), for processes folding the same events into many
+    replicas; the result is the same either way."""
     reg = registry if registry is not None else _BUILTINS
     # stream -> (fields, record clock, receipts): mutable working copies, frozen at the end
     work: dict[str, tuple[dict, ClockMerger, dict]] = {}
@@ -41,20 +100,23 @@ def fold_record_events(
         w = get_work(stream)
         if w is None:
             rec = state.get(stream)
-            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), dict(rec.receipts))
+            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts))
         fields, clock, receipts = w
-        stamp, changes, outcome = decode_patch(stream, ev.data, reg)
+        if shared_decode:
+            stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
+        else:
+            stamp, changes, outcome = decode_patch(stream, ev.data, reg)
         op_id = stamp[0]
         if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
         apply_changes(fields, stream, stamp, changes, reg)
         clock.add(stamp[4])
-        receipts[op_id] = outcome
+        receipts[op_id] = (len(receipts), outcome)
     if not work:
         return state
     records = dict(state.records)
     for stream, (fields, clock, receipts) in work.items():
         records[stream] = RecordState(
-            stream, MappingProxyType(fields), clock.result(), MappingProxyType(receipts)
+            stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts))
         )
     return RecordsState(MappingProxyType(records))

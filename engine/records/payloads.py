@@ -258,3 +258,71 @@ _tuple_new = tuple.__new__
 _LWW = Strategy.LWW
 _MANUAL = Strategy.MANUAL
 _KIND_BY_NAME = {k.value: k for k in OutcomeKind}
+
+
+# ---- a bounded cache of decoded patches, for many replicas in one process
+#
+# A process that runs many client replicas (the simulator; a service holding a session per
+# user) folds the same event once per replica. Decoding it once is enough: entries are
+# looked up by (tenant, position) and used only when the event is the same one (the very
+# same data object, or an equal one) decoded with the same registry for the same stream, so
+# the cache never changes a result. What it returns is immutable (stamp, a tuple of
+# changes, outcome): a value decoded for one replica may be folded into another's state
+# only when every written value is an immutable scalar; otherwise only a caller passing
+# the very same data object (which already shares those values) gets the cached entry.
+
+PATCH_CACHE_SIZE = 8_192
+_patch_cache: dict[tuple[str, int], tuple] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _scalars_only(data: Mapping[str, Any]) -> bool:
+    for key in ("lww", "manual"):
+        group = data.get(key)
+        if group:
+            for value in group.values():
+                if type(value) not in _SCALARS:
+                    return False
+    return True
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    """For two values already known equal (``==``): whether they are also alike leaf by
+    leaf (``1``, ``1.0`` and ``True`` are equal, ``0.0`` and ``-0.0`` too, yet decode apart)."""
+    ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta is dict:
+        for k, v in a.items():
+            if not _same_types(v, b[k]):
+                return False
+        return True
+    if ta is list or ta is tuple:
+        return all(_same_types(x, y) for x, y in zip(a, b))
+    if ta is float:
+        return repr(a) == repr(b)  # the sign of a zero
+    return True
+
+
+def decode_patch_cached(
+    tenant: str, position: int, stream: str, data: Mapping[str, Any], registry: MergeRegistry
+) -> tuple[Stamp, tuple, Outcome]:
+    """``decode_patch`` through the bounded (tenant, position) cache (same result, immutable)."""
+    key = (tenant, position)
+    hit = _patch_cache.get(key)
+    if hit is not None:
+        cdata, creg, cstream, decoded, shareable = hit
+        if creg is registry and cstream == stream and (
+            cdata is data or (shareable and cdata == data and _same_types(cdata, data))
+        ):
+            return decoded
+    stamp, changes, outcome = decode_patch(stream, data, registry)
+    decoded = (stamp, tuple(changes), outcome)
+    if hit is None and len(_patch_cache) >= PATCH_CACHE_SIZE:
+        del _patch_cache[next(iter(_patch_cache))]  # the oldest entry
+    _patch_cache[key] = (data, registry, stream, decoded, _scalars_only(data))
+    return decoded
+
+
+def clear_patch_cache() -> None:
+    _patch_cache.clear()

@@ -271,3 +271,40 @@ def test_no_save_deadline_without_persistence():
     core.receive({"t": "events", "sub": "main", "next": 3, "head": 3,
                   "events": [{"position": 3, "type": "feed.posted", "stream": "feed/x", "data": {}}]}, 10)
     assert core.next_deadline() == 30_000
+
+
+# ---------------------------------------------------------------- many replicas in one process
+def test_replicas_sharing_wire_events_and_decodes_end_like_one_alone():
+    from clientkit.replica import RecordsReplica
+    from engine.codec import pack, unpack
+    from engine.records import payloads
+
+    srv = LoopbackServer(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    for i in range(30):
+        la.do(a.set(f"rec/notes/{i % 4}", {"title": f"t{i}", "likes": 1, "body": [i]}, 10 + i), 10 + i)
+        lb.do(b.set(f"rec/notes/{i % 3}", {"likes": 2}, 10 + i), 10 + i)
+    settle([la, lb], 100)
+    wire = [e for e in srv.log if e["type"] == "record.patched"]
+    payloads.clear_patch_cache()
+    alone = RecordsReplica(CFG)
+    for e in unpack(pack(wire)):
+        alone.apply_wire_events([e])
+    shared = [RecordsReplica(CFG) for _ in range(4)]
+    for e in wire:  # the very same objects for every replica (as the simulator hands them out)
+        for r in shared[:2]:
+            r.apply_wire_events([e])
+    for r in shared[2:]:  # equal copies (as separate frames decode), in batches
+        r.apply_wire_events(unpack(pack(wire)))
+    want = alone.confirmed_values()
+    assert want == a.replica.confirmed_values() == srv_values(srv)
+    for r in shared:
+        assert r.confirmed_values() == want
+        assert all(r.version(s) == alone.version(s) for s in alone.streams())
+    # Values that are not scalars are never shared between replicas that got separate copies.
+    assert shared[2].get("rec/notes/1")["body"] is not shared[3].get("rec/notes/1")["body"]
+
+
+def srv_values(srv):
+    return {s: r.values() for s, r in sorted(srv.records.records.items())}
