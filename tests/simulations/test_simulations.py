@@ -1,6 +1,6 @@
 """Deterministic simulation: determinism, checkers, broken variants, SQLite mode.
 
-Soak (long): SOAK=1 python -m pytest tests/simulations -k soak -q   (200 seeds, more clients)
+Soak (long): SOAK=200 python -m pytest tests/simulations -k soak -q   (200 seeds, more clients)
 """
 from __future__ import annotations
 
@@ -127,8 +127,8 @@ def test_sqlite_mode_matches_memory_and_verifies(tmp_path):
     asyncio.run(verify())
 
 
-@pytest.mark.skipif(not os.environ.get("SOAK"), reason="soak: SOAK=1")
-@pytest.mark.parametrize("seed", range(200))
+@pytest.mark.skipif(not os.environ.get("SOAK"), reason="soak: SOAK=<seeds>")
+@pytest.mark.parametrize("seed", range(int(os.environ.get("SOAK") or 1)))
 def test_soak(seed):
     name = ["offline-records", "docs-partitions", "multi-tenant", "poison-consumer"][seed % 4]
     result, sim = run(scenarios.get(name), Params(clients=40, seed=seed))
