@@ -67,8 +67,10 @@ async def test_room_presence_is_shared_through_redis(gateway, redis_client_url, 
     assert view["states"][0]["user"] == "bob" and view["states"][0]["state"] == {"typing": True}
     await b.send(P.LEAVE, room="lobby")
     await b.expect(P.LEFT)
-    await asyncio.sleep(0.2)
-    view = httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()
-    assert [m["user"] for m in view["members"]] == ["alice"]
+
+    def members() -> list[str]:
+        return [m["user"] for m in httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()["members"]]
+
+    await wait_until(lambda: members() == ["alice"])
     for c in (a, b):
         await c.close()
