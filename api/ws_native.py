@@ -19,7 +19,7 @@ from typing import Any, Callable
 from litestar import WebSocket, websocket
 
 from engine import protocol as P
-from engine.errors import ProtocolError, SynclineError, ValidationError
+from engine.errors import ProtocolError, StoreUnavailable, SynclineError, ValidationError
 from engine.events import check_stream, is_system_stream
 from engine.filters import EventFilter
 
@@ -306,11 +306,24 @@ class NativeConnection:
             cursor = page.next_after
         return False
 
+    async def _through_outages(self, read):
+        """Run a store read, waiting out a database that is restarting or unreachable: the
+        log is the queue, so a subscription just waits at its cursor (DESIGN.md §4)."""
+        delay = 0.1
+        while True:
+            try:
+                return await read()
+            except StoreUnavailable:
+                if self.outbox.closed:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _pump(self, sub: Subscription) -> None:
         """Missed events first, in order, then live ones — one loop, since the log is the queue."""
         store, tenant = self.gw.store, self.principal.tenant
         try:
-            head = await store.head_position()
+            head = await self._through_outages(store.head_position)
             if await self._too_far_behind(sub, head):
                 self.send(P.message(P.REFRESH, sub=sub.id, head=head, reason="too_far_behind",
                                     max_behind=self.s.max_behind))
@@ -321,7 +334,9 @@ class NativeConnection:
                 while len(sub.inflight) >= window:
                     sub.acked.clear()
                     await sub.acked.wait()
-                page = await store.read_log(tenant, after=sub.cursor, limit=self.s.event_batch_max, filter=sub.filter)
+                page = await self._through_outages(
+                    lambda: store.read_log(tenant, after=sub.cursor, limit=self.s.event_batch_max, filter=sub.filter)
+                )
                 events = page.events
                 if not sub.system_ok and sub.filter is None:
                     events = tuple(e for e in events if not is_system_stream(e.stream))

@@ -131,7 +131,7 @@ async def test_redis_stopped_and_restarted_under_connected_clients(pg_clean_url,
         redis.stop()
 
 
-async def test_postgres_restarted_under_load(pg_clean_url, tmp_path):
+async def test_postgres_stopped_and_started_under_load(pg_clean_url, tmp_path):
     pg_ctl, data = os.environ.get("SYNCLINE_TEST_PG_CTL"), os.environ.get("SYNCLINE_TEST_PG_DATA")
     if not pg_ctl or not data:
         pytest.skip("needs scripts/services.sh (SYNCLINE_TEST_PG_CTL and SYNCLINE_TEST_PG_DATA)")
@@ -144,13 +144,15 @@ async def test_postgres_restarted_under_load(pg_clean_url, tmp_path):
         await bob.start()
         field_writes(alice, 0, 200)
         await until(lambda: alice.pending < 180, 30, "some ops to be acknowledged")
-        # No pipes: the restarted postmaster inherits them and would keep them open forever.
-        restart = await asyncio.to_thread(
-            subprocess.run, [*run_as, pg_ctl, "-D", data, "-w", "-m", "fast", "restart"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
-        )
-        assert restart.returncode == 0
-        field_writes(alice, 200, 100)
+        # No pipes: the started postmaster inherits them and would keep them open forever.
+        pg = [*run_as, pg_ctl, "-D", data, "-w"]
+        run = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        assert (await asyncio.to_thread(subprocess.run, [*pg, "-m", "fast", "stop"], **run)).returncode == 0
+        await until(lambda: gw.ready()["dependencies"]["store"]["state"] != "up", 30, "readyz to report the store down")
+        field_writes(alice, 200, 100)  # the user keeps working through the outage
+        await asyncio.sleep(0.5)  # let the ops hit the dead database (they must be queued, not lost)
+        assert alice.pending > 0
+        assert (await asyncio.to_thread(subprocess.run, [*pg, "start"], **run)).returncode == 0
         await converged([alice, bob], gw, expected(300), timeout=90)
         assert gw.ready()["dependencies"]["store"]["state"] == "up"
     finally:
