@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import jwt
+from waiting import wait_for
 
 from api.app import create_app
 from api.server import make_server
@@ -74,13 +75,12 @@ class RunningGateway:
 
     def start(self) -> "RunningGateway":
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
+        def started() -> bool:
             if self.error or not self.thread.is_alive():
                 raise RuntimeError(f"gateway failed to start: {self.error!r}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("gateway did not start")
-            time.sleep(0.01)
+            return self.server.started
+
+        wait_for(started, 20, "the gateway to start", interval=0.01)
         return self
 
     @property

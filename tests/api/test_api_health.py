@@ -5,10 +5,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from waiting import wait_for
 
 
 def test_healthz_readyz_metrics(srv):
@@ -50,12 +50,8 @@ def test_readyz_degraded_when_redis_is_down(gateway):
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens here once closed
     g = gateway(redis_url=f"redis://127.0.0.1:{dead}/0")
-    deadline = time.monotonic() + 5
-    while True:
-        body = httpx.get(f"{g.url}/readyz").json()
-        if body["dependencies"]["redis"]["state"] == "down" or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    body = wait_for(lambda: (b := httpx.get(f"{g.url}/readyz").json())["dependencies"]["redis"]["state"] == "down"
+                    and b, 5, "readyz to report redis down")
     assert body["status"] == "degraded"
     assert body["dependencies"]["redis"]["state"] == "down"
     assert "fanout_in_process_only" in body["degradations"]
@@ -77,15 +73,13 @@ def test_syncline_serve_prints_url_and_answers(tmp_path):
         assert f"http://127.0.0.1:{port}" in first
         rest = "".join(proc.stdout.readline() for _ in range(3))
         assert "syncline token --tenant acme --user alice" in rest
-        deadline = time.monotonic() + 20
-        while True:
+        def answers() -> bool:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not answer /healthz"
-            time.sleep(0.1)
+                return False
+
+        wait_for(answers, 20, "syncline serve to answer /healthz", interval=0.1)
         assert (tmp_path / "var" / "syncline.db").exists()
         token = subprocess.run([str(exe), "token", "--tenant", "acme", "--user", "alice"], cwd=tmp_path, env=env,
                                capture_output=True, text=True, check=True).stdout.strip()

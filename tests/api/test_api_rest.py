@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
+from waiting import wait_for
 
 from engine.syncdata import Chunk, assemble_snapshot
 
@@ -135,12 +136,8 @@ def test_critical_command_202_status_audit_and_signed_webhook(gateway):
                            headers={"Idempotency-Key": "pay-1"})
             assert again.status_code == 202 and again.json()["command_id"] == body["command_id"]
             assert again.json()["duplicate"] is True
-            deadline = time.monotonic() + 10
-            while True:
-                st = c.get(body["status_url"]).json()
-                if st["webhook"] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            st = wait_for(lambda: (s := c.get(body["status_url"]).json())["webhook"] and s, 10,
+                          "the signed webhook to be delivered")
             assert st["type"] == "payment.capture" and st["data"] == {"amount": 1250, "currency": "EUR"}
             assert st["webhook"]["delivered"] is True
             assert len(_Hook.received) == 1  # the duplicate did not fire it again

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pycrdt
 import websockets
+from waiting import until
 
 from engine.awareness import AwarenessEntry, encode_awareness_update
 from engine.yprotocol import (
@@ -63,9 +64,7 @@ async def yclient(srv, doc_name: str, doc: pycrdt.Doc, **tok):
 
 
 async def wait_until(cond, timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
+    await until(cond, timeout, "the documents to converge", interval=0.01)
 
 
 def texts(doc: pycrdt.Doc) -> str:

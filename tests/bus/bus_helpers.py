@@ -1,30 +1,23 @@
 """Helpers for the bus tests: waiting on conditions with a deadline, worker processes."""
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
+
+from waiting import until
 
 WORKER = Path(__file__).with_name("bus_worker.py")
 
 
 async def eventually(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``cond`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = cond()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    try:
+        await until(cond, timeout, what)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 class WorkerProc:

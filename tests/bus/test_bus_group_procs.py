@@ -51,7 +51,6 @@ async def test_group_of_three_processes_survives_sigkill(pg_clean_url):
         victim = workers[1]
         await eventually(lambda: len(victim.handled()) >= 40, 30, "the victim to handle a batch")
         victim.kill()  # SIGKILL, mid-batch: it had work queued and checkpoints not yet written
-        survivors = [workers[0], workers[2]]
 
         async def done() -> bool:
             return await effects() >= n_events

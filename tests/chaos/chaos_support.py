@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "chaos-test-secret-0123456789abcdef-xyz"
@@ -28,24 +29,6 @@ def free_port() -> int:
 def token(user: str, tenant: str = "acme") -> str:
     return jwt.encode({"sub": user, "tenant": tenant, "roles": ["member"], "exp": int(time.time()) + 3600},
                       SECRET, algorithm="HS256")
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-async def until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class Gateway:

@@ -10,7 +10,8 @@ import subprocess
 
 import httpx
 import pytest
-from chaos_support import CuttableProxy, Gateway, RedisServer, token, until
+from chaos_support import CuttableProxy, Gateway, RedisServer, token
+from waiting import until
 
 from clientkit.client import SynclineClient
 from store import open_store

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from engine.events import NewEvent
 from store import open_store

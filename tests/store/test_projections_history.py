@@ -23,6 +23,7 @@ from store.history import load_document, record_at, save_doc_snapshot
 from store.projector import Projector
 from store.records_service import RecordsService
 from store.sync import delta, state_snapshot
+from waiting import until
 
 CONFIG = ResolutionConfig({"notes": CollectionPolicy(fields={"title": LWW, "likes": merged("counter")})})
 
@@ -109,7 +110,7 @@ def test_rebuild_equals_live_and_time_travel_equals_live_at_p(steps, cut):
                 at_cut = Projector(store, builtin_projections(), all_tenants=True)
                 await at_cut.catch_up(until=p_cut)
         head = await store.head_position()
-        await asyncio.wait_for(_until(lambda: live.position >= head), 5)
+        await until(lambda: live.position >= head, 5, "the live projector to reach the head")
         task.cancel()
         rebuilt = Projector(store, builtin_projections(), all_tenants=True, batch=5)
         await rebuilt.rebuild()
@@ -129,11 +130,6 @@ def test_rebuild_equals_live_and_time_travel_equals_live_at_p(steps, cut):
         await store.close()
 
     asyncio.run(go())
-
-
-async def _until(cond):
-    while not cond():
-        await asyncio.sleep(0.01)
 
 
 async def test_document_snapshot_plus_tail_and_time_travel_on_sqlite(sqlite_url):

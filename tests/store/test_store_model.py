@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from pathlib import Path
 
 import hypothesis.strategies as st
 from hypothesis import settings

@@ -1,0 +1,40 @@
+"""Waiting on a condition with a deadline: the one way the tests wait for something to happen.
+
+A bare sleep guesses how long convergence takes; these poll the condition and fail with
+what they were waiting for when the deadline passes. (Sleeps left in tests give a
+negative check its window: "nothing arrives in the time it would take".)
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+Condition = Callable[[], Any]
+
+
+def wait_for(condition: Condition, timeout: float, what: str = "condition", interval: float = 0.02) -> Any:
+    """Poll a synchronous condition until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def until(condition: Callable[[], Awaitable[Any] | Any], timeout: float, what: str = "condition",
+                interval: float = 0.02) -> Any:
+    """Poll a condition (plain or async) on the event loop until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
