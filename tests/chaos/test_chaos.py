@@ -135,7 +135,7 @@ async def test_redis_stopped_and_restarted_under_connected_clients(pg_clean_url,
 @pytest.mark.xfail(
     strict=False,
     reason="known intermittent: passes alone every time (and caught the subscription-outage bug), but in "
-           "2 of 4 full-suite runs a client did not converge within 90 s after PostgreSQL came back; "
+           "2 of 3 full-suite runs a client did not converge within 90 s after PostgreSQL came back; "
            "under investigation (issue 7), kept running so it reports either way",
 )
 async def test_postgres_stopped_and_started_under_load(pg_clean_url, tmp_path):
