@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import protocol as P
 from engine.errors import SynclineError
 
-# WebSocket close codes (documented in docs/protocol.md).
-WS_NORMAL = 1000
-WS_GOING_AWAY = 1001
+# WebSocket close codes: the protocol's (engine/protocol.py, docs/protocol.md), plus two
+# standard ones the protocol module does not name.
+WS_NORMAL = P.CLOSE_NORMAL
+WS_GOING_AWAY = P.CLOSE_GOING_AWAY
 WS_INTERNAL = 1011
 WS_TRY_AGAIN = 1013
-WS_PROTOCOL = 4400
-WS_UNAUTHENTICATED = 4401
-WS_FORBIDDEN = 4403
-WS_STALE = 4408
-WS_RATE_LIMITED = 4429
-WS_UNAVAILABLE = 4503
+WS_PROTOCOL = P.CLOSE_PROTOCOL_ERROR
+WS_UNAUTHENTICATED = P.CLOSE_UNAUTHENTICATED
+WS_FORBIDDEN = P.CLOSE_FORBIDDEN
+WS_STALE = P.CLOSE_STALE
+WS_RATE_LIMITED = P.CLOSE_RATE_LIMITED
+WS_UNAVAILABLE = P.CLOSE_DISABLED
 
 
 class Unauthenticated(SynclineError):
