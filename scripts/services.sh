@@ -21,11 +21,13 @@
 # `stop` finds a restarted Redis through that pid file (and a SHUTDOWN on its port).
 #
 # Settings: SYNCLINE_SERVICES_TIMEOUT (readiness deadline in seconds, default 60),
-#           SYNCLINE_PG_BIN (use this PostgreSQL bin directory).
+#           SYNCLINE_PG_BIN (use this PostgreSQL bin directory),
+#           SYNCLINE_SERVICES_VAR (where services.env lives, default var/; a second set of services
+#           for a developer who restarts them in chaos tests while others keep using var/).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="$ROOT/var"
+VAR="${SYNCLINE_SERVICES_VAR:-$ROOT/var}"
 ENV_FILE="$VAR/services.env"
 LOCK_FILE="$VAR/services.lock"
 DB_NAME="syncline_test"
