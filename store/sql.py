@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.errors import StoreUnavailable, UnknownTenant
 from engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
-from engine.filters import EventFilter, glob_to_like, prefix_to_like
+from engine.filters import EventFilter, prefix_to_like
 from engine.ports import ChainBreak, LogPage, PruneReport, VerifyReport
 from engine.upcasting import UpcasterRegistry
 
@@ -23,12 +23,12 @@ from .appender import GroupCommitter, Pending
 from .base import StoreBase, check_chain, check_scope, wall_clock_us
 from .doorbell import LocalDoorbell
 from .errors import db_errors, map_db_error
-from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, PreparedAppend, decode_row, prepare
+from .read_queries import COLS, HEAD_SQL, CompiledQuery, QueryCache
+from .rows import DEFAULT_MAX_PAYLOAD, PreparedAppend, decode_rows, prepare
 from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
 
 DOC_PREFIX = "doc/"
-_COLS = [events.c[name] for name in READ_COLUMNS]
-_VERIFY_COLS = _COLS + [events.c.prev_hash, events.c.hash]
+_VERIFY_COLS = COLS + [events.c.prev_hash, events.c.hash]
 
 
 class SqlEventStore(StoreBase):
@@ -70,6 +70,7 @@ class SqlEventStore(StoreBase):
         )
         self._on_close = on_close
         self._sqlite_reader = sqlite_reader
+        self._queries = QueryCache(read_engine.dialect)
 
     @property
     def engines(self) -> tuple[AsyncEngine, AsyncEngine]:
@@ -112,24 +113,31 @@ class SqlEventStore(StoreBase):
     # ------------------------------------------------------------------- reads
 
     def _decode(self, rows) -> list[RecordedEvent]:
-        up = self.upcasters
-        return [decode_row(r, up) for r in rows]
+        return decode_rows(rows, self.upcasters)
 
-    async def _fetch_events(self, q) -> list[RecordedEvent]:
-        """Run an events query on the raw driver and decode the rows.
+    async def _fetch_page(
+        self, query: CompiledQuery, given: dict[str, Any], *, read_head: bool = False
+    ) -> tuple[int | None, list[RecordedEvent]]:
+        """Run a compiled events query on the raw driver and decode the rows.
 
-        The hot read path: SQLAlchemy compiles the query (so filters are written once),
-        the driver runs it. Row processing through SQLAlchemy and aiosqlite cost about
-        40% of a full read (benchmarks/store_append.py); on SQLite the query and the
-        decoding run in a reader thread, so the event loop only hops once per page.
+        The hot read path: the SQL was compiled once (store/read_queries.py), the driver
+        runs it. Row processing through SQLAlchemy and aiosqlite cost about 40% of a
+        full read (benchmarks/store_append.py). With ``read_head`` the log head is read
+        first, on the same connection, and bound as ``head``. On SQLite all of it and
+        the decoding run in a reader thread: one hop of the event loop per page.
         """
-        compiled = q.compile(dialect=self._r.dialect, compile_kwargs={"render_postcompile": True})
-        params = [compiled.params[name] for name in compiled.positiontup]
+        if read_head:
+            given["head"] = None  # filled in below, or by the reader thread
+        params = query.params(**given)
+        head_at = query.names.index("head") if read_head else None
         if self._sqlite_reader is not None:
-            return await self._sqlite_reader.fetch(compiled.string, params, self.upcasters)
+            return await self._sqlite_reader.fetch_page(query.sql, params, self.upcasters, head_at)
         async with self._r.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
-            return self._decode(await raw.fetch(compiled.string, *params))
+            head = None
+            if head_at is not None:
+                head = params[head_at] = await raw.fetchval(HEAD_SQL)
+            return head, self._decode(await raw.fetch(query.sql, *params))
 
     @db_errors
     async def read_stream(
@@ -137,14 +145,10 @@ class SqlEventStore(StoreBase):
     ) -> list[RecordedEvent]:
         check_tenant(tenant)
         check_stream(stream)
-        q = (
-            select(*_COLS)
-            .where(events.c.tenant == tenant, events.c.stream == stream, events.c.version >= from_version)
-            .order_by(events.c.version)
-        )
+        given = {"tenant": tenant, "stream": stream, "from_version": from_version}
         if limit is not None:
-            q = q.limit(limit)
-        return await self._fetch_events(q)
+            given["limit"] = limit
+        return (await self._fetch_page(self._queries.stream(limit is not None), given))[1]
 
     @db_errors
     async def stream_version(self, tenant: str, stream: str) -> int:
@@ -191,25 +195,26 @@ class SqlEventStore(StoreBase):
     ) -> LogPage:
         check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
-        conds, python_filter = _sql_filter(tenant, filter)
-        # Read the head first: every position up to it is committed (positions are
-        # gapless and in commit order), so "position <= head" is a consistent window
-        # and a filtered page may safely advance the cursor to the head.
-        head = await self.head_position()
+        query = self._queries.log_page(tenant is not None, filter, limit)
+        python_filter, chunk = query.python_filter, query.chunk
+        given: dict[str, Any] = {"tenant": tenant} if tenant is not None else {}
+        # The head is read first (in the same hop as the first page): every position up
+        # to it is committed (positions are gapless and in commit order), so
+        # "position <= head" is a consistent window and a filtered page may safely
+        # advance the cursor to the head.
+        head: int | None = None
         found: list[RecordedEvent] = []
         cursor = after
         scanned = 0
-        while cursor < head and len(found) < limit and scanned < limit * 20:
-            chunk = limit if not python_filter else min(limit * 4, 10_000)
-            q = (
-                select(*_COLS)
-                .where(events.c.position > cursor, events.c.position <= head, *conds)
-                .order_by(events.c.position)
-                .limit(chunk)
-            )
-            batch = await self._fetch_events(q)
+        while True:
+            given["cursor"] = cursor
+            if head is None:
+                head, batch = await self._fetch_page(query, given, read_head=True)
+            else:
+                given["head"] = head
+                _, batch = await self._fetch_page(query, given)
             if not batch:
-                cursor = head
+                cursor = max(cursor, head)
                 break
             scanned += len(batch)
             if python_filter:
@@ -224,6 +229,8 @@ class SqlEventStore(StoreBase):
                 cursor = batch[-1].position
             if len(batch) < chunk and len(found) < limit:
                 cursor = head  # nothing else matches up to the head
+                break
+            if not (cursor < head and len(found) < limit and scanned < limit * 20):
                 break
         return LogPage(tuple(found), max(cursor, after), head)
 
@@ -446,23 +453,3 @@ class SqlEventStore(StoreBase):
         if self._r is not self._w:
             await self._r.dispose()
 
-
-def _sql_filter(tenant: str | None, f: EventFilter | None) -> tuple[list, bool]:
-    conds: list = []
-    if tenant is not None:
-        conds.append(events.c.tenant == tenant)
-    if f is None or f.is_empty:
-        return conds, False
-    python_needed = bool(f.where)
-    stream_conds = [events.c.stream.like(prefix_to_like(p), escape="\\") for p in f.stream_prefixes]
-    if f.streams:
-        stream_conds.append(events.c.stream.in_(f.streams))
-    if stream_conds:
-        conds.append(or_(*stream_conds))
-    if f.types:
-        likes = [glob_to_like(t) for t in f.types]
-        if all(like is not None for like in likes):
-            conds.append(or_(*[events.c.type.like(like, escape="\\") for like in likes]))
-        else:
-            python_needed = True
-    return conds, python_needed

@@ -1,7 +1,8 @@
 """The SQLite read path for events: stdlib sqlite3 connections in reader threads.
 
-A page is one thread hop: the query runs and its rows are decoded in the thread.
-In WAL mode readers never block the writer and are never blocked by it.
+A page is one thread hop: the log head, the query and the decoding of its rows all
+run in the thread, so the event loop only hops once per page. In WAL mode readers
+never block the writer and are never blocked by it.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from .rows import decode_row
+from .rows import decode_rows
 from .sqlite import BUSY_TIMEOUT_MS
+
+HEAD_SQL = "SELECT position FROM log_head WHERE id = 1"
 
 
 class SqliteReader:
@@ -29,7 +32,7 @@ class SqliteReader:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                 check_same_thread=False)
+                                 check_same_thread=False, cached_statements=256)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA case_sensitive_like=ON")  # LIKE filters on streams and types
             self._local.db = db
@@ -37,11 +40,26 @@ class SqliteReader:
                 self._conns.append(db)
         return db
 
-    def _fetch(self, sql: str, params: list[Any], upcasters) -> list:
-        return [decode_row(r, upcasters) for r in self._conn().execute(sql, params)]
+    def _fetch(self, sql: str, params: list[Any], upcasters, head_at: int | None) -> tuple[int | None, list]:
+        db = self._conn()
+        head = None
+        if head_at is not None:
+            # The head first, then the rows up to it (see SqlEventStore.read_log).
+            head = db.execute(HEAD_SQL).fetchone()[0]
+            params[head_at] = head
+        return head, decode_rows(db.execute(sql, params).fetchall(), upcasters)
 
     async def fetch(self, sql: str, params: list[Any], upcasters=None) -> list:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._fetch, sql, params, upcasters)
+        return (await self.fetch_page(sql, params, upcasters))[1]
+
+    async def fetch_page(
+        self, sql: str, params: list[Any], upcasters=None, head_at: int | None = None
+    ) -> tuple[int | None, list]:
+        """Run ``sql`` and decode its rows. With ``head_at``, first read the log head and
+        put it in ``params[head_at]``; returns (head or None, events)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._fetch, sql, params, upcasters, head_at
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
