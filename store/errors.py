@@ -12,10 +12,29 @@ from engine.errors import StoreUnavailable, SynclineError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+# SQLSTATEs that mean "the server is going away, restarting or full", not "this query is
+# wrong": class 08 (connection exception), 57P01 admin_shutdown (a fast stop terminates the
+# session), 57P02 crash_shutdown, 57P03 cannot_connect_now ("the database system is shutting
+# down / starting up"), 53300 too_many_connections.
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    """The SQLSTATE of an asyncpg error, raw or as SQLAlchemy wraps it (``e.orig``)."""
+    for candidate in (e, getattr(e, "orig", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
 
 def map_db_error(e: BaseException) -> SynclineError:
     if isinstance(e, SynclineError):
         return e
+    state = _sqlstate(e)
+    if state is not None and (state.startswith("08") or state in UNAVAILABLE_SQLSTATES):
+        reason = str(getattr(e, "orig", None) or e)[:200]  # the driver's words, not the SQL
+        return StoreUnavailable(f"the database is unavailable (SQLSTATE {state}): {reason}")
     if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError, OSError,
                       asyncio.TimeoutError, ConnectionError)):
         return StoreUnavailable(f"the event store is unavailable: {type(e).__name__}: {str(e)[:200]}")
