@@ -1,57 +1,35 @@
-"""The PostgreSQL write path: a group commit in four round trips on the asyncpg driver.
+"""The PostgreSQL write path: a group commit in one round trip on the asyncpg driver.
+
+The whole batch is one call of ``syncline_append()`` (migration 0004), sent outside an
+explicit transaction, so the statement and its commit are one round trip. The batch
+is planned in Python (store/planning.py: versions, positions, times, hash chains)
+against the log head and stream heads this writer expects from its own earlier
+commits; the function checks those expectations under the log-head lock and writes
+only if they all hold. When they do not (another process wrote, a stream this process
+has not seen yet, a stored idempotency key), nothing is written and the function
+returns what is committed; the writer plans again from that. If the second guess
+fails too, other processes are writing: the batch then runs in an explicit
+transaction (BEGIN, guess, plan again under the held lock, COMMIT), and later batches
+stay there until a first guess succeeds again.
 
 SQLAlchemy owns the pool; the writer borrows the raw asyncpg connection of one pooled
-connection, because a batch must be: BEGIN, lock, read heads, one statement that
-writes everything, COMMIT. Issued as compiled SQLAlchemy constructs the same batch
-cost about eight round trips and most of the CPU (measured in benchmarks/store_append.py).
+connection (asyncpg prepares and caches the statement per connection).
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .planning import BatchPlan, Head, plan_batch
+from .planning import BatchPlan, Head, StreamKey, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
 
-PG_NOTIFY_CHANNEL = "syncline_log"
+PG_NOTIFY_CHANNEL = "syncline_log"  # also hard-coded in syncline_append() (migration 0004)
 
-_EVENT_TYPES = (
-    "bigint", "text", "text", "text", "int", "text", "smallint", "bigint", "text",
-    "text", "bytea", "bytea", "bytea", "text", "bytea", "bytea",
-)
-_N = len(WRITE_COLUMNS)
-_WRITE_ALL = f"""
-WITH ins AS (
-    INSERT INTO events ({', '.join(WRITE_COLUMNS)})
-    SELECT * FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, t in enumerate(_EVENT_TYPES))})
-), st AS (
-    INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us)
-    SELECT t, s, v, h, 0, '\\x{'00' * 32}'::bytea, ${_N + 6}
-    FROM unnest(${_N + 1}::text[], ${_N + 2}::text[], ${_N + 3}::int[], ${_N + 4}::bytea[]) AS x(t, s, v, h)
-    ON CONFLICT (tenant, stream) DO UPDATE
-    SET version = EXCLUDED.version, head_hash = EXCLUDED.head_hash, updated_us = EXCLUDED.updated_us
-), tn AS (
-    INSERT INTO tenants (id, created_us) SELECT unnest(${_N + 5}::text[]), ${_N + 6}
-    ON CONFLICT (id) DO NOTHING
-), hd AS (
-    UPDATE log_head SET position = ${_N + 7}, time_us = ${_N + 6} WHERE id = 1
-)
-SELECT pg_notify('{PG_NOTIFY_CHANNEL}', ${_N + 7}::text)
-"""
-
-
-_LOCK = "BEGIN; SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE"
-_HEADS = """
-SELECT l.position, l.time_us, s.tenant, s.stream, s.version, s.head_hash
-FROM log_head l
-LEFT JOIN streams s ON (s.tenant, s.stream) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-WHERE l.id = 1
-"""
-_KEYS = """
-SELECT tenant, key, fingerprint, result FROM idempotency
-WHERE (tenant, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-"""
+_APPEND = "SELECT * FROM syncline_append(" + ", ".join(f"${i}" for i in range(1, 36)) + ")"
+_NO_WRITES = ([],) * (len(WRITE_COLUMNS) + 9)  # events, moved heads, tenants, new keys
+MAX_CACHED_HEADS = 50_000  # streams whose head this writer remembers; a miss costs one round trip
 
 
 class PgBatchWriter:
@@ -61,6 +39,17 @@ class PgBatchWriter:
         # run two batches at once; each needs its own connection (they queue on log_head).
         self._idle: list[tuple[Any, Any]] = []
         self._all: list[tuple[Any, Any]] = []
+        # What this writer expects to be committed once every batch it has planned
+        # commits: the log head (None: unknown) and the heads of the streams it has seen
+        # (a stream not here is expected not to exist). Only a guess: the database
+        # checks it, so a wrong guess costs a round trip, never a wrong write.
+        self._position: int | None = None
+        self._time_us = 0
+        self._heads: dict[StreamKey, Head] = {}
+        self._epoch = 0  # counts plans and lessons ...
+        self._learned_at = 0  # ... and when the last lesson was taken
+        self.optimistic = True  # False: every batch in an explicit transaction
+        self._contended = False
 
     async def _acquire(self) -> tuple[Any, Any]:
         while self._idle:
@@ -88,6 +77,7 @@ class PgBatchWriter:
         try:
             plan = await self._commit(raw, calls, clock_us)
         except BaseException:
+            self._position = None  # whether it committed is unknown: ask next time
             if not raw.is_closed() and raw.is_in_transaction():
                 try:
                     await raw.execute("ROLLBACK")
@@ -101,51 +91,108 @@ class PgBatchWriter:
         return plan
 
     async def _commit(self, raw, calls: list[PreparedAppend], clock_us: Callable[[], int]) -> BatchPlan:
-        # Commit order == position order. Every append transaction first locks the single
-        # log_head row (FOR UPDATE) and holds the lock until COMMIT or ROLLBACK, so
-        # transactions take positions strictly one after another. The heads and the
-        # current position are read by the NEXT statement, whose READ COMMITTED snapshot
-        # is taken after the lock was granted, so it sees the previous writer's commit
-        # (reading them in the locking statement itself would use a snapshot from before
-        # the wait). PostgreSQL makes a transaction visible before it releases its locks,
-        # so once T2 may commit, T1's events are visible: a reader that has seen position
-        # P never later sees a position below P appear. A rolled-back append rolls back
+        # Commit order == position order. syncline_append() first locks the single
+        # log_head row (FOR UPDATE); the lock is held until the transaction commits or
+        # rolls back, so transactions take positions strictly one after another. The
+        # function then reads the log head, stream heads and idempotency keys in a NEW
+        # statement, whose READ COMMITTED snapshot is taken after the lock was granted
+        # and so includes the previous writer's commit (a snapshot from before the wait
+        # would not), and writes only if the plan's assumptions equal what it read:
+        # the rows written are exactly those a plan made under the lock would write.
+        # PostgreSQL makes a transaction visible before it releases its locks, so once
+        # T2 may commit, T1's events are visible: a reader that has seen position P
+        # never later sees a position below P appear. A rolled-back append rolls back
         # its log_head update too: positions have no gaps and readers never wait for a
-        # hole to fill. The serialized section is four round trips, amortized over every
-        # call of the group commit.
-        await raw.execute(_LOCK)
-        pairs = sorted({(c.tenant, w.stream) for c in calls for w in c.writes})
-        rows = await raw.fetch(_HEADS, [t for t, _ in pairs], [s for _, s in pairs])
-        position, head_time = rows[0]["position"], rows[0]["time_us"]
-        heads = {(r["tenant"], r["stream"]): Head(r["version"], r["head_hash"]) for r in rows if r["stream"]}
-        keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        wanted = sorted({(c.tenant, c.idempotency_key) for c in calls if c.idempotency_key})
-        if wanted:
-            for r in await raw.fetch(_KEYS, [t for t, _ in wanted], [k for _, k in wanted]):
-                keys[(r["tenant"], r["key"])] = (r["fingerprint"], r["result"])
-        time_us = max(clock_us(), head_time)  # commit times never go backwards
-        plan = plan_batch(calls, heads, keys, position, time_us)
-        if plan.rows:
-            columns = [[r[c] for r in plan.rows] for c in WRITE_COLUMNS]
-            moved = list(plan.heads.items())
-            await raw.execute(
-                _WRITE_ALL,
-                *columns,
-                [t for (t, _), _h in moved],
-                [s for (_, s), _h in moved],
-                [h.version for _k, h in moved],
-                [h.hash for _k, h in moved],
-                sorted(plan.tenants),
-                time_us,
-                plan.last_position,
-            )
-        if plan.new_keys:
-            await raw.executemany(
-                "INSERT INTO idempotency (tenant, key, fingerprint, result, created_us) VALUES ($1, $2, $3, $4, $5)",
-                [(k["tenant"], k["key"], k["fingerprint"], k["result"], k["created_us"]) for k in plan.new_keys],
-            )
+        # hole to fill. Outside an explicit transaction the call commits by itself
+        # (holding the lock through its commit), so the common batch is one round trip.
+        streams = list(dict.fromkeys((c.tenant, w.stream) for c in calls for w in c.writes))
+        keys = list(dict.fromkeys((c.tenant, c.idempotency_key) for c in calls if c.idempotency_key))
+        stored: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        if self.optimistic and not self._contended and self._position is not None:
+            for _attempt in range(2):
+                plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+                row = await raw.fetchrow(_APPEND, *args)
+                if row["r_ok"]:
+                    return plan
+                stored = self._learn(row, epoch, streams)
+            self._contended = True  # two guesses missed: another process is writing
+        await raw.execute("BEGIN")
+        if self._position is None:  # find the log head (the call writes nothing)
+            row = await raw.fetchrow(_APPEND, -1, 0, *self._expected(streams, keys, stored), 0, *_NO_WRITES)
+            stored = self._learn(row, 0, streams, force=True)
+        plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+        row = await raw.fetchrow(_APPEND, *args)
+        self._contended = not row["r_ok"]
+        if not row["r_ok"]:  # we hold the lock now: what it returned stays true until COMMIT
+            stored = self._learn(row, epoch, streams, force=True)
+            plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+            row = await raw.fetchrow(_APPEND, *args)
+            if not row["r_ok"]:
+                raise RuntimeError("syncline_append() refused a plan made under its own lock")
         await raw.execute("COMMIT")
         return plan
+
+    def _expected(self, streams: list[StreamKey], keys: list[tuple[str, str]], stored: dict) -> tuple:
+        heads = self._heads
+        versions, hashes = [], []
+        for k in streams:
+            h = heads.get(k)
+            versions.append(h.version if h else 0)
+            hashes.append(h.hash if h else None)
+        return (
+            [t for t, _ in streams], [s for _, s in streams], versions, hashes,
+            [t for t, _ in keys], [k for _, k in keys], [k in stored for k in keys],
+        )
+
+    def _plan(self, calls, clock_us, streams, keys, stored) -> tuple[BatchPlan, tuple, int]:
+        """Plan the batch on what this writer expects, then expect its outcome.
+
+        Expecting the outcome before it commits lets a second batch in flight plan on
+        top of the first; if the first does not commit, the database refuses the
+        second too, and that one plans again.
+        """
+        heads = {k: self._heads[k] for k in streams if k in self._heads}
+        position, time_us = self._position, max(clock_us(), self._time_us)  # times never go backwards
+        plan = plan_batch(calls, heads, stored, position, time_us)
+        rows, moved, new_keys = plan.rows, list(plan.heads.items()), plan.new_keys
+        args = (
+            position, time_us, *self._expected(streams, keys, stored), plan.last_position,
+            *([r[c] for r in rows] for c in WRITE_COLUMNS),
+            [t for (t, _), _h in moved], [s for (_, s), _h in moved],
+            [h.version for _k, h in moved], [h.hash for _k, h in moved],
+            list(plan.tenants),
+            [k["tenant"] for k in new_keys], [k["key"] for k in new_keys],
+            [k["fingerprint"] for k in new_keys], [k["result"] for k in new_keys],
+        )
+        if rows:
+            self._position, self._time_us = plan.last_position, time_us
+        for k, h in moved:
+            self._heads.pop(k, None)  # re-inserted last: the oldest entries are evicted first
+            self._heads[k] = h
+        if len(self._heads) > MAX_CACHED_HEADS:
+            for k in list(islice(self._heads, MAX_CACHED_HEADS // 2)):
+                del self._heads[k]
+        self._epoch += 1
+        return plan, args, self._epoch
+
+    def _learn(self, row, epoch: int, streams: list[StreamKey], force: bool = False) -> dict:
+        """Take what syncline_append() found committed; return the stored idempotency keys.
+
+        A plan made before the last lesson does not teach: the writer has planned again
+        since on newer knowledge, which this older answer must not overwrite.
+        """
+        stored = dict(zip(zip(row["r_key_tenants"] or (), row["r_keys"] or ()),
+                          zip(row["r_fingerprints"] or (), row["r_results"] or ())))
+        if force or epoch > self._learned_at:
+            self._position, self._time_us = row["r_position"], row["r_time_us"]
+            for k in streams:
+                self._heads.pop(k, None)
+            for t, s, v, h in zip(row["r_tenants"] or (), row["r_streams"] or (),
+                                  row["r_versions"] or (), row["r_hashes"] or ()):
+                self._heads[(t, s)] = Head(v, h)
+            self._epoch += 1
+            self._learned_at = self._epoch
+        return stored
 
     async def close(self) -> None:
         for sa_conn, _raw in self._all:

@@ -1,0 +1,103 @@
+"""PostgreSQL: syncline_append(), a whole group commit in one statement (store/pg_writer.py).
+
+The writer plans a batch in Python against the log head and stream heads it expects
+(versions, positions, times and hashes depend on them) and sends the plan with those
+expectations. The function locks the log head, checks every expectation against what
+is committed, and only if all hold writes the batch; otherwise it writes nothing and
+returns what it found, for the writer to plan again. Run as one statement outside an
+explicit transaction, the call and its commit are one round trip.
+
+SQLite has no server-side functions; its writer needs none (store/sqlite_writer.py).
+
+Revision ID: 0004
+"""
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+GENESIS_HEX = "00" * 32
+
+CREATE = r"""
+CREATE OR REPLACE FUNCTION syncline_append(
+    -- what the plan assumed: the log head, each stream's head (version 0 and a NULL
+    -- hash: no such stream), and whether each idempotency key is stored
+    p_position bigint, p_time_us bigint,
+    a_tenant text[], a_stream text[], a_version int[], a_hash bytea[],
+    k_tenant text[], k_key text[], k_present boolean[],
+    -- what it writes (empty arrays: nothing; p_last is the new log head position)
+    p_last bigint,
+    e_position bigint[], e_id text[], e_tenant text[], e_stream text[], e_version int[],
+    e_type text[], e_schema smallint[], e_time_us bigint[], e_actor_user text[],
+    e_actor_client text[], e_clock bytea[], e_payload bytea[], e_meta bytea[],
+    e_retention text[], e_prev_hash bytea[], e_hash bytea[],
+    h_tenant text[], h_stream text[], h_version int[], h_hash bytea[],
+    n_tenant text[],
+    i_tenant text[], i_key text[], i_fingerprint bytea[], i_result bytea[],
+    -- the answer: r_ok, or (not r_ok) what is committed, for the writer to plan again
+    OUT r_ok boolean, OUT r_position bigint, OUT r_time_us bigint,
+    OUT r_tenants text[], OUT r_streams text[], OUT r_versions int[], OUT r_hashes bytea[],
+    OUT r_key_tenants text[], OUT r_keys text[], OUT r_fingerprints bytea[], OUT r_results bytea[]
+) LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    -- The lock that orders commits; held until this transaction commits or rolls back.
+    PERFORM 1 FROM log_head WHERE id = 1 FOR UPDATE;
+    -- A new statement, so a new READ COMMITTED snapshot, taken after the lock was
+    -- granted: it includes the commit of whoever held the lock before us.
+    SELECT l.position, l.time_us INTO r_position, r_time_us FROM log_head l WHERE l.id = 1;
+    r_ok := r_position = p_position AND p_time_us >= r_time_us
+        AND NOT EXISTS (
+            SELECT 1 FROM unnest(a_tenant, a_stream, a_version, a_hash) AS a(t, s, v, h)
+            LEFT JOIN streams st ON st.tenant = a.t AND st.stream = a.s
+            WHERE coalesce(st.version, 0) <> a.v OR st.head_hash IS DISTINCT FROM a.h)
+        AND NOT EXISTS (
+            SELECT 1 FROM unnest(k_tenant, k_key, k_present) AS k(t, key, present)
+            WHERE k.present <> EXISTS (SELECT 1 FROM idempotency i WHERE i.tenant = k.t AND i.key = k.key));
+    IF NOT r_ok THEN
+        SELECT array_agg(st.tenant), array_agg(st.stream), array_agg(st.version), array_agg(st.head_hash)
+        INTO r_tenants, r_streams, r_versions, r_hashes
+        FROM unnest(a_tenant, a_stream) AS a(t, s) JOIN streams st ON st.tenant = a.t AND st.stream = a.s;
+        SELECT array_agg(i.tenant), array_agg(i.key), array_agg(i.fingerprint), array_agg(i.result)
+        INTO r_key_tenants, r_keys, r_fingerprints, r_results
+        FROM unnest(k_tenant, k_key) AS k(t, key) JOIN idempotency i ON i.tenant = k.t AND i.key = k.key;
+        RETURN;
+    END IF;
+    IF cardinality(e_position) > 0 THEN
+        INSERT INTO events (position, id, tenant, stream, version, type, schema, time_us, actor_user,
+                            actor_client, clock, payload, meta, retention, prev_hash, hash)
+        SELECT * FROM unnest(e_position, e_id, e_tenant, e_stream, e_version, e_type, e_schema, e_time_us,
+                             e_actor_user, e_actor_client, e_clock, e_payload, e_meta, e_retention,
+                             e_prev_hash, e_hash);
+        INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us)
+        SELECT t, s, v, h, 0, '\x__GENESIS__'::bytea, p_time_us
+        FROM unnest(h_tenant, h_stream, h_version, h_hash) AS x(t, s, v, h)
+        ON CONFLICT (tenant, stream) DO UPDATE
+        SET version = EXCLUDED.version, head_hash = EXCLUDED.head_hash, updated_us = EXCLUDED.updated_us;
+        INSERT INTO tenants (id, created_us) SELECT unnest(n_tenant), p_time_us ON CONFLICT (id) DO NOTHING;
+        UPDATE log_head SET position = p_last, time_us = p_time_us WHERE id = 1;
+        -- delivered to LISTENers only if and when this transaction commits
+        PERFORM pg_notify('syncline_log', p_last::text);
+        r_position := p_last;
+        r_time_us := p_time_us;
+    END IF;
+    IF cardinality(i_tenant) > 0 THEN
+        INSERT INTO idempotency (tenant, key, fingerprint, result, created_us)
+        SELECT t, k, f, r, p_time_us FROM unnest(i_tenant, i_key, i_fingerprint, i_result) AS x(t, k, f, r);
+    END IF;
+END
+$fn$
+""".replace("__GENESIS__", GENESIS_HEX)
+
+DROP = "DROP FUNCTION IF EXISTS syncline_append"
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(CREATE)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(DROP)
