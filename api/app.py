@@ -43,6 +43,19 @@ def _internal_error(request: Request, exc: Exception) -> Response:
     return Response(error_body("internal", "internal server error"), status_code=500)
 
 
+def _given_correlation_id(scope: Scope) -> str | None:
+    """The client's ``X-Correlation-ID`` (or ``X-Request-ID``), read straight from the
+    scope. A local name in the middleware would stay alive for a WebSocket's whole life
+    (the middleware frame is suspended in ``await app(...)``), so nothing decoded is kept."""
+    correlation_id = request_id = b""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-correlation-id":
+            correlation_id = value
+        elif name == b"x-request-id":
+            request_id = value
+    return (correlation_id or request_id).decode("latin-1") or None
+
+
 def correlation_middleware(app: ASGIApp) -> ASGIApp:
     """Binds a correlation id (``X-Correlation-ID`` or a new one) to every log line of a
     request or connection, echoes it on HTTP responses, and counts HTTP requests."""
@@ -51,8 +64,7 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] not in ("http", "websocket"):
             await app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        cid = new_correlation_id(headers.get(CORRELATION_HEADER) or headers.get("x-request-id"))
+        cid = new_correlation_id(_given_correlation_id(scope))
         scope.setdefault("state", {})["correlation_id"] = cid
         clear()
         bind(correlation_id=cid)

@@ -1,5 +1,8 @@
 """uvicorn with a graceful WebSocket shutdown: clients are told why before the sockets close;
-and WebSocket writes coalesced per event-loop turn (one socket call for a burst of frames)."""
+WebSocket writes coalesced per event-loop turn (one socket call for a burst of frames); and
+the WebSocket implementation chosen by name: ``lean`` (api/lean_ws.py, the default: the
+least memory per idle connection) or one of uvicorn's (``auto``, ``websockets``,
+``websockets-sansio``, ``wsproto``)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +13,9 @@ import uvicorn
 from litestar import Litestar
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
+
+from .lean_ws import LeanWebSocketProtocol
+from .settings import WS_IMPLEMENTATIONS, default_ws
 
 
 class CoalescingTransport:
@@ -67,7 +73,7 @@ class CoalescingTransport:
 def coalescing_ws_protocol(ws: str | type) -> type | None:
     """uvicorn's WebSocket protocol class ``ws`` with its transport wrapped in a
     :class:`CoalescingTransport`."""
-    base = import_from_string(WS_PROTOCOLS[ws]) if isinstance(ws, str) else ws
+    base = ws_protocol_class(ws) if isinstance(ws, str) else ws
     if base is None:
         return None
 
@@ -75,6 +81,15 @@ def coalescing_ws_protocol(ws: str | type) -> type | None:
         base.connection_made(self, CoalescingTransport(transport, asyncio.get_running_loop()))
 
     return type(f"Coalescing{base.__name__}", (base,), {"connection_made": connection_made})
+
+
+def ws_protocol_class(name: str) -> type | None:
+    """The WebSocket protocol class for an implementation name (see WS_IMPLEMENTATIONS)."""
+    if name == "lean":
+        return LeanWebSocketProtocol
+    if name not in WS_IMPLEMENTATIONS:
+        raise ValueError(f"unknown WebSocket implementation {name!r}; choose from {', '.join(WS_IMPLEMENTATIONS)}")
+    return import_from_string(WS_PROTOCOLS[name])
 
 
 class GatewayServer(uvicorn.Server):
@@ -95,9 +110,12 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warning", ws: str = "auto",
+def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warning", ws: str | None = None,
                 fd: int | None = None, coalesce_writes: bool = True) -> GatewayServer:
-    ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws
+    """``ws``: the WebSocket implementation's name; by default ``SYNCLINE_WS_IMPL`` or
+    ``lean``."""
+    ws = ws or default_ws()
+    ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
                             timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None)
     return GatewayServer(config, app)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DB = "sqlite+aiosqlite:///var/syncline.db"
+# WebSocket implementations `syncline serve --ws` accepts: ours (api/lean_ws.py) and uvicorn's.
+WS_IMPLEMENTATIONS = ("lean", "auto", "websockets", "websockets-sansio", "wsproto")
+DEFAULT_WS = "lean"
 DEV_SECRET_FILE = Path("var/dev-jwt-secret")
 
 
@@ -20,6 +23,11 @@ def _dev_secret() -> str:
     DEV_SECRET_FILE.write_text(value)
     DEV_SECRET_FILE.chmod(0o600)
     return value
+
+
+def default_ws() -> str:
+    """``SYNCLINE_WS_IMPL`` (one of WS_IMPLEMENTATIONS) or ``lean``."""
+    return os.environ.get("SYNCLINE_WS_IMPL") or DEFAULT_WS
 
 
 def _float(name: str, default: float) -> float:
@@ -72,4 +80,5 @@ class Settings:
     yjs_doc_idle_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_DOC_IDLE_S", 300.0))
     yjs_doc_memory_budget_bytes: int = field(
         default_factory=lambda: _int("SYNCLINE_YJS_DOC_MEMORY_BUDGET_BYTES", 256 * 1024 * 1024))
+    ws_impl: str = field(default_factory=default_ws)
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

@@ -414,6 +414,9 @@ class DocRooms:
 
 
 class YjsConnection:
+    # One per open socket, kept for its whole life: slots, not a __dict__.
+    __slots__ = ("gw", "socket", "principal", "room", "conn_id", "outbox", "writable")
+
     def __init__(self, gw: Gateway, socket: WebSocket, principal: Principal, room: DocRoom) -> None:
         self.gw = gw
         self.socket = socket

@@ -8,7 +8,13 @@ serve``, its default WebSocket implementation) and the anchor (pycrdt-websocket 
 uvicorn, in-memory rooms) in the same run. Loopback only; the clients are spread over
 several processes (asyncio + ``websockets``), each raising its open-files limit.
 
-    python benchmarks/connections.py [--quick] [--n 10000]
+    python benchmarks/connections.py [--quick] [--n 10000] [--ws IMPL]
+    python benchmarks/connections.py --tracemalloc [--n 500] [--ws IMPL]
+
+``--tracemalloc``: the server runs in this process under tracemalloc (the clients in
+another); prints the Python memory allocated per idle connection and where it goes.
+Unlike RSS it does not depend on allocator fragmentation or load: use it to compare
+changes.
 
 Last line: JSON with ``connections_held``, ``kb_per_conn``, ``anchor_kb_per_conn``.
 """
@@ -138,13 +144,81 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def traced(n: int, ws: str, top: int = 60) -> None:
+    """Python allocations per idle connection: the server in this process (a thread
+    with its own event loop) under tracemalloc, ``n`` clients from one other process."""
+    import gc
+    import tempfile
+    import threading
+    import tracemalloc
+
+    from fanout import SECRET, free_port
+
+    os.environ.update(SYNCLINE_JWT_SECRET=SECRET, SYNCLINE_LOG_FORMAT="json", SYNCLINE_PRUNE_INTERVAL_S="0",
+                      SYNCLINE_RATE_LIMIT_MESSAGES="100000000")
+    import logging
+
+    from api.app import create_app
+    from api.server import make_server
+    from api.settings import Settings
+
+    from api.logging import configure_logging
+
+    configure_logging(True, logging.WARNING)  # no log line per connection
+    tmp = tempfile.mkdtemp(prefix="conn-trace-")
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp}/trace.db", port=free_port())
+    app = create_app(settings)
+    server = make_server(app, "127.0.0.1", settings.port, ws=ws)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"ws://127.0.0.1:{settings.port}/v1/yjs/idle-trace?token={token()}"
+
+    def idle_snapshot(wait_s: float = 2.0) -> "tracemalloc.Snapshot":
+        time.sleep(wait_s)
+        gc.collect()
+        return tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+
+    stop, q = mp.Event(), mp.Queue()
+    warm = mp.Process(target=client_proc, args=(url, 1, q, stop))
+    warm.start()
+    q.get(timeout=60)
+    tracemalloc.start(8)
+    before = idle_snapshot()
+    p = mp.Process(target=client_proc, args=(url, n, q, stop))
+    p.start()
+    opened = q.get(timeout=600)
+    after = idle_snapshot()
+    tracemalloc.stop()
+    stop.set()
+    for proc in (warm, p):
+        q.get(timeout=120)
+        proc.join(30)
+    server.should_exit = True
+    thread.join(30)
+    total = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    print(f"{ws}: {opened} idle connections, {total / opened / 1024:.2f} KB allocated per connection "
+          f"(tracemalloc)")
+    for stat in after.compare_to(before, "lineno")[:top]:
+        frame = stat.traceback[0]
+        print(f"  {stat.size_diff / opened:8.0f} B  {stat.count_diff / opened:5.1f} blocks  "
+              f"{frame.filename.rsplit('site-packages/', 1)[-1]}:{frame.lineno}")
+    print(json.dumps({"ws_impl": ws, "connections": opened, "traced_kb_per_conn": round(total / opened / 1024, 2)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=0)
-    ap.add_argument("--ws", default="websockets-sansio", help="uvicorn WebSocket implementation for Syncline")
+    ap.add_argument("--ws", default="lean", help="WebSocket implementation for Syncline (syncline serve --ws)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="in-process: Python allocations per connection and where they go (default n=500)")
     args = ap.parse_args()
     raise_nofile()
+    if args.tracemalloc:
+        traced(args.n or 500, args.ws)
+        return
     n = args.n or (1000 if args.quick else 10_000)
     steps = sorted({max(2, n // 10), n // 2, n})
     print(f"up to {n} idle connections; load avg {os.getloadavg()}", flush=True)

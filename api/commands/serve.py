@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..settings import Settings
+from ..settings import WS_IMPLEMENTATIONS, Settings
 
 
 @click.command()
@@ -15,9 +15,11 @@ from ..settings import Settings
 @click.option("--port", default=None, type=int, help="Port (default SYNCLINE_PORT or 8000).")
 @click.option("--db", "database_url", default=None, help="Store URL (default sqlite+aiosqlite:///var/syncline.db).")
 @click.option("--redis", "redis_url", default=None, help="Redis URL for cross-process fan-out (optional).")
-@click.option("--ws", default="auto", type=click.Choice(["auto", "websockets", "websockets-sansio", "wsproto"]),
-              help="uvicorn WebSocket implementation.")
-def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None, ws: str) -> None:
+@click.option("--ws", default=None, type=click.Choice(WS_IMPLEMENTATIONS),
+              help="WebSocket implementation: lean (ours, least memory per connection; default SYNCLINE_WS_IMPL "
+                   "or lean) or one of uvicorn's.")
+def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
+          ws: str | None) -> None:
     """Run the gateway (REST, WebSocket, Yjs) in one process."""
     from ..app import create_app
     from ..server import make_server
@@ -31,12 +33,14 @@ def serve(host: str | None, port: int | None, database_url: str | None, redis_ur
         settings.database_url = database_url
     if redis_url:
         settings.redis_url = redis_url
+    if ws:
+        settings.ws_impl = ws
     if settings.database_url.startswith("sqlite+aiosqlite:///"):
         path = settings.database_url.removeprefix("sqlite+aiosqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    server = make_server(app, settings.host, settings.port, ws=ws)
+    server = make_server(app, settings.host, settings.port, ws=settings.ws_impl)
     url = f"http://{settings.host}:{settings.port}"
     click.echo(f"Syncline listening on {url}  (store: {settings.database_url})")
     click.echo(f"  health:  {url}/healthz    ready: {url}/readyz    metrics: {url}/metrics    API: {url}/schema")

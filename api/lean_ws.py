@@ -1,0 +1,534 @@
+"""A lean WebSocket protocol for uvicorn: an idle connection costs a few hundred bytes here.
+
+uvicorn's own implementations keep, for every connection's whole life, a sans-I/O
+``ServerProtocol`` (its parser generators, reader buffer, logger), the handshake
+``Request`` / ``Response`` and their header objects, an ``asyncio.Queue`` for received
+messages and an ``asyncio.Event`` for write flow control: about 14 KB per idle
+connection (tracemalloc), half of everything an idle Yjs connection costs.
+:class:`LeanWebSocketProtocol` keeps one object with ``__slots__`` and the ASGI scope.
+The handshake's key lives only until the app accepts; a received message waits in a
+deque that exists only while messages wait; a task blocked in ``receive()`` waits on one
+future, made only while it waits; a sender blocked by a full write buffer waits on a
+future made only then; a partial frame is kept in a buffer only until it is complete.
+
+It is a plain RFC 6455 server (uvicorn passes it the upgrade request the HTTP protocol
+parsed, then the socket): masked client frames, fragmented messages, ping → pong,
+the closing handshake with the peer's code delivered to the app, UTF-8 checks on text
+(1007), ``ws_max_size`` per message (1009), protocol errors (1002), reading paused while
+``ws_max_queue`` messages wait for the app, ``ws_ping_interval`` / ``ws_ping_timeout``
+keepalive. permessage-deflate is never negotiated (clients fall back to plain frames):
+a compressing connection holds zlib state of tens of KB, and y-websocket frames are
+small binary updates. The ASGI ``websocket.http.response`` extension is not offered (an
+app refuses a handshake with ``websocket.close``, answered with 403).
+
+Select it with ``syncline serve --ws lean`` (the default); uvicorn's own stay available.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import random
+import struct
+from collections import deque
+from typing import Any
+from urllib.parse import unquote
+
+from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+
+try:  # websockets' C helper: XOR with the 4-byte mask
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
+logger = logging.getLogger("uvicorn.error")
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+HANDSHAKE_MAX = 64 * 1024  # bytes of upgrade request; uvicorn's HTTP parser has already read it
+CLOSE_TIMEOUT_S = 10.0  # how long to wait for the peer's close frame after ours
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+# Close codes a peer may send (RFC 6455 §7.4); 1005, 1006 and 1015 are never on the wire.
+_VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+# Connection states.
+HANDSHAKE, CONNECTING, OPEN, CLOSING, CLOSED = range(5)
+
+# Header names and values every upgrade request carries, shared by every connection's
+# scope instead of one copy each (the scope lives as long as the connection).
+_COMMON = {b: b for b in (
+    b"host", b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-protocol",
+    b"sec-websocket-extensions", b"user-agent", b"origin", b"pragma", b"cache-control", b"accept-encoding",
+    b"accept-language", b"cookie", b"authorization", b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip",
+    b"websocket", b"Upgrade", b"upgrade", b"13", b"no-cache", b"gzip, deflate, br", b"gzip, deflate",
+    b"permessage-deflate; client_max_window_bits", b"permessage-deflate",
+)}
+# One scope["asgi"] dict per ASGI version, shared by every connection (nobody writes to it).
+_ASGI: dict[str, dict[str, str]] = {}
+
+
+class ProtocolViolation(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def accept_key(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final frame (servers never mask)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return b"" if code == 1005 else struct.pack("!H", code) + reason.encode()[:123]
+
+
+def _http_response(status: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    lines = [b"HTTP/1.1 " + status.encode() + b"\r\n"]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    if body or not status.startswith("101"):
+        lines.append(b"content-length: %d\r\nconnection: close\r\n" % len(body))
+    return b"".join(lines) + b"\r\n" + body
+
+
+class LeanWebSocketProtocol(asyncio.Protocol):
+    __slots__ = (
+        "config", "app", "server_state", "app_state", "loop", "transport", "scope", "state",
+        "buf", "frags", "frags_size", "frags_text", "inbox", "waiter", "read_paused",
+        "write_paused", "drain", "key", "timer", "ping_payload", "disconnect_code",
+    )
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()  # pragma: no cover
+        self.config = config
+        self.app = config.loaded_app
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: Any = None
+        self.scope: dict | None = None
+        self.state = HANDSHAKE
+        self.buf: bytearray | None = None  # received bytes of an incomplete request or frame
+        self.frags: list[bytes] | None = None  # the frames of a fragmented message so far
+        self.frags_size = 0
+        self.frags_text = False
+        self.inbox: deque | None = None  # messages waiting for the app's receive()
+        self.waiter: asyncio.Future | None = None  # the app's pending receive()
+        self.read_paused = False
+        self.write_paused = False
+        self.drain: asyncio.Future | None = None  # a send() waiting for resume_writing
+        self.key: bytes | None = None  # Sec-WebSocket-Key, until the app accepts
+        self.timer: asyncio.TimerHandle | None = None  # keepalive ping, pong deadline or close timeout
+        self.ping_payload: bytes | None = None
+        self.disconnect_code: int | None = None  # set once websocket.disconnect was delivered
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.server_state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self._cancel_timer()
+        self.buf = self.frags = None
+        self._deliver_disconnect(1006)
+        if self.state != HANDSHAKE:
+            self.state = CLOSED
+        drain, self.drain = self.drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # a blocked send() wakes up and raises ClientDisconnected
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        pass  # close the transport: the peer is gone without a closing handshake
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drain, self.drain = self.drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def shutdown(self) -> None:
+        """Server shutdown: close 1012 (service restart); the app sees the disconnect."""
+        self._cancel_timer()
+        if self.state == OPEN:
+            self._deliver_disconnect(1012)
+            self.transport.write(encode_frame(OP_CLOSE, close_payload(1012)))
+        elif self.state == CONNECTING:
+            self._deliver_disconnect(1006)
+            self.transport.write(_http_response("500 Internal Server Error", []))
+        self.state = CLOSED
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == CLOSED:
+            return
+        buf = self.buf
+        if buf is not None:
+            buf += data
+            data = buf
+        used = 0
+        if state == HANDSHAKE:
+            end = data.find(b"\r\n\r\n")
+            if end < 0 and len(data) <= HANDSHAKE_MAX:
+                if buf is None:
+                    self.buf = bytearray(data)
+                return
+            if end < 0 or not self._handshake(bytes(data[:end])):
+                self._reject("400 Bad Request")
+                return
+            used = end + 4
+        if self.state >= OPEN:
+            # (While the app decides, early frames stay buffered: a client may not send
+            # before the 101, and a close frame cannot be sent before it either.)
+            try:
+                with memoryview(data) as view:
+                    used = self._frames(view, used)
+            except ProtocolViolation as e:
+                self._fail(e.code, e.reason)
+                return
+            if self.state == CLOSED:
+                self.buf = None
+                return
+        if used >= len(data):
+            self.buf = None
+        elif buf is None:
+            self.buf = bytearray(data[used:])
+        else:
+            del buf[:used]
+        if self.state == CONNECTING and self.buf is not None and len(self.buf) > HANDSHAKE_MAX:
+            self._reject("400 Bad Request")
+            return
+        if self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue and not self.read_paused:
+            self.read_paused = True  # the app is behind: let TCP push back on the peer
+            self.transport.pause_reading()
+
+    # -- the opening handshake -------------------------------------------------
+
+    def _handshake(self, head: bytes) -> bool:
+        """Check the upgrade request and start the app; False: answer 400."""
+        request_line, *lines = head.split(b"\r\n")
+        method, _, rest = request_line.partition(b" ")
+        target, _, version = rest.rpartition(b" ")
+        headers = []
+        key = ws_version = None
+        subprotocols: list[str] = []
+        for line in lines:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                return False
+            name, value = name.strip().lower(), value.strip()
+            headers.append((_COMMON.get(name, name), _COMMON.get(value, value)))
+            if name == b"sec-websocket-key":
+                key = value
+            elif name == b"sec-websocket-version":
+                ws_version = value
+            elif name == b"sec-websocket-protocol":
+                subprotocols += [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+        if method != b"GET" or version != b"HTTP/1.1" or not target.startswith(b"/") or ws_version != b"13":
+            return False
+        try:
+            if key is None or len(base64.b64decode(key, validate=True)) != 16:
+                return False
+        except (ValueError, binascii.Error):
+            return False
+        self.key = key
+        raw_path, _, query = target.partition(b"?")
+        config, transport = self.config, self.transport
+        root = config.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": _ASGI.get(config.asgi_version) or _ASGI.setdefault(
+                config.asgi_version, {"version": config.asgi_version, "spec_version": "2.3"}),
+            "http_version": "1.1",
+            "scheme": "wss" if is_ssl(transport) else "ws",
+            "server": get_local_addr(transport),
+            "client": get_remote_addr(transport),
+            "root_path": root,
+            "path": root + unquote(raw_path.decode("ascii", "surrogateescape")),
+            "raw_path": root.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+        }
+        self.state = CONNECTING
+        self._deliver({"type": "websocket.connect"})
+        task = self.loop.create_task(self._run_asgi())
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+        return True
+
+    def _reject(self, status: str) -> None:
+        """Answer the upgrade request with an HTTP error and close."""
+        self.transport.write(_http_response(status, []))
+        self._deliver_disconnect(1006)
+        self.state = CLOSED
+        self.buf = None
+        self.transport.close()
+
+    async def _run_asgi(self) -> None:
+        code = 1000
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            logger.exception("Exception in ASGI application\n")
+            code = 1011
+        if self.state == CONNECTING:
+            self._reject("500 Internal Server Error")
+        elif self.state == OPEN:  # the app returned without closing: close for it
+            self._fail(code, "")
+        elif self.state != CLOSING:  # (CLOSING: wait for the peer's close frame or the timeout)
+            self.transport.close()
+
+    # -- frames in -------------------------------------------------------------
+
+    def _frames(self, data: Any, at: int) -> int:
+        """Handle every complete frame in ``data`` from offset ``at``; return where the
+        first incomplete one starts."""
+        n = len(data)
+        max_size = self.config.ws_max_size
+        while n - at >= 2 and self.state != CLOSED:
+            b0, b1 = data[at], data[at + 1]
+            opcode, length = b0 & 0x0F, b1 & 0x7F
+            if b0 & 0x70:
+                raise ProtocolViolation(1002, "reserved bits set")
+            if not b1 & 0x80:
+                raise ProtocolViolation(1002, "unmasked client frame")
+            start = at + 6
+            if length == 126:
+                start += 2
+                if n < start:
+                    break
+                length = int.from_bytes(data[at + 2:at + 4], "big")
+            elif length == 127:
+                start += 8
+                if n < start:
+                    break
+                length = int.from_bytes(data[at + 2:at + 10], "big")
+            if opcode >= 8:
+                if not b0 & 0x80 or length > 125:
+                    raise ProtocolViolation(1002, "fragmented or long control frame")
+            elif (self.frags_size if opcode == OP_CONT else 0) + length > max_size:
+                raise ProtocolViolation(1009, "message too big")
+            end = start + length
+            if n < end:
+                break
+            payload = apply_mask(data[start:end], data[start - 4:start])
+            at = end
+            if opcode >= 8:
+                self._control(opcode, payload)
+            else:
+                self._data(opcode, bool(b0 & 0x80), payload)
+        return at
+
+    def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
+        frags = self.frags
+        if opcode == OP_CONT:
+            if frags is None:
+                raise ProtocolViolation(1002, "continuation without a message")
+            frags.append(payload)
+            self.frags_size += len(payload)
+            if not fin:
+                return
+            payload, text = b"".join(frags), self.frags_text
+            self.frags, self.frags_size = None, 0
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if frags is not None:
+                raise ProtocolViolation(1002, "new message inside a fragmented one")
+            text = opcode == OP_TEXT
+            if not fin:
+                self.frags, self.frags_size, self.frags_text = [payload], len(payload), text
+                return
+        else:
+            raise ProtocolViolation(1002, f"unknown opcode {opcode}")
+        if self.state != OPEN:
+            return  # past our close frame (or not accepted yet): nothing more reaches the app
+        if text:
+            try:
+                self._deliver({"type": "websocket.receive", "text": payload.decode()})
+            except UnicodeDecodeError:
+                raise ProtocolViolation(1007, "invalid UTF-8") from None
+        else:
+            self._deliver({"type": "websocket.receive", "bytes": payload})
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            if self.state == OPEN:
+                self.transport.write(encode_frame(OP_PONG, payload))
+        elif opcode == OP_PONG:
+            if self.ping_payload is not None and payload == self.ping_payload:
+                self.ping_payload = None
+                self._cancel_timer()
+                self._schedule_ping()
+        elif opcode == OP_CLOSE:
+            self._peer_closed(payload)
+        else:
+            raise ProtocolViolation(1002, f"unknown opcode {opcode}")
+
+    def _peer_closed(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            raise ProtocolViolation(1002, "bad close frame")
+        code, reason = 1005, ""
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in _VALID_CLOSE and not 3000 <= code <= 4999:
+                raise ProtocolViolation(1002, "bad close code")
+            try:
+                reason = payload[2:].decode()
+            except UnicodeDecodeError:
+                raise ProtocolViolation(1007, "invalid UTF-8 in close reason") from None
+        if self.state == OPEN:  # the peer starts the closing handshake: answer with its code
+            self.transport.write(encode_frame(OP_CLOSE, close_payload(code)))
+        self._deliver_disconnect(code, reason)
+        self.state = CLOSED
+        self._cancel_timer()
+        self.transport.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close without waiting for the peer: a close frame with ``code``, then the socket."""
+        if self.state == OPEN:
+            self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+        self._deliver_disconnect(code, reason)
+        self.state = CLOSED
+        self.buf = self.frags = None
+        self._cancel_timer()
+        self.transport.close()
+
+    # -- ASGI receive ------------------------------------------------------------
+
+    def _deliver(self, message: dict) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():  # else the receiving task was cancelled: queue it
+                waiter.set_result(message)
+                return
+        if self.inbox is None:
+            self.inbox = deque()
+        self.inbox.append(message)
+
+    def _deliver_disconnect(self, code: int, reason: str = "") -> None:
+        if self.disconnect_code is None and self.scope is not None:
+            self.disconnect_code = code
+            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def receive(self) -> asyncio.Future:
+        """The ASGI ``receive``: a future (awaitable) for the next message."""
+        fut = self.loop.create_future()
+        inbox = self.inbox
+        if inbox:
+            fut.set_result(inbox.popleft())
+            if not inbox:
+                self.inbox = None
+                if self.read_paused and self.state != CLOSED:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+        elif self.disconnect_code is not None:
+            fut.set_result({"type": "websocket.disconnect", "code": self.disconnect_code, "reason": ""})
+        else:
+            self.waiter = fut
+        return fut
+
+    # -- ASGI send -----------------------------------------------------------------
+
+    async def send(self, message: dict) -> None:
+        if self.write_paused and self.state != CLOSED:
+            if self.drain is None:
+                self.drain = self.loop.create_future()
+            await asyncio.shield(self.drain)
+        kind = message["type"]
+        state = self.state
+        if state == OPEN:
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                if data is not None:
+                    self.transport.write(encode_frame(OP_BINARY, data))
+                else:
+                    text = message.get("text")
+                    if text is not None:
+                        self.transport.write(encode_frame(OP_TEXT, text.encode()))
+            elif kind == "websocket.close":
+                code, reason = message.get("code", 1000), message.get("reason") or ""
+                self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+                self.state = CLOSING
+                self._deliver_disconnect(code, reason)
+                self._cancel_timer()
+                self.timer = self.loop.call_later(CLOSE_TIMEOUT_S, self.transport.close)
+                if self.read_paused:  # keep reading until the peer's close frame arrives
+                    self.read_paused = False
+                    self.transport.resume_reading()
+            else:
+                raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'.")
+        elif state == CONNECTING:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                self._reject("403 Forbidden")
+            else:
+                raise RuntimeError(f"Expected ASGI message 'websocket.accept' or 'websocket.close', but got '{kind}'.")
+        elif state == CLOSED or self.transport.is_closing():
+            raise ClientDisconnected()
+        else:  # CLOSING
+            raise RuntimeError(f"Unexpected ASGI message '{kind}', after sending 'websocket.close'.")
+
+    def _accept(self, message: dict) -> None:
+        headers = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+                   (b"sec-websocket-accept", accept_key(self.key))]
+        headers += self.server_state.default_headers
+        headers += [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers") or ()]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            headers.append((b"sec-websocket-protocol", subprotocol.encode()))
+        self.key = None
+        self.state = OPEN
+        self.transport.write(_http_response("101 Switching Protocols", headers))
+        self._schedule_ping()
+        if self.buf:  # frames the client sent before the 101
+            self.data_received(b"")
+
+    # -- keepalive and timers --------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval and self.state == OPEN:
+            self.timer = self.loop.call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        self.timer = None
+        if self.state != OPEN:
+            return
+        self.ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.transport.write(encode_frame(OP_PING, self.ping_payload))
+        timeout = self.config.ws_ping_timeout
+        if timeout:
+            self.timer = self.loop.call_later(timeout, self._fail, 1011, "keepalive ping timeout")
+        else:
+            self._schedule_ping()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
