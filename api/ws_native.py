@@ -27,6 +27,7 @@ from .auth import ADMIN, READ, WRITE, Principal
 from .errors import (
     WS_FORBIDDEN,
     WS_GOING_AWAY,
+    WS_INTERNAL,
     WS_PROTOCOL,
     WS_RATE_LIMITED,
     WS_STALE,
@@ -295,9 +296,10 @@ class NativeConnection:
         if head - sub.cursor <= limit:
             return False
         counted, cursor = 0, sub.cursor
+        store, tenant = self.gw.store, self.principal.tenant
         while cursor < head:
-            page = await self.gw.store.read_log(self.principal.tenant, after=cursor, limit=min(5000, limit + 1),
-                                                filter=sub.filter)
+            page = await self._through_outages(
+                lambda: store.read_log(tenant, after=cursor, limit=min(5000, limit + 1), filter=sub.filter))
             counted += len(page.events)
             if counted > limit:
                 return True
@@ -351,12 +353,14 @@ class NativeConnection:
                 await store.doorbell.wait(sub.cursor, self.s.poll_interval_s)
         except asyncio.CancelledError:
             raise
-        except SynclineError as e:
-            self.error(sub.id, e)
-            self.subs.pop(sub.id, None)
-        except Exception:
+        except Exception as e:
+            # Not an outage (those are waited out above): a subscription that just ended here
+            # would leave a client that looks online and never hears of new events. Close the
+            # connection instead; the client reconnects and resubscribes from its position.
             log.exception("ws.subscription_failed", sub=sub.id)
             self.subs.pop(sub.id, None)
+            self.error(sub.id, e if isinstance(e, SynclineError) else SynclineError("the subscription failed"))
+            self.close(WS_INTERNAL, "subscription_failed")
 
     async def on_ack(self, msg: dict) -> None:
         sub = self.subs.get(msg["sub"])

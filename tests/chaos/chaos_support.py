@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,20 +35,24 @@ def token(user: str, tenant: str = "acme") -> str:
 class Gateway:
     """`syncline serve` as a child process (the real command line)."""
 
-    def __init__(self, db: str, *, port: int | None = None, redis: str | None = None) -> None:
+    def __init__(self, db: str, log_dir: Path, *, port: int | None = None, redis: str | None = None) -> None:
         self.db, self.redis = db, redis
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        # The gateway's log (stdout and stderr), shown when a client does not converge.
+        self.log_path = Path(tempfile.mkstemp(prefix=f"gateway-{self.port}-", suffix=".log", dir=log_dir)[1])
 
     def start(self) -> "Gateway":
         env = dict(os.environ, SYNCLINE_JWT_SECRET=SECRET, SYNCLINE_RATE_LIMIT_MESSAGES="1000000",
                    SYNCLINE_BATCH_WINDOW_MS="5", SYNCLINE_POLL_INTERVAL_S="0.2", SYNCLINE_SHUTDOWN_GRACE_S="1",
                    SYNCLINE_POLL_MIN_S="0.2", SYNCLINE_POLL_MAX_S="1", PYTHONPATH=str(ROOT))
-        args = [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--db", self.db]
+        args = [sys.executable, str(Path(__file__).with_name("serve_with_dumps.py")), "serve",
+                "--port", str(self.port), "--db", self.db]
         if self.redis:
             args += ["--redis", self.redis]
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.healthy, 30, "the gateway to start")
         return self
 
@@ -61,6 +66,18 @@ class Gateway:
 
     def ready(self) -> dict:
         return httpx.get(f"{self.url}/readyz", timeout=2).json()
+
+    def dump_tasks(self) -> None:
+        """Ask the gateway to print its asyncio tasks and threads into its log."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+
+    def log_tail(self, lines: int = 200) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

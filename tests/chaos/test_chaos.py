@@ -43,16 +43,39 @@ def expected(n: int, prefix: str = "f") -> dict[str, dict]:
     return want
 
 
+def client_state(c: SynclineClient) -> str:
+    core = c.core
+    return (f"{core.user}: state={core.state} transport={c.transport} position={core.position} head={core.head} "
+            f"queued={len(c.queue)} inflight={core._inflight!r} sent_seq={core._sent_seq} stats={c.stats}")
+
+
+def diagnostics(clients, gw: Gateway) -> str:
+    """What every client and the gateway were doing: printed when convergence times out."""
+    gw.dump_tasks()
+    lines = [client_state(c) for c in clients]
+    try:
+        lines.append(f"readyz: {gw.ready()}")
+    except Exception as e:  # noqa: BLE001 - diagnostics only
+        lines.append(f"readyz failed: {e!r}")
+    lines.append(f"--- gateway log ({gw.log_path}) ---")
+    lines.append(gw.log_tail(400))
+    return "\n".join(lines)
+
+
 async def converged(clients, gw: Gateway, want: dict, timeout: float = 60) -> None:
-    for c in clients:
-        await c.wait_synced(timeout)
-    await until(lambda: all(c.get(s) == v for c in clients for s, v in want.items()), timeout,
-                "every client to show every acknowledged write")
+    try:
+        for c in clients:
+            await c.wait_synced(timeout)
+        await until(lambda: all(c.get(s) == v for c in clients for s, v in want.items()), timeout,
+                    "every client to show every acknowledged write")
+    except TimeoutError:
+        print(diagnostics(clients, gw))
+        raise
     assert server_records(gw) == want
 
 
 async def test_connections_cut_at_random_while_events_stream(tmp_path):
-    gw = Gateway(f"sqlite+aiosqlite:///{tmp_path}/chaos.db").start()
+    gw = Gateway(f"sqlite+aiosqlite:///{tmp_path}/chaos.db", tmp_path).start()
     proxy = await CuttableProxy(gw.port).start()
     rng = random.Random(7)
     alice = SynclineClient(proxy.url, token("alice"), user="alice", queue_path=tmp_path / "alice.db")
@@ -79,7 +102,7 @@ async def test_connections_cut_at_random_while_events_stream(tmp_path):
 
 async def test_server_killed_under_load_and_restarted(tmp_path):
     db = f"sqlite+aiosqlite:///{tmp_path}/chaos.db"
-    gw = Gateway(db).start()
+    gw = Gateway(db, tmp_path).start()
     alice = SynclineClient(gw.url, token("alice"), user="alice", queue_path=tmp_path / "alice.db")
     bob = SynclineClient(gw.url, token("bob"), user="bob", queue_path=tmp_path / "bob.db")
     try:
@@ -89,7 +112,7 @@ async def test_server_killed_under_load_and_restarted(tmp_path):
         await until(lambda: alice.pending < 250, 30, "some ops to be acknowledged")
         gw.kill9()  # under load: part of the queue is committed, part is in flight, part unsent
         field_writes(alice, 300, 100)  # the user keeps working while the server is gone
-        restarted = Gateway(db, port=gw.port).start()
+        restarted = Gateway(db, tmp_path, port=gw.port).start()
         await converged([alice, bob], restarted, expected(400))
         restarted.stop()
         store = await open_store(db)
@@ -105,8 +128,8 @@ async def test_server_killed_under_load_and_restarted(tmp_path):
 
 async def test_redis_stopped_and_restarted_under_connected_clients(pg_clean_url, tmp_path):
     redis = RedisServer().start()
-    gw1 = Gateway(pg_clean_url, redis=redis.url).start()
-    gw2 = Gateway(pg_clean_url, redis=redis.url).start()
+    gw1 = Gateway(pg_clean_url, tmp_path, redis=redis.url).start()
+    gw2 = Gateway(pg_clean_url, tmp_path, redis=redis.url).start()
     alice = SynclineClient(gw1.url, token("alice"), user="alice", queue_path=tmp_path / "alice.db")
     bob = SynclineClient(gw2.url, token("bob"), user="bob", queue_path=tmp_path / "bob.db")
     try:
@@ -132,18 +155,12 @@ async def test_redis_stopped_and_restarted_under_connected_clients(pg_clean_url,
         redis.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent: passes alone every time (and caught the subscription-outage bug), but in "
-           "2 of 3 full-suite runs a client did not converge within 90 s after PostgreSQL came back; "
-           "under investigation (issue 7), kept running so it reports either way",
-)
 async def test_postgres_stopped_and_started_under_load(pg_clean_url, tmp_path):
     pg_ctl, data = os.environ.get("SYNCLINE_TEST_PG_CTL"), os.environ.get("SYNCLINE_TEST_PG_DATA")
     if not pg_ctl or not data:
         pytest.skip("needs scripts/services.sh (SYNCLINE_TEST_PG_CTL and SYNCLINE_TEST_PG_DATA)")
     run_as = os.environ.get("SYNCLINE_TEST_PG_RUN_AS", "").split()
-    gw = Gateway(pg_clean_url).start()
+    gw = Gateway(pg_clean_url, tmp_path).start()
     alice = SynclineClient(gw.url, token("alice"), user="alice", queue_path=tmp_path / "alice.db")
     bob = SynclineClient(gw.url, token("bob"), user="bob", queue_path=tmp_path / "bob.db")
     try:
