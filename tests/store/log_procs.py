@@ -38,6 +38,7 @@ async def writer(url: str, n: int, tag: str) -> None:
 
 async def odd_writer(url: str, tag: str, mode: str) -> None:
     store = await open_store(url)
+    store._writer.optimistic = False  # an explicit transaction, so there is a COMMIT to hold back
     sa_conn, raw = await store._writer._acquire()
 
     class Hooked:

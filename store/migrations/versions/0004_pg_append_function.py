@@ -23,25 +23,29 @@ GENESIS_HEX = "00" * 32
 CREATE = r"""
 CREATE OR REPLACE FUNCTION syncline_append(
     -- what the plan assumed: the log head, each stream's head (version 0 and a NULL
-    -- hash: no such stream), and whether each idempotency key is stored
+    -- hash: no such stream; a_tenant of one element: all streams of that tenant), and
+    -- whether each idempotency key is stored
     p_position bigint, p_time_us bigint,
     a_tenant text[], a_stream text[], a_version int[], a_hash bytea[],
     k_tenant text[], k_key text[], k_present boolean[],
-    -- what it writes (empty arrays: nothing; p_last is the new log head position)
-    p_last bigint,
-    e_position bigint[], e_id text[], e_tenant text[], e_stream text[], e_version int[],
-    e_type text[], e_schema smallint[], e_time_us bigint[], e_actor_user text[],
-    e_actor_client text[], e_clock bytea[], e_payload bytea[], e_meta bytea[],
-    e_retention text[], e_prev_hash bytea[], e_hash bytea[],
-    h_tenant text[], h_stream text[], h_version int[], h_hash bytea[],
-    n_tenant text[],
+    -- what it writes: events at positions p_position + 1, 2, ... at time p_time_us, in
+    -- that order (empty arrays: none), and new idempotency keys. An events array of one
+    -- element gives every event that value (often tenant, type, actor, retention).
+    e_id text[], e_tenant text[], e_stream text[], e_version int[], e_type text[],
+    e_schema smallint[], e_actor_user text[], e_actor_client text[], e_clock bytea[],
+    e_payload bytea[], e_meta bytea[], e_retention text[], e_prev_hash bytea[], e_hash bytea[],
     i_tenant text[], i_key text[], i_fingerprint bytea[], i_result bytea[],
     -- the answer: r_ok, or (not r_ok) what is committed, for the writer to plan again
     OUT r_ok boolean, OUT r_position bigint, OUT r_time_us bigint,
     OUT r_tenants text[], OUT r_streams text[], OUT r_versions int[], OUT r_hashes bytea[],
     OUT r_key_tenants text[], OUT r_keys text[], OUT r_fingerprints bytea[], OUT r_results bytea[]
 ) LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    n int;
 BEGIN
+    IF cardinality(a_tenant) = 1 AND cardinality(a_stream) > 1 THEN
+        a_tenant := array_fill(a_tenant[1], ARRAY[cardinality(a_stream)]);
+    END IF;
     -- The lock that orders commits; held until this transaction commits or rolls back.
     PERFORM 1 FROM log_head WHERE id = 1 FOR UPDATE;
     -- A new statement, so a new READ COMMITTED snapshot, taken after the lock was
@@ -64,22 +68,44 @@ BEGIN
         FROM unnest(k_tenant, k_key) AS k(t, key) JOIN idempotency i ON i.tenant = k.t AND i.key = k.key;
         RETURN;
     END IF;
-    IF cardinality(e_position) > 0 THEN
-        INSERT INTO events (position, id, tenant, stream, version, type, schema, time_us, actor_user,
-                            actor_client, clock, payload, meta, retention, prev_hash, hash)
-        SELECT * FROM unnest(e_position, e_id, e_tenant, e_stream, e_version, e_type, e_schema, e_time_us,
-                             e_actor_user, e_actor_client, e_clock, e_payload, e_meta, e_retention,
-                             e_prev_hash, e_hash);
+    n := cardinality(e_id);
+    IF n > 0 THEN
+        IF n > 1 THEN  -- widen the one-element arrays
+            IF cardinality(e_tenant) = 1 THEN e_tenant := array_fill(e_tenant[1], ARRAY[n]); END IF;
+            IF cardinality(e_stream) = 1 THEN e_stream := array_fill(e_stream[1], ARRAY[n]); END IF;
+            IF cardinality(e_type) = 1 THEN e_type := array_fill(e_type[1], ARRAY[n]); END IF;
+            IF cardinality(e_schema) = 1 THEN e_schema := array_fill(e_schema[1], ARRAY[n]); END IF;
+            IF cardinality(e_actor_user) = 1 THEN e_actor_user := array_fill(e_actor_user[1], ARRAY[n]); END IF;
+            IF cardinality(e_actor_client) = 1 THEN e_actor_client := array_fill(e_actor_client[1], ARRAY[n]); END IF;
+            IF cardinality(e_clock) = 1 THEN e_clock := array_fill(e_clock[1], ARRAY[n]); END IF;
+            IF cardinality(e_meta) = 1 THEN e_meta := array_fill(e_meta[1], ARRAY[n]); END IF;
+            IF cardinality(e_retention) = 1 THEN e_retention := array_fill(e_retention[1], ARRAY[n]); END IF;
+        END IF;
+        -- a stream's new head is its last event; every tenant written exists from now on
+        WITH ev AS (
+            SELECT * FROM unnest(e_id, e_tenant, e_stream, e_version, e_type, e_schema, e_actor_user,
+                                 e_actor_client, e_clock, e_payload, e_meta, e_retention, e_prev_hash, e_hash)
+                     WITH ORDINALITY AS x(id, tenant, stream, version, type, schema, actor_user, actor_client,
+                                          clock, payload, meta, retention, prev_hash, hash, i)
+        ), ins AS (
+            INSERT INTO events (position, id, tenant, stream, version, type, schema, time_us, actor_user,
+                                actor_client, clock, payload, meta, retention, prev_hash, hash)
+            SELECT p_position + i, id, tenant, stream, version, type, schema, p_time_us, actor_user,
+                   actor_client, clock, payload, meta, retention, prev_hash, hash
+            FROM ev
+        ), tn AS (
+            INSERT INTO tenants (id, created_us) SELECT DISTINCT tenant, p_time_us FROM ev
+            ON CONFLICT (id) DO NOTHING
+        )
         INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us)
-        SELECT t, s, v, h, 0, '\x__GENESIS__'::bytea, p_time_us
-        FROM unnest(h_tenant, h_stream, h_version, h_hash) AS x(t, s, v, h)
+        SELECT DISTINCT ON (tenant, stream) tenant, stream, version, hash, 0, '\x__GENESIS__'::bytea, p_time_us
+        FROM ev ORDER BY tenant, stream, version DESC
         ON CONFLICT (tenant, stream) DO UPDATE
         SET version = EXCLUDED.version, head_hash = EXCLUDED.head_hash, updated_us = EXCLUDED.updated_us;
-        INSERT INTO tenants (id, created_us) SELECT unnest(n_tenant), p_time_us ON CONFLICT (id) DO NOTHING;
-        UPDATE log_head SET position = p_last, time_us = p_time_us WHERE id = 1;
+        UPDATE log_head SET position = p_position + n, time_us = p_time_us WHERE id = 1;
         -- delivered to LISTENers only if and when this transaction commits
-        PERFORM pg_notify('syncline_log', p_last::text);
-        r_position := p_last;
+        PERFORM pg_notify('syncline_log', (p_position + n)::text);
+        r_position := p_position + n;
         r_time_us := p_time_us;
     END IF;
     IF cardinality(i_tenant) > 0 THEN
