@@ -36,7 +36,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
-from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import ClientDisconnected, is_ssl
 
 try:  # websockets' C helper: XOR with the 4-byte mask
     from websockets.speedups import apply_mask
@@ -93,6 +93,15 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 
 def close_payload(code: int, reason: str = "") -> bytes:
     return b"" if code == 1005 else struct.pack("!H", code) + reason.encode()[:123]
+
+
+def _address(transport: Any, name: str) -> tuple | None:
+    """``(host, port)`` of a TCP transport: the tuple asyncio already keeps in the
+    transport's extra info (uvicorn's helpers ask the socket again and keep a new one)."""
+    info = transport.get_extra_info(name)
+    if isinstance(info, tuple) and len(info) >= 2:
+        return info if len(info) == 2 else info[:2]
+    return None
 
 
 def _http_response(status: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
@@ -262,8 +271,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 config.asgi_version, {"version": config.asgi_version, "spec_version": "2.3"}),
             "http_version": "1.1",
             "scheme": "wss" if is_ssl(transport) else "ws",
-            "server": get_local_addr(transport),
-            "client": get_remote_addr(transport),
+            "server": _address(transport, "sockname"),
+            "client": _address(transport, "peername"),
             "root_path": root,
             "path": root + unquote(raw_path.decode("ascii", "surrogateescape")),
             "raw_path": root.encode("ascii") + raw_path,
