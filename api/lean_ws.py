@@ -169,12 +169,29 @@ class LeanWebSocketProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._flow()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         drain, self.drain = self.drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read from the socket only while it helps: not while ``ws_max_queue`` messages
+        wait for the app (TCP then pushes back on the peer), and not while our writes to
+        a peer that does not read are piling up (its pings would only add pongs). While
+        closing, always read: the peer's close frame is awaited."""
+        state = self.state
+        pause = state == OPEN and (self.write_paused or (
+            self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue))
+        if pause != self.read_paused and state != CLOSED:
+            self.read_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def shutdown(self) -> None:
         """Server shutdown: close 1012 (service restart); the app sees the disconnect."""
@@ -228,9 +245,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         if self.state == CONNECTING and self.buf is not None and len(self.buf) > HANDSHAKE_MAX:
             self._reject("400 Bad Request")
             return
-        if self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue and not self.read_paused:
-            self.read_paused = True  # the app is behind: let TCP push back on the peer
-            self.transport.pause_reading()
+        if self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue:
+            self._flow()
 
     # -- the opening handshake -------------------------------------------------
 
@@ -452,9 +468,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             fut.set_result(inbox.popleft())
             if not inbox:
                 self.inbox = None
-                if self.read_paused and self.state != CLOSED:
-                    self.read_paused = False
-                    self.transport.resume_reading()
+                if self.read_paused:
+                    self._flow()
         elif self.disconnect_code is not None:
             fut.set_result({"type": "websocket.disconnect", "code": self.disconnect_code, "reason": ""})
         else:
@@ -487,8 +502,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 self._cancel_timer()
                 self.timer = self.loop.call_later(CLOSE_TIMEOUT_S, self.transport.close)
                 if self.read_paused:  # keep reading until the peer's close frame arrives
-                    self.read_paused = False
-                    self.transport.resume_reading()
+                    self._flow()
             else:
                 raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'.")
         elif state == CONNECTING:

@@ -301,13 +301,16 @@ async def test_send_waits_while_the_transport_is_paused(server) -> None:
         assert await ws.recv() == "warm"
         (proto,) = protocols(srv)
         proto.pause_writing()  # as the transport does when its buffer is over the high-water mark
+        assert proto.read_paused  # a peer that does not read is not read from either
+        proto.read_paused = False  # (let this one message in, to see the app's send wait)
+        proto.transport.resume_reading()
         await ws.send("held")
+        await until(lambda: proto.drain is not None, 5, "send() waiting for the transport")
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ws.recv(), 0.3)
-        assert proto.drain is not None
         proto.resume_writing()
         assert await asyncio.wait_for(ws.recv(), 5) == "held"
-        assert proto.drain is None
+        assert proto.drain is None and not proto.read_paused
 
 
 async def test_server_shutdown_closes_with_1012(server) -> None:
