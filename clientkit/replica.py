@@ -96,9 +96,111 @@ def _event_of(w: Mapping[str, Any]) -> RecordedEvent:
     return ev
 
 
+_NO_STATE = RecordsState()
+
+
+class SharedFolds:
+    """Fold steps shared by the replicas of one process that follow the same log (opt-in).
+
+    A simulator runs ten replicas per sharing group, each folding the same events, in
+    the same log order, onto what is the same record state. ``fold_record_events`` is a
+    pure function of (state, event, registry) and states are immutable, so one fold can
+    serve them all: a step is remembered by the event's log position as (the record
+    state it was applied to, the result). A replica whose record *is* that state object
+    (identity, not equality: no doubt about receipts or leaf types) takes the result
+    instead of folding; the first replica to fold an event supplies the state the next
+    step starts from, so the replicas following the log share one chain of states and
+    each event is folded once per chain, not once per replica. A replica whose state
+    diverged (it installed a snapshot or restored after a restart) has objects of its
+    own: it misses and starts a chain of its own (``MAX_CHAINS`` per position, beyond
+    that it folds alone). Records a replica never saw (``None``) are one shared state.
+
+    Only for replicas reading ONE log (positions identify events); an entry also checks
+    the event id and the registry. Bounded: the oldest positions are forgotten first
+    (a replica that far behind just folds itself). Encoded records for ``export`` are
+    shared the same way (by state object and version)."""
+
+    MAX_CHAINS = 8
+
+    __slots__ = ("limit", "_steps", "_blobs", "hits", "misses")
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self.limit = limit
+        # position -> (event id, registry, [(state applied to | None, resulting state), ...])
+        self._steps: dict[int, tuple[str, MergeRegistry, list[tuple[RecordState | None, RecordState]]]] = {}
+        self._blobs: dict[int, tuple[RecordState, int, bytes]] = {}  # id(state) -> (state, version, export blob)
+        self.hits = 0
+        self.misses = 0
+
+    def blob(self, rec: RecordState, version: int, registry: MergeRegistry) -> bytes:
+        hit = self._blobs.get(id(rec))
+        if hit is not None and hit[0] is rec and hit[1] == version:
+            return hit[2]
+        b = pack([version, encode_record_state(rec, registry)])
+        if len(self._blobs) >= self.limit:
+            del self._blobs[next(iter(self._blobs))]
+        self._blobs[id(rec)] = (rec, version, b)  # holds ``rec``: its id cannot be reused meanwhile
+        return b
+
+    def fold(self, records: Mapping[str, RecordState], recs: list[Mapping[str, Any]],
+             registry: MergeRegistry) -> dict[str, RecordState]:
+        """The record states after folding the wire events ``recs`` (record.patched, log
+        order) onto ``records``: stream -> new state, for the streams they touch."""
+        steps = self._steps
+        changed: dict[str, RecordState] = {}
+        alone: dict[str, list[Mapping[str, Any]]] | None = None  # streams folded without sharing
+        for w in recs:
+            stream = w["stream"]
+            if alone is not None and stream in alone:
+                alone[stream].append(w)  # keep the stream's events in order
+                continue
+            prior = changed.get(stream)
+            if prior is None:
+                prior = records.get(stream)
+            pos = w["position"]
+            entry = steps.get(pos)
+            if entry is not None and entry[0] == w.get("id") and entry[1] is registry:
+                for before, after in entry[2]:
+                    if before is prior:
+                        changed[stream] = after
+                        self.hits += 1
+                        break
+                else:
+                    if len(entry[2]) >= self.MAX_CHAINS:
+                        if alone is None:
+                            alone = {}
+                        alone[stream] = [w]
+                        continue
+                    after = changed[stream] = _fold_one(prior, stream, w, registry)
+                    entry[2].append((prior, after))
+                    self.misses += 1
+                continue
+            after = changed[stream] = _fold_one(prior, stream, w, registry)
+            self.misses += 1
+            if entry is None and len(steps) >= self.limit:
+                del steps[next(iter(steps))]  # the oldest position
+            steps[pos] = (w.get("id"), registry, [(prior, after)])
+        if alone:
+            for stream, ws in alone.items():
+                prior = changed.get(stream)
+                if prior is None:
+                    prior = records.get(stream)
+                state = RecordsState(MappingProxyType({stream: prior})) if prior is not None else _NO_STATE
+                changed[stream] = fold_record_events(state, [_event_of(w) for w in ws], registry,
+                                                     shared_decode=True).records[stream]
+        return changed
+
+
+def _fold_one(prior: RecordState | None, stream: str, w: Mapping[str, Any], registry: MergeRegistry
+              ) -> RecordState:
+    """One event folded onto one record by the engine's own fold."""
+    state = RecordsState(MappingProxyType({stream: prior})) if prior is not None else _NO_STATE
+    return fold_record_events(state, (_event_of(w),), registry, shared_decode=True).records[stream]
+
+
 class RecordsReplica:
     __slots__ = ("config", "registry", "confirmed", "pending", "backup", "_seen_conflicts", "_version_base",
-                 "_covered", "_dirty")
+                 "_covered", "_dirty", "shared")
 
     def __init__(self, config: ResolutionConfig | None = None) -> None:
         self.config = config
@@ -113,6 +215,8 @@ class RecordsReplica:
         # Pending ops an installed state already contained (op id -> stream): left the overlay.
         self._covered: dict[str, str] | None = None
         self._dirty: set[str] | None = None  # streams changed since the last ``export``
+        # Set by a caller running many replicas of one log (the simulator): folds shared.
+        self.shared: SharedFolds | None = None
 
     # -- reads ---------------------------------------------------------------
 
@@ -188,12 +292,38 @@ class RecordsReplica:
 
     def apply_wire_events(self, events: Iterable[Mapping[str, Any]]) -> list[Conflict]:
         """Fold the ``record.patched`` events of a batch; returns conflicts not reported before."""
+        if self.shared is not None:
+            return self._apply_shared(events)
         recs = [_event_of(e) for e in events if e.get("type") == RECORD_PATCHED
                 and str(e.get("stream", "")).startswith("rec/")]
         if not recs:
             return []
         # Decoded once per process, not once per replica (same result: payloads.decode_patch_cached).
         self.confirmed = fold_record_events(self.confirmed, recs, self.registry, shared_decode=True)
+        return self._after_fold(recs)
+
+    def _apply_shared(self, events: Iterable[Mapping[str, Any]]) -> list[Conflict]:
+        """``apply_wire_events`` through ``shared``: the same states, most of them folded by
+        another replica (``SharedFolds``)."""
+        recs = [e for e in events if e.get("type") == RECORD_PATCHED and str(e.get("stream", "")).startswith("rec/")]
+        if not recs:
+            return []
+        records = self.confirmed.records
+        changed = self.shared.fold(records, recs, self.registry)
+        merged = dict(records)
+        merged.update(changed)  # as the fold does: known streams keep their place, new ones follow
+        self.confirmed = RecordsState(MappingProxyType(merged))
+        if self._dirty is not None:
+            self._dirty.update(changed)
+        if self.pending:
+            for e in recs:
+                d = e.get("data")
+                op_id = d.get("op") if type(d) is dict or isinstance(d, Mapping) else None
+                if op_id is not None:
+                    self.pending.pop(op_id, None)
+        return self._new_conflicts(dict.fromkeys(e["stream"] for e in recs))
+
+    def _after_fold(self, recs: list[RecordedEvent]) -> list[Conflict]:
         if self._dirty is not None:
             self._dirty.update(e.stream for e in recs)
         if self.pending:
@@ -202,8 +332,11 @@ class RecordsReplica:
                 op_id = d.get("op") if type(d) is dict or isinstance(d, Mapping) else None
                 if op_id is not None:
                     self.pending.pop(op_id, None)
+        return self._new_conflicts(dict.fromkeys(e.stream for e in recs))
+
+    def _new_conflicts(self, streams: Iterable[str]) -> list[Conflict]:
         new = []
-        for stream in dict.fromkeys(e.stream for e in recs):
+        for stream in streams:
             for c in self.confirmed.get(stream).conflicts():
                 if self._seen_conflicts is None:
                     self._seen_conflicts = set()
@@ -286,7 +419,10 @@ class RecordsReplica:
         for stream in streams:
             rec = self.confirmed.records.get(stream)
             if rec is not None:
-                out[stream] = pack([self.version(stream), encode_record_state(rec, self.registry)])
+                if self.shared is not None:  # replicas sharing states share their encoding too
+                    out[stream] = self.shared.blob(rec, self.version(stream), self.registry)
+                else:
+                    out[stream] = pack([self.version(stream), encode_record_state(rec, self.registry)])
         self._dirty = set()
         return out
 
@@ -320,4 +456,4 @@ class RecordsReplica:
         return self.registry.get(mf_name) if mf_name is not None else None
 
 
-__all__ = ["ClientOp", "RecordsReplica", "ResolveOp", "event_from_wire"]
+__all__ = ["ClientOp", "RecordsReplica", "ResolveOp", "SharedFolds", "event_from_wire"]

@@ -16,6 +16,7 @@ import pycrdt
 
 from clientkit.core import SessionCore
 from clientkit.queue import MemoryOpQueue
+from clientkit.replica import SharedFolds
 from engine import protocol as P
 from engine.records import ResolutionConfig
 
@@ -31,11 +32,12 @@ class SimClient:
         "idx", "tenant", "user", "client_id", "group", "prefixes", "config", "rng", "queue", "core",
         "alive", "channel", "incarnation", "docs", "doc_queue", "doc_n", "doc_inflight", "doc_batch_n",
         "ops_left", "last_position", "snapshots", "persist_queue", "created", "timer_ms", "handshake_timeout_ms",
+        "shared",
     )
 
     def __init__(self, idx: int, tenant: str, group: int, prefixes: list[str], config: ResolutionConfig,
-                 rng: random.Random, *, persist_queue: bool = True, handshake_timeout_ms: int | None = 10_000
-                 ) -> None:
+                 rng: random.Random, *, persist_queue: bool = True, handshake_timeout_ms: int | None = 10_000,
+                 shared: SharedFolds | None = None) -> None:
         self.idx = idx
         self.tenant = tenant
         self.user = f"{tenant}-u{idx}"
@@ -46,6 +48,8 @@ class SimClient:
         self.rng = rng
         self.persist_queue = persist_queue
         self.handshake_timeout_ms = handshake_timeout_ms  # the core's own deadline in CONNECTING
+        # The simulation's fold steps, shared by every replica (all read the one log).
+        self.shared = shared
         self.queue = MemoryOpQueue()  # "on disk": survives crashes
         self.doc_queue: dict[str, dict] = {}  # op id -> doc op wire, in order ("on disk" too)
         self.doc_n = 0
@@ -71,6 +75,7 @@ class SimClient:
         self.core = SessionCore(user=self.user, queue=self.queue, client_id=self.client_id, rng=self.rng,
                                 config=self.config, prefixes=self.prefixes, persist_replica=not docs_only,
                                 handshake_timeout_ms=self.handshake_timeout_ms, **CORE_OPTIONS)
+        self.core.replica.shared = self.shared
         self.incarnation += 1
         self.alive = True
         self.docs: dict[str, pycrdt.Doc] = {}

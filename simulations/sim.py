@@ -32,6 +32,7 @@ from clientkit.core import (
     SnapshotInstalled,
     StateChanged,
 )
+from clientkit.replica import SharedFolds
 from engine.documents import CRDT_UPDATE
 from engine.ids import uuid7
 from engine.records import LWW, MANUAL, CollectionPolicy, ResolutionConfig, merged
@@ -145,6 +146,9 @@ class Simulation:
         self.net = Network(self.rng, sc.faults)
         self.by_conn: dict[int, Channel] = {}
         self.checkers = Checkers(self)
+        # Every replica reads the one log: a record's state after an event is folded once
+        # and shared by the replicas that hold the same state before it (SharedFolds).
+        self.shared_folds = SharedFolds()
         self.clients = [self._make_client(i) for i in range(params.clients)]
         self.consumers = (ConsumerGroup(self.rng, "t0", consumers=sc.consumers)
                           if sc.workload == "consumer" else None)
@@ -185,7 +189,7 @@ class Simulation:
             prefixes = [f"rec/{s}/g{group}-" for s in sc.strategies]
         c = SimClient(i, tenant, group, prefixes, self.resolution, self.rng,
                       persist_queue=self.params.broken != "unpersisted_queue",
-                      handshake_timeout_ms=sc.handshake_timeout_ms or None)
+                      handshake_timeout_ms=sc.handshake_timeout_ms or None, shared=self.shared_folds)
         c.ops_left = sc.ops_per_client
         return c
 
