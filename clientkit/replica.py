@@ -122,13 +122,14 @@ class SharedFolds:
 
     MAX_CHAINS = 8
 
-    __slots__ = ("limit", "_steps", "_blobs", "hits", "misses")
+    __slots__ = ("limit", "_steps", "_blobs", "_conflicts", "hits", "misses")
 
     def __init__(self, limit: int = 65_536) -> None:
         self.limit = limit
         # position -> (event id, registry, [(state applied to | None, resulting state), ...])
         self._steps: dict[int, tuple[str, MergeRegistry, list[tuple[RecordState | None, RecordState]]]] = {}
         self._blobs: dict[int, tuple[RecordState, int, bytes]] = {}  # id(state) -> (state, version, export blob)
+        self._conflicts: dict[int, tuple[RecordState, tuple[Conflict, ...]]] = {}  # id(state) -> (state, conflicts)
         self.hits = 0
         self.misses = 0
 
@@ -141,6 +142,17 @@ class SharedFolds:
             del self._blobs[next(iter(self._blobs))]
         self._blobs[id(rec)] = (rec, version, b)  # holds ``rec``: its id cannot be reused meanwhile
         return b
+
+    def conflicts(self, rec: RecordState) -> tuple[Conflict, ...]:
+        """``rec.conflicts()``, once per shared state (immutable: so are its conflicts)."""
+        hit = self._conflicts.get(id(rec))
+        if hit is not None and hit[0] is rec:
+            return hit[1]
+        found = rec.conflicts()
+        if len(self._conflicts) >= self.limit:
+            del self._conflicts[next(iter(self._conflicts))]
+        self._conflicts[id(rec)] = (rec, found)  # holds ``rec``: its id cannot be reused meanwhile
+        return found
 
     def fold(self, records: Mapping[str, RecordState], recs: list[Mapping[str, Any]],
              registry: MergeRegistry) -> dict[str, RecordState]:
@@ -315,13 +327,20 @@ class RecordsReplica:
         self.confirmed = RecordsState(MappingProxyType(merged))
         if self._dirty is not None:
             self._dirty.update(changed)
-        if self.pending:
+        pending = self.pending
+        if pending:
             for e in recs:
                 d = e.get("data")
                 op_id = d.get("op") if type(d) is dict or isinstance(d, Mapping) else None
                 if op_id is not None:
-                    self.pending.pop(op_id, None)
-        return self._new_conflicts(dict.fromkeys(e["stream"] for e in recs))
+                    pending.pop(op_id, None)
+        new = []
+        conflicts = self.shared.conflicts
+        for stream in dict.fromkeys(e["stream"] for e in recs):
+            found = conflicts(changed[stream])
+            if found:
+                new.extend(self._unseen(found))
+        return new
 
     def _after_fold(self, recs: list[RecordedEvent]) -> list[Conflict]:
         if self._dirty is not None:
@@ -337,12 +356,18 @@ class RecordsReplica:
     def _new_conflicts(self, streams: Iterable[str]) -> list[Conflict]:
         new = []
         for stream in streams:
-            for c in self.confirmed.get(stream).conflicts():
-                if self._seen_conflicts is None:
-                    self._seen_conflicts = set()
-                if c.id not in self._seen_conflicts:
-                    self._seen_conflicts.add(c.id)
-                    new.append(c)
+            new.extend(self._unseen(self.confirmed.get(stream).conflicts()))
+        return new
+
+    def _unseen(self, conflicts: Iterable[Conflict]) -> list[Conflict]:
+        """The conflicts not reported before (each id once), now marked reported."""
+        new = []
+        for c in conflicts:
+            if self._seen_conflicts is None:
+                self._seen_conflicts = set()
+            if c.id not in self._seen_conflicts:
+                self._seen_conflicts.add(c.id)
+                new.append(c)
         return new
 
     def install_snapshot(self, content: Mapping[str, Any], *, keep_pending: bool) -> None:

@@ -15,7 +15,8 @@ Every call returns ``list[(conn_id, message)]``: messages are ``engine.protocol`
 dicts (encode them with ``encode_frame`` for a real socket). ``receive`` takes a
 frame (bytes: msgpack, str: JSON) or an already decoded message dict; either is
 validated against the protocol. A ``bye`` message means the server dropped that
-connection. Treat returned messages as read-only: event dicts are shared.
+connection. Treat returned messages as read-only: event dicts, and the event lists
+of batches, are shared between connections.
 
 State is a projection of the log: record states (with the receipts that answer
 duplicate ops), doc op ids, documents. "Restarting" the server is building a new
@@ -79,6 +80,7 @@ PRESENCE_JOINED = "presence.joined"
 PRESENCE_LEFT = "presence.left"
 DOC_OP = "doc"  # ops entry kind for a Yjs update (docs/protocol.md)
 _EMPTY: dict = {}
+_MISSING = object()
 _RETENTIONS = {r.value: r for r in Retention}
 
 
@@ -304,6 +306,8 @@ class SyncServer:
         self._by_tenant: dict[str, dict[int, None]] = {}
         self._dirty: dict[str, None] = {}
         self._wire: dict[int, dict] = {}
+        self._batches: dict[tuple, tuple[int, list[dict]] | None] = {}  # see ``_batch``; valid at one head
+        self._batches_head = -1
         # Deadlines instead of scans: ``tick`` pops what is due. (due_ms, seq, conn_id, sub):
         # sub None is the connection's stale check; otherwise that sub's ack timeout. Entries
         # are checked when popped (the connection may be gone, the sub replaced, the ack
@@ -477,24 +481,43 @@ class SyncServer:
         cfg = self.config
         tenant = conn.principal.tenant
         f = sub.filter
+        head = self.log.head()  # constant here: pumping appends nothing
         while len(sub.inflight) < cfg.window_batches_max:
-            raw = self.log.read(tenant, sub.cursor, cfg.batch_events_max)
-            if not raw:
+            scanned = self._batch(tenant, sub.cursor, f, head)
+            if scanned is None:
                 return
-            sub.cursor = raw[-1].position
-            wires = [self._to_wire(e) for e in raw if f.matches(e)]
+            sub.cursor, wires = scanned
             if not wires:
                 continue  # skipped silently; the next batch tells the client via ``next``
             if not sub.inflight:
                 sub.progress_ms = now_ms
-            batch = P.message(P.EVENTS, sub=sub.id, events=wires, next=sub.cursor, prev=sub.sent_next,
-                              head=self.log.head())
+            batch = P.message(P.EVENTS, sub=sub.id, events=wires, next=sub.cursor, prev=sub.sent_next, head=head)
             sub.sent_next = sub.cursor
             sub.inflight.append(sub.cursor)
             if not sub.timed:
                 self._arm_ack(conn.id, sub)
             self.stats["events_sent"] += len(wires)
             out.append((conn.id, batch))
+
+    def _batch(self, tenant: str, cursor: int, f: EventFilter, head: int) -> tuple[int, list[dict]] | None:
+        """The next batch after ``cursor``: (the position scanned up to, the wire events the
+        filter keeps), or None at the end of the log. Connections of a tenant with the same
+        filter usually sit at the same cursor (all caught up), so a batch is built once per
+        (tenant, cursor, filter) while the head stays where it is, and its event list is
+        shared by their messages (read-only, like the event dicts in it)."""
+        if head != self._batches_head:
+            self._batches.clear()
+            self._batches_head = head
+        key = (tenant, cursor, f) if not f.where else None  # (a predicate's value may be unhashable)
+        if key is not None:
+            hit = self._batches.get(key, _MISSING)
+            if hit is not _MISSING:
+                return hit
+        raw = self.log.read(tenant, cursor, self.config.batch_events_max)
+        scanned = (raw[-1].position, [self._to_wire(e) for e in raw if f.matches(e)]) if raw else None
+        if key is not None:
+            self._batches[key] = scanned
+        return scanned
 
     def _to_wire(self, e: RecordedEvent) -> dict:
         w = self._wire.get(e.position)
