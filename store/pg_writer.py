@@ -17,12 +17,13 @@ connection (asyncpg prepares and caches the statement per connection).
 """
 from __future__ import annotations
 
-from itertools import islice
+import asyncio
 from typing import Any, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .planning import BatchPlan, Head, StreamKey, plan_batch
+from .pg_expect import Expectations, Outcome
+from .planning import BatchPlan, StreamKey, plan_batch
 from .rows import PreparedAppend
 
 PG_NOTIFY_CHANNEL = "syncline_log"  # also hard-coded in syncline_append() (migration 0004)
@@ -36,7 +37,6 @@ _EVENT_COLUMNS = (
 _UNIQUE_COLUMNS = frozenset({"id", "version", "payload", "prev_hash", "hash"})  # never worth a check
 _APPEND = "SELECT * FROM syncline_append(" + ", ".join(f"${i}" for i in range(1, 28)) + ")"
 _NO_WRITES = ([],) * (len(_EVENT_COLUMNS) + 4)  # events and new idempotency keys
-MAX_CACHED_HEADS = 50_000  # streams whose head this writer remembers; a miss costs one round trip
 
 
 class PgBatchWriter:
@@ -46,17 +46,10 @@ class PgBatchWriter:
         # run two batches at once; each needs its own connection (they queue on log_head).
         self._idle: list[tuple[Any, Any]] = []
         self._all: list[tuple[Any, Any]] = []
-        # What this writer expects to be committed once every batch it has planned
-        # commits: the log head (None: unknown) and the heads of the streams it has seen
-        # (a stream not here is expected not to exist). Only a guess: the database
-        # checks it, so a wrong guess costs a round trip, never a wrong write.
-        self._position: int | None = None
-        self._time_us = 0
-        self._heads: dict[StreamKey, Head] = {}
-        self._epoch = 0  # counts plans and lessons ...
-        self._learned_at = 0  # ... and when the last lesson was taken
+        self._expect = Expectations()
         self.optimistic = True  # False: every batch in an explicit transaction
         self._contended = False
+        self._last_done: asyncio.Future | None = None  # see _commit
 
     async def _acquire(self) -> tuple[Any, Any]:
         while self._idle:
@@ -84,7 +77,7 @@ class PgBatchWriter:
         try:
             plan = await self._commit(raw, calls, clock_us)
         except BaseException:
-            self._position = None  # whether it committed is unknown: ask next time
+            self._expect.forget()
             if not raw.is_closed() and raw.is_in_transaction():
                 try:
                     await raw.execute("ROLLBACK")
@@ -112,38 +105,57 @@ class PgBatchWriter:
         # its log_head update too: positions have no gaps and readers never wait for a
         # hole to fill. Outside an explicit transaction the call commits by itself
         # (holding the lock through its commit), so the common batch is one round trip.
+        #
+        # The batch before this one may still be in flight: this one's plan expects its
+        # outcome, but the server may run the two in either order (then this one is
+        # refused, and plans again once that one is done).
+        before, mine = self._last_done, asyncio.get_running_loop().create_future()
+        self._last_done = mine
+        try:
+            return await self._write(raw, calls, clock_us, before)
+        finally:
+            mine.set_result(None)
+
+    async def _write(self, raw, calls, clock_us, before: asyncio.Future | None) -> BatchPlan:
         streams = list(dict.fromkeys((c.tenant, w.stream) for c in calls for w in c.writes))
         keys = list(dict.fromkeys((c.tenant, c.idempotency_key) for c in calls if c.idempotency_key))
         stored: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        if self.optimistic and not self._contended and self._position is not None:
+        expect = self._expect
+        if self.optimistic and not self._contended and expect.position is not None:
             for _attempt in range(2):
-                plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+                plan, args, outcome = self._plan(calls, clock_us, streams, keys, stored)
                 row = await raw.fetchrow(_APPEND, *args)
                 if row["r_ok"]:
+                    expect.committed(outcome)
                     return plan
-                stored = self._learn(row, epoch, streams)
+                expect.refused(outcome, row)
+                stored = _stored_keys(row)
+                if before is not None and not before.done():
+                    await asyncio.shield(before)  # and plan again on its outcome
             self._contended = True  # two guesses missed: another process is writing
         await raw.execute("BEGIN")
-        if self._position is None:  # find the log head (the call writes nothing)
+        if expect.position is None:  # find the log head (the call writes nothing)
             row = await raw.fetchrow(_APPEND, -1, 0, *self._expected(streams, keys, stored), *_NO_WRITES)
-            stored = self._learn(row, 0, streams, force=True)
-        plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+            expect.reset(row, streams)
+            stored = _stored_keys(row)
+        plan, args, outcome = self._plan(calls, clock_us, streams, keys, stored)
         row = await raw.fetchrow(_APPEND, *args)
         self._contended = not row["r_ok"]
         if not row["r_ok"]:  # we hold the lock now: what it returned stays true until COMMIT
-            stored = self._learn(row, epoch, streams, force=True)
-            plan, args, epoch = self._plan(calls, clock_us, streams, keys, stored)
+            expect.reset(row, streams)
+            plan, args, outcome = self._plan(calls, clock_us, streams, keys, _stored_keys(row))
             row = await raw.fetchrow(_APPEND, *args)
             if not row["r_ok"]:
                 raise RuntimeError("syncline_append() refused a plan made under its own lock")
         await raw.execute("COMMIT")
+        expect.committed(outcome)
         return plan
 
     def _expected(self, streams: list[StreamKey], keys: list[tuple[str, str]], stored: dict) -> tuple:
-        heads = self._heads
+        head = self._expect.head
         versions, hashes = [], []
         for k in streams:
-            h = heads.get(k)
+            h = head(k)
             versions.append(h.version if h else 0)
             hashes.append(h.hash if h else None)
         return (
@@ -151,15 +163,13 @@ class PgBatchWriter:
             [t for t, _ in keys], [k for _, k in keys], [k in stored for k in keys],
         )
 
-    def _plan(self, calls, clock_us, streams, keys, stored) -> tuple[BatchPlan, tuple, int]:
-        """Plan the batch on what this writer expects, then expect its outcome.
-
-        Expecting the outcome before it commits lets a second batch in flight plan on
-        top of the first; if the first does not commit, the database refuses the
-        second too, and that one plans again.
-        """
-        heads = {k: self._heads[k] for k in streams if k in self._heads}
-        position, time_us = self._position, max(clock_us(), self._time_us)  # times never go backwards
+    def _plan(self, calls, clock_us, streams, keys, stored) -> tuple[BatchPlan, tuple, Outcome]:
+        """Plan the batch on what this writer expects, then expect its outcome too, so a
+        second batch in flight can be planned on top of it."""
+        expect = self._expect
+        heads = {k: h for k in streams if (h := expect.head(k)) is not None}
+        position, head_time = expect.log_head()
+        time_us = max(clock_us(), head_time)  # commit times never go backwards
         plan = plan_batch(calls, heads, stored, position, time_us)
         rows, new_keys = plan.rows, plan.new_keys
         if rows and not (rows[0]["position"] == position + 1 and plan.last_position == position + len(rows)
@@ -173,34 +183,10 @@ class PgBatchWriter:
             [k["fingerprint"] for k in new_keys], [k["result"] for k in new_keys],
         )
         if rows:
-            self._position, self._time_us = plan.last_position, time_us
-        for k, h in plan.heads.items():
-            self._heads.pop(k, None)  # re-inserted last: the oldest entries are evicted first
-            self._heads[k] = h
-        if len(self._heads) > MAX_CACHED_HEADS:
-            for k in list(islice(self._heads, MAX_CACHED_HEADS // 2)):
-                del self._heads[k]
-        self._epoch += 1
-        return plan, args, self._epoch
-
-    def _learn(self, row, epoch: int, streams: list[StreamKey], force: bool = False) -> dict:
-        """Take what syncline_append() found committed; return the stored idempotency keys.
-
-        A plan made before the last lesson does not teach: the writer has planned again
-        since on newer knowledge, which this older answer must not overwrite.
-        """
-        stored = dict(zip(zip(row["r_key_tenants"] or (), row["r_keys"] or ()),
-                          zip(row["r_fingerprints"] or (), row["r_results"] or ())))
-        if force or epoch > self._learned_at:
-            self._position, self._time_us = row["r_position"], row["r_time_us"]
-            for k in streams:
-                self._heads.pop(k, None)
-            for t, s, v, h in zip(row["r_tenants"] or (), row["r_streams"] or (),
-                                  row["r_versions"] or (), row["r_hashes"] or ()):
-                self._heads[(t, s)] = Head(v, h)
-            self._epoch += 1
-            self._learned_at = self._epoch
-        return stored
+            outcome = expect.planned(plan.last_position, time_us, plan.heads)
+        else:  # the log head does not move
+            outcome = expect.planned(position, head_time, plan.heads)
+        return plan, args, outcome
 
     async def close(self) -> None:
         for sa_conn, _raw in self._all:
@@ -210,6 +196,12 @@ class PgBatchWriter:
                 pass
         self._all.clear()
         self._idle.clear()
+
+
+def _stored_keys(row) -> dict[tuple[str, str], tuple[bytes, bytes]]:
+    """The idempotency keys of the batch that syncline_append() found stored."""
+    return dict(zip(zip(row["r_key_tenants"] or (), row["r_keys"] or ()),
+                    zip(row["r_fingerprints"] or (), row["r_results"] or ())))
 
 
 def _same(values: list) -> list:

@@ -42,8 +42,8 @@ def count_statements(store) -> list[str]:
             return await self._raw.fetchrow(query, *args)
 
     async def counted():
-        sa_conn, raw = await acquire()
-        return sa_conn, Counting(raw)
+        sa_conn, raw = await acquire()  # the pair goes back to the writer's idle list as returned
+        return sa_conn, raw if isinstance(raw, Counting) else Counting(raw)
 
     writer._acquire = counted
     return sent
@@ -161,3 +161,26 @@ def test_migration_0004_creates_and_drops_the_append_function(pg_clean_url):
     assert not asyncio.run(has_function())
     asyncio.run(migrate("head"))
     assert asyncio.run(has_function())
+
+
+def test_expectations_overlay_pending_outcomes_and_drop_refused_ones():
+    from store.pg_expect import Expectations
+    from store.planning import Head
+
+    x = Expectations()
+    x.reset({"r_position": 10, "r_time_us": 5, "r_tenants": ["t"], "r_streams": ["a"], "r_versions": [3],
+             "r_hashes": [b"a3"]}, [("t", "a")])
+    first = x.planned(12, 6, {("t", "a"): Head(5, b"a5")})
+    second = x.planned(13, 7, {("t", "b"): Head(1, b"b1")})
+    assert x.log_head() == (13, 7) and x.head(("t", "a")).version == 5 and x.head(("t", "b")).version == 1
+    # the first is refused: the second was planned on it, so it is no longer expected either
+    x.refused(first, {"r_position": 11, "r_time_us": 6, "r_tenants": ["t"], "r_streams": ["a"], "r_versions": [4],
+                      "r_hashes": [b"a4"], "r_key_tenants": None, "r_keys": None})
+    assert x.log_head() == (11, 6) and x.head(("t", "a")) == Head(4, b"a4") and x.head(("t", "b")) is None
+    # an answer that arrives late never takes the expectation back
+    x.committed(second)  # (it could commit: nothing it expected had changed)
+    x.refused(first, {"r_position": 10, "r_time_us": 5, "r_tenants": ["t"], "r_streams": ["a"], "r_versions": [3],
+                      "r_hashes": [b"a3"]})
+    assert x.log_head() == (13, 7) and x.head(("t", "a")).version == 4 and x.head(("t", "b")).version == 1
+    x.forget()
+    assert x.log_head()[0] is None
