@@ -157,7 +157,8 @@ class SharedFolds:
     def fold(self, records: Mapping[str, RecordState], recs: list[Mapping[str, Any]],
              registry: MergeRegistry) -> dict[str, RecordState]:
         """The record states after folding the wire events ``recs`` (record.patched, log
-        order) onto ``records``: stream -> new state, for the streams they touch."""
+        order) onto ``records``: stream -> new state, for the streams they touch, in the
+        order they first appear."""
         steps = self._steps
         changed: dict[str, RecordState] = {}
         alone: dict[str, list[Mapping[str, Any]]] | None = None  # streams folded without sharing
@@ -182,6 +183,7 @@ class SharedFolds:
                         if alone is None:
                             alone = {}
                         alone[stream] = [w]
+                        changed[stream] = prior  # holds the stream's place; replaced below
                         continue
                     after = changed[stream] = _fold_one(prior, stream, w, registry)
                     entry[2].append((prior, after))
@@ -194,9 +196,7 @@ class SharedFolds:
             steps[pos] = (w.get("id"), registry, [(prior, after)])
         if alone:
             for stream, ws in alone.items():
-                prior = changed.get(stream)
-                if prior is None:
-                    prior = records.get(stream)
+                prior = changed[stream]
                 state = RecordsState(MappingProxyType({stream: prior})) if prior is not None else _NO_STATE
                 changed[stream] = fold_record_events(state, [_event_of(w) for w in ws], registry,
                                                      shared_decode=True).records[stream]
@@ -321,8 +321,8 @@ class RecordsReplica:
         if not recs:
             return []
         records = self.confirmed.records
-        changed = self.shared.fold(records, recs, self.registry)
-        merged = dict(records)
+        changed = self.shared.fold(records, recs, self.registry)  # in the order streams first appear
+        merged = records.copy()  # (the proxy's own dict, copied in C)
         merged.update(changed)  # as the fold does: known streams keep their place, new ones follow
         self.confirmed = RecordsState(MappingProxyType(merged))
         if self._dirty is not None:
@@ -334,10 +334,10 @@ class RecordsReplica:
                 op_id = d.get("op") if type(d) is dict or isinstance(d, Mapping) else None
                 if op_id is not None:
                     pending.pop(op_id, None)
-        new = []
+        new: list[Conflict] = []
         conflicts = self.shared.conflicts
-        for stream in dict.fromkeys(e["stream"] for e in recs):
-            found = conflicts(changed[stream])
+        for rec in changed.values():
+            found = conflicts(rec)
             if found:
                 new.extend(self._unseen(found))
         return new

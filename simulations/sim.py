@@ -131,8 +131,13 @@ class Simulation:
         self.duration_ms = params.duration_ms or sc.duration_ms
         self.now_ms = 0
         self.step = 0
-        self._seq = 0
-        self._heap: list[tuple] = []
+        # The agenda: happenings at one virtual millisecond run in the order they were
+        # scheduled. A heap orders the distinct times; each time has its list of
+        # (kind, a, b), appended to even while it runs (a happening at ``now``) and run
+        # to its end. Equivalent to one heap of (time, sequence number, ...) entries,
+        # with one heap operation per distinct time instead of two per happening.
+        self._times: list[int] = []
+        self._agenda: dict[int, list[tuple]] = {}
         self._in_flight = 0
         self._stopped: Violation | None = None
         self._trace = hashlib.sha256()
@@ -231,10 +236,14 @@ class Simulation:
 
     # ------------------------------------------------------------ scheduling
     def _at(self, t: int, kind: int, a: Any, b: Any = None) -> None:
-        self._seq += 1
         if kind in IN_FLIGHT and (b is None or b["t"] not in HEARTBEATS):
             self._in_flight += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, a, b))
+        slot = self._agenda.get(t)
+        if slot is None:
+            self._agenda[t] = [(kind, a, b)]
+            heapq.heappush(self._times, t)
+        else:
+            slot.append((kind, a, b))
 
     def stop(self, v: Violation) -> None:
         if self._stopped is None:
@@ -244,35 +253,47 @@ class Simulation:
         started = time.perf_counter()
         deadline = self.duration_ms + self.scenario.quiesce_deadline_ms
         stop_at = self.params.stop_at_step
-        heap = self._heap
+        times = self._times
+        agenda = self._agenda
         pop = heapq.heappop
         trace = self._trace
         recent = self._recent
         buf: list[str] = []
         last_report = 0
-        while heap and self._stopped is None:
-            t, _, kind, a, b = pop(heap)
-            if kind in IN_FLIGHT and (b is None or b["t"] not in HEARTBEATS):
-                self._in_flight -= 1
+        done = False
+        while times and not done:
+            t = times[0]
             if t > deadline:
                 break
-            self.now_ms = t
-            self.step += 1
-            line = self._dispatch(kind, a, b)
-            if line is not None:
-                entry = f"{self.step}|{t}|{KIND_NAMES[kind]}|{line}"
-                buf.append(entry)
-                recent.append(entry)
-                if len(buf) >= TRACE_FLUSH_ENTRIES:
-                    trace.update(("\n".join(buf) + "\n").encode())
-                    buf.clear()
-            if self.quiesced_at is not None:
-                break
-            if stop_at is not None and self.step >= stop_at:
-                break
-            if self.progress is not None and t - last_report >= 1_000:
-                last_report = t
-                self.progress(min(t, deadline), deadline)
+            slot = agenda[t]
+            i = 0
+            while i < len(slot):  # (the slot may grow while it runs)
+                if self._stopped is not None:
+                    done = True
+                    break
+                kind, a, b = slot[i]
+                i += 1
+                if kind in IN_FLIGHT and (b is None or b["t"] not in HEARTBEATS):
+                    self._in_flight -= 1
+                self.now_ms = t
+                self.step += 1
+                line = self._dispatch(kind, a, b)
+                if line is not None:
+                    entry = f"{self.step}|{t}|{KIND_NAMES[kind]}|{line}"
+                    buf.append(entry)
+                    recent.append(entry)
+                    if len(buf) >= TRACE_FLUSH_ENTRIES:
+                        trace.update(("\n".join(buf) + "\n").encode())
+                        buf.clear()
+                if self.quiesced_at is not None or (stop_at is not None and self.step >= stop_at):
+                    done = True
+                    break
+                if self.progress is not None and t - last_report >= 1_000:
+                    last_report = t
+                    self.progress(min(t, deadline), deadline)
+            if not done:
+                pop(times)
+                del agenda[t]
         if buf:
             trace.update(("\n".join(buf) + "\n").encode())
         if self._stopped is None and stop_at is None:
