@@ -156,8 +156,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self._cancel_timer()
         self.buf = self.frags = None
         self._deliver_disconnect(1006)
-        if self.state != HANDSHAKE:
-            self.state = CLOSED
+        self.state = CLOSED
         drain, self.drain = self.drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)  # a blocked send() wakes up and raises ClientDisconnected
