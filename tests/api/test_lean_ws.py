@@ -135,9 +135,9 @@ async def read_close(reader: Any) -> int:
 # -- tests ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("coalesce", [False, True])
-async def test_handshake_scope_and_messages_both_ways(server, coalesce) -> None:
-    srv, port, app = await server(coalesce=coalesce)
+@pytest.mark.parametrize(("coalesce", "http"), [(False, "httptools"), (True, "httptools"), (False, "h11")])
+async def test_handshake_scope_and_messages_both_ways(server, coalesce, http) -> None:
+    srv, port, app = await server(coalesce=coalesce, http=http)
     async with websockets.connect(f"ws://127.0.0.1:{port}/room%201/x?token=abc", subprotocols=["msgpack", "json"],
                                   additional_headers={"X-Correlation-ID": "c-1"}) as ws:
         assert ws.subprotocol == "msgpack"
