@@ -298,7 +298,11 @@ class ClockMerger:
         self._base = base
         self._c: dict[str, int] | None = None
 
-    def add(self, clock: VectorClock) -> None:
+    def add(self, clock: VectorClock) -> bool:
+        """Merge ``clock`` in. Returns True when ``clock`` covers everything merged so far
+        (then it is the result), False when that is not known to hold (it may still).
+        A caller whose other clocks are all bounded by this merge learns for free that
+        ``clock`` comes after (or equals) each of them."""
         c = self._c
         b = clock._c
         if c is None:
@@ -307,19 +311,20 @@ class ClockMerger:
                 if n > base.get(node, 0):
                     break
             else:  # covered: the record's clock already holds this op's history
-                return
+                return False
             if len(b) >= len(base):
                 for node, n in base.items():
                     if n > b.get(node, 0):
                         break
                 else:  # ``clock`` covers the base: it is the merge (the usual newer op)
                     self._base = clock
-                    return
+                    return True
             c = self._c = dict(base)
         get = c.get
         for node, n in b.items():
             if n > get(node, 0):
                 c[node] = n
+        return False
 
     def result(self) -> VectorClock:
         c = self._c

@@ -8,7 +8,7 @@ rebuild gives exactly the live result because the fold is the only writer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from ..events import RecordedEvent
@@ -26,6 +26,21 @@ class Projection(Generic[S]):
     # Optional batch form of ``apply`` for folds that are cheaper per page than per event.
     apply_many: Callable[[S, Sequence[RecordedEvent]], S] | None = None
 
+    # (stream prefixes, literal types) when the filter is only those two, which is
+    # what the built-in projections use: then ``fold`` tests them inline instead of
+    # calling ``filter.matches`` once per event (the same answer, a third of the cost).
+    _simple: tuple[tuple[str, ...], frozenset] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        f = self.filter
+        if (
+            f is not None and f.stream_prefixes and not f.streams and not f.where
+            and f.types and f._literal_types is not None
+        ):
+            object.__setattr__(self, "_simple", (tuple(f.stream_prefixes), f._literal_types))
+
     def wants(self, event: RecordedEvent) -> bool:
         return self.filter is None or self.filter.matches(event)
 
@@ -33,7 +48,10 @@ class Projection(Generic[S]):
         s = self.initial() if state is None else state
         # Runs once per page and projection: the filter is applied in one
         # comprehension, and a projection without one sees the page as it is.
-        if self.filter is not None:
+        if self._simple is not None:
+            prefixes, types = self._simple
+            events = [e for e in events if e.type in types and e.stream.startswith(prefixes)]
+        elif self.filter is not None:
             matches = self.filter.matches
             events = [e for e in events if matches(e)]
         if self.apply_many is not None:

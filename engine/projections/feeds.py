@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ..events import RecordedEvent
 from . import Projection
 
 
-@dataclass(frozen=True, slots=True)
-class FeedItem:
+class FeedItem(NamedTuple):
+    """Immutable. A NamedTuple of ints and strings: the garbage collector stops tracking
+    it after its first look, so the feeds (up to ``keep`` items per user and per room)
+    are not rescanned by every full collection (a frozen dataclass is tracked forever)."""
+
     position: int
     time_us: int
     type: str
@@ -44,12 +47,9 @@ def apply_feed_event(state: FeedsState, e: RecordedEvent) -> FeedsState:
     return state
 
 
-# FeedItem is frozen: its generated __init__ sets each field through object.__setattr__;
-# the slot descriptors build the same item for less (one item per event on a rebuild).
-_NEW = object.__new__
-_set_position, _set_time, _set_type, _set_stream, _set_user = (
-    getattr(FeedItem, f).__set__ for f in ("position", "time_us", "type", "stream", "user")
-)
+# One item per event on a rebuild: built by tuple.__new__ directly, without the Python
+# frame of the NamedTuple's generated __new__.
+_tuple_new = tuple.__new__
 
 
 def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> FeedsState:
@@ -60,12 +60,7 @@ def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> Fee
         if stream[:1] == "$":
             continue
         user = e.actor.user
-        item = _NEW(FeedItem)
-        _set_position(item, e.position)
-        _set_time(item, e.time_us)
-        _set_type(item, e.type)
-        _set_stream(item, stream)
-        _set_user(item, user)
+        item = _tuple_new(FeedItem, (e.position, e.time_us, e.type, stream, user))
         if user:
             key = (e.tenant, user)
             feed = by_user.get(key)

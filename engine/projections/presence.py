@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..events import RecordedEvent
 from ..filters import EventFilter
@@ -17,8 +18,10 @@ JOINED = "presence.joined"
 LEFT = "presence.left"
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceChange:
+class PresenceChange(NamedTuple):
+    """Immutable; a NamedTuple of ints and strings, untracked by the garbage collector
+    once it has looked at it (see FeedItem)."""
+
     position: int
     time_us: int
     user: str

@@ -16,6 +16,7 @@ from ..clocks import ClockMerger
 from ..events import RecordedEvent
 from .kernel import apply_changes
 from .merges import MergeRegistry
+from .outcomes import Outcome, OutcomeKind
 from .payloads import RECORD_PATCHED, decode_patch, decode_patch_cached
 from .state import RecordsState, RecordState
 
@@ -25,27 +26,41 @@ _BUILTINS = MergeRegistry.with_builtins()
 class Receipts(Mapping):
     """Read-only receipts (op id -> outcome) that folds extend without copying.
 
-    Receipts only grow, in log order. A fold's states share one dict, ``op id -> (index,
-    outcome)``; each state sees its first ``n`` entries. A fold extending the newest state
-    of that line (nothing was appended past its ``n``) appends in place; from any older
-    state it copies first. So every state keeps reading exactly the receipts it had
-    (copy on write), and a batch costs its own ops, not the record's whole history."""
+    Receipts only grow, in log order. A fold's states share one dict, ``op id -> entry``;
+    each state sees its first ``n`` entries. A fold extending the newest state of that
+    line (nothing was appended past its ``n``) appends in place; from any older state it
+    copies first. So every state keeps reading exactly the receipts it had (copy on
+    write), and a batch costs its own ops, not the record's whole history.
 
-    __slots__ = ("_d", "_n")
+    An entry is ``(index, kind name, conflicts, resolved, superseded)``: strings and
+    tuples of strings only, which the garbage collector stops tracking after its first
+    look (an ``Outcome`` holds an ``OutcomeKind``, which it tracks forever). A rebuild
+    keeps one receipt per op ever accepted, and rescanning them all in every full
+    collection cost more than the fold itself. The ``Outcome`` is built when asked for,
+    equal to the one the event carried. An outcome that does not fit that form (none
+    does today) is kept as ``(index, outcome)``."""
 
-    def __init__(self, d: dict[str, tuple[int, Any]], n: int) -> None:
+    __slots__ = ("_d", "_n", "_stream")
+
+    def __init__(self, d: dict[str, tuple], n: int, stream: str = "") -> None:
         self._d = d
         self._n = n
+        self._stream = stream
 
-    def __getitem__(self, op_id: str) -> Any:
+    def _outcome(self, op_id: str, e: tuple) -> Outcome:
+        if len(e) == 2:
+            return e[1]
+        return _tuple_new(Outcome, (_KIND_BY_NAME[e[1]], op_id, self._stream, e[2], e[3], e[4], None, "", None))
+
+    def __getitem__(self, op_id: str) -> Outcome:
         e = self._d[op_id]
         if e[0] < self._n:
-            return e[1]
+            return self._outcome(op_id, e)
         raise KeyError(op_id)
 
     def get(self, op_id: str, default: Any = None) -> Any:
         e = self._d.get(op_id)
-        return e[1] if e is not None and e[0] < self._n else default
+        return self._outcome(op_id, e) if e is not None and e[0] < self._n else default
 
     def __contains__(self, op_id: object) -> bool:
         e = self._d.get(op_id)  # type: ignore[call-overload]
@@ -61,7 +76,7 @@ class Receipts(Mapping):
     def __repr__(self) -> str:
         return f"Receipts({dict(self.items())!r})"
 
-    def _tip(self) -> dict[str, tuple[int, Any]]:
+    def _tip(self) -> dict[str, tuple]:
         """A dict a fold may append to: the shared one if this view is its newest, else a copy."""
         d = self._d
         if len(d) == self._n:
@@ -69,10 +84,21 @@ class Receipts(Mapping):
         return {k: d[k] for k in islice(d, self._n)}
 
 
-def _extendable(receipts: Mapping[str, Any]) -> dict[str, tuple[int, Any]]:
-    if type(receipts) is Receipts:
+_tuple_new = tuple.__new__
+_KIND_BY_NAME = {k.value: k for k in OutcomeKind}
+_KIND_NAME = {k: k.value for k in OutcomeKind}
+
+
+def _entry(index: int, o: Outcome, stream: str) -> tuple:
+    if o[6] is None and not o[7] and o[8] is None and o[2] == stream and type(o[0]) is OutcomeKind:
+        return (index, _KIND_NAME[o[0]], o[3], o[4], o[5])
+    return (index, o)
+
+
+def _extendable(receipts: Mapping[str, Any], stream: str) -> dict[str, tuple]:
+    if type(receipts) is Receipts and receipts._stream == stream:
         return receipts._tip()
-    return {op_id: (i, o) for i, (op_id, o) in enumerate(receipts.items())}
+    return {op_id: _entry(i, o, stream) for i, (op_id, o) in enumerate(receipts.items())}
 
 
 def apply_record_event(
@@ -100,7 +126,7 @@ def fold_record_events(
         w = get_work(stream)
         if w is None:
             rec = state.get(stream)
-            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts))
+            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts, stream))
         fields, clock, receipts = w
         if shared_decode:
             stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
@@ -109,14 +135,15 @@ def fold_record_events(
         op_id = stamp[0]
         if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
-        apply_changes(fields, stream, stamp, changes, reg)
-        clock.add(stamp[4])
-        receipts[op_id] = (len(receipts), outcome)
+        # The record clock first: whether the op's clock covers it (then it covers
+        # every field's clock) spares apply_changes a comparison per field.
+        apply_changes(fields, stream, stamp, changes, reg, clock.add(stamp[4]))
+        receipts[op_id] = (len(receipts), _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5])
     if not work:
         return state
     records = dict(state.records)
     for stream, (fields, clock, receipts) in work.items():
         records[stream] = RecordState(
-            stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts))
+            stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts), stream)
         )
     return RecordsState(MappingProxyType(records))

@@ -63,42 +63,28 @@ def apply_changes(
     fields: dict[str, FieldState],
     stream: str,
     stamp: Stamp,
-    changes: list[Change] | list[tuple],
+    changes: list[Change] | list[tuple] | tuple,
     registry: MergeRegistry,
+    newer: bool = False,
 ) -> Effect:
-    """Mutates ``fields`` (a working copy owned by the caller). Returns ``PLAIN`` or an Effect."""
+    """Mutates ``fields`` (a working copy owned by the caller). Returns ``PLAIN`` or an Effect.
+
+    ``newer``: the caller knows that the op's clock covers every field clock here (it
+    covers the record's clock, which is the merge of all of them; see
+    ``ClockMerger.add``). Then each comparison would answer AFTER (or EQUAL, where
+    the two clocks are equal), so none is made: the usual op costs no clock walk.
+    """
     eff = PLAIN
     clock = stamp.clock
+    hlc = stamp.hlc
     rank = None
+    # The clock step of the op's previous LWW/merge field: (its old clock, the new one).
+    # An op's fields often share their clock object (fields written by the same ops get
+    # the same merge, and keep sharing it from here on): then the answer is the same.
+    seen_old = seen_new = None
     for name, strategy, value, deleted, mf in changes:
         old = fields.get(name)
-        if strategy is _LWW:
-            if old is None:
-                fields[name] = _new(LwwField, (stamp, value, deleted, clock))
-                continue
-            if type(old) is not LwwField:
-                old = _to_lww(old, registry)
-            order = clock.compare(old.clock)
-            if order is _AFTER:
-                new_clock = clock
-            elif order is _CONCURRENT:
-                if eff is PLAIN:
-                    eff = Effect()
-                eff.merged = True
-                new_clock = old.clock.merge(clock)
-            else:
-                new_clock = old.clock
-            if rank is None:
-                rank = stamp.rank
-            if rank > old.stamp.rank:
-                fields[name] = _new(LwwField, (stamp, value, deleted, new_clock))
-            else:
-                if eff is PLAIN:
-                    eff = Effect()
-                eff.superseded += (name,)
-                # (``old`` may be a converted field of another strategy: always store it)
-                fields[name] = _new(LwwField, (old[0], old[1], old[2], new_clock))
-        elif strategy is _MANUAL:
+        if strategy is _MANUAL:
             w = Write(stamp, value, deleted)
             if old is None:
                 fields[name] = ManualField((w,), clock)
@@ -127,26 +113,64 @@ def apply_changes(
                 if cid is None:
                     eff.resolved += (old.conflict_id,)  # type: ignore[operator]
                 eff.transitions += ((name, old.conflict_id, cid, new),)
+            continue
+        is_lww = strategy is _LWW
+        if old is None:
+            if is_lww:
+                fields[name] = _new(LwwField, (stamp, value, deleted, clock))
+            else:
+                acc = mf.initial
+                fields[name] = _new(MergeField, (mf.name, value if acc is NO_INITIAL else mf.fn(acc, value), clock, stamp))
+            continue
+        if is_lww:
+            if type(old) is not LwwField:
+                old = _to_lww(old, registry)
+            old_clock = old[3]
         else:
-            if old is None:
-                fields[name] = _new(MergeField, (mf.name, mf.combine(mf.initial, value), clock, stamp))
-                continue
-            if type(old) is not MergeField or old.merge != mf.name:
+            if type(old) is not MergeField or old[0] != mf.name:
                 old = _to_merge(old, mf, registry)
-            order = clock.compare(old.clock)
+            old_clock = old[2]
+        # The field's new clock: the op's when it comes after (or equals) the field's
+        # history, the merge of both when they are concurrent.
+        if newer:
+            new_clock = clock
+        elif old_clock is seen_old:
+            new_clock = seen_new  # (a concurrent one already marked the Effect merged)
+        else:
+            order = clock.compare(old_clock)
             if order is _AFTER:
                 new_clock = clock
             elif order is _CONCURRENT:
                 if eff is PLAIN:
                     eff = Effect()
                 eff.merged = True
-                new_clock = old.clock.merge(clock)
+                new_clock = old_clock.merge(clock)
             else:
-                new_clock = old.clock
+                new_clock = old_clock
+            seen_old, seen_new = old_clock, new_clock
+        # The LWW order is (wall, logical, client, op id); walls usually differ.
+        old_stamp = old[0] if is_lww else old[3]
+        ow = old_stamp[3][0]
+        if hlc[0] != ow:
+            wins = hlc[0] > ow
+        else:
             if rank is None:
                 rank = stamp.rank
-            last = stamp if rank > old.last.rank else old.last
-            fields[name] = _new(MergeField, (mf.name, mf.combine(old.acc, value), new_clock, last))
+            wins = rank > old_stamp.rank
+        if is_lww:
+            if wins:
+                fields[name] = _new(LwwField, (stamp, value, deleted, new_clock))
+            else:
+                if eff is PLAIN:
+                    eff = Effect()
+                eff.superseded += (name,)
+                # (``old`` may be a converted field of another strategy: always store it)
+                fields[name] = _new(LwwField, (old_stamp, old[1], old[2], new_clock))
+        else:
+            # Every operand counts; the greatest-ranked write describes the field.
+            acc = old[1]
+            acc = value if acc is NO_INITIAL else mf.fn(acc, value)
+            fields[name] = _new(MergeField, (mf.name, acc, new_clock, stamp if wins else old_stamp))
     return eff
 
 

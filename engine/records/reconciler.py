@@ -120,13 +120,16 @@ def reconcile(
         client = op.client
         user = op.user
         stamp = _tuple_new(Stamp, (op_id, client, user, op.hlc, clock))
-        eff = apply_changes(w.fields, stream, stamp, changes, registry)
-        w.clock.add(clock)
+        # The record clock first: when the op's clock covers it, it covers every field's
+        # clock too, and apply_changes needs no comparison.
+        eff = apply_changes(w.fields, stream, stamp, changes, registry, w.clock.add(clock))
         if eff is PLAIN:
             outcome = _tuple_new(Outcome, (_APPLIED, op_id, stream, (), (), (), None, "", None))
         else:
             kind = _CONFLICT if eff.conflicts else _MERGED if eff.merged else _APPLIED
-            outcome = Outcome(kind, op_id, stream, eff.conflicts, eff.resolved, eff.superseded)
+            outcome = _tuple_new(
+                Outcome, (kind, op_id, stream, eff.conflicts, eff.resolved, eff.superseded, None, "", None)
+            )
         w.receipts[op_id] = outcome
         append_outcome(outcome)
         key = (user, client)
