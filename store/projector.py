@@ -79,6 +79,10 @@ class Projector:
                 self.position = page.next_after if until is None else min(page.next_after, until)
                 if done:
                     return self.position
+                # Let the folded page go now, not after the next read: alive through the
+                # collections that reading triggers, it would be promoted to the oldest
+                # generation, and enough promotions bring on a full collection.
+                page = events = None
         finally:
             if pending is not None:
                 pending.cancel()

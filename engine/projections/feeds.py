@@ -10,9 +10,7 @@ from . import Projection
 
 
 class FeedItem(NamedTuple):
-    """Immutable. A NamedTuple of ints and strings: the garbage collector stops tracking
-    it after its first look, so the feeds (up to ``keep`` items per user and per room)
-    are not rescanned by every full collection (a frozen dataclass is tracked forever)."""
+    """One activity item, as ``page`` returns it."""
 
     position: int
     time_us: int
@@ -23,6 +21,13 @@ class FeedItem(NamedTuple):
 
 @dataclass(slots=True)
 class FeedsState:
+    """Per (tenant, user) and per (tenant, room), the last ``keep`` items, oldest first.
+
+    The deques hold plain ``(position, time_us, type, stream, user)`` tuples, FeedItem's
+    fields: the garbage collector stops tracking a plain tuple of ints and strings after
+    its first look (not a tuple subclass), and the feeds are most of what a rebuild keeps,
+    so every full collection would rescan them all. ``page`` returns FeedItems."""
+
     keep: int
     by_user: dict[tuple[str, str], deque] = field(default_factory=dict)
     by_room: dict[tuple[str, str], deque] = field(default_factory=dict)
@@ -38,18 +43,13 @@ def room_of(stream: str) -> str | None:
 def apply_feed_event(state: FeedsState, e: RecordedEvent) -> FeedsState:
     if e.stream.startswith("$"):  # system streams are not activity
         return state
-    item = FeedItem(e.position, e.time_us, e.type, e.stream, e.actor.user)
+    item = (e.position, e.time_us, e.type, e.stream, e.actor.user)
     if e.actor.user:
         _push(state.by_user, (e.tenant, e.actor.user), item, state.keep)
     room = room_of(e.stream)
     if room is not None:
         _push(state.by_room, (e.tenant, room), item, state.keep)
     return state
-
-
-# One item per event on a rebuild: built by tuple.__new__ directly, without the Python
-# frame of the NamedTuple's generated __new__.
-_tuple_new = tuple.__new__
 
 
 def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> FeedsState:
@@ -60,7 +60,7 @@ def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> Fee
         if stream[:1] == "$":
             continue
         user = e.actor.user
-        item = _tuple_new(FeedItem, (e.position, e.time_us, e.type, stream, user))
+        item = (e.position, e.time_us, e.type, stream, user)
         if user:
             key = (e.tenant, user)
             feed = by_user.get(key)
@@ -76,7 +76,7 @@ def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> Fee
     return state
 
 
-def _push(feeds: dict, key: tuple[str, str], item: FeedItem, keep: int) -> None:
+def _push(feeds: dict, key: tuple[str, str], item: tuple, keep: int) -> None:
     feed = feeds.get(key)
     if feed is None:
         feed = feeds[key] = deque(maxlen=keep)
@@ -89,9 +89,9 @@ def page(feed: deque | None, *, before: int | None = None, limit: int = 50) -> t
         return [], None
     out: list[FeedItem] = []
     for item in reversed(feed):
-        if before is not None and item.position >= before:
+        if before is not None and item[0] >= before:
             continue
-        out.append(item)
+        out.append(item if type(item) is FeedItem else FeedItem._make(item))
         if len(out) == limit:
             break
     cursor = out[-1].position if len(out) == limit else None
