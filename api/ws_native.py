@@ -315,9 +315,11 @@ class NativeConnection:
         while True:
             try:
                 return await read()
-            except StoreUnavailable:
+            except StoreUnavailable as e:
                 if self.outbox.closed:
                     raise
+                if delay == 0.1:  # once per outage
+                    log.info("ws.subscription_waiting_for_store", error=e.message)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
