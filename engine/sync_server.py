@@ -266,6 +266,9 @@ class _Sub:
     inflight: list[int] = field(default_factory=list)  # ``next`` of unacked batches
     progress_ms: int = 0  # last time an ack moved, or the sub started
     timed: bool = False  # an ack-timeout check for it is in the server's timer heap
+    # The filter as a plain tuple, for sharing batches (``_batch``); None: not shared
+    # (a predicate's value may be unhashable). Hashing a tuple of str tuples is cheap.
+    share_key: tuple | None = None
 
 
 @dataclass(slots=True)
@@ -483,7 +486,7 @@ class SyncServer:
         f = sub.filter
         head = self.log.head()  # constant here: pumping appends nothing
         while len(sub.inflight) < cfg.window_batches_max:
-            scanned = self._batch(tenant, sub.cursor, f, head)
+            scanned = self._batch(tenant, sub.cursor, f, sub.share_key, head)
             if scanned is None:
                 return
             sub.cursor, wires = scanned
@@ -499,7 +502,8 @@ class SyncServer:
             self.stats["events_sent"] += len(wires)
             out.append((conn.id, batch))
 
-    def _batch(self, tenant: str, cursor: int, f: EventFilter, head: int) -> tuple[int, list[dict]] | None:
+    def _batch(self, tenant: str, cursor: int, f: EventFilter, share_key: tuple | None, head: int
+               ) -> tuple[int, list[dict]] | None:
         """The next batch after ``cursor``: (the position scanned up to, the wire events the
         filter keeps), or None at the end of the log. Connections of a tenant with the same
         filter usually sit at the same cursor (all caught up), so a batch is built once per
@@ -508,7 +512,7 @@ class SyncServer:
         if head != self._batches_head:
             self._batches.clear()
             self._batches_head = head
-        key = (tenant, cursor, f) if not f.where else None  # (a predicate's value may be unhashable)
+        key = (tenant, cursor, share_key) if share_key is not None else None
         if key is not None:
             hit = self._batches.get(key, _MISSING)
             if hit is not _MISSING:
@@ -534,7 +538,8 @@ class SyncServer:
         f = EventFilter(stream_prefixes=tuple(msg.get("prefixes") or ()), streams=tuple(msg.get("streams") or ()),
                         types=tuple(msg.get("types") or ()))
         after = msg.get("after") or 0
-        sub = _Sub(msg["id"], f, after, after, after, progress_ms=now_ms)
+        sub = _Sub(msg["id"], f, after, after, after, progress_ms=now_ms,
+                   share_key=None if f.where else (f.stream_prefixes, f.streams, f.types))
         conn.subs[sub.id] = sub
         for room in msg.get("rooms") or ():
             self._join(conn, room, now_ms, out)

@@ -158,11 +158,14 @@ class Simulation:
         self.consumers = (ConsumerGroup(self.rng, "t0", consumers=sc.consumers)
                           if sc.workload == "consumer" else None)
         self.created_ms: dict[str, int] = {}
-        self.converged_ms: dict[str, int] = {}
+        # op -> when the latest replica applied it. The virtual clock never goes back, so
+        # that is the op's convergence time (the latency of its slowest replica).
+        self.applied_ms: dict[str, int] = {}
         self.metrics: dict[str, Any] = {
             "messages_per_s": {}, "queue_depth": [], "outcomes": {}, "refreshes": 0, "snapshots": 0,
             "reconnects": 0, "crashes": 0, "server_restarts": 0, "partitions": 0, "room_msgs": 0,
         }
+        self._mps = self.metrics["messages_per_s"]
         self.quiet_since: int | None = None
         self.quiesced_at: int | None = None
         self._ticks: dict[int, list[int]] = {}  # grid time -> clients to tick then
@@ -551,21 +554,22 @@ class Simulation:
     def _applied(self, c: SimClient, events: list[dict]) -> None:
         self.checkers.on_applied(c, events)
         now = self.now_ms
-        created, converged = self.created_ms, self.converged_ms
+        applied = self.applied_ms
         for e in events:
             et = e["type"]
             if et == RECORD_PATCHED:
-                op = e["data"]["op"]
+                applied[e["data"]["op"]] = now
             elif et == CRDT_UPDATE:
                 c.apply_doc_event(e)
                 op = e["meta"].get("op")
-            else:
-                continue
-            t0 = created.get(op)
-            if t0 is not None:
-                lat = now - t0
-                if lat > converged.get(op, -1):
-                    converged[op] = lat
+                if op is not None:
+                    applied[op] = now
+
+    @property
+    def converged_ms(self) -> dict[str, int]:
+        """op -> its convergence latency: from its creation until the last replica applied it."""
+        created = self.created_ms
+        return {op: at - created[op] for op, at in self.applied_ms.items() if op in created}
 
     def _result(self, c: SimClient, o: OpResult) -> None:
         c.doc_result(o.op_id)
@@ -584,7 +588,7 @@ class Simulation:
 
     def _count_msg(self) -> None:
         s = self.now_ms // 1000
-        mps = self.metrics["messages_per_s"]
+        mps = self._mps
         mps[s] = mps.get(s, 0) + 1
 
     # ------------------------------------------------------------ workload
