@@ -7,29 +7,28 @@ back to polling the store — later, never wrong (DESIGN.md §4).
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
 import redis.asyncio as redis
 
-from .doorbell import LocalDoorbell
+from .doorbell_listener import ListeningDoorbell
 
 log = logging.getLogger("syncline.store.redis")
 CHANNEL = "syncline:log"
 
 
-class RedisDoorbell(LocalDoorbell):
+class RedisDoorbell(ListeningDoorbell):
+    _task_name = "syncline-redis-doorbell"
+    _log = log
+    _lost_what = "doorbell subscription"
+    _lost_errors = (redis.RedisError, OSError)
+
     def __init__(self, url: str, channel: str = CHANNEL) -> None:
         super().__init__()
         self._client = redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
         self._channel = channel
-        self._task: asyncio.Task | None = None
-        self.connected = asyncio.Event()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen(), name="syncline-redis-doorbell")
+        self._pubsub = None
 
     async def ring(self, tenant: str, position: int) -> None:
         self.ring_nowait(position)
@@ -38,35 +37,21 @@ class RedisDoorbell(LocalDoorbell):
         except (redis.RedisError, OSError) as e:
             log.warning("doorbell publish failed (%s); subscribers will poll", type(e).__name__)
 
-    async def _listen(self) -> None:
-        delay = 0.1
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self.connected.set()
-                delay = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    with contextlib.suppress(ValueError, IndexError):
-                        self.ring_nowait(int(message["data"].split()[-1]))
-            except asyncio.CancelledError:
-                raise
-            except (redis.RedisError, OSError) as e:
-                log.warning("doorbell subscription lost (%s); retrying in %.1fs", type(e).__name__, delay)
-            finally:
-                self.connected.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    async def _subscribe(self) -> None:
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._channel)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
-        await super().close()
+    async def _deliver(self) -> None:
+        async for message in self._pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            with contextlib.suppress(ValueError, IndexError):
+                self.ring_nowait(int(message["data"].split()[-1]))
+
+    async def _unsubscribe(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await pubsub.aclose()
+
+    async def _release(self) -> None:
+        await self._client.aclose()
