@@ -25,6 +25,10 @@ Rules:
   a corrupted one (checksum mismatch) is refused and asked for again.
 - RESYNCING -> ONLINE once the snapshot is installed (the core subscribes again
   after the snapshot's position).
+- An ``error`` whose ``ref`` is our subscription id means the server ended the
+  subscription (state unchanged): a ``tick`` after a backoff sends ``sub`` again from
+  the last applied position, unless the connection closes first (``welcome`` then
+  subscribes on the next one).
 - Ops are only sent while ONLINE. An op leaves the queue when its result arrives;
   on a disconnect every unanswered op is sent again on the next connection (the
   server answers ``duplicate`` for those it had committed).
@@ -153,7 +157,7 @@ class SessionCore:
         "_now", "_hlc", "_op_n", "_clocks", "_inflight", "_sent_seq", "_batch_n", "_attempt", "_next_attempt",
         "_last_rx", "_last_ping", "_rooms", "_presence", "_others", "_snap", "_snap_attempt", "_snap_id",
         "_ping_n", "persist_replica", "persist_interval_ms", "_saved_at", "_saved_position",
-        "handshake_timeout_ms", "_handshake_due",
+        "handshake_timeout_ms", "_handshake_due", "_resub_due", "_resub_n",
     )
 
     def __init__(
@@ -233,6 +237,11 @@ class SessionCore:
         # None: no deadline in CONNECTING (only for a caller whose transport has its own).
         self.handshake_timeout_ms = handshake_timeout_ms
         self._handshake_due: int | None = None
+        # The server ended our subscription with an ``error`` but kept the connection: when
+        # to send ``sub`` again from our position (None: the subscription is live), and how
+        # many times in a row it failed (for the backoff).
+        self._resub_due: int | None = None
+        self._resub_n = 0
         if len(self.queue):
             # Ops queued by an earlier run (the process was killed or closed): readable again.
             after = 0
@@ -291,6 +300,7 @@ class SessionCore:
         self.save(now_ms)
         if self._to(Input.DISCONNECTED, out):
             self._handshake_due = None
+            self._resub_due = None  # ``welcome`` subscribes again on the next connection
             self._inflight.clear()
             self._sent_seq = 0  # every unanswered op goes again, in order
             self._snap = None
@@ -326,6 +336,8 @@ class SessionCore:
             self._last_ping = now_ms
             self._ping_n += 1
             out.append(Send(P.message(P.PING, id=self._ping_n)))
+        if self._resub_due is not None and now_ms >= self._resub_due and st is State.ONLINE:
+            out.extend(self._subscribe())
         if self._inflight:
             oldest = min(sent for _, sent in self._inflight.values())
             if now_ms - oldest > self.ack_timeout_ms:
@@ -355,6 +367,8 @@ class SessionCore:
         if self.state is State.CONNECTING:
             return self._handshake_due
         d = min(self._last_ping + self.heartbeat_ms, self._last_rx + self.stale_ms + 1)
+        if self._resub_due is not None and self.state is State.ONLINE:
+            d = min(d, self._resub_due)
         if self._inflight:
             d = min(d, min(s for _, s in self._inflight.values()) + self.ack_timeout_ms + 1)
         if self.persist_replica and self.position != self._saved_position:
@@ -472,7 +486,7 @@ class SessionCore:
         hb = msg.get("heartbeat_s")
         if isinstance(hb, (int, float)) and hb > 0:
             self.heartbeat_ms = int(hb * 1000)
-        out.append(Send(P.message(P.SUB, id=self.sub_id, prefixes=self.prefixes, after=self.position)))
+        out.extend(self._subscribe())
         for room in sorted(self._rooms or ()):
             out.append(Send(P.message(P.JOIN, room=room)))
             st = (self._presence or {}).get(room)
@@ -497,6 +511,7 @@ class SessionCore:
             events = [e for e in raw if (type(e) is dict or isinstance(e, AbcMapping)) and _position(e) > pos]
         out: list[Output] = []
         last = pos
+        self._resub_n = 0  # the subscription delivers again
         if events:
             for c in self.replica.apply_wire_events(events):
                 out.append(ConflictFound(c))
@@ -611,7 +626,7 @@ class SessionCore:
         self._sent_seq = 0
         out: list[Output] = [SnapshotInstalled(position, dropped)]
         if self._to(Input.SNAPSHOT_INSTALLED, out):
-            out.append(Send(P.message(P.SUB, id=self.sub_id, prefixes=self.prefixes, after=self.position)))
+            out.extend(self._subscribe())
             out.extend(self._pump())
         return out
 
@@ -654,6 +669,14 @@ class SessionCore:
             # The batch failed as a whole: send it (and what followed) again later.
             self._inflight.clear()
             self._sent_seq = 0
+        elif ref == self.sub_id and self.state is not State.OFFLINE:
+            # The server ended the subscription (its reads failed; docs/protocol.md, Errors).
+            # It usually closes the connection too (1011) and ``welcome`` subscribes again;
+            # if the connection stays open, ``tick`` subscribes again from our position after
+            # a backoff (a subscription that keeps failing is not retried in a hot loop).
+            delay = min(self.backoff_max_ms, self.backoff_base_ms * (2 ** min(self._resub_n, 20)))
+            self._resub_n += 1
+            self._resub_due = self._now + delay
         return [ServerError(dict(msg))]
 
     def _on_bye(self, msg) -> list[Output]:
@@ -661,6 +684,10 @@ class SessionCore:
 
     def _on_pong(self, msg) -> list[Output]:
         return []
+
+    def _subscribe(self) -> list[Output]:
+        self._resub_due = None
+        return [Send(P.message(P.SUB, id=self.sub_id, prefixes=self.prefixes, after=self.position))]
 
     # ------------------------------------------------------------ sending ops
     def _pump(self) -> list[Output]:
