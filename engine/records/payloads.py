@@ -64,7 +64,7 @@ def as_stream_writes(events: list[StreamEvent] | tuple[StreamEvent, ...]) -> tup
 _KIND = {k: k.value for k in OutcomeKind}
 
 
-def _outcome_body(o: Outcome) -> dict[str, Any]:
+def _new_outcome_body(o: Outcome) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": _KIND[o.kind]}
     if o.conflicts:
         body["conflicts"] = list(o.conflicts)
@@ -72,6 +72,27 @@ def _outcome_body(o: Outcome) -> dict[str, Any]:
         body["resolved"] = list(o.resolved)
     if o.superseded:
         body["superseded"] = list(o.superseded)
+    return body
+
+
+# Outcome bodies without conflict ids repeat: ("applied", no field superseded) is most
+# of them, ("applied", ["title"]) and the like most of the rest. Each distinct one is
+# built once and shared by every patch that carries it (events are immutable, like
+# the shared ``_NO_META``), which saves a dict and a list per op, both of which the
+# garbage collector would otherwise track. Bounded: past the limit, bodies are new.
+_BODIES: dict[tuple, dict[str, Any]] = {}
+_BODIES_MAX = 1024
+
+
+def _outcome_body(o: Outcome) -> dict[str, Any]:
+    if o[3] or o[4]:  # conflict ids: particular to this op
+        return _new_outcome_body(o)
+    key = (o[0], o[5])
+    body = _BODIES.get(key)
+    if body is None:
+        body = _new_outcome_body(o)
+        if len(_BODIES) < _BODIES_MAX:
+            _BODIES[key] = body
     return body
 
 
@@ -89,11 +110,11 @@ def record_patched(
     resolves: tuple[str, str] | None,
     actor: Actor,
 ) -> NewEvent:
-    hlc = stamp.hlc.encode()
+    hlc = _HLC_FORMAT % stamp[3]  # HLCTimestamp.encode, without the method call
     data: dict[str, Any] = {
-        "op": stamp.op_id,
-        "client": stamp.client,
-        "user": stamp.user,
+        "op": stamp[0],
+        "client": stamp[1],
+        "user": stamp[2],
         "hlc": hlc,
         "vc": vc,
         "base": base_version,
@@ -118,9 +139,7 @@ def record_patched(
             group[name] = value
     if resolves is not None:
         data["resolves"] = {"conflict": resolves[0], "choice": resolves[1]}
-    data["outcome"] = (
-        _outcome_body(outcome) if outcome[3] or outcome[4] or outcome[5] else {"kind": _KIND[outcome[0]]}
-    )
+    data["outcome"] = _outcome_body(outcome)
     # Critical: record state has no snapshots, so its patches must outlive the retention period.
     ev = _NEW(NewEvent)
     _set_type(ev, RECORD_PATCHED)
@@ -142,6 +161,7 @@ _set_type, _set_data, _set_schema, _set_actor, _set_clock, _set_meta, _set_reten
     getattr(NewEvent, f).__set__ for f in ("type", "data", "schema", "actor", "clock", "meta", "retention", "id")
 )
 _CRITICAL = Retention.CRITICAL
+_HLC_FORMAT = "%012x-%08x-%s"  # HLCTimestamp.encode's
 _NO_META: dict = {}  # shared by every patch, never written to (events are immutable; store/rows.py does the same)
 
 

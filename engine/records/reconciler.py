@@ -46,25 +46,16 @@ class _Reject(Exception):
         self.detail = detail
 
 
-class _Work:
-    """A record's mutable working copy, private to one reconcile call."""
+# A record's mutable working copy, private to one reconcile call: (fields, clock merger,
+# receipts). A plain tuple: most ops are the only op of their record in a batch, so
+# this is built about once per op.
+_Work = tuple
 
-    __slots__ = ("stream", "fields", "clock", "receipts")
 
-    def __init__(self, stream: str, rec: RecordState | None) -> None:
-        self.stream = stream
-        if rec is None:
-            self.fields: dict[str, FieldState] = {}
-            self.clock = ClockMerger(EMPTY_CLOCK)
-            self.receipts: dict[str, Outcome] = {}
-        else:
-            self.fields = dict(rec.fields)
-            self.clock = ClockMerger(rec.clock)
-            self.receipts = dict(rec.receipts)
-
-    def freeze(self) -> RecordState:
-        # The dicts are handed over, not copied: nothing else holds them after this.
-        return _tuple_new(RecordState, (self.stream, self.fields, self.clock.result(), self.receipts))
+def _work(rec: RecordState | None) -> _Work:
+    if rec is None:
+        return ({}, ClockMerger(EMPTY_CLOCK), {})
+    return (dict(rec[1]), ClockMerger(rec[2]), dict(rec[3]))
 
 
 # NamedTuples built per op go through tuple.__new__ directly: the generated
@@ -94,15 +85,31 @@ def reconcile(
     append_outcome = outcomes.append
     for op in ops:
         t = type(op)
-        if not ((t is ClientOp or t is ResolveOp) and _basic_ok(op)):
+        if t is ClientOp or t is ResolveOp:
+            op_id = op.op_id
+            client = op.client
+            user = op.user
+            stream = op.stream
+            clock = op.clock
+            ok = (
+                type(op_id) is str
+                and op_id != ""
+                and type(client) is str
+                and client != ""
+                and type(user) is str
+                and type(stream) is str
+                and isinstance(clock, VectorClock)
+                and type(op.hlc) is HLCTimestamp
+            )
+        else:
+            ok = False
+        if not ok:
             oid = getattr(op, "op_id", "")
             append_outcome(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
             continue
-        stream = op.stream
-        op_id = op.op_id
         w = work.get(stream)
         if w is not None:
-            first = w.receipts.get(op_id)
+            first = w[2].get(op_id)
         else:
             rec = records_in.get(stream)
             first = rec[3].get(op_id) if rec is not None else None
@@ -115,14 +122,11 @@ def reconcile(
             append_outcome(rejected(op_id, stream, r.reason, r.detail))
             continue
         if w is None:
-            w = work[stream] = _Work(stream, records_in.get(stream))
-        clock = op.clock
-        client = op.client
-        user = op.user
+            w = work[stream] = _work(records_in.get(stream))
         stamp = _tuple_new(Stamp, (op_id, client, user, op.hlc, clock))
         # The record clock first: when the op's clock covers it, it covers every field's
         # clock too, and apply_changes needs no comparison.
-        eff = apply_changes(w.fields, stream, stamp, changes, registry, w.clock.add(clock))
+        eff = apply_changes(w[0], stream, stamp, changes, registry, w[1].add(clock))
         if eff is PLAIN:
             outcome = _tuple_new(Outcome, (_APPLIED, op_id, stream, (), (), (), None, "", None))
         else:
@@ -130,7 +134,7 @@ def reconcile(
             outcome = _tuple_new(
                 Outcome, (kind, op_id, stream, eff.conflicts, eff.resolved, eff.superseded, None, "", None)
             )
-        w.receipts[op_id] = outcome
+        w[2][op_id] = outcome
         append_outcome(outcome)
         key = (user, client)
         actor = actors.get(key)
@@ -140,7 +144,9 @@ def reconcile(
             resolves: tuple[str, str] | None = (op.conflict_id, op.choice)
         else:
             resolves = None
-        patched = record_patched(stamp, changes, outcome, clock.to_dict(), op.base_version, resolves, actor)
+        # (clock.to_dict(), without its two calls)
+        vc = dict(clock._c if clock._sorted else clock._canonical())
+        patched = record_patched(stamp, changes, outcome, vc, op.base_version, resolves, actor)
         append_event(_tuple_new(StreamEvent, (stream, patched)))
         if eff is not PLAIN:
             for name, old_id, new_id, new_field in eff.transitions:
@@ -152,22 +158,10 @@ def reconcile(
     if not work:
         return Reconciliation(state, events, outcomes)
     records = dict(records_in)
-    for stream, w in work.items():
-        records[stream] = w.freeze()
+    for stream, (fields, clock_merger, receipts) in work.items():
+        # The dicts are handed over, not copied: nothing else holds them after this.
+        records[stream] = _tuple_new(RecordState, (stream, fields, clock_merger.result(), receipts))
     return Reconciliation(RecordsState(MappingProxyType(records)), events, outcomes)
-
-
-def _basic_ok(op: Op) -> bool:
-    return (
-        type(op.op_id) is str
-        and op.op_id != ""
-        and type(op.client) is str
-        and op.client != ""
-        and type(op.user) is str
-        and type(op.stream) is str
-        and isinstance(op.clock, VectorClock)
-        and type(op.hlc) is HLCTimestamp
-    )
 
 
 @lru_cache(maxsize=1 << 16)
@@ -183,8 +177,12 @@ def _validate(op: Op, config: ResolutionConfig, now_ms: int | None) -> list[Chan
     coll = _record_collection(stream)
     if coll is None:
         raise _Reject(RejectReason.INVALID_STREAM, "a record stream is rec/<collection>/<id>")
-    if coll not in config.collections:
-        raise _Reject(RejectReason.UNKNOWN_COLLECTION, coll)
+    # The resolved table holds exactly the accepted collections (named ones, and any
+    # other valid name when there is a default collection).
+    try:
+        entry = config._table[coll]
+    except KeyError:
+        raise _Reject(RejectReason.UNKNOWN_COLLECTION, coll) from None
     if op.clock._c.get(op.client, 0) < 1:
         raise _Reject(RejectReason.INVALID_CLOCK, "the clock lacks the client's own tick")
     if type(op.base_version) is not int or op.base_version < 0:
@@ -198,18 +196,11 @@ def _validate(op: Op, config: ResolutionConfig, now_ms: int | None) -> list[Chan
             raise _Reject(RejectReason.STALE_OP, f"{now_ms - op.hlc.wall_ms} ms old")
     if type(op) is ResolveOp:
         return [_resolve_change(op, coll, config)]
-    return _op_changes(op, coll, config)
-
-
-_MERGE = Strategy.MERGE
-
-
-def _op_changes(op: ClientOp, coll: str, config: ResolutionConfig) -> list:
     # Plain tuples shaped like ``Change``: one is built per field per op.
     sets, deletes = op.set, op.delete
     if not sets and not deletes:
         raise _Reject(RejectReason.EMPTY_OP)
-    declared = config._table[coll][0]  # the fields named in the policy: one dict get each
+    declared = entry[0]  # the fields named in the policy: one dict get each
     changes: list = []
     for name, value in sets.items():
         rule = declared.get(name) if type(name) is str else None
@@ -239,6 +230,9 @@ def _op_changes(op: ClientOp, coll: str, config: ResolutionConfig) -> list:
                 raise _Reject(RejectReason.UNSUPPORTED_DELETE, name)
             changes.append((name, rule[0], None, True, None))
     return changes
+
+
+_MERGE = Strategy.MERGE
 
 
 def _resolve_change(op: ResolveOp, coll: str, config: ResolutionConfig) -> Change:
