@@ -87,7 +87,10 @@ class SimClient:
     def doc(self, stream: str) -> pycrdt.Doc:
         d = self.docs.get(stream)
         if d is None:
-            d = self.docs[stream] = pycrdt.Doc()
+            # A seeded Yjs client id (pycrdt draws a random one): updates, and so the log,
+            # are the same bytes on every run of a seed. Unique per client and
+            # incarnation: a restarted process must not reuse its old id with a fresh clock.
+            d = self.docs[stream] = pycrdt.Doc(client_id=(self.idx << 20) | self.incarnation)
             d.get("text", type=pycrdt.Text)
         return d
 
