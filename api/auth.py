@@ -8,6 +8,7 @@ HS256 with ``SYNCLINE_JWT_SECRET`` by default; RS256/ES256 with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
 import jwt
@@ -105,11 +106,39 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         raise TokenMalformed("claim 'roles' must be a list of strings")
     if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
         raise TokenMalformed("claim 'perms' must be a list of strings")
+    role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms))
+    return Principal(user, tenant, role_set, granted, int(claims["exp"]))
+
+
+# Every WebSocket connection keeps its Principal for its whole life, and almost all of them
+# carry one of a few role lists: share the frozensets instead of building two per token
+# (~0.43 KB each). Bounded, so tokens with unusual role lists cannot grow it.
+_INTERN_MAX_ROLES = 32
+
+
+def _role_and_perm_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    if len(roles) + len(perms) > _INTERN_MAX_ROLES:
+        return _build_sets(roles, perms)
+    # Normalized key: order and repeats in the claims do not change the sets.
+    return _interned_sets(tuple(sorted(set(roles))), tuple(sorted({p for p in perms if p in KNOWN_PERMS})))
+
+
+@lru_cache(maxsize=256)
+def _interned_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    return _build_sets(roles, perms)
+
+
+def _build_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
     granted: set[str] = set()
     for r in roles:
         granted |= ROLE_PERMS.get(r, frozenset())
     granted |= {p for p in perms if p in KNOWN_PERMS}
-    return Principal(user, tenant, frozenset(roles), frozenset(granted), int(claims["exp"]))
+    # Permissions are a subset of KNOWN_PERMS: a handful of distinct sets, shared by every role list.
+    perm_set = frozenset(granted)
+    return frozenset(roles), _PERM_SETS.setdefault(perm_set, perm_set)
+
+
+_PERM_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def bearer_token(headers: Mapping[str, str], query: Mapping[str, Any] | None = None) -> str | None:
