@@ -43,6 +43,27 @@ _UPDATE_FACTOR = 1
 _CHECK_EVERY = 256  # updates applied between checks for ones yrs left pending
 
 
+def _raw_doc(ydoc: pycrdt.Doc) -> Any:
+    """pycrdt's inner document, when it is the pycrdt whose apply_update we mirror
+    (0.14: ``Doc._doc`` with ``create_transaction`` and ``apply_update(txn, update)``),
+    the Doc is plain (no model, single-threaded) and no transaction is open; else None."""
+    raw = getattr(ydoc, "_doc", None)
+    if (
+        raw is None
+        or not _PYCRDT_014
+        or getattr(ydoc, "_Model", None) is not None
+        or getattr(ydoc, "_allow_multithreading", True)
+        or getattr(ydoc, "_txn", True) is not None
+        or not hasattr(raw, "create_transaction")
+        or not hasattr(raw, "apply_update")
+    ):
+        return None
+    return raw
+
+
+_PYCRDT_014 = getattr(pycrdt, "__version__", "").startswith("0.14.")
+
+
 class SnapshotCorrupt(IntegrityViolation):
     """A snapshot's bytes do not match its checksum; load from the log instead."""
 
@@ -96,12 +117,17 @@ class Document:
 
     __slots__ = (
         "doc_id", "_ydoc", "position", "version", "time_us",
-        "tail_events", "tail_bytes", "_base_bytes", "_unready", "_unchecked",
+        "tail_events", "tail_bytes", "_base_bytes", "_unready", "_unchecked", "_raw",
     )
 
     def __init__(self, doc_id: str = "", *, ydoc: pycrdt.Doc | None = None) -> None:
         self.doc_id = doc_id
         self._ydoc = ydoc if ydoc is not None else pycrdt.Doc()
+        # pycrdt's own document object, for applying updates without the Python
+        # transaction wrapper (half the cost of a keystroke's apply): only while no one
+        # else has seen the pycrdt Doc, so no observer or open transaction can be
+        # waiting on that wrapper (see ``ydoc``), and only with the pycrdt we know.
+        self._raw = _raw_doc(self._ydoc) if ydoc is None else None
         self.position = 0
         self.version = 0
         self.time_us = 0
@@ -156,9 +182,24 @@ class Document:
         does not decode (the document is then unchanged)."""
         if type(update) is not bytes:
             update = as_bytes(update)
-        check_header(update)
+        if not update or update[0] >= 0x80:  # (check_header returns at once otherwise)
+            check_header(update)
+        raw = self._raw
         try:
-            self._ydoc.apply_update(update)
+            if raw is not None:
+                # What pycrdt's Doc.apply_update does, without its wrapper objects: a
+                # transaction that is committed (even when the update fails, as there)
+                # and dropped.
+                txn = raw.create_transaction()
+                try:
+                    raw.apply_update(txn, update)
+                finally:
+                    try:
+                        txn.commit()
+                    finally:
+                        txn.drop()
+            else:
+                self._ydoc.apply_update(update)
         except BaseException as e:  # noqa: BLE001 - pyo3 panics are BaseExceptions
             if is_fatal(e):
                 raise
@@ -216,6 +257,7 @@ class Document:
     def ydoc(self) -> pycrdt.Doc:
         """The underlying pycrdt document (read it; write only through updates)."""
         self._settle()
+        self._raw = None  # it may get observers now: updates go through pycrdt's wrapper
         return self._ydoc
 
     def state_vector(self) -> bytes:
