@@ -11,6 +11,8 @@ import contextlib
 import logging
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .doorbell_listener import ListeningDoorbell
 
@@ -26,7 +28,13 @@ class RedisDoorbell(ListeningDoorbell):
 
     def __init__(self, url: str, channel: str = CHANNEL) -> None:
         super().__init__()
-        self._client = redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        # One immediate retry on a connection error: after a Redis restart the pool still
+        # holds connections to the old server, and the first publish on one fails; the retry
+        # reconnects, so that ring is not lost. A Redis that is really down fails twice, fast
+        # (redis-py's default would back off for seconds per ring while Redis is away).
+        self._client = redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
+                                      retry=Retry(NoBackoff(), 1),
+                                      retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self._channel = channel
         self._pubsub = None
 
