@@ -7,7 +7,7 @@ Times are integers: microseconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Mapping
@@ -21,11 +21,38 @@ STREAM_MAX = 255
 SYSTEM_PREFIX = "$"
 
 
+def _fast_init(cls: type) -> type:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each slot through its
+    descriptor. The generated one goes through ``object.__setattr__`` per field, about
+    twice the cost, and these envelopes are built several times per appended or read
+    event. Same parameters, defaults and default factories."""
+    ns: dict[str, Any] = {"MISSING": MISSING}
+    params, body = [], []
+    for f in fields(cls):
+        ns[f"set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.default is not MISSING:
+            ns[f"default_{f.name}"] = f.default
+            params.append(f"{f.name}=default_{f.name}")
+        elif f.default_factory is not MISSING:
+            ns[f"factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=MISSING")
+            body.append(f"if {f.name} is MISSING: {f.name} = factory_{f.name}()")
+        else:
+            params.append(f.name)
+        body.append(f"set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body), ns)
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    return cls
+
+
 class Retention(StrEnum):
     STANDARD = "standard"
     CRITICAL = "critical"
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class Actor:
     user: str = ""
@@ -35,6 +62,7 @@ class Actor:
 NO_ACTOR = Actor()
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     type: str
@@ -47,6 +75,7 @@ class NewEvent:
     id: str | None = None
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     id: str
@@ -86,6 +115,7 @@ class RecordedEvent:
         }
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class StreamWrite:
     """Events for one stream inside a (possibly multi-stream) atomic append."""
@@ -95,6 +125,7 @@ class StreamWrite:
     expected_version: int | None = None  # None: any; 0: the stream must not exist yet
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class StreamAppended:
     stream: str
@@ -104,6 +135,7 @@ class StreamAppended:
     last_position: int
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     streams: tuple[StreamAppended, ...]
@@ -119,21 +151,46 @@ class AppendResult:
         return max(s.last_position for s in self.streams)
 
 
+# Names already found valid. Appends check the same few tenants, streams and types over
+# and over; a set lookup is a fraction of a regex match. Only exact str values are
+# remembered (a subclass could compare or hash differently), and the sets are bounded.
+_VALID_TENANTS: set[str] = set()
+_VALID_STREAMS: set[str] = set()
+_VALID_TYPES: set[str] = set()
+_MAX_REMEMBERED = 50_000
+
+
+def _remember(seen: set[str], name: str) -> None:
+    if name.__class__ is str:
+        if len(seen) >= _MAX_REMEMBERED:
+            seen.clear()
+        seen.add(name)
+
+
 def check_tenant(tenant: str) -> str:
+    if tenant.__class__ is str and tenant in _VALID_TENANTS:
+        return tenant
     if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
         raise InvalidTenant(f"invalid tenant id {tenant!r}", tenant=str(tenant)[:80])
+    _remember(_VALID_TENANTS, tenant)
     return tenant
 
 
 def check_stream(stream: str) -> str:
+    if stream.__class__ is str and stream in _VALID_STREAMS:
+        return stream
     if not isinstance(stream, str) or len(stream) > STREAM_MAX or not STREAM_RE.match(stream):
         raise InvalidStreamName(f"invalid stream name {str(stream)[:80]!r}", stream=str(stream)[:80])
+    _remember(_VALID_STREAMS, stream)
     return stream
 
 
 def check_type(type_: str) -> str:
+    if type_.__class__ is str and type_ in _VALID_TYPES:
+        return type_
     if not isinstance(type_, str) or not TYPE_RE.match(type_):
         raise InvalidEventType(f"invalid event type {str(type_)[:80]!r}", type=str(type_)[:80])
+    _remember(_VALID_TYPES, type_)
     return type_
 
 

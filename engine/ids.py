@@ -19,3 +19,26 @@ def uuid7(unix_ms: int, rand: bytes) -> str:
     value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80) | _VERSION_VARIANT | ((r << 48) & _RAND_A) | (r & _RAND_B)
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # top bits 10, then 2 random
+
+
+def uuid7_many(unix_ms: int, rand: bytes, n: int) -> list[str]:
+    """``n`` UUIDv7 strings sharing one millisecond, from ``10 * n`` random bytes.
+
+    A group commit numbers a whole batch at one time, so the 48-bit time prefix is
+    formatted once and each id only slices its own 20 hex digits of randomness
+    (74 random bits, as in ``uuid7``). Same validity and ordering by time as
+    ``uuid7``, at a fraction of the cost per id.
+    """
+    if len(rand) < 10 * n:
+        raise ValueError("uuid7_many needs 10 random bytes per id")
+    t = f"{unix_ms & 0xFFFF_FFFF_FFFF:012x}"
+    prefix = f"{t[:8]}-{t[8:]}-7"
+    hx = rand.hex()
+    v = _VARIANT
+    return [
+        f"{prefix}{hx[j:j + 3]}-{v[hx[j + 3]]}{hx[j + 4:j + 7]}-{hx[j + 7:j + 19]}"
+        for j in range(0, 20 * n, 20)
+    ]

@@ -15,6 +15,7 @@ import msgpack
 from engine.codec import pack, unpack
 from engine.errors import PayloadTooLarge, ValidationError
 from engine.events import (
+    NO_ACTOR,
     Actor,
     AppendResult,
     NewEvent,
@@ -26,12 +27,13 @@ from engine.events import (
     check_tenant,
     check_type,
 )
-from engine.hashchain import event_hash
-from engine.ids import uuid7
+from engine.hashchain import chain_hash, event_hash
+from engine.ids import uuid7_many
 from engine.upcasting import UpcasterRegistry
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _RETENTIONS = {r.value: r for r in Retention}
+_RETENTION_NAMES = {r.value: r.value for r in Retention}  # plain str values
 _EMPTY: dict = {}
 
 
@@ -75,49 +77,56 @@ def prepare(
         raise ValidationError("an append needs at least one stream write")
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
         raise ValidationError("idempotency key must be 1 to 255 characters")
-    seen: set[str] = set()
     out: list[PreparedWrite] = []
     count = 0
+    seen: set[str] | None = set() if len(writes) > 1 else None
     for w in writes:
-        check_stream(w.stream)
-        if w.stream in seen:
-            raise ValidationError(f"stream {w.stream!r} appears twice in one append")
-        seen.add(w.stream)
-        if w.expected_version is not None and (not isinstance(w.expected_version, int) or w.expected_version < 0):
+        stream, expected, events = w.stream, w.expected_version, w.events
+        check_stream(stream)
+        if seen is not None:
+            if stream in seen:
+                raise ValidationError(f"stream {stream!r} appears twice in one append")
+            seen.add(stream)
+        if expected is not None and (not isinstance(expected, int) or expected < 0):
             raise ValidationError("expected_version must be a non-negative integer or None")
-        if not w.events:
-            raise ValidationError(f"no events for stream {w.stream!r}")
-        out.append(PreparedWrite(w.stream, w.expected_version, [_prepare_event(e, max_payload) for e in w.events]))
-        count += len(w.events)
+        if not events:
+            raise ValidationError(f"no events for stream {stream!r}")
+        out.append(PreparedWrite(stream, expected, [_prepare_event(e, max_payload) for e in events]))
+        count += len(events)
     fingerprint = _fingerprint(out) if idempotency_key is not None else None
     return PreparedAppend(tenant, out, idempotency_key, fingerprint, count)
 
 
 def _prepare_event(e: NewEvent, max_payload: int) -> PreparedEvent:
-    if not isinstance(e, NewEvent):
+    if e.__class__ is not NewEvent and not isinstance(e, NewEvent):
         raise ValidationError("events must be NewEvent instances")
     check_type(e.type)
-    if not isinstance(e.schema, int) or not 1 <= e.schema <= 32767:
+    schema = e.schema
+    if not isinstance(schema, int) or not 1 <= schema <= 32767:
         raise ValidationError("schema must be an integer from 1 to 32767")
     payload = pack(e.data)
     if len(payload) > max_payload:
         raise PayloadTooLarge(
             f"payload is {len(payload)} bytes, the limit is {max_payload}", size=len(payload), limit=max_payload
         )
-    retention = e.retention.value if isinstance(e.retention, Retention) else str(e.retention)
-    if retention not in _RETENTIONS:
-        raise ValidationError(f"unknown retention {retention!r}")
-    actor = e.actor or Actor()
+    r = e.retention
+    retention = _RETENTION_NAMES.get(r) if isinstance(r, str) else None  # Retention is a StrEnum
+    if retention is None:
+        retention = str(r)
+        if retention not in _RETENTIONS:
+            raise ValidationError(f"unknown retention {retention!r}")
+    actor = e.actor or NO_ACTOR
+    user, client = actor.user, actor.client
+    if user.__class__ is not str or len(user) > 128:
+        user = str(user)[:128]
+    if client.__class__ is not str or len(client) > 128:
+        client = str(client)[:128]
     return PreparedEvent(
-        id=e.id,
-        type=e.type,
-        schema=e.schema,
-        actor_user=str(actor.user)[:128],
-        actor_client=str(actor.client)[:128],
-        clock=pack(dict(e.clock)) if e.clock else None,
-        payload=payload,
-        meta=pack(dict(e.meta)) if e.meta else None,
-        retention=retention,
+        e.id, e.type, schema, user, client,
+        pack(dict(e.clock)) if e.clock else None,
+        payload,
+        pack(dict(e.meta)) if e.meta else None,
+        retention,
     )
 
 
@@ -132,11 +141,13 @@ def _fingerprint(writes: Iterable[PreparedWrite]) -> bytes:
     return h.digest()
 
 
-def new_event_id(time_us: int) -> str:
-    return uuid7(time_us // 1000, os.urandom(10))
+def new_event_ids(time_us: int, n: int) -> list[str]:
+    """``n`` fresh UUIDv7 ids for events committed at ``time_us`` (one read of the OS's
+    randomness for all of them)."""
+    return uuid7_many(time_us // 1000, os.urandom(10 * n), n)
 
 
-def build_row(
+def event_values(
     tenant: str,
     stream: str,
     version: int,
@@ -144,43 +155,16 @@ def build_row(
     time_us: int,
     prev_hash: bytes,
     e: PreparedEvent,
-) -> dict[str, Any]:
-    event_id = e.id or new_event_id(time_us)
-    h = event_hash(
-        prev_hash,
-        id=event_id,
-        tenant=tenant,
-        stream=stream,
-        version=version,
-        position=position,
-        type=e.type,
-        schema=e.schema,
-        time_us=time_us,
-        actor_user=e.actor_user,
-        actor_client=e.actor_client,
-        clock=e.clock or b"",
-        payload=e.payload,
-        meta=e.meta or b"",
-        retention=e.retention,
-    )
-    return {
-        "position": position,
-        "id": event_id,
-        "tenant": tenant,
-        "stream": stream,
-        "version": version,
-        "type": e.type,
-        "schema": e.schema,
-        "time_us": time_us,
-        "actor_user": e.actor_user,
-        "actor_client": e.actor_client,
-        "clock": e.clock,
-        "payload": e.payload,
-        "meta": e.meta,
-        "retention": e.retention,
-        "prev_hash": prev_hash,
-        "hash": h,
-    }
+    event_id: str,
+) -> tuple:
+    """An events row in WRITE_COLUMNS order, its hash chained to ``prev_hash``."""
+    clock, payload, meta = e.clock, e.payload, e.meta
+    h = chain_hash(prev_hash, [
+        event_id, tenant, stream, version, position, e.type, e.schema, time_us,
+        e.actor_user, e.actor_client, clock or b"", payload, meta or b"", e.retention,
+    ])
+    return (position, event_id, tenant, stream, version, e.type, e.schema, time_us,
+            e.actor_user, e.actor_client, clock, payload, meta, e.retention, prev_hash, h)
 
 
 def row_hash(row: Any) -> bytes:

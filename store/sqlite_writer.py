@@ -17,7 +17,10 @@ from .planning import BatchPlan, Head, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
 from .sqlite import BUSY_TIMEOUT_MS
 
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({', '.join('?' * len(WRITE_COLUMNS))})"
+# clock and meta (usually absent) are bound as an empty blob and stored as NULL: see _bound.
+_NULLABLE = ("clock", "meta")
+_MARKS = ", ".join("NULLIF(?, x'')" if c in _NULLABLE else "?" for c in WRITE_COLUMNS)
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({_MARKS})"
 _UPSERT_STREAM = (
     "INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us) "
     "VALUES (?, ?, ?, ?, 0, zeroblob(32), ?) ON CONFLICT (tenant, stream) DO UPDATE SET "
@@ -64,13 +67,14 @@ class SqliteBatchWriter:
                     keys[(tenant, k)] = (fp, res)
             time_us = max(clock_us(), head_time)
             plan = plan_batch(calls, heads, keys, position, time_us)
-            if plan.rows:
+            if plan.values:
                 db.executemany(
                     "INSERT OR IGNORE INTO tenants (id, created_us) VALUES (?, ?)", [(t, time_us) for t in plan.tenants]
                 )
-                db.executemany(_INSERT_EVENT, [tuple(r[c] for c in WRITE_COLUMNS) for r in plan.rows])
+                db.executemany(_INSERT_EVENT, _bound(plan.values))
                 db.executemany(
-                    _UPSERT_STREAM, [(t, s, h.version, h.hash, time_us) for (t, s), h in plan.heads.items()]
+                    _UPSERT_STREAM,
+                    [(t, s, h.version, bytearray(h.hash), time_us) for (t, s), h in plan.heads.items()],
                 )
                 db.execute("UPDATE log_head SET position = ?, time_us = ? WHERE id = 1", (plan.last_position, time_us))
             if plan.new_keys:
@@ -93,6 +97,25 @@ class SqliteBatchWriter:
 
         await asyncio.get_running_loop().run_in_executor(self._pool, _close)
         self._pool.shutdown(wait=True)
+
+
+_NO_BLOB = bytearray()
+
+
+def _bound(values: list[tuple]) -> list[tuple]:
+    """The events rows as bound: blobs as bytearray, absent clock/meta as an empty one.
+
+    CPython 3.11's sqlite3 binds int, str and bytearray directly, but sends bytes and
+    None through its adapter lookup, which raises and clears an AttributeError per
+    value (about 0.6 µs each; five per row cost more than the rest of the row).
+    The stored values are the same: the same bytes, and NULL (NULLIF in _INSERT_EVENT;
+    an encoded clock or meta is never empty)."""
+    empty = _NO_BLOB
+    return [
+        (p, i, t, s, v, ty, sc, tm, au, ac, bytearray(clock) if clock else empty, bytearray(payload),
+         bytearray(meta) if meta else empty, r, bytearray(prev), bytearray(h))
+        for (p, i, t, s, v, ty, sc, tm, au, ac, clock, payload, meta, r, prev, h) in values
+    ]
 
 
 def _group(calls: list[PreparedAppend], pick) -> dict[str, list[str]]:
