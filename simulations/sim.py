@@ -1,9 +1,9 @@
 """The deterministic simulator: one seeded ``random.Random``, a virtual clock, one loop.
 
-Every step pops the earliest scheduled happening (a message arriving, a timer, a
-fault) from a heap ordered by (virtual time, sequence number) and runs it to
-completion: the server core (engine/sync_server.py) and N client cores
-(clientkit/core.py) never run concurrently, so the seed decides everything. The
+Every step takes the earliest scheduled happening (a message arriving, a timer, a
+fault; at equal virtual times, the first scheduled) and runs it to completion: the
+server core (engine/sync_server.py) and N client cores (clientkit/core.py) never
+run concurrently, so the seed decides everything. The
 trace hash covers every step; the log hash covers every row of the log. A failing
 run prints the seed and the step, and ``replay`` of that seed stops at that step.
 
