@@ -18,7 +18,7 @@ from .kernel import apply_changes
 from .merges import MergeRegistry
 from .outcomes import Outcome, OutcomeKind
 from .payloads import RECORD_PATCHED, decode_patch, decode_patch_cached
-from .state import RecordsState, RecordState
+from .state import RecordsState, RecordState, copy_mapping
 
 _BUILTINS = MergeRegistry.with_builtins()
 
@@ -126,7 +126,7 @@ def fold_record_events(
         w = get_work(stream)
         if w is None:
             rec = state.get(stream)
-            w = work[stream] = (dict(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts, stream))
+            w = work[stream] = (copy_mapping(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts, stream))
         fields, clock, receipts = w
         if shared_decode:
             stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
@@ -141,7 +141,7 @@ def fold_record_events(
         receipts[op_id] = (len(receipts), _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5])
     if not work:
         return state
-    records = dict(state.records)
+    records = copy_mapping(state.records)
     for stream, (fields, clock, receipts) in work.items():
         records[stream] = RecordState(
             stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts), stream)

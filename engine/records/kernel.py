@@ -37,17 +37,18 @@ class Change(NamedTuple):
 
 
 class Effect:
-    """What one op did, when it did more than plainly apply (see ``PLAIN``)."""
+    """What one op did, when it did more than plainly apply (see ``PLAIN``).
 
-    __slots__ = ("merged", "conflicts", "resolved", "superseded", "transitions")
+    The defaults are class attributes, so making one costs no ``__init__`` (an op that
+    loses a field to a newer write, a common case, makes one); an instance only holds
+    what it changed."""
 
-    def __init__(self) -> None:
-        self.merged = False
-        self.conflicts: tuple[str, ...] = ()
-        self.resolved: tuple[str, ...] = ()
-        self.superseded: tuple[str, ...] = ()
-        # (field, conflict id before, conflict id after, new ManualField) for manual fields
-        self.transitions: tuple[tuple[str, str | None, str | None, ManualField], ...] = ()
+    merged: bool = False
+    conflicts: tuple[str, ...] = ()
+    resolved: tuple[str, ...] = ()
+    superseded: tuple[str, ...] = ()
+    # (field, conflict id before, conflict id after, new ManualField) for manual fields
+    transitions: tuple[tuple[str, str | None, str | None, ManualField], ...] = ()
 
 
 # Most ops touch no conflict and lose no field: they share this one, never changed,

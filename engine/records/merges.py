@@ -199,7 +199,13 @@ def _validate_elements(x: Any) -> frozenset:
 
 
 def _sorted_elements(s: frozenset) -> list:
-    return sorted(s, key=lambda e: (type(e) is str, e))
+    # Integers first, then strings, each in their natural order: what
+    # ``sorted(s, key=lambda e: (type(e) is str, e))`` gives, without a key call per
+    # element (elements are exactly int or str, see _validate_elements).
+    strs = [e for e in s if type(e) is str]
+    if len(strs) == len(s) or not strs:
+        return sorted(s)
+    return sorted([e for e in s if type(e) is not str]) + sorted(strs)
 
 
 def _union(a: frozenset, b: frozenset) -> frozenset:

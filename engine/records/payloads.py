@@ -35,7 +35,7 @@ from ..clocks import HLCTimestamp, VectorClock
 from ..events import Actor, NewEvent, Retention, StreamWrite
 from .config import Strategy
 from .kernel import Change
-from .merges import MergeRegistry
+from .merges import MergeRegistry, _identity
 from .outcomes import Outcome, OutcomeKind
 from .state import ManualField, Stamp, Write
 
@@ -125,7 +125,8 @@ def record_patched(
             group = data.get("merge")
             if group is None:
                 group = data["merge"] = {}
-            group[name] = [mf.name, mf.encode(value)]
+            encode = mf.encode
+            group[name] = [mf.name, value if encode is _identity else encode(value)]
         elif deleted:
             group = data.get("deleted")
             if group is None:
@@ -139,7 +140,9 @@ def record_patched(
             group[name] = value
     if resolves is not None:
         data["resolves"] = {"conflict": resolves[0], "choice": resolves[1]}
-    data["outcome"] = _outcome_body(outcome)
+    # (_outcome_body, with its usual case inline)
+    body = None if outcome[3] or outcome[4] else _BODIES.get((outcome[0], outcome[5]))
+    data["outcome"] = body if body is not None else _outcome_body(outcome)
     # Critical: record state has no snapshots, so its patches must outlive the retention period.
     ev = _NEW(NewEvent)
     _set_type(ev, RECORD_PATCHED)

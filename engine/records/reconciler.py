@@ -22,7 +22,7 @@ from .kernel import PLAIN, Change, apply_changes
 from .ops import ClientOp, Op, ResolveOp, collection_of
 from .outcomes import Outcome, OutcomeKind, RejectReason, rejected
 from .payloads import StreamEvent, conflict_detected, conflict_resolved, record_patched
-from .state import FieldState, RecordsState, RecordState, Stamp
+from .state import RecordsState, RecordState, Stamp, copy_mapping
 
 VALUE_DEPTH_MAX = 32
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
@@ -55,7 +55,7 @@ _Work = tuple
 def _work(rec: RecordState | None) -> _Work:
     if rec is None:
         return ({}, ClockMerger(EMPTY_CLOCK), {})
-    return (dict(rec[1]), ClockMerger(rec[2]), dict(rec[3]))
+    return (copy_mapping(rec[1]), ClockMerger(rec[2]), copy_mapping(rec[3]))
 
 
 # NamedTuples built per op go through tuple.__new__ directly: the generated
@@ -108,6 +108,7 @@ def reconcile(
             append_outcome(rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP))
             continue
         w = work.get(stream)
+        rec = None
         if w is not None:
             first = w[2].get(op_id)
         else:
@@ -122,7 +123,7 @@ def reconcile(
             append_outcome(rejected(op_id, stream, r.reason, r.detail))
             continue
         if w is None:
-            w = work[stream] = _work(records_in.get(stream))
+            w = work[stream] = _work(rec)
         stamp = _tuple_new(Stamp, (op_id, client, user, op.hlc, clock))
         # The record clock first: when the op's clock covers it, it covers every field's
         # clock too, and apply_changes needs no comparison.
@@ -157,7 +158,7 @@ def reconcile(
                     append_event(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
     if not work:
         return Reconciliation(state, events, outcomes)
-    records = dict(records_in)
+    records = copy_mapping(records_in)
     for stream, (fields, clock_merger, receipts) in work.items():
         # The dicts are handed over, not copied: nothing else holds them after this.
         records[stream] = _tuple_new(RecordState, (stream, fields, clock_merger.result(), receipts))
