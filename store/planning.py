@@ -23,7 +23,7 @@ StreamKey = tuple[str, str]  # (tenant, stream)
 class Head:
     version: int
     hash: bytes
-    exists: bool = True
+    exists: bool = True  # False: a stream the batch creates
 
 
 @dataclass(slots=True)
@@ -145,7 +145,7 @@ def _write_call(
             values.append(row)
             event_ids.append(row[1])
         plan.last_position = position
-        moved = Head(version, prev, exists=head.exists)
+        moved = Head(version, prev)  # the stream exists once the batch commits
         current[skey] = moved
         plan.heads[skey] = moved
         appended.append(StreamAppended(w.stream, first_version, version, first_position, position))

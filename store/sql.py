@@ -120,7 +120,7 @@ class SqlEventStore(StoreBase):
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
-        if plan.rows:
+        if plan.values:
             self._known_tenants.update(plan.tenants)
             await self.doorbell.ring(batch[0].item.tenant, plan.last_position)
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
-from .planning import BatchPlan, Head, plan_batch
+from .planning import BatchPlan, Head, StreamKey, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
 from .sqlite import BUSY_TIMEOUT_MS
 
@@ -28,12 +28,17 @@ _UPSERT_STREAM = (
 )
 
 
+_MAX_KNOWN_HEADS = 100_000
+
+
 class SqliteBatchWriter:
     def __init__(self, url: str, synchronous: str = "NORMAL") -> None:
         self._path = make_url(url).database
         self._synchronous = synchronous
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncline-sqlite-writer")
         self._db: sqlite3.Connection | None = None
+        self._heads: dict[StreamKey, Head] = {}  # stream heads as of log position _heads_at
+        self._heads_at: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -55,12 +60,8 @@ class SqliteBatchWriter:
         db.execute("BEGIN IMMEDIATE")
         try:
             position, head_time = db.execute("SELECT position, time_us FROM log_head WHERE id = 1").fetchone()
-            heads: dict[tuple[str, str], Head] = {}
+            heads = self._read_heads(db, calls, position)
             keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-            for tenant, names in _group(calls, lambda c: [w.stream for w in c.writes]).items():
-                q = f"SELECT stream, version, head_hash FROM streams WHERE tenant = ? AND stream IN ({_marks(names)})"
-                for s, v, h in db.execute(q, [tenant, *names]):
-                    heads[(tenant, s)] = Head(v, h)
             for tenant, names in _group(calls, lambda c: [c.idempotency_key] if c.idempotency_key else []).items():
                 q = f"SELECT key, fingerprint, result FROM idempotency WHERE tenant = ? AND key IN ({_marks(names)})"
                 for k, fp, res in db.execute(q, [tenant, *names]):
@@ -84,10 +85,41 @@ class SqliteBatchWriter:
                 )
             db.execute("COMMIT")
         except BaseException:
+            self._heads_at = None  # whatever happened, read the heads again next time
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._heads.update(plan.heads)
+        self._heads_at = plan.last_position
         return plan
+
+    def _read_heads(self, db: sqlite3.Connection, calls: list[PreparedAppend], position: int) -> dict[StreamKey, Head]:
+        """The current heads of the batch's streams that exist.
+
+        Heads this writer committed are remembered: every append moves log_head, so if
+        the log head is still where our last commit left it, nobody (no other process,
+        no failed batch) has changed any stream since, and only streams we have not seen
+        are read. Otherwise everything is read again."""
+        known = self._heads
+        if position != self._heads_at or len(known) > _MAX_KNOWN_HEADS:
+            known.clear()
+        heads: dict[StreamKey, Head] = {}
+        missing: dict[str, set[str]] = {}
+        for c in calls:
+            tenant = c.tenant
+            for w in c.writes:
+                key = (tenant, w.stream)
+                h = known.get(key)
+                if h is not None:
+                    heads[key] = h
+                else:
+                    missing.setdefault(tenant, set()).add(w.stream)
+        for tenant, names in missing.items():
+            names_ = sorted(names)
+            q = f"SELECT stream, version, head_hash FROM streams WHERE tenant = ? AND stream IN ({_marks(names_)})"
+            for s, v, h in db.execute(q, [tenant, *names_]):
+                heads[(tenant, s)] = Head(v, h)
+        return heads
 
     async def close(self) -> None:
         def _close() -> None:
