@@ -1,31 +1,16 @@
 """msgpack encoding of payloads, and the canonical encoding used for hashes and checksums."""
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import msgpack
 
 from .errors import UnencodablePayload
 
-# msgpack.packb builds a Packer (and its buffer) per call, about two thirds of the cost
-# of packing a small payload. A Packer is not safe to share between threads, so each
-# thread keeps its own; pack() resets it when packing fails.
-_local = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer
-
 
 def pack(obj: Any) -> bytes:
     try:
-        packer = _local.packer
-    except AttributeError:
-        packer = _packer()
-    try:
-        return packer.pack(obj)
+        return msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
         raise UnencodablePayload(f"payload cannot be encoded as msgpack: {e}") from e
 

@@ -22,8 +22,14 @@ def chain_hash(prev_hash: bytes, fields: list[Any]) -> bytes:
     """The hash of an event from its predecessor's hash and its fields, in this order:
     id, tenant, stream, version, position, type, schema, time_us, actor_user,
     actor_client, clock, payload, meta, retention (clock and meta ``b""`` when absent)."""
+    return hash_packed(prev_hash, pack(fields))
+
+
+def hash_packed(prev_hash: bytes, packed_fields: bytes) -> bytes:
+    """``chain_hash`` for fields the caller already packed with ``engine.codec.pack``'s
+    encoding (the store packs with a reused Packer)."""
     h = _SHA256.copy()
-    h.update(prev_hash + pack(fields))
+    h.update(prev_hash + packed_fields)
     return h.digest()
 
 
