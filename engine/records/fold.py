@@ -12,7 +12,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
-from ..clocks import ClockMerger
+from ..clocks import EMPTY_CLOCK, ClockMerger
 from ..events import RecordedEvent
 from .kernel import apply_changes
 from .merges import MergeRegistry
@@ -119,14 +119,18 @@ def fold_record_events(
     # stream -> (fields, record clock, receipts): mutable working copies, frozen at the end
     work: dict[str, tuple[dict, ClockMerger, dict]] = {}
     get_work = work.get
+    get_record = state.records.get
     for ev in events:
         if ev.type != RECORD_PATCHED:
             continue
         stream = ev.stream
         w = get_work(stream)
         if w is None:
-            rec = state.get(stream)
-            w = work[stream] = (copy_mapping(rec.fields), ClockMerger(rec.clock), _extendable(rec.receipts, stream))
+            rec = get_record(stream)
+            if rec is None:
+                w = work[stream] = ({}, ClockMerger(EMPTY_CLOCK), {})
+            else:
+                w = work[stream] = (copy_mapping(rec[1]), ClockMerger(rec[2]), _extendable(rec[3], stream))
         fields, clock, receipts = w
         if shared_decode:
             stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
@@ -143,7 +147,7 @@ def fold_record_events(
         return state
     records = copy_mapping(state.records)
     for stream, (fields, clock, receipts) in work.items():
-        records[stream] = RecordState(
-            stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts), stream)
+        records[stream] = _tuple_new(
+            RecordState, (stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts), stream))
         )
     return RecordsState(MappingProxyType(records))

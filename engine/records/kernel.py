@@ -73,7 +73,7 @@ def apply_changes(
     ``newer``: the caller knows that the op's clock covers every field clock here (it
     covers the record's clock, which is the merge of all of them; see
     ``ClockMerger.add``). Then each comparison would answer AFTER (or EQUAL, where
-    the two clocks are equal), so none is made: the usual op costs no clock walk.
+    the two clocks are equal, and either is the same new clock), so none is made.
     """
     eff = PLAIN
     clock = stamp.clock

@@ -220,7 +220,9 @@ class RecordState(NamedTuple):
 
     stream: str
     fields: Mapping[str, FieldState] = _EMPTY
-    clock: VectorClock = EMPTY_CLOCK  # merge of every accepted op's clock
+    # merge of every accepted op's clock, so it covers every field's clock (a merge of
+    # the clocks of the ops that wrote it); apply_changes relies on that
+    clock: VectorClock = EMPTY_CLOCK
     receipts: Mapping[str, Outcome] = _EMPTY  # op id -> its first outcome
 
     @property
