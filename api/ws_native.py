@@ -45,8 +45,8 @@ from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
 ENDPOINT = "native"
-ROOM_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
-CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,64}$")
+ROOM_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}\Z")
+CLIENT_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,64}\Z")
 SUBS_MAX = 64
 ROOMS_MAX = 256
 

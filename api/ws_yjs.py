@@ -49,7 +49,7 @@ from .hub import doc_channel
 from .logging import clear, log
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, query_params, refuse
 
-DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}$")
+DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}\Z")
 SNAPSHOT_KIND = history.DOC_SNAPSHOT_KIND
 ENDPOINT = "yjs"
 _INF = float("inf")

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 from .errors import InvalidEventType, InvalidStreamName, InvalidTenant
 
-STREAM_RE = re.compile(r"^\$?[a-z][a-z0-9_-]{0,63}(/[A-Za-z0-9._:@~+=-]{1,200}){0,4}$")
-TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,6}$")
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STREAM_RE = re.compile(r"^\$?[a-z][a-z0-9_-]{0,63}(/[A-Za-z0-9._:@~+=-]{1,200}){0,4}\Z")
+TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,6}\Z")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STREAM_MAX = 255
 SYSTEM_PREFIX = "$"
 

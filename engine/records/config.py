@@ -17,7 +17,7 @@ from typing import Mapping
 from .errors import InvalidResolutionConfig
 from .merges import MergeFunction, MergeRegistry
 
-FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class Strategy(StrEnum):
@@ -60,7 +60,7 @@ class CollectionPolicy:
         return self.default
 
 
-COLLECTION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+COLLECTION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 
 
 class _AnyCollection(Mapping):

@@ -178,6 +178,10 @@ async def test_tenants_are_isolated(store):
     "call, error",
     [
         (lambda s: s.append("acme", "Bad Stream", [ev()]), InvalidStreamName),
+        # a trailing newline must not slip past the name patterns (``$`` alone would allow it)
+        (lambda s: s.append("acme", "order/1\n", [ev()]), InvalidStreamName),
+        (lambda s: s.append("acme", "order/1", [ev("order.placed\n")]), InvalidEventType),
+        (lambda s: s.append("acme\n", "order/1", [ev()]), InvalidTenant),
         (lambda s: s.append("acme", "order/1", [ev("nodots")]), InvalidEventType),
         (lambda s: s.append("", "order/1", [ev()]), InvalidTenant),
         (lambda s: s.append("acme", "order/1", [ev(data={"x": object()})]), UnencodablePayload),
