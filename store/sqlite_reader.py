@@ -18,6 +18,8 @@ from .rows import decode_rows
 from .sqlite import BUSY_TIMEOUT_MS
 
 HEAD_SQL = "SELECT position FROM log_head WHERE id = 1"
+READ_CACHE_KIB = 32 * 1024  # per reader connection
+READ_MMAP_BYTES = 256 * 1024 * 1024
 
 
 class SqliteReader:
@@ -35,6 +37,11 @@ class SqliteReader:
                                  check_same_thread=False, cached_statements=256)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA case_sensitive_like=ON")  # LIKE filters on streams and types
+            # Read-side caching only (this connection never writes; durability is the
+            # writer's): a 2 MiB page cache re-reads a log of tens of MB from the
+            # OS on every pass, and mapped pages skip a copy per page read.
+            db.execute(f"PRAGMA cache_size={-READ_CACHE_KIB}")
+            db.execute(f"PRAGMA mmap_size={READ_MMAP_BYTES}")
             self._local.db = db
             with self._lock:
                 self._conns.append(db)
