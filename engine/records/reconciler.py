@@ -58,6 +58,9 @@ def _work(rec: RecordState | None) -> _Work:
     return (copy_mapping(rec[1]), ClockMerger(rec[2]), copy_mapping(rec[3]))
 
 
+_PROXY = MappingProxyType
+
+
 # NamedTuples built per op go through tuple.__new__ directly: the generated
 # ``__new__`` is a Python frame that only forwards its arguments.
 _tuple_new = tuple.__new__
@@ -80,7 +83,7 @@ def reconcile(
     outcomes: list[Outcome] = []
     registry = config.registry
     records_in = state.records
-    actors: dict[tuple[str, str], Actor] = {}
+    actors: dict[str, Actor] = {}
     append_event = events.append
     append_outcome = outcomes.append
     for op in ops:
@@ -123,7 +126,20 @@ def reconcile(
             append_outcome(rejected(op_id, stream, r.reason, r.detail))
             continue
         if w is None:
-            w = work[stream] = _work(rec)
+            # (_work, inline: once per op in the usual batch.) A state's mappings are
+            # proxies of dicts (or dicts): ``.copy()`` is the C copy of the dict.
+            if rec is None:
+                w = ({}, ClockMerger(EMPTY_CLOCK), {})
+            else:
+                f, r = rec[1], rec[3]
+                w = (
+                    f.copy() if type(f) is _PROXY or type(f) is dict else dict(f),
+                    ClockMerger(rec[2]),
+                    r.copy() if type(r) is _PROXY or type(r) is dict else dict(r),
+                )
+                if type(w[0]) is not dict or type(w[2]) is not dict:
+                    w = _work(rec)  # a proxy of another mapping type
+            work[stream] = w
         stamp = _tuple_new(Stamp, (op_id, client, user, op.hlc, clock))
         # The record clock first: when the op's clock covers it, it covers every field's
         # clock too, and apply_changes needs no comparison.
@@ -137,10 +153,10 @@ def reconcile(
             )
         w[2][op_id] = outcome
         append_outcome(outcome)
-        key = (user, client)
-        actor = actors.get(key)
-        if actor is None:
-            actor = actors[key] = Actor(user, client)
+        # One Actor per client (a client acts for one user; another user gets a new one).
+        actor = actors.get(client)
+        if actor is None or actor.user != user:
+            actor = actors[client] = Actor(user, client)
         if t is ResolveOp:
             resolves: tuple[str, str] | None = (op.conflict_id, op.choice)
         else:
