@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from engine.filters import EventFilter, glob_to_like, prefix_to_like
 
 from .rows import READ_COLUMNS
-from .schema import events
+from .schema import events, snapshots
 
 COLS = [events.c[name] for name in READ_COLUMNS]
 HEAD_SQL = "SELECT position FROM log_head WHERE id = 1"
@@ -100,6 +100,23 @@ class QueryCache:
             return self.compile(q)
 
         return self.get(("stream", limited), build)
+
+
+    def snapshot(self, bounded: bool) -> CompiledQuery:
+        """The newest snapshot (position, data, checksum) of a stream and kind; binds
+        ``tenant``, ``stream``, ``kind`` and (when ``bounded``) ``at_or_before``."""
+
+        def build() -> CompiledQuery:
+            s = snapshots.c
+            q = select(s.position, s.data, s.checksum).where(
+                s.tenant == bindparam("tenant", ""), s.stream == bindparam("stream", ""),
+                s.kind == bindparam("kind", ""),
+            )
+            if bounded:
+                q = q.where(s.position <= bindparam("at_or_before", 0, type_=s.position.type))
+            return self.compile(q.order_by(s.position.desc()).limit(1))
+
+        return self.get(("snapshot", bounded), build)
 
 
 def sql_filter(scoped: bool, f: EventFilter | None) -> tuple[list, bool]:

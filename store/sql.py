@@ -153,6 +153,15 @@ class SqlEventStore(StoreBase):
                 head = params[head_at] = await raw.fetchval(HEAD_SQL)
             return head, self._decode(await raw.fetch(query.sql, *params))
 
+    async def _fetch_rows(self, query: CompiledQuery, given: dict[str, Any]) -> list[Any]:
+        """Run a compiled query on the raw driver; its rows, not decoded."""
+        params = query.params(**given)
+        if self._sqlite_reader is not None:
+            return await self._sqlite_reader.fetch_rows(query.sql, params)
+        async with self._r.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            return await raw.fetch(query.sql, *params)
+
     @db_errors
     async def read_stream(
         self, tenant: str, stream: str, *, from_version: int = 1, limit: int | None = None
@@ -298,14 +307,18 @@ class SqlEventStore(StoreBase):
     ) -> tuple[int, bytes, str] | None:
         """The newest snapshot (position, data, checksum) at or before a position."""
         check_tenant(tenant)
-        q = select(snapshots.c.position, snapshots.c.data, snapshots.c.checksum).where(
-            snapshots.c.tenant == tenant, snapshots.c.stream == stream, snapshots.c.kind == kind
-        )
-        if at_or_before is not None:
-            q = q.where(snapshots.c.position <= at_or_before)
-        async with self._r.connect() as conn:
-            row = (await conn.execute(q.order_by(snapshots.c.position.desc()).limit(1))).first()
-        return (row.position, row.data, row.checksum) if row else None
+        # The raw read path, like events: through SQLAlchemy and aiosqlite this took a
+        # pooled connection of its own (opened on first use, a thread and pragmas), a
+        # BEGIN, the query and a reset-on-return rollback, one thread hop each; a
+        # document load right after a big read waited milliseconds for them
+        # (benchmarks/editing_trace.py). Here it is one hop on SQLite.
+        query = self._queries.snapshot(at_or_before is not None)
+        given = {"tenant": tenant, "stream": stream, "kind": kind, "at_or_before": at_or_before}
+        rows = await self._fetch_rows(query, given)
+        if not rows:
+            return None
+        position, data, checksum = rows[0]
+        return position, bytes(data), checksum
 
     # ------------------------------------------------------------------- admin
 

@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy.engine import make_url
 
@@ -20,6 +20,10 @@ from .sqlite import BUSY_TIMEOUT_MS
 HEAD_SQL = "SELECT position FROM log_head WHERE id = 1"
 READ_CACHE_KIB = 32 * 1024  # per reader connection
 READ_MMAP_BYTES = 256 * 1024 * 1024
+
+
+def _into(box: list[Any], fn: Callable[..., Any], args: tuple) -> None:
+    box.append(fn(*args))
 
 
 class SqliteReader:
@@ -56,6 +60,29 @@ class SqliteReader:
             params[head_at] = head
         return head, decode_rows(db.execute(sql, params).fetchall(), upcasters)
 
+    def _fetch_rows(self, sql: str, params: list[Any]) -> list[tuple]:
+        return self._conn().execute(sql, params).fetchall()
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a reader thread; its result, which the executor's future does
+        not keep.
+
+        asyncio keeps a run_in_executor future referenced (by the handle that woke the
+        awaiting task) until the event loop finishes that turn, after the caller has run
+        on to its next await. A page held there was freed at that later, unrelated
+        moment: after a 20,000-event read_stream, the next query's thread hop waited
+        about 4 ms for the main thread to free the previous result (benchmarks/
+        editing_trace.py's snapshot load; tens of ms for a bigger stream). Handed over
+        through a list instead, the result is freed when its caller drops it.
+        """
+        box: list[Any] = []
+        await asyncio.get_running_loop().run_in_executor(self._pool, _into, box, fn, args)
+        return box.pop()
+
+    async def fetch_rows(self, sql: str, params: list[Any]) -> list[tuple]:
+        """Run ``sql`` and return its rows as the driver gives them (not events)."""
+        return await self._run(self._fetch_rows, sql, params)
+
     async def fetch(self, sql: str, params: list[Any], upcasters=None) -> list:
         return (await self.fetch_page(sql, params, upcasters))[1]
 
@@ -64,9 +91,7 @@ class SqliteReader:
     ) -> tuple[int | None, list]:
         """Run ``sql`` and decode its rows. With ``head_at``, first read the log head and
         put it in ``params[head_at]``; returns (head or None, events)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._fetch, sql, params, upcasters, head_at
-        )
+        return await self._run(self._fetch, sql, params, upcasters, head_at)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
