@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .pg_expect import Expectations, Outcome
 from .planning import BatchPlan, StreamKey, plan_batch
-from .rows import PreparedAppend
+from .rows import WRITE_COLUMNS, PreparedAppend
 
 PG_NOTIFY_CHANNEL = "syncline_log"  # also hard-coded in syncline_append() (migration 0004)
 
@@ -35,6 +35,11 @@ _EVENT_COLUMNS = (
     "payload", "meta", "retention", "prev_hash", "hash",
 )
 _UNIQUE_COLUMNS = frozenset({"id", "version", "payload", "prev_hash", "hash"})  # never worth a check
+# (index in a planned row, compare for _same) per argument column: plan.values are
+# tuples in WRITE_COLUMNS order, so the arrays are slices of one transpose, with no
+# dict per row.
+_ARRAY_COLUMNS = tuple((WRITE_COLUMNS.index(c), c not in _UNIQUE_COLUMNS) for c in _EVENT_COLUMNS)
+_POSITION, _TIME_US = WRITE_COLUMNS.index("position"), WRITE_COLUMNS.index("time_us")
 _APPEND = "SELECT * FROM syncline_append(" + ", ".join(f"${i}" for i in range(1, 28)) + ")"
 _NO_WRITES = ([],) * (len(_EVENT_COLUMNS) + 4)  # events and new idempotency keys
 
@@ -171,18 +176,18 @@ class PgBatchWriter:
         position, head_time = expect.log_head()
         time_us = max(clock_us(), head_time)  # commit times never go backwards
         plan = plan_batch(calls, heads, stored, position, time_us)
-        rows, new_keys = plan.rows, plan.new_keys
-        if rows and not (rows[0]["position"] == position + 1 and plan.last_position == position + len(rows)
-                         and rows[-1]["time_us"] == time_us):
+        values, new_keys = plan.values, plan.new_keys
+        if values and not (values[0][_POSITION] == position + 1 and plan.last_position == position + len(values)
+                           and values[-1][_TIME_US] == time_us):
             raise AssertionError("syncline_append() numbers and times a batch's events from the log head")
+        columns = list(zip(*values)) if values else [()] * len(WRITE_COLUMNS)
         args = (
             position, time_us, *self._expected(streams, keys, stored),
-            *(_same([r[c] for r in rows]) if c not in _UNIQUE_COLUMNS else [r[c] for r in rows]
-              for c in _EVENT_COLUMNS),
+            *(_same(list(columns[i])) if compare else list(columns[i]) for i, compare in _ARRAY_COLUMNS),
             [k["tenant"] for k in new_keys], [k["key"] for k in new_keys],
             [k["fingerprint"] for k in new_keys], [k["result"] for k in new_keys],
         )
-        if rows:
+        if values:
             outcome = expect.planned(plan.last_position, time_us, plan.heads)
         else:  # the log head does not move
             outcome = expect.planned(position, head_time, plan.heads)
