@@ -143,6 +143,9 @@ Output = (Send | Connect | Disconnect | StateChanged | EventsApplied | Progress 
           | SnapshotCorrupt | SnapshotInstalled | PresenceChanged | RoomMessage | ServerError)
 
 _SHARED_RNG = random.Random()
+# Encoded remote HLC -> decoded: every replica of a process reads the same events' clocks
+# (immutable tuples: shared safely). Bounded: cleared when full.
+_HLCS: dict[str, HLCTimestamp] = {}
 ACCEPTED = frozenset({"applied", "merged", "conflict", "duplicate"})
 
 
@@ -498,40 +501,56 @@ class SessionCore:
     def _on_events(self, msg) -> list[Output]:
         if msg.get("sub") != self.sub_id or self.state is State.OFFLINE:
             return []
-        # Exactly once: a batch the server sends again after a resume is skipped here.
-        # (Catch-up runs through here once per event: plain-dict fast paths, no typing checks.)
+        # Exactly once: events at or before our position (a batch the server sends again
+        # after a resume) are skipped. One pass over the batch (catch-up runs through here
+        # once per event: plain-dict fast paths, no typing checks) keeps the rest, finds
+        # the last position and the latest remote HLC: encoded HLCs sort as the timestamps
+        # do, so one decode per batch moves ours past all of them.
         pos = self.position
         raw = msg["events"]
-        if raw and type(raw[0]) is dict and _position(raw[0]) > pos:
-            events = raw if all(type(e) is dict for e in raw) else [e for e in raw if isinstance(e, AbcMapping)]
-            if len(events) > 1 and not all(_position(events[i]) < _position(events[i + 1])
-                                           for i in range(len(events) - 1)):
-                events = [e for e in events if _position(e) > pos]
-        else:
-            events = [e for e in raw if (type(e) is dict or isinstance(e, AbcMapping)) and _position(e) > pos]
-        out: list[Output] = []
+        kept: list | None = None  # None: every event so far is kept (``events`` is ``raw``)
         last = pos
+        latest = None
+        for i, e in enumerate(raw):
+            if type(e) is dict or isinstance(e, AbcMapping):
+                p = e.get("position", 0)
+                if type(p) is not int:
+                    p = int(p)
+                if p > pos:
+                    if p > last:
+                        last = p
+                    clock = e.get("clock")
+                    if clock and type(clock) is dict:
+                        ts = clock.get("hlc")
+                        if type(ts) is str and (latest is None or ts > latest):
+                            latest = ts
+                    if kept is not None:
+                        kept.append(e)
+                    continue
+            if kept is None:
+                kept = raw[:i]
+        events = raw if kept is None else kept
+        out: list[Output] = []
         self._resub_n = 0  # the subscription delivers again
         if events:
             for c in self.replica.apply_wire_events(events):
                 out.append(ConflictFound(c))
-            # The latest remote HLC of the batch moves ours past all of them (encoded HLCs
-            # sort as the timestamps do), one decode per batch instead of one per event.
-            latest = None
-            for e in events:
-                clock = e.get("clock")
-                if clock and type(clock) is dict:
-                    ts = clock.get("hlc")
-                    if type(ts) is str and (latest is None or ts > latest):
-                        latest = ts
-                p = _position(e)
-                if p > last:
-                    last = p
             if latest is not None:
-                try:
-                    self._hlc = hlc_receive(self._hlc, HLCTimestamp.decode(latest), self._now, self.client_id)
-                except Exception:
-                    pass  # a remote clock we cannot read never blocks applying the event
+                remote = _HLCS.get(latest)
+                if remote is None:
+                    try:
+                        remote = HLCTimestamp.decode(latest)
+                    except Exception:
+                        pass  # a remote clock we cannot read never blocks applying the event
+                    else:
+                        if len(_HLCS) >= 4_096:
+                            _HLCS.clear()
+                        _HLCS[latest] = remote
+                if remote is not None:
+                    try:
+                        self._hlc = hlc_receive(self._hlc, remote, self._now, self.client_id)
+                    except Exception:
+                        pass
         self.position = max(pos, int(msg["next"]), last)
         head = msg.get("head")
         self.head = max(self.head, self.position, int(head) if isinstance(head, int) else 0)
@@ -723,11 +742,6 @@ class SessionCore:
 
     def get(self, stream: str) -> dict[str, Any]:
         return self.replica.get(stream)
-
-
-def _position(e: Mapping[str, Any]) -> int:
-    p = e.get("position", 0)
-    return p if type(p) is int else int(p)
 
 
 _HANDLERS = {

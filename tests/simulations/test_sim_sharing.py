@@ -71,6 +71,52 @@ def test_shared_folds_give_each_replica_its_own_fold(log):
     assert shared.hits == 3 * shared.misses
 
 
+def test_replicas_handed_the_same_batches_share_whole_batches(log):
+    # The server hands the connections at one cursor the very same list: replicas in step
+    # take such a batch in one lookup, and still end with their own fold's data and reports.
+    wires, config = log
+    batches = _cut(wires, 6)
+    alone = RecordsReplica(config)
+    want = [_conflict_ids(alone, [b]) for b in batches]
+    shared = SharedFolds()
+    reps = [RecordsReplica(config) for _ in range(3)]
+    for rep in reps:
+        rep.shared = shared
+    late = RecordsReplica(config)  # joins halfway from a restored state: objects of its own
+    donor = RecordsReplica(config)
+    donor.track_changes()
+    half = len(batches) // 2
+    _conflict_ids(donor, batches[:half])
+    late.restore(donor.export(everything=True))
+    late.shared = shared
+    # One that missed a batch: handed the same lists afterwards, it must not take them for
+    # the batches the others folded (its state before them is another one).
+    gap, gap_alone = RecordsReplica(config), RecordsReplica(config)
+    gap.shared = shared
+    for i, b in enumerate(batches):
+        for rep in reps:
+            assert [c.id for c in rep.apply_wire_events(b)] == want[i]
+        if i >= half:
+            late.apply_wire_events(b)
+        if i != 1:
+            gap.apply_wire_events(b)
+            gap_alone.apply_wire_events(b)
+    _same(gap, gap_alone)  # receipts included: none of the missed batch's ops
+    assert any(w["type"] == "record.patched" for w in batches[1])
+    for rep in reps:
+        _same(rep, alone)
+    assert late.confirmed.same_data(alone.confirmed)  # (a restored state has no receipts)
+    assert shared.batch_hits >= 2 * (len(batches) - 1)
+    assert reps[1].confirmed is reps[0].confirmed and reps[2].confirmed is reps[0].confirmed
+    # A list changed after it was folded is not taken for the batch it was.
+    again = RecordsReplica(config)
+    again.shared = shared
+    grown = batches[0]
+    grown.append(batches[1][0])
+    _conflict_ids(again, [grown] + [batches[1][1:]] + batches[2:])
+    _same(again, alone)
+
+
 def test_a_diverged_replica_folds_its_own_chain(log):
     wires, config = log
     half = len(wires) // 2
