@@ -71,34 +71,38 @@ class VectorClock:
                 c[node] = n
         if len(c) > 1:
             c = _sorted(c)
-        object.__setattr__(self, "_c", c)
-        object.__setattr__(self, "_hash", None)
-        object.__setattr__(self, "_sorted", True)
+        _set_c(self, c)
+        _set_hash(self, None)
+        _set_sorted(self, True)
+
+    # The slots are set through their descriptors (``_set_c`` and co., below the class):
+    # ``object.__setattr__`` costs about twice as much, and clocks are built several
+    # times per op on the reconcile and fold paths.
 
     @classmethod
     def _trusted(cls, c: dict[str, int]) -> VectorClock:
         # The caller guarantees a fresh dict of valid, nonzero counters, sorted by
         # node (kept sorted so that the canonical forms below need no sort).
-        vc = object.__new__(cls)
-        object.__setattr__(vc, "_c", c)
-        object.__setattr__(vc, "_hash", None)
-        object.__setattr__(vc, "_sorted", True)
+        vc = _new_object(cls)
+        _set_c(vc, c)
+        _set_hash(vc, None)
+        _set_sorted(vc, True)
         return vc
 
     @classmethod
     def _unsorted(cls, c: dict[str, int]) -> VectorClock:
         # As ``_trusted``, for a dict whose nodes may be out of order.
-        vc = object.__new__(cls)
-        object.__setattr__(vc, "_c", c)
-        object.__setattr__(vc, "_hash", None)
-        object.__setattr__(vc, "_sorted", False)
+        vc = _new_object(cls)
+        _set_c(vc, c)
+        _set_hash(vc, None)
+        _set_sorted(vc, False)
         return vc
 
     def _canonical(self) -> dict[str, int]:
         """``_c`` in node order (sorted once, on first need; same entries, so still immutable)."""
         if not self._sorted:
-            object.__setattr__(self, "_c", _sorted(self._c))
-            object.__setattr__(self, "_sorted", True)
+            _set_c(self, _sorted(self._c))
+            _set_sorted(self, True)
         return self._c
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -136,7 +140,7 @@ class VectorClock:
         h = self._hash
         if h is None:
             h = hash(frozenset(self._c.items()))
-            object.__setattr__(self, "_hash", h)
+            _set_hash(self, h)
         return h
 
     def __repr__(self) -> str:
@@ -283,6 +287,11 @@ class VectorClock:
             prev = node
         return cls._trusted(c)
 
+
+_new_object = object.__new__
+_set_c = VectorClock._c.__set__  # type: ignore[attr-defined]
+_set_hash = VectorClock._hash.__set__  # type: ignore[attr-defined]
+_set_sorted = VectorClock._sorted.__set__  # type: ignore[attr-defined]
 
 EMPTY_CLOCK = VectorClock()
 

@@ -17,7 +17,7 @@ from ..events import RecordedEvent
 from .kernel import apply_changes
 from .merges import MergeRegistry
 from .outcomes import Outcome, OutcomeKind
-from .payloads import RECORD_PATCHED, decode_patch, decode_patch_cached
+from .payloads import RECORD_PATCHED, decode_patch_body, decode_patch_cached
 from .state import RecordsState, RecordState, copy_mapping
 
 _BUILTINS = MergeRegistry.with_builtins()
@@ -87,6 +87,7 @@ class Receipts(Mapping):
 _tuple_new = tuple.__new__
 _KIND_BY_NAME = {k.value: k for k in OutcomeKind}
 _KIND_NAME = {k: k.value for k in OutcomeKind}
+_KIND_VALUE = {k.value: k.value for k in OutcomeKind}  # the shared name strings
 
 
 def _entry(index: int, o: Outcome, stream: str) -> tuple:
@@ -134,15 +135,27 @@ def fold_record_events(
         fields, clock, receipts = w
         if shared_decode:
             stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
+            kname, conflicts, resolved, superseded = _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5]
         else:
-            stamp, changes, outcome = decode_patch(stream, ev.data, reg)
+            # The outcome's parts straight from its body: what ``decode_patch`` would put
+            # in an Outcome, which the receipt does not keep (see Receipts).
+            stamp, changes, o = decode_patch_body(ev.data, reg)
+            kname = _KIND_VALUE.get(o["kind"])
+            if kname is None:
+                OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
+            if len(o) == 1:
+                conflicts = resolved = superseded = ()
+            else:
+                conflicts = tuple(o.get("conflicts", ()))
+                resolved = tuple(o.get("resolved", ()))
+                superseded = tuple(o.get("superseded", ()))
         op_id = stamp[0]
         if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
         # The record clock first: whether the op's clock covers it (then it covers
         # every field's clock) spares apply_changes a comparison per field.
         apply_changes(fields, stream, stamp, changes, reg, clock.add(stamp[4]))
-        receipts[op_id] = (len(receipts), _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5])
+        receipts[op_id] = (len(receipts), kname, conflicts, resolved, superseded)
     if not work:
         return state
     records = copy_mapping(state.records)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
 
-from ..clocks import HLCTimestamp, VectorClock
+from ..clocks import _HLC_TEXT, HLCTimestamp, VectorClock
 from ..events import Actor, NewEvent, Retention, StreamWrite
 from .config import Strategy
 from .kernel import Change
@@ -244,14 +244,41 @@ def conflict_resolved(
 def decode_patch(
     stream: str, data: Mapping[str, Any], registry: MergeRegistry
 ) -> tuple[Stamp, list[Change], Outcome]:
-    op_id = data["op"]
-    stamp = _tuple_new(Stamp, (
-        op_id,
-        data["client"],
-        data["user"],
-        HLCTimestamp.decode(data["hlc"]),
-        VectorClock.from_dict(data["vc"]),
-    ))
+    stamp, changes, o = decode_patch_body(data, registry)
+    kind = _KIND_BY_NAME.get(o["kind"])
+    if kind is None:
+        kind = OutcomeKind(o["kind"])  # raises ValueError, as for any unknown kind
+    if len(o) == 1:
+        outcome = _tuple_new(Outcome, (kind, stamp[0], stream, (), (), (), None, "", None))
+    else:
+        outcome = Outcome(
+            kind,
+            stamp[0],
+            stream,
+            tuple(o.get("conflicts", ())),
+            tuple(o.get("resolved", ())),
+            tuple(o.get("superseded", ())),
+        )
+    return stamp, changes, outcome
+
+
+def decode_patch_body(data: Mapping[str, Any], registry: MergeRegistry) -> tuple[Stamp, list, Mapping[str, Any]]:
+    """The stamp and changes of a patch, and its outcome body as it is (``decode_patch``
+    makes the Outcome of it; the fold keeps only its parts, see fold.Receipts)."""
+    # HLCTimestamp.decode's usual case inline (the same checks: its pattern, then a short
+    # ASCII node); anything else goes through decode itself, which raises when it must.
+    op_id, client, user = data["op"], data["client"], data["user"]
+    text = data["hlc"]
+    m = _HLC_FULLMATCH(text) if type(text) is str else None
+    if m is not None:
+        wall, logical, node = m.groups()
+        if len(node) <= 64 and node.isascii():
+            hlc = _tuple_new(HLCTimestamp, (int(wall, 16), int(logical, 16), node))
+        else:
+            hlc = HLCTimestamp.decode(text)
+    else:
+        hlc = HLCTimestamp.decode(text)
+    stamp = _tuple_new(Stamp, (op_id, client, user, hlc, _clock_from_dict(data["vc"])))
     # Plain tuples shaped like ``Change``, as the reconciler builds them.
     changes: list = []
     group = data.get("lww")
@@ -264,29 +291,19 @@ def decode_patch(
             changes.append((name, _MANUAL, value, False, None))
     group = data.get("merge")
     if group:
+        get_fn = registry.get
         for name, (fn, operand) in group.items():
-            mf = registry.get(fn)
+            mf = get_fn(fn)
             changes.append((name, _MERGE, mf.validate(operand), False, mf))
     group = data.get("deleted")
     if group:
         for name, strategy in group.items():
             changes.append((name, _BY_NAME[strategy], None, True, None))
-    o = data["outcome"]
-    kind = _KIND_BY_NAME.get(o["kind"])
-    if kind is None:
-        kind = OutcomeKind(o["kind"])  # raises ValueError, as for any unknown kind
-    if len(o) == 1:
-        outcome = _tuple_new(Outcome, (kind, op_id, stream, (), (), (), None, "", None))
-    else:
-        outcome = Outcome(
-            kind,
-            op_id,
-            stream,
-            tuple(o.get("conflicts", ())),
-            tuple(o.get("resolved", ())),
-            tuple(o.get("superseded", ())),
-        )
-    return stamp, changes, outcome
+    return stamp, changes, data["outcome"]
+
+
+_HLC_FULLMATCH = _HLC_TEXT.fullmatch
+_clock_from_dict = VectorClock.from_dict
 
 
 _tuple_new = tuple.__new__
