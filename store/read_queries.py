@@ -15,7 +15,7 @@ from sqlalchemy.engine import Dialect
 
 from engine.filters import EventFilter, glob_to_like, prefix_to_like
 
-from .rows import READ_COLUMNS
+from .rows import READ_COLUMNS, read_columns
 from .schema import events, snapshots
 
 COLS = [events.c[name] for name in READ_COLUMNS]
@@ -30,6 +30,9 @@ class CompiledQuery:
     values: dict[str, Any]  # values compiled in (filter patterns, limits)
     python_filter: bool = False  # part of the filter must be checked on decoded events
     chunk: int = 0  # rows per query (read_log pages)
+    # READ_COLUMNS the query does not select because its WHERE clause binds them (same
+    # names as the bind parameters); store.rows.decode_rows takes their values instead.
+    left_out: tuple[str, ...] = ()
 
     def params(self, **given: Any) -> list[Any]:
         values = {**self.values, **given}
@@ -67,8 +70,9 @@ class QueryCache:
             conds, python_filter = sql_filter(scoped, f)
             chunk = limit if not python_filter else min(limit * 4, 10_000)
             position = events.c.position
+            left_out = ("tenant",) if scoped else ()
             q = (
-                select(*COLS)
+                select(*_columns(left_out))
                 .where(
                     position > bindparam("cursor", 0, type_=position.type),
                     position <= bindparam("head", 0, type_=position.type),
@@ -77,7 +81,7 @@ class QueryCache:
                 .order_by(events.c.position)
                 .limit(chunk)
             )
-            return self.compile(q, python_filter=python_filter, chunk=chunk)
+            return self.compile(q, python_filter=python_filter, chunk=chunk, left_out=left_out)
 
         return self.get(("log", scoped, f, limit), build)
 
@@ -86,8 +90,9 @@ class QueryCache:
         and (when ``limited``) ``limit``."""
 
         def build() -> CompiledQuery:
+            left_out = ("tenant", "stream")
             q = (
-                select(*COLS)
+                select(*_columns(left_out))
                 .where(
                     events.c.tenant == bindparam("tenant", ""),
                     events.c.stream == bindparam("stream", ""),
@@ -97,7 +102,7 @@ class QueryCache:
             )
             if limited:
                 q = q.limit(bindparam("limit", 0))
-            return self.compile(q)
+            return self.compile(q, left_out=left_out)
 
         return self.get(("stream", limited), build)
 
@@ -117,6 +122,10 @@ class QueryCache:
             return self.compile(q.order_by(s.position.desc()).limit(1))
 
         return self.get(("snapshot", bounded), build)
+
+
+def _columns(left_out: tuple[str, ...]) -> list:
+    return [events.c[name] for name in read_columns(left_out)]
 
 
 def sql_filter(scoped: bool, f: EventFilter | None) -> tuple[list, bool]:

@@ -144,14 +144,15 @@ class SqlEventStore(StoreBase):
             given["head"] = None  # filled in below, or by the reader thread
         params = query.params(**given)
         head_at = query.names.index("head") if read_head else None
+        known = {name: given[name] for name in query.left_out}  # bound, so not selected
         if self._sqlite_reader is not None:
-            return await self._sqlite_reader.fetch_page(query.sql, params, self.upcasters, head_at)
+            return await self._sqlite_reader.fetch_page(query.sql, params, self.upcasters, head_at, known)
         async with self._r.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             head = None
             if head_at is not None:
                 head = params[head_at] = await raw.fetchval(HEAD_SQL)
-            return head, self._decode(await raw.fetch(query.sql, *params))
+            return head, decode_rows(await raw.fetch(query.sql, *params), self.upcasters, **known)
 
     async def _fetch_rows(self, query: CompiledQuery, given: dict[str, Any]) -> list[Any]:
         """Run a compiled query on the raw driver; its rows, not decoded."""

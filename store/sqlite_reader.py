@@ -51,14 +51,16 @@ class SqliteReader:
                 self._conns.append(db)
         return db
 
-    def _fetch(self, sql: str, params: list[Any], upcasters, head_at: int | None) -> tuple[int | None, list]:
+    def _fetch(
+        self, sql: str, params: list[Any], upcasters, head_at: int | None, known: dict[str, str]
+    ) -> tuple[int | None, list]:
         db = self._conn()
         head = None
         if head_at is not None:
             # The head first, then the rows up to it (see SqlEventStore.read_log).
             head = db.execute(HEAD_SQL).fetchone()[0]
             params[head_at] = head
-        return head, decode_rows(db.execute(sql, params).fetchall(), upcasters)
+        return head, decode_rows(db.execute(sql, params).fetchall(), upcasters, **known)
 
     def _fetch_rows(self, sql: str, params: list[Any]) -> list[tuple]:
         return self._conn().execute(sql, params).fetchall()
@@ -87,11 +89,13 @@ class SqliteReader:
         return (await self.fetch_page(sql, params, upcasters))[1]
 
     async def fetch_page(
-        self, sql: str, params: list[Any], upcasters=None, head_at: int | None = None
+        self, sql: str, params: list[Any], upcasters=None, head_at: int | None = None,
+        known: dict[str, str] | None = None,
     ) -> tuple[int | None, list]:
-        """Run ``sql`` and decode its rows. With ``head_at``, first read the log head and
-        put it in ``params[head_at]``; returns (head or None, events)."""
-        return await self._run(self._fetch, sql, params, upcasters, head_at)
+        """Run ``sql`` and decode its rows (``known``: the tenant, and stream, that it
+        binds and does not select; see store.rows.decode_rows). With ``head_at``, first
+        read the log head and put it in ``params[head_at]``; returns (head or None, events)."""
+        return await self._run(self._fetch, sql, params, upcasters, head_at, known or {})
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -50,3 +50,18 @@ def test_copy_pickle_replace_and_fields():
     assert dataclasses.replace(ev, data=1).data == 1 and ev.data == {"n": 3}
     assert [f.name for f in dataclasses.fields(RecordedEvent)] == list(RecordedEvent.__match_args__)
     assert ev != dataclasses.replace(ev, position=4)
+
+
+def test_rows_without_the_bound_columns_decode_to_the_same_events():
+    from store.rows import READ_COLUMNS, read_columns
+
+    full = [_row(1), _row(2, retention="critical")]
+    want = decode_rows(full)
+    for left_out, known in ((("tenant",), {"tenant": "acme"}), (("tenant", "stream"), {"tenant": "acme", "stream": "s/1"})):
+        keep = [READ_COLUMNS.index(c) for c in read_columns(left_out)]
+        assert len(keep) == len(READ_COLUMNS) - len(left_out)
+        assert decode_rows([tuple(r[i] for i in keep) for r in full], **known) == want
+    with pytest.raises(ValueError):
+        decode_rows([], stream="s/1")
+    with pytest.raises(ValueError):
+        read_columns(("stream",))
