@@ -365,17 +365,26 @@ class SessionCore:
 
     def next_deadline(self) -> int | None:
         """The next ``now_ms`` at which ``tick`` has something to do (None: nothing planned)."""
-        if self.state is State.OFFLINE:
+        st = self.state
+        if st is State.OFFLINE:
             return self._next_attempt if self.auto_reconnect else None
-        if self.state is State.CONNECTING:
+        if st is State.CONNECTING:
             return self._handshake_due
-        d = min(self._last_ping + self.heartbeat_ms, self._last_rx + self.stale_ms + 1)
-        if self._resub_due is not None and self.state is State.ONLINE:
-            d = min(d, self._resub_due)
+        # (Comparisons, not ``min`` calls: the simulator asks after every interaction.)
+        d = self._last_ping + self.heartbeat_ms
+        stale = self._last_rx + self.stale_ms + 1
+        if stale < d:
+            d = stale
+        if self._resub_due is not None and st is State.ONLINE and self._resub_due < d:
+            d = self._resub_due
         if self._inflight:
-            d = min(d, min(s for _, s in self._inflight.values()) + self.ack_timeout_ms + 1)
+            for _, sent in self._inflight.values():
+                if sent + self.ack_timeout_ms + 1 < d:
+                    d = sent + self.ack_timeout_ms + 1
         if self.persist_replica and self.position != self._saved_position:
-            d = min(d, self._saved_at + self.persist_interval_ms)  # the periodic position save
+            save = self._saved_at + self.persist_interval_ms  # the periodic position save
+            if save < d:
+                d = save
         return d
 
     # ------------------------------------------------------------ user ops

@@ -172,8 +172,8 @@ class SharedFolds:
         batches = self._batches
         entry = batches.get(id(events))
         if entry is None or entry[0] is not events or entry[1] is not registry or entry[3] != len(events):
-            if len(batches) >= self.small_limit:
-                batches = self._batches = _newest(batches)
+            if _full(batches, self.small_limit):
+                batches = self._batches = _newest(batches, self.small_limit)
             # Holds ``events``: its id cannot be reused while the entry lives. (Batches are
             # read-only, as the server's are; the length is checked all the same.)
             entry = batches[id(events)] = (events, registry, [], len(events))
@@ -194,8 +194,8 @@ class SharedFolds:
         if hit is not None and hit[0] is rec and hit[1] == version:
             return hit[2]
         b = pack([version, encode_record_state(rec, registry)])
-        if len(self._blobs) >= self.small_limit:
-            self._blobs = _newest(self._blobs)
+        if _full(self._blobs, self.small_limit):
+            self._blobs = _newest(self._blobs, self.small_limit)
         self._blobs[id(rec)] = (rec, version, b)  # holds ``rec``: its id cannot be reused meanwhile
         return b
 
@@ -205,8 +205,8 @@ class SharedFolds:
         if hit is not None and hit[0] is rec:
             return hit[1]
         found = rec.conflicts()
-        if len(self._conflicts) >= self.small_limit:
-            self._conflicts = _newest(self._conflicts)
+        if _full(self._conflicts, self.small_limit):
+            self._conflicts = _newest(self._conflicts, self.small_limit)
         self._conflicts[id(rec)] = (rec, found)  # holds ``rec``: its id cannot be reused meanwhile
         return found
 
@@ -247,8 +247,8 @@ class SharedFolds:
                 continue
             after = changed[stream] = _fold_one(prior, stream, w, registry)
             self.misses += 1
-            if entry is None and len(steps) >= self.limit:
-                steps = self._steps = _newest(steps)  # the oldest positions go
+            if entry is None and _full(steps, self.limit):
+                steps = self._steps = _newest(steps, self.limit)  # the oldest positions go
             steps[pos] = (w.get("id"), registry, [(prior, after)])
         if alone:
             for stream, ws in alone.items():
@@ -259,17 +259,21 @@ class SharedFolds:
         return changed
 
 
-def _newest(entries: dict) -> dict:
-    """The newest three quarters of a bounded cache (insertion order), as a new dict.
+def _newest(entries: dict, keep: int) -> dict:
+    """The newest ``keep`` entries of a bounded cache (insertion order), as a new dict.
 
-    Evicting in bulk, not one entry per insertion: a dict keeps the slots of deleted
-    entries until it is rebuilt, so ``next(iter(d))`` after many deletions from the
-    front walks all of them (it was ~30 µs per fold miss at 1,000 clients)."""
-    drop = len(entries) // 4 + 1
+    Caches here grow to ``keep`` plus an eighth and are then cut back in one go, not by
+    one entry per insertion: a dict keeps the slots of deleted entries until it is
+    rebuilt, so ``next(iter(d))`` after many deletions from the front walks all of them
+    (it was ~30 us per fold miss at 1,000 clients)."""
     it = iter(entries.items())
-    for _ in range(drop):
+    for _ in range(len(entries) - keep):
         next(it)
     return dict(it)
+
+
+def _full(entries: dict, keep: int) -> bool:
+    return len(entries) >= keep + (keep >> 3)
 
 
 def _fold_one(prior: RecordState | None, stream: str, w: Mapping[str, Any], registry: MergeRegistry

@@ -80,7 +80,6 @@ PRESENCE_JOINED = "presence.joined"
 PRESENCE_LEFT = "presence.left"
 DOC_OP = "doc"  # ops entry kind for a Yjs update (docs/protocol.md)
 _EMPTY: dict = {}
-_MISSING = object()
 _RETENTIONS = {r.value: r for r in Retention}
 
 
@@ -309,8 +308,9 @@ class SyncServer:
         self._by_tenant: dict[str, dict[int, None]] = {}
         self._dirty: dict[str, None] = {}
         self._wire: dict[int, dict] = {}
-        self._batches: dict[tuple, tuple[int, list[dict]] | None] = {}  # see ``_batch``; valid at one head
-        self._batches_head = -1
+        # (tenant, cursor, filter) -> (batch | None, its raw event count, the head it was checked at):
+        # see ``_batch``.
+        self._batches: dict[tuple, tuple[tuple[int, list[dict]] | None, int, int]] = {}
         # Deadlines instead of scans: ``tick`` pops what is due. (due_ms, seq, conn_id, sub):
         # sub None is the connection's stale check; otherwise that sub's ack timeout. Entries
         # are checked when popped (the connection may be gone, the sub replaced, the ack
@@ -507,20 +507,27 @@ class SyncServer:
         """The next batch after ``cursor``: (the position scanned up to, the wire events the
         filter keeps), or None at the end of the log. Connections of a tenant with the same
         filter usually sit at the same cursor (all caught up), so a batch is built once per
-        (tenant, cursor, filter) while the head stays where it is, and its event list is
-        shared by their messages (read-only, like the event dicts in it)."""
-        if head != self._batches_head:
-            self._batches.clear()
-            self._batches_head = head
+        (tenant, cursor, filter) and its event list is shared by their messages (read-only,
+        like the event dicts in it; the client kit's shared folds take a list handed to
+        many replicas once). It stays that batch while the log head stays where it was;
+        after an append (another tenant's, most of the time) it still is if it was full
+        (later events come after it) or the tenant has no new event past ``cursor``."""
         key = (tenant, cursor, share_key) if share_key is not None else None
+        cfg_max = self.config.batch_events_max
         if key is not None:
-            hit = self._batches.get(key, _MISSING)
-            if hit is not _MISSING:
-                return hit
-        raw = self.log.read(tenant, cursor, self.config.batch_events_max)
+            hit = self._batches.get(key)
+            if hit is not None:
+                if hit[2] == head or hit[1] >= cfg_max:
+                    return hit[0]
+                if self.log.count_after(tenant, cursor) == hit[1]:
+                    self._batches[key] = (hit[0], hit[1], head)
+                    return hit[0]
+        raw = self.log.read(tenant, cursor, cfg_max)
         scanned = (raw[-1].position, [self._to_wire(e) for e in raw if f.matches(e)]) if raw else None
         if key is not None:
-            self._batches[key] = scanned
+            if len(self._batches) >= 16_384:
+                self._batches.clear()  # (cursors long passed; the live ones are built again once)
+            self._batches[key] = (scanned, len(raw), head)
         return scanned
 
     def _to_wire(self, e: RecordedEvent) -> dict:

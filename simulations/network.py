@@ -84,28 +84,34 @@ class Network:
 
     def plan(self, ch: Channel, up: bool, now_ms: int) -> tuple[list[int], bool]:
         """Arrival times for one message (two when duplicated; none when lost to a reset
-        or a partition) and whether the connection resets now."""
+        or a partition) and whether the connection resets now. (Called for every message:
+        ``latency_ms`` is inlined, with the same draws in the same order.)"""
         self.messages += 1
-        if not ch.open:
-            return [], False
-        if ch.client in self.cut:
-            return [], False  # silently gone: only timeouts notice
+        if not ch.open or ch.client in self.cut:
+            return [], False  # a partition: silently gone, only timeouts notice
         f = self.faults
         rng = self.rng
-        if not self.quiet and f.resets and rng.random() < f.resets:
+        noisy = not self.quiet
+        if noisy and f.resets and rng.random() < f.resets:
             self.resets += 1
             return [], True
-        t = now_ms + self.latency_ms()
-        if not self.quiet and f.loss and rng.random() < f.loss:
+        ms = _lognormal(rng, f.latency_sigma) * f.latency_ms_median
+        if noisy and f.spike and rng.random() < f.spike:
+            ms += rng.uniform(0, f.spike_ms_max)
+        ms = int(ms)
+        t = now_ms + (1 if ms < 1 else f.latency_ms_max if ms > f.latency_ms_max else ms)
+        if noisy and f.loss and rng.random() < f.loss:
             self.lost += 1
             t += rng.randint(*f.rto_ms)  # retransmitted
-        last = ch.up_at_ms if up else ch.down_at_ms
-        t = max(t, last)  # the stream is ordered
         if up:
+            if t < ch.up_at_ms:
+                t = ch.up_at_ms  # the stream is ordered
             ch.up_at_ms = t
         else:
+            if t < ch.down_at_ms:
+                t = ch.down_at_ms
             ch.down_at_ms = t
-        if not self.quiet and f.dup and rng.random() < f.dup:
+        if noisy and f.dup and rng.random() < f.dup:
             self.duplicated += 1
             return [t, t], False
         return [t], False
