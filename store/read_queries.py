@@ -106,7 +106,6 @@ class QueryCache:
 
         return self.get(("stream", limited), build)
 
-
     def snapshot(self, bounded: bool) -> CompiledQuery:
         """The newest snapshot (position, data, checksum) of a stream and kind; binds
         ``tenant``, ``stream``, ``kind`` and (when ``bounded``) ``at_or_before``."""

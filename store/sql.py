@@ -126,9 +126,6 @@ class SqlEventStore(StoreBase):
 
     # ------------------------------------------------------------------- reads
 
-    def _decode(self, rows) -> list[RecordedEvent]:
-        return decode_rows(rows, self.upcasters)
-
     async def _fetch_page(
         self, query: CompiledQuery, given: dict[str, Any], *, read_head: bool = False
     ) -> tuple[int | None, list[RecordedEvent]]:
@@ -308,11 +305,12 @@ class SqlEventStore(StoreBase):
     ) -> tuple[int, bytes, str] | None:
         """The newest snapshot (position, data, checksum) at or before a position."""
         check_tenant(tenant)
-        # The raw read path, like events: through SQLAlchemy and aiosqlite this took a
-        # pooled connection of its own (opened on first use, a thread and pragmas), a
-        # BEGIN, the query and a reset-on-return rollback, one thread hop each; a
-        # document load right after a big read waited milliseconds for them
-        # (benchmarks/editing_trace.py). Here it is one hop on SQLite.
+        # The raw read path, like events. Through SQLAlchemy and aiosqlite this took a
+        # pooled connection of its own (opened on first use: a thread and pragmas), a
+        # BEGIN, the query and a reset-on-return rollback, a thread hop each; here it
+        # is one hop on SQLite. (Most of the wait seen right after a big read_stream
+        # was that read's result being freed inside the next hop: see
+        # SqliteReader._run.)
         query = self._queries.snapshot(at_or_before is not None)
         given = {"tenant": tenant, "stream": stream, "kind": kind, "at_or_before": at_or_before}
         rows = await self._fetch_rows(query, given)
