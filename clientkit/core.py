@@ -517,28 +517,12 @@ class SessionCore:
         # do, so one decode per batch moves ours past all of them.
         pos = self.position
         raw = msg["events"]
-        kept: list | None = None  # None: every event so far is kept (``events`` is ``raw``)
-        last = pos
-        latest = None
-        for i, e in enumerate(raw):
-            if type(e) is dict or isinstance(e, AbcMapping):
-                p = e.get("position", 0)
-                if type(p) is not int:
-                    p = int(p)
-                if p > pos:
-                    if p > last:
-                        last = p
-                    clock = e.get("clock")
-                    if clock and type(clock) is dict:
-                        ts = clock.get("hlc")
-                        if type(ts) is str and (latest is None or ts > latest):
-                            latest = ts
-                    if kept is not None:
-                        kept.append(e)
-                    continue
-            if kept is None:
-                kept = raw[:i]
-        events = raw if kept is None else kept
+        facts = _shared_batch_facts(raw) if self.replica.shared is not None else None
+        if facts is not None and facts[0] > pos:
+            # A list handed to many cores of this process, read once: all of it is new.
+            events, last, latest = raw, facts[1], facts[2]
+        else:
+            events, last, latest = _new_events(raw, pos)
         out: list[Output] = []
         self._resub_n = 0  # the subscription delivers again
         if events:
@@ -751,6 +735,73 @@ class SessionCore:
 
     def get(self, stream: str) -> dict[str, Any]:
         return self.replica.get(stream)
+
+
+def _new_events(raw: list, pos: int) -> tuple[list, int, str | None]:
+    """The events of a batch past ``pos`` (``raw`` itself when that is all of them), the
+    last position and the latest encoded HLC among them: one pass."""
+    kept: list | None = None  # None: every event so far is kept
+    last = pos
+    latest = None
+    for i, e in enumerate(raw):
+        if type(e) is dict or isinstance(e, AbcMapping):
+            p = e.get("position", 0)
+            if type(p) is not int:
+                p = int(p)
+            if p > pos:
+                if p > last:
+                    last = p
+                clock = e.get("clock")
+                if clock and type(clock) is dict:
+                    ts = clock.get("hlc")
+                    if type(ts) is str and (latest is None or ts > latest):
+                        latest = ts
+                if kept is not None:
+                    kept.append(e)
+                continue
+        if kept is None:
+            kept = raw[:i]
+    return (raw if kept is None else kept), last, latest
+
+
+def _batch_facts(raw: list) -> tuple[int, int, str | None] | None:
+    """(first position, last position, latest encoded HLC) of a batch of plain event
+    dicts in strictly increasing position order; None for any other batch."""
+    first = last = latest = None
+    for e in raw:
+        if type(e) is not dict:
+            return None
+        p = e.get("position", 0)
+        if type(p) is not int or (last is not None and p <= last):
+            return None
+        if first is None:
+            first = p
+        last = p
+        clock = e.get("clock")
+        if clock and type(clock) is dict:
+            ts = clock.get("hlc")
+            if type(ts) is str and (latest is None or ts > latest):
+                latest = ts
+    return None if first is None else (first, last, latest)
+
+
+# id(events list) -> (the list, its length, its facts): only for cores whose replica shares
+# folds (the simulator), where the server hands one list to the connections at one cursor
+# and every core would otherwise read it again. Read-only lists, as the server's are.
+_FACTS: dict[int, tuple[list, int, tuple[int, int, str | None] | None]] = {}
+
+
+def _shared_batch_facts(raw: Any) -> tuple[int, int, str | None] | None:
+    if type(raw) is not list:
+        return None
+    hit = _FACTS.get(id(raw))
+    if hit is not None and hit[0] is raw and hit[1] == len(raw):
+        return hit[2]
+    facts = _batch_facts(raw)
+    if len(_FACTS) >= 1_024:
+        _FACTS.clear()
+    _FACTS[id(raw)] = (raw, len(raw), facts)  # holds ``raw``: its id cannot be reused meanwhile
+    return facts
 
 
 _HANDLERS = {

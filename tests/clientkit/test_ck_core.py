@@ -194,7 +194,7 @@ def test_core_is_small():
 
 
 # ---------------------------------------------------------------- deadlines in CONNECTING and for saves
-from clientkit.core import Connect, Disconnect, StateChanged  # noqa: E402
+from clientkit.core import Connect, Disconnect, EventsApplied, StateChanged  # noqa: E402
 
 
 def _welcome(core, now):
@@ -308,3 +308,32 @@ def test_replicas_sharing_wire_events_and_decodes_end_like_one_alone():
 
 def srv_values(srv):
     return {s: r.values() for s, r in sorted(srv.records.records.items())}
+
+
+def test_cores_sharing_one_events_list_skip_what_each_applied_already():
+    # The simulator hands one list to many cores (their replicas share folds): its facts
+    # are read once, but each core still applies only what is past its own position.
+    from clientkit.replica import SharedFolds
+    from engine.clocks import HLCTimestamp
+
+    def ev(p: int, wall: int) -> dict:
+        return {"position": p, "type": "note.added", "stream": "note/1",
+                "clock": {"hlc": HLCTimestamp(wall, 0, "other").encode()}}
+
+    batch = [ev(3, 900), ev(5, 950), ev(7, 940)]
+    shared = SharedFolds()
+    cores = []
+    for start in (0, 4):
+        core = SessionCore(user="u", rng=random.Random(1), position=start)
+        core.replica.shared = shared
+        core.connect(0)
+        core.connected(1)
+        _welcome(core, 2)
+        cores.append(core)
+    outs = [core.receive({"t": "events", "sub": "main", "events": batch, "next": 7}, 10) for core in cores]
+    applied = [[e["position"] for o in out if type(o) is EventsApplied for e in o.events] for out in outs]
+    assert applied == [[3, 5, 7], [5, 7]]
+    for core in cores:
+        assert core.position == 7 and core._hlc.wall_ms == 950  # past the latest remote clock
+    again = cores[0].receive({"t": "events", "sub": "main", "events": batch, "next": 7}, 20)
+    assert not any(type(o) is EventsApplied for o in again)  # exactly once
