@@ -291,9 +291,11 @@ def decode_patch_body(data: Mapping[str, Any], registry: MergeRegistry) -> tuple
             changes.append((name, _MANUAL, value, False, None))
     group = data.get("merge")
     if group:
-        get_fn = registry.get
+        fns = registry._fns  # (registry.get without its frame; it raises for an unknown name)
         for name, (fn, operand) in group.items():
-            mf = get_fn(fn)
+            mf = fns.get(fn)
+            if mf is None:
+                mf = registry.get(fn)
             changes.append((name, _MERGE, mf.validate(operand), False, mf))
     group = data.get("deleted")
     if group:
