@@ -59,7 +59,7 @@ from .events import (
     check_type,
 )
 from .filters import EventFilter
-from .hashchain import GENESIS, event_hash
+from .hashchain import GENESIS, chain_hash
 from .ids import uuid7
 from .records import (
     RecordsState,
@@ -131,11 +131,9 @@ def encode_event(e: NewEvent) -> tuple:
 def row_digest(prev: bytes, event_id: str, tenant: str, stream: str, version: int, position: int,
                time_us: int, schema: int, enc: tuple) -> bytes:
     type_, payload, clock, meta, au, ac, retention = enc
-    return event_hash(
-        prev, id=event_id, tenant=tenant, stream=stream, version=version, position=position, type=type_,
-        schema=schema, time_us=time_us, actor_user=au, actor_client=ac, clock=clock or b"", payload=payload,
-        meta=meta or b"", retention=retention,
-    )
+    # ``event_hash``'s fields in its order, without its keyword call (one per appended event).
+    return chain_hash(prev, [event_id, tenant, stream, version, position, type_, schema, time_us, au, ac,
+                             clock or b"", payload, meta or b"", retention])
 
 
 def recorded_from(position: int, event_id: str, tenant: str, stream: str, version: int, schema: int,
@@ -481,22 +479,26 @@ class SyncServer:
         return False
 
     def _pump(self, conn: _Conn, sub: _Sub, now_ms: int, out: Out) -> None:
-        cfg = self.config
+        window = self.config.window_batches_max
+        inflight = sub.inflight
+        if len(inflight) >= window:
+            return  # a full window: nothing to send until an ack
         tenant = conn.principal.tenant
         f = sub.filter
+        share_key = sub.share_key
         head = self.log.head()  # constant here: pumping appends nothing
-        while len(sub.inflight) < cfg.window_batches_max:
-            scanned = self._batch(tenant, sub.cursor, f, sub.share_key, head)
+        while len(inflight) < window:
+            scanned = self._batch(tenant, sub.cursor, f, share_key, head)
             if scanned is None:
                 return
             sub.cursor, wires = scanned
             if not wires:
                 continue  # skipped silently; the next batch tells the client via ``next``
-            if not sub.inflight:
+            if not inflight:
                 sub.progress_ms = now_ms
             batch = P.message(P.EVENTS, sub=sub.id, events=wires, next=sub.cursor, prev=sub.sent_next, head=head)
             sub.sent_next = sub.cursor
-            sub.inflight.append(sub.cursor)
+            inflight.append(sub.cursor)
             if not sub.timed:
                 self._arm_ack(conn.id, sub)
             self.stats["events_sent"] += len(wires)
