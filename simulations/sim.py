@@ -262,6 +262,7 @@ class Simulation:
         trace = self._trace
         recent = self._recent
         buf: list[str] = []
+        deliver_down, deliver_up = self._deliver_down, self._deliver_up
         last_report = 0
         done = False
         while times and not done:
@@ -280,7 +281,13 @@ class Simulation:
                     self._in_flight -= 1
                 self.now_ms = t
                 self.step += 1
-                line = self._dispatch(kind, a, b)
+                # (Messages, most of the steps, without the dispatch call.)
+                if kind == DOWN:
+                    line = deliver_down(a, b)
+                elif kind == UP:
+                    line = deliver_up(a, b)
+                else:
+                    line = self._dispatch(kind, a, b)
                 if line is not None:
                     entry = f"{self.step}|{t}|{KIND_NAMES[kind]}|{line}"
                     buf.append(entry)
