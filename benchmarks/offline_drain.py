@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests/clientkit"))
+sys.path.append(str(ROOT / "tests"))  # ck_support imports the shared waiting helper (last: tests/store must not shadow store)
 
 import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402
