@@ -10,6 +10,7 @@ average is printed before and after: other work on the box inflates wall times
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -72,8 +73,12 @@ def main() -> None:
     if argv and argv[0] == CHILD:
         print(json.dumps(bench(int(argv[1]), int(argv[2]), int(argv[3]))))
         return
-    quick = "--quick" in argv
-    runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
+    parser = argparse.ArgumentParser(description="Simulated clients: ops/s, the 1000x100 wall time, 10k-client RSS.")
+    parser.add_argument("--quick", action="store_true", help="200 clients x 20 ops, one run")
+    parser.add_argument("--runs", type=int, help="runs of the timed case (default 3, 1 with --quick)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    runs = args.runs or (1 if quick else 3)
     n, ops = (200, 20) if quick else (1_000, 100)
     big_n, big_ops = 10_000, 2  # the memory target: 10k live cores; ops add time, not memory
     console = Console()
