@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from .planning import BatchPlan, Head, StreamKey, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
 from .sqlite import BUSY_TIMEOUT_MS
+from .sqlite_checkpointer import WalCheckpointer
 
 # clock and meta (usually absent) are bound as an empty blob and stored as NULL: see _bound.
 _NULLABLE = ("clock", "meta")
@@ -39,6 +40,7 @@ class SqliteBatchWriter:
         self._db: sqlite3.Connection | None = None
         self._heads: dict[StreamKey, Head] = {}  # stream heads as of log position _heads_at
         self._heads_at: int | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -47,6 +49,9 @@ class SqliteBatchWriter:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # Checkpoints run beside the writer, not inside its commits (sqlite_checkpointer.py).
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(self._path)
             self._db = db
         return self._db
 
@@ -91,6 +96,10 @@ class SqliteBatchWriter:
             raise
         self._heads.update(plan.heads)
         self._heads_at = plan.last_position
+        cp = self._checkpointer
+        if cp is not None and plan.values and not cp.committed():
+            db.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default: it checkpoints again
+            self._checkpointer = None
         return plan
 
     def _read_heads(self, db: sqlite3.Connection, calls: list[PreparedAppend], position: int) -> dict[StreamKey, Head]:
@@ -123,6 +132,9 @@ class SqliteBatchWriter:
 
     async def close(self) -> None:
         def _close() -> None:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             if self._db is not None:
                 self._db.close()
                 self._db = None
