@@ -12,13 +12,14 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
-from ..clocks import EMPTY_CLOCK, ClockMerger
+from ..clocks import _HLC_TEXT, EMPTY_CLOCK, HLCTimestamp, VectorClock
 from ..events import RecordedEvent
+from .config import Strategy
 from .kernel import apply_changes
-from .merges import MergeRegistry
+from .merges import NO_INITIAL, MergeRegistry
 from .outcomes import Outcome, OutcomeKind
 from .payloads import RECORD_PATCHED, decode_patch_body, decode_patch_cached
-from .state import RecordsState, RecordState, copy_mapping
+from .state import LwwField, MergeField, RecordsState, RecordState, Stamp, copy_mapping
 
 _BUILTINS = MergeRegistry.with_builtins()
 
@@ -115,10 +116,17 @@ def fold_record_events(
 ) -> RecordsState:
     """``shared_decode``: decode patches through the bounded (tenant, position) cache
     (``payloads.decode_patch_cached``), for processes folding the same events into many
-    replicas; the result is the same either way."""
+    replicas; the result is the same either way.
+
+    Patches whose fields are all LWW or merge fields of an unchanged strategy (nearly all
+    of them) are decoded and applied here in one step (see ``_Work`` for the clocks);
+    anything else (manual fields, deletes, a field changing strategy, the shared decode)
+    goes through ``decode_patch_body`` / ``apply_changes``, the code ``reconcile`` runs.
+    Both give the same state: the fast path is ``apply_changes`` for those cases, minus
+    the ``Effect`` the fold never reads."""
     reg = registry if registry is not None else _BUILTINS
-    # stream -> (fields, record clock, receipts): mutable working copies, frozen at the end
-    work: dict[str, tuple[dict, ClockMerger, dict]] = {}
+    fns = reg._fns  # (registry.get without its frame; it raises for an unknown name)
+    work: dict[str, _Work] = {}
     get_work = work.get
     get_record = state.records.get
     for ev in events:
@@ -127,40 +135,264 @@ def fold_record_events(
         stream = ev.stream
         w = get_work(stream)
         if w is None:
-            rec = get_record(stream)
-            if rec is None:
-                w = work[stream] = ({}, ClockMerger(EMPTY_CLOCK), {})
+            w = work[stream] = _Work(get_record(stream), stream)
+        data = ev.data
+        if shared_decode or data.get("manual") or data.get("deleted"):
+            _fold_generic(w, ev, data, reg, shared_decode)
+            continue
+
+        # -- decode (decode_patch_body's, for a patch of lww and merge groups only)
+        op_id, client, user = data["op"], data["client"], data["user"]
+        text = data["hlc"]
+        m = _HLC_FULLMATCH(text) if type(text) is str else None
+        if m is not None:
+            wall, logical, node = m.groups()
+            if len(node) <= 64 and node.isascii():
+                hlc = _tuple_new(HLCTimestamp, (int(wall, 16), 0 if logical == "00000000" else int(logical, 16), node))
             else:
-                w = work[stream] = (copy_mapping(rec[1]), ClockMerger(rec[2]), _extendable(rec[3], stream))
-        fields, clock, receipts = w
-        if shared_decode:
-            stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, stream, ev.data, reg)
-            kname, conflicts, resolved, superseded = _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5]
+                hlc = HLCTimestamp.decode(text)
         else:
-            # The outcome's parts straight from its body: what ``decode_patch`` would put
-            # in an Outcome, which the receipt does not keep (see Receipts).
-            stamp, changes, o = decode_patch_body(ev.data, reg)
-            kname = _KIND_VALUE.get(o["kind"])
-            if kname is None:
-                OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
-            if len(o) == 1:
-                conflicts = resolved = superseded = ()
-            else:
-                conflicts = tuple(o.get("conflicts", ()))
-                resolved = tuple(o.get("resolved", ()))
-                superseded = tuple(o.get("superseded", ()))
-        op_id = stamp[0]
+            hlc = HLCTimestamp.decode(text)
+        opclock = _clock_from_dict(data["vc"])
+        stamp = _tuple_new(Stamp, (op_id, client, user, hlc, opclock))
+        lww = data.get("lww")
+        merges = data.get("merge")
+        o = data["outcome"]
+        kname = _KIND_VALUE.get(o["kind"])
+        if kname is None:
+            OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
+        if len(o) == 1:
+            conflicts = resolved = superseded = ()
+        else:
+            conflicts = tuple(o.get("conflicts", ()))
+            resolved = tuple(o.get("resolved", ()))
+            superseded = tuple(o.get("superseded", ()))
+        receipts = w.receipts
         if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
-        # The record clock first: whether the op's clock covers it (then it covers
-        # every field's clock) spares apply_changes a comparison per field.
-        apply_changes(fields, stream, stamp, changes, reg, clock.add(stamp[4]))
+
+        # -- apply (apply_changes's LWW and merge cases; see _Work for ``tracking``)
+        covered, newer = w.relation(opclock)
+        fields, tracking = w.fields, w.tracking
+        wall = hlc[0]
+        if lww:
+            for name, value in lww.items():
+                old = fields.get(name)
+                if old is None:
+                    if newer:
+                        tracking.add(name)
+                    fields[name] = _tuple_new(LwwField, (stamp, value, False, None if newer else opclock))
+                    continue
+                if type(old) is not LwwField:
+                    w.apply_one(name, stamp, (name, _LWW, value, False, None), reg, newer)
+                    continue
+                if name in tracking:
+                    new_clock = None
+                elif newer:
+                    tracking.add(name)
+                    new_clock = None
+                else:
+                    new_clock = old[3].merge(opclock)
+                old_stamp = old[0]
+                ow = old_stamp[3][0]
+                if wall > ow if wall != ow else stamp.rank > old_stamp.rank:
+                    fields[name] = _tuple_new(LwwField, (stamp, value, False, new_clock))
+                else:
+                    fields[name] = _tuple_new(LwwField, (old_stamp, old[1], old[2], new_clock))
+        if merges:
+            for name, (fn, operand) in merges.items():
+                mf = fns.get(fn)
+                if mf is None:
+                    mf = reg.get(fn)
+                value = mf.validate(operand)
+                old = fields.get(name)
+                if old is None:
+                    if newer:
+                        tracking.add(name)
+                    acc = mf.initial
+                    fields[name] = _tuple_new(MergeField, (
+                        mf.name, value if acc is NO_INITIAL else mf.fn(acc, value), None if newer else opclock, stamp,
+                    ))
+                    continue
+                if type(old) is not MergeField or old[0] != mf.name:
+                    w.apply_one(name, stamp, (name, _MERGE, value, False, mf), reg, newer)
+                    continue
+                if name in tracking:
+                    new_clock = None
+                elif newer:
+                    tracking.add(name)
+                    new_clock = None
+                else:
+                    new_clock = old[2].merge(opclock)
+                old_stamp = old[3]
+                ow = old_stamp[3][0]
+                acc = old[1]
+                acc = value if acc is NO_INITIAL else mf.fn(acc, value)
+                wins = wall > ow if wall != ow else stamp.rank > old_stamp.rank
+                fields[name] = _tuple_new(MergeField, (mf.name, acc, new_clock, stamp if wins else old_stamp))
+        if not covered:
+            if tracking:
+                # A field tracking the record clock that this op did not write keeps the
+                # record clock as it was before the op.
+                lww, merges = lww or _NONE, merges or _NONE
+                w.settle([n for n in tracking if n not in lww and n not in merges])
+            w.add(opclock)
         receipts[op_id] = (len(receipts), kname, conflicts, resolved, superseded)
     if not work:
         return state
     records = copy_mapping(state.records)
-    for stream, (fields, clock, receipts) in work.items():
-        records[stream] = _tuple_new(
-            RecordState, (stream, MappingProxyType(fields), clock.result(), Receipts(receipts, len(receipts), stream))
-        )
+    for stream, w in work.items():
+        records[stream] = w.result()
     return RecordsState(MappingProxyType(records))
+
+
+def _fold_generic(w: _Work, ev: RecordedEvent, data: Any, reg: MergeRegistry, shared_decode: bool) -> None:
+    """One patch through ``decode_patch_body`` (or the shared cache) and ``apply_changes``."""
+    if shared_decode:
+        stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, ev.stream, data, reg)
+        kname, conflicts, resolved, superseded = _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5]
+    else:
+        # The outcome's parts straight from its body: what ``decode_patch`` would put
+        # in an Outcome, which the receipt does not keep (see Receipts).
+        stamp, changes, o = decode_patch_body(data, reg)
+        kname = _KIND_VALUE.get(o["kind"])
+        if kname is None:
+            OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
+        if len(o) == 1:
+            conflicts = resolved = superseded = ()
+        else:
+            conflicts = tuple(o.get("conflicts", ()))
+            resolved = tuple(o.get("resolved", ()))
+            superseded = tuple(o.get("superseded", ()))
+    op_id = stamp[0]
+    receipts = w.receipts
+    if op_id in receipts:
+        return  # an op is in the log once; tolerate a replayed copy all the same
+    covered, newer = w.relation(stamp[4])
+    w.settle(list(w.tracking))  # apply_changes reads every field's clock as it is
+    apply_changes(w.fields, w.stream, stamp, changes, reg, newer)
+    if not covered:
+        w.add(stamp[4])
+    receipts[op_id] = (len(receipts), kname, conflicts, resolved, superseded)
+
+
+class _Work:
+    """One record's mutable working copy during a fold: fields, clock and receipts.
+
+    The record clock is ``base`` while this fold has not changed it, then the dict
+    ``c`` (copied from ``base`` once, then merged into in place).
+
+    Field clocks: the usual op writes the same fields as the ops before it, and each
+    such field's clock is then the record clock (both are the merge of the same op
+    clocks). Building that clock per field per op was most of the fold's cost. So
+    the fields in ``tracking`` hold no clock of their own while the fold runs (their
+    tuple's clock slot is stale): their clock is the record clock, whatever it
+    becomes. A tracking field that an op does not write leaves the set, with the
+    record clock as it was before that op (``settle``); ``result`` gives the others
+    the final record clock. A field starts tracking when its clock is the record
+    clock object (as a fold leaves it), or when an op whose clock covers the record
+    clock writes it (its clock is then the op's, which is the new record clock)."""
+
+    __slots__ = ("stream", "fields", "receipts", "base", "c", "tracking")
+
+    def __init__(self, rec: RecordState | None, stream: str) -> None:
+        self.stream = stream
+        self.c: dict[str, int] | None = None
+        if rec is None:
+            self.fields: dict[str, Any] = {}
+            self.base = EMPTY_CLOCK
+            self.receipts: dict[str, tuple] = {}
+            self.tracking: set[str] = set()
+            return
+        fields = self.fields = copy_mapping(rec[1])
+        base = self.base = rec[2]
+        self.receipts = _extendable(rec[3], stream)
+        self.tracking = {
+            name for name, f in fields.items()
+            if (f[3] is base if type(f) is LwwField else type(f) is MergeField and f[2] is base)
+        }
+
+    def relation(self, clock: VectorClock) -> tuple[bool, bool]:
+        """(covered, newer): whether the record clock covers ``clock`` (it does not
+        change), and whether ``clock`` covers the record clock (it becomes ``clock``)."""
+        c = self.c
+        if c is None:
+            c = self.base._c
+        b = clock._c
+        for node, n in b.items():
+            if n > c.get(node, 0):
+                break
+        else:
+            return True, b == c  # (covered both ways: equal)
+        if len(b) < len(c):
+            return False, False
+        for node, n in c.items():
+            if n > b.get(node, 0):
+                return False, False
+        return False, True
+
+    def add(self, clock: VectorClock) -> None:
+        """Merge ``clock`` into the record clock."""
+        c = self.c
+        if c is None:
+            c = self.c = self.base._c.copy()
+        get = c.get
+        for node, n in clock._c.items():
+            if n > get(node, 0):
+                c[node] = n
+
+    def _clock(self) -> VectorClock:
+        """The record clock now, as a VectorClock (which then owns ``c``: a later ``add``
+        copies it again)."""
+        c = self.c
+        if c is None:
+            return self.base
+        base = self.base
+        # New nodes were appended at the end; the canonical order is sorted.
+        in_order = base._sorted and len(c) == len(base._c)
+        vc = self.base = VectorClock._trusted(c) if in_order else VectorClock._unsorted(c)
+        self.c = None
+        return vc
+
+    def settle(self, names: list[str]) -> None:
+        """Give these tracking fields the record clock as it is now; they stop tracking."""
+        if not names:
+            return
+        clock = self._clock()
+        fields, tracking = self.fields, self.tracking
+        for name in names:
+            f = fields[name]
+            if (f[3] if type(f) is LwwField else f[2]) is not clock:
+                fields[name] = _with_clock(f, clock)
+            tracking.discard(name)
+
+    def apply_one(self, name: str, stamp: Stamp, change: tuple, reg: MergeRegistry, newer: bool) -> None:
+        """One field through ``apply_changes`` (a field changing strategy)."""
+        if name in self.tracking:
+            self.settle([name])
+        apply_changes(self.fields, self.stream, stamp, (change,), reg, newer)
+
+    def result(self) -> RecordState:
+        clock = self._clock()
+        fields = self.fields
+        for name in self.tracking:
+            f = fields[name]
+            if (f[3] if type(f) is LwwField else f[2]) is not clock:
+                fields[name] = _with_clock(f, clock)
+        receipts = self.receipts
+        return _tuple_new(
+            RecordState, (self.stream, MappingProxyType(fields), clock, Receipts(receipts, len(receipts), self.stream))
+        )
+
+
+def _with_clock(f: Any, clock: VectorClock) -> Any:
+    if type(f) is LwwField:
+        return _tuple_new(LwwField, (f[0], f[1], f[2], clock))
+    return _tuple_new(MergeField, (f[0], f[1], clock, f[3]))
+
+
+_HLC_FULLMATCH = _HLC_TEXT.fullmatch
+_clock_from_dict = VectorClock.from_dict
+_NONE: dict = {}
+_LWW = Strategy.LWW
+_MERGE = Strategy.MERGE
