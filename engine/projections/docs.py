@@ -1,10 +1,54 @@
 """Documents as a projection: the pycrdt documents of every ``doc/`` stream."""
 from __future__ import annotations
 
-from ..doc_history import DocsState, apply_doc_event, apply_doc_events
-from ..documents import CRDT_UPDATE, DOC_STREAM_PREFIX
+from typing import Sequence
+
+from ..doc_history import DocsState, apply_doc_event
+from ..documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
+from ..events import RecordedEvent
 from ..filters import EventFilter
 from . import Projection
+
+
+def apply_doc_runs(state: DocsState, events: Sequence[RecordedEvent]) -> DocsState:
+    """``doc_history.apply_doc_events`` (the same documents, and the same checkpoint if
+    an update fails to decode part way), with each run of consecutive updates to one
+    document applied in one ``Document.apply_events`` call: one yrs transaction per run
+    instead of one per update. Keystrokes come in runs (a client sends a few at once)."""
+    docs = state.docs
+    pos = state.position
+    # (document key, its run of updates), or (None, [other events]), in log order
+    runs: list[tuple[tuple[str, str] | None, list[RecordedEvent]]] = []
+    run_key: object = 0  # no key
+    run: list[RecordedEvent] = []
+    for e in events:
+        if e.position <= pos:
+            continue
+        key = (e.tenant, e.stream) if e.type == CRDT_UPDATE and e.stream.startswith(DOC_STREAM_PREFIX) else None
+        if key != run_key:
+            run = []
+            runs.append((key, run))
+            run_key = key
+        run.append(e)
+    try:
+        for key, run in runs:
+            if key is not None:
+                doc = docs.get(key)
+                if doc is None:
+                    doc = docs[key] = Document(key[1])
+                before = doc.tail_events
+                try:
+                    doc.apply_events(run)
+                except BaseException:
+                    # The checkpoint is the last update applied (each one counts in tail_events).
+                    applied = doc.tail_events - before
+                    if applied:
+                        pos = run[applied - 1].position
+                    raise
+            pos = run[-1].position
+    finally:
+        state.position = pos
+    return state
 
 
 def documents_projection() -> Projection[DocsState]:
@@ -13,5 +57,5 @@ def documents_projection() -> Projection[DocsState]:
         DocsState,
         apply_doc_event,
         EventFilter(stream_prefixes=(DOC_STREAM_PREFIX,), types=(CRDT_UPDATE,)),
-        apply_doc_events,
+        apply_doc_runs,
     )
