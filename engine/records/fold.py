@@ -37,9 +37,11 @@ class Receipts(Mapping):
     tuples of strings only, which the garbage collector stops tracking after its first
     look (an ``Outcome`` holds an ``OutcomeKind``, which it tracks forever). A rebuild
     keeps one receipt per op ever accepted, and rescanning them all in every full
-    collection cost more than the fold itself. The ``Outcome`` is built when asked for,
-    equal to the one the event carried. An outcome that does not fit that form (none
-    does today) is kept as ``(index, outcome)``."""
+    collection cost more than the fold itself. Most outcomes name no conflict and no
+    field: their entry is the int ``index << 3 | kind code`` (see ``_receipt``), no
+    tuple to build, and a dict of ints the collector never tracks. The ``Outcome`` is
+    built when asked for, equal to the one the event carried. An outcome that does not
+    fit those forms (none does today) is kept as ``(index, outcome)``."""
 
     __slots__ = ("_d", "_n", "_stream")
 
@@ -48,24 +50,28 @@ class Receipts(Mapping):
         self._n = n
         self._stream = stream
 
-    def _outcome(self, op_id: str, e: tuple) -> Outcome:
+    def _outcome(self, op_id: str, e: int | tuple) -> Outcome:
+        if type(e) is int:
+            return _tuple_new(Outcome, (_KINDS[e & 7], op_id, self._stream, (), (), (), None, "", None))
         if len(e) == 2:
             return e[1]
         return _tuple_new(Outcome, (_KIND_BY_NAME[e[1]], op_id, self._stream, e[2], e[3], e[4], None, "", None))
 
     def __getitem__(self, op_id: str) -> Outcome:
         e = self._d[op_id]
-        if e[0] < self._n:
+        if (e >> 3 if type(e) is int else e[0]) < self._n:
             return self._outcome(op_id, e)
         raise KeyError(op_id)
 
     def get(self, op_id: str, default: Any = None) -> Any:
         e = self._d.get(op_id)
-        return self._outcome(op_id, e) if e is not None and e[0] < self._n else default
+        if e is None or (e >> 3 if type(e) is int else e[0]) >= self._n:
+            return default
+        return self._outcome(op_id, e)
 
     def __contains__(self, op_id: object) -> bool:
         e = self._d.get(op_id)  # type: ignore[call-overload]
-        return e is not None and e[0] < self._n
+        return e is not None and (e >> 3 if type(e) is int else e[0]) < self._n
 
     def __len__(self) -> int:
         return self._n
@@ -89,11 +95,20 @@ _tuple_new = tuple.__new__
 _KIND_BY_NAME = {k.value: k for k in OutcomeKind}
 _KIND_NAME = {k: k.value for k in OutcomeKind}
 _KIND_VALUE = {k.value: k.value for k in OutcomeKind}  # the shared name strings
+_KINDS = tuple(OutcomeKind)  # by kind code (fewer than 8)
+_KIND_CODE = {k.value: i for i, k in enumerate(_KINDS)}  # by name (and by kind: a StrEnum)
 
 
-def _entry(index: int, o: Outcome, stream: str) -> tuple:
+def _receipt(index: int, kname: str, conflicts: tuple, resolved: tuple, superseded: tuple) -> int | tuple:
+    """A receipt entry (see Receipts): an int when the outcome names nothing."""
+    if conflicts or resolved or superseded:
+        return (index, kname, conflicts, resolved, superseded)
+    return index << 3 | _KIND_CODE[kname]
+
+
+def _entry(index: int, o: Outcome, stream: str) -> int | tuple:
     if o[6] is None and not o[7] and o[8] is None and o[2] == stream and type(o[0]) is OutcomeKind:
-        return (index, _KIND_NAME[o[0]], o[3], o[4], o[5])
+        return _receipt(index, _KIND_NAME[o[0]], o[3], o[4], o[5])
     return (index, o)
 
 
@@ -158,15 +173,9 @@ def fold_record_events(
         lww = data.get("lww")
         merges = data.get("merge")
         o = data["outcome"]
-        kname = _KIND_VALUE.get(o["kind"])
-        if kname is None:
+        kcode = _KIND_CODE.get(o["kind"])
+        if kcode is None:
             OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
-        if len(o) == 1:
-            conflicts = resolved = superseded = ()
-        else:
-            conflicts = tuple(o.get("conflicts", ()))
-            resolved = tuple(o.get("resolved", ()))
-            superseded = tuple(o.get("superseded", ()))
         receipts = w.receipts
         if op_id in receipts:
             continue  # an op is in the log once; tolerate a replayed copy all the same
@@ -188,7 +197,7 @@ def fold_record_events(
                     continue
                 if name in tracking:
                     new_clock = None
-                elif newer:
+                elif newer or (old[3] is w.base and w.c is None):
                     tracking.add(name)
                     new_clock = None
                 else:
@@ -219,7 +228,7 @@ def fold_record_events(
                     continue
                 if name in tracking:
                     new_clock = None
-                elif newer:
+                elif newer or (old[2] is w.base and w.c is None):
                     tracking.add(name)
                     new_clock = None
                 else:
@@ -237,7 +246,13 @@ def fold_record_events(
                 lww, merges = lww or _NONE, merges or _NONE
                 w.settle([n for n in tracking if n not in lww and n not in merges])
             w.add(opclock)
-        receipts[op_id] = (len(receipts), kname, conflicts, resolved, superseded)
+        if len(o) == 1:
+            receipts[op_id] = len(receipts) << 3 | kcode
+        else:
+            receipts[op_id] = _receipt(
+                len(receipts), _KIND_VALUE[o["kind"]], tuple(o.get("conflicts", ())), tuple(o.get("resolved", ())),
+                tuple(o.get("superseded", ())),
+            )
     if not work:
         return state
     records = copy_mapping(state.records)
@@ -273,7 +288,7 @@ def _fold_generic(w: _Work, ev: RecordedEvent, data: Any, reg: MergeRegistry, sh
     apply_changes(w.fields, w.stream, stamp, changes, reg, newer)
     if not covered:
         w.add(stamp[4])
-    receipts[op_id] = (len(receipts), kname, conflicts, resolved, superseded)
+    receipts[op_id] = _receipt(len(receipts), kname, conflicts, resolved, superseded)
 
 
 class _Work:
@@ -289,9 +304,10 @@ class _Work:
     tuple's clock slot is stale): their clock is the record clock, whatever it
     becomes. A tracking field that an op does not write leaves the set, with the
     record clock as it was before that op (``settle``); ``result`` gives the others
-    the final record clock. A field starts tracking when its clock is the record
-    clock object (as a fold leaves it), or when an op whose clock covers the record
-    clock writes it (its clock is then the op's, which is the new record clock)."""
+    the final record clock. An op writing a field makes it tracking when the field's
+    clock is the record clock object while that has not changed (``base`` with no
+    ``c``: as a fold leaves its fields), or when the op's clock covers the record
+    clock (the field's clock is then the op's, which is the new record clock)."""
 
     __slots__ = ("stream", "fields", "receipts", "base", "c", "tracking")
 
@@ -304,13 +320,10 @@ class _Work:
             self.receipts: dict[str, tuple] = {}
             self.tracking: set[str] = set()
             return
-        fields = self.fields = copy_mapping(rec[1])
-        base = self.base = rec[2]
+        self.fields = copy_mapping(rec[1])
+        self.base = rec[2]
         self.receipts = _extendable(rec[3], stream)
-        self.tracking = {
-            name for name, f in fields.items()
-            if (f[3] is base if type(f) is LwwField else type(f) is MergeField and f[2] is base)
-        }
+        self.tracking = set()
 
     def relation(self, clock: VectorClock) -> tuple[bool, bool]:
         """(covered, newer): whether the record clock covers ``clock`` (it does not
@@ -377,8 +390,12 @@ class _Work:
         fields = self.fields
         for name in self.tracking:
             f = fields[name]
-            if (f[3] if type(f) is LwwField else f[2]) is not clock:
-                fields[name] = _with_clock(f, clock)
+            # (_with_clock, inline: one or two per record per batch)
+            if type(f) is LwwField:
+                if f[3] is not clock:
+                    fields[name] = _tuple_new(LwwField, (f[0], f[1], f[2], clock))
+            elif f[2] is not clock:
+                fields[name] = _tuple_new(MergeField, (f[0], f[1], clock, f[3]))
         receipts = self.receipts
         return _tuple_new(
             RecordState, (self.stream, MappingProxyType(fields), clock, Receipts(receipts, len(receipts), self.stream))
