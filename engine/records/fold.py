@@ -181,7 +181,10 @@ def fold_record_events(
             continue  # an op is in the log once; tolerate a replayed copy all the same
 
         # -- apply (apply_changes's LWW and merge cases; see _Work for ``tracking``)
-        covered, newer = w.relation(opclock)
+        # The record clock first: ``same`` is it before this op, when that is an object
+        # (a field whose clock is it is tracking it); ``newer``: the op's clock covers it.
+        same = w.base if w.c is None else None
+        newer = w.advance(opclock, lww, merges)
         fields, tracking = w.fields, w.tracking
         wall = hlc[0]
         if lww:
@@ -197,7 +200,7 @@ def fold_record_events(
                     continue
                 if name in tracking:
                     new_clock = None
-                elif newer or (old[3] is w.base and w.c is None):
+                elif newer or old[3] is same:
                     tracking.add(name)
                     new_clock = None
                 else:
@@ -228,7 +231,7 @@ def fold_record_events(
                     continue
                 if name in tracking:
                     new_clock = None
-                elif newer or (old[2] is w.base and w.c is None):
+                elif newer or old[2] is same:
                     tracking.add(name)
                     new_clock = None
                 else:
@@ -239,13 +242,6 @@ def fold_record_events(
                 acc = value if acc is NO_INITIAL else mf.fn(acc, value)
                 wins = wall > ow if wall != ow else stamp.rank > old_stamp.rank
                 fields[name] = _tuple_new(MergeField, (mf.name, acc, new_clock, stamp if wins else old_stamp))
-        if not covered:
-            if tracking:
-                # A field tracking the record clock that this op did not write keeps the
-                # record clock as it was before the op.
-                lww, merges = lww or _NONE, merges or _NONE
-                w.settle([n for n in tracking if n not in lww and n not in merges])
-            w.add(opclock)
         if len(o) == 1:
             receipts[op_id] = len(receipts) << 3 | kcode
         else:
@@ -320,10 +316,53 @@ class _Work:
             self.receipts: dict[str, tuple] = {}
             self.tracking: set[str] = set()
             return
-        self.fields = copy_mapping(rec[1])
+        # (copy_mapping's and _extendable's usual cases, inline: once per record per batch)
+        fields = rec[1]
+        fields = fields.copy() if type(fields) is MappingProxyType else copy_mapping(fields)
+        self.fields = fields if type(fields) is dict else dict(fields)
         self.base = rec[2]
-        self.receipts = _extendable(rec[3], stream)
+        r = rec[3]
+        self.receipts = r._tip() if type(r) is Receipts and r._stream == stream else _extendable(r, stream)
         self.tracking = set()
+
+    def advance(self, clock: VectorClock, lww: Any, merges: Any) -> bool:
+        """Merge the clock of an op writing the fields of ``lww`` and ``merges`` (and no
+        other) into the record clock, before the op's fields are applied; returns
+        whether ``clock`` covers the record clock as it was (``newer``).
+
+        A field tracking the record clock that the op does not write keeps the record
+        clock as it was before the op (settled here). One the op writes through
+        ``apply_one`` (a strategy change) is settled there, after: its clock becomes the
+        merge of the old record clock and the op's, which is the new record clock."""
+        c = self.c
+        if c is None:
+            c = self.base._c
+        b = clock._c
+        for node, n in b.items():
+            if n > c.get(node, 0):
+                break
+        else:  # covered: the record clock does not change
+            return b == c  # (covered both ways: equal)
+        newer = len(b) >= len(c)
+        if newer:
+            for node, n in c.items():
+                if n > b.get(node, 0):
+                    newer = False
+                    break
+        tracking = self.tracking
+        if tracking:
+            lww, merges = lww or _NONE, merges or _NONE
+            unwritten = [n for n in tracking if n not in lww and n not in merges]
+            if unwritten:
+                self.settle(unwritten)
+        c = self.c
+        if c is None:
+            c = self.c = self.base._c.copy()
+        get = c.get
+        for node, n in b.items():
+            if n > get(node, 0):
+                c[node] = n
+        return newer
 
     def relation(self, clock: VectorClock) -> tuple[bool, bool]:
         """(covered, newer): whether the record clock covers ``clock`` (it does not
@@ -380,7 +419,10 @@ class _Work:
             tracking.discard(name)
 
     def apply_one(self, name: str, stamp: Stamp, change: tuple, reg: MergeRegistry, newer: bool) -> None:
-        """One field through ``apply_changes`` (a field changing strategy)."""
+        """One field through ``apply_changes`` (a field changing strategy), after
+        ``advance``. A tracking field's clock was the old record clock: it is given the
+        new one, which covers the op's clock, so that apply_changes computes the same
+        new field clock from it (the merge of the two is the new record clock)."""
         if name in self.tracking:
             self.settle([name])
         apply_changes(self.fields, self.stream, stamp, (change,), reg, newer)
