@@ -31,13 +31,18 @@ def apply_stats_event(state: dict[tuple[str, str], StreamStat], e: RecordedEvent
 
 
 def apply_stats_events(state: dict[tuple[str, str], StreamStat], events: Sequence[RecordedEvent]) -> dict:
-    """``apply_stats_event`` over a page, in one loop (the same result)."""
+    """``apply_stats_event`` over a page, in one loop (the same result). A stream's events
+    come in runs (an append is consecutive in the log): the stat is looked up once per run."""
     get = state.get
+    st = None
+    tenant = stream = None
     for e in events:
-        key = (e.tenant, e.stream)
-        st = get(key)
-        if st is None:
-            st = state[key] = StreamStat(first_position=e.position)
+        if e.stream != stream or e.tenant != tenant:
+            stream, tenant = e.stream, e.tenant
+            key = (tenant, stream)
+            st = get(key)
+            if st is None:
+                st = state[key] = StreamStat(first_position=e.position)
         st.events += 1
         st.version = e.version
         st.last_position = e.position

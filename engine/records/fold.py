@@ -12,7 +12,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
-from ..clocks import _HLC_TEXT, EMPTY_CLOCK, HLCTimestamp, VectorClock
+from ..clocks import _HLC_TEXT, COUNTER_MAX, EMPTY_CLOCK, HLCTimestamp, VectorClock, _new_object, _set_c, _set_hash, _set_sorted
 from ..events import RecordedEvent
 from .config import Strategy
 from .kernel import apply_changes
@@ -168,7 +168,20 @@ def fold_record_events(
                 hlc = HLCTimestamp.decode(text)
         else:
             hlc = HLCTimestamp.decode(text)
-        opclock = _clock_from_dict(data["vc"])
+        vc = data["vc"]
+        if type(vc) is dict and len(vc) == 1:
+            # (VectorClock.from_dict's fast path, inline, for the usual clock of one node:
+            # its checks, then the clock made without a frame)
+            ((node, n),) = vc.items()
+            if type(node) is str and node and type(n) is int and 0 < n <= COUNTER_MAX:
+                opclock = _new_object(VectorClock)
+                _set_c(opclock, {node: n})
+                _set_hash(opclock, None)
+                _set_sorted(opclock, True)
+            else:
+                opclock = _clock_from_dict(vc)
+        else:
+            opclock = _clock_from_dict(vc)
         stamp = _tuple_new(Stamp, (op_id, client, user, hlc, opclock))
         lww = data.get("lww")
         merges = data.get("merge")
