@@ -14,8 +14,13 @@ RecordsByTenant = dict[str, RecordsState]
 def records_projection(registry: MergeRegistry | None = None) -> Projection[RecordsByTenant]:
     def apply_many(state: RecordsByTenant, events: Sequence[RecordedEvent]) -> RecordsByTenant:
         by_tenant: dict[str, list[RecordedEvent]] = {}
+        get = by_tenant.get
         for e in events:
-            by_tenant.setdefault(e.tenant, []).append(e)
+            evs = get(e.tenant)
+            if evs is None:  # (not setdefault: that builds an empty list per event)
+                by_tenant[e.tenant] = [e]
+            else:
+                evs.append(e)
         for tenant, evs in by_tenant.items():
             state[tenant] = fold_record_events(state.get(tenant, RecordsState()), evs, registry)
         return state

@@ -441,7 +441,16 @@ class _Work:
         apply_changes(self.fields, self.stream, stamp, (change,), reg, newer)
 
     def result(self) -> RecordState:
-        clock = self._clock()
+        c = self.c
+        if c is None:
+            clock = self.base
+        else:
+            # (_clock, inline: once per record per batch; see ClockMerger.result for the order)
+            base = self.base
+            clock = _new_object(VectorClock)
+            _set_c(clock, c)
+            _set_hash(clock, None)
+            _set_sorted(clock, base._sorted and len(c) == len(base._c))
         fields = self.fields
         for name in self.tracking:
             f = fields[name]
