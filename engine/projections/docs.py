@@ -19,16 +19,20 @@ def apply_doc_runs(state: DocsState, events: Sequence[RecordedEvent]) -> DocsSta
     pos = state.position
     # (document key, its run of updates), or (None, [other events]), in log order
     runs: list[tuple[tuple[str, str] | None, list[RecordedEvent]]] = []
-    run_key: object = 0  # no key
     run: list[RecordedEvent] = []
+    tenant = stream = None  # the current run's document (None: a run of other events, or none yet)
     for e in events:
         if e.position <= pos:
             continue
-        key = (e.tenant, e.stream) if e.type == CRDT_UPDATE and e.stream.startswith(DOC_STREAM_PREFIX) else None
-        if key != run_key:
+        if e.type == CRDT_UPDATE and e.stream.startswith(DOC_STREAM_PREFIX):
+            if e.stream != stream or e.tenant != tenant or not run:
+                tenant, stream = e.tenant, e.stream
+                run = []
+                runs.append(((tenant, stream), run))
+        elif stream is not None or not run:
+            tenant = stream = None
             run = []
-            runs.append((key, run))
-            run_key = key
+            runs.append((None, run))
         run.append(e)
     try:
         for key, run in runs:
