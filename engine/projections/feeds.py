@@ -53,22 +53,31 @@ def apply_feed_event(state: FeedsState, e: RecordedEvent) -> FeedsState:
 
 
 def apply_feed_events(state: FeedsState, events: Sequence[RecordedEvent]) -> FeedsState:
-    """``apply_feed_event`` over a page, in one loop (the same result)."""
+    """``apply_feed_event`` over a page, in one loop (the same result). An actor's events
+    often come in runs (an append is consecutive in the log, and the store shares one
+    Actor object per user and client): the user's feed is looked up once per run."""
     keep, by_user, by_room = state.keep, state.by_user, state.by_room
+    actor = tenant = user_feed = None
     for e in events:
         stream = e.stream
-        if stream[:1] == "$":
+        first = stream[:1]
+        if first == "$":
             continue
-        user = e.actor.user
-        item = (e.position, e.time_us, e.type, stream, user)
-        if user:
-            key = (e.tenant, user)
-            feed = by_user.get(key)
-            if feed is None:
-                feed = by_user[key] = deque(maxlen=keep)
-            feed.append(item)
-        if stream.startswith("room/"):
-            key = (e.tenant, stream.split("/", 2)[1])
+        if e.actor is not actor or e.tenant != tenant:
+            actor, tenant = e.actor, e.tenant
+            user = actor.user
+            if user:
+                key = (tenant, user)
+                user_feed = by_user.get(key)
+                if user_feed is None:
+                    user_feed = by_user[key] = deque(maxlen=keep)
+            else:
+                user_feed = None
+        item = (e.position, e.time_us, e.type, stream, actor.user)
+        if user_feed is not None:
+            user_feed.append(item)
+        if first == "r" and stream.startswith("room/"):
+            key = (tenant, stream.split("/", 2)[1])
             feed = by_room.get(key)
             if feed is None:
                 feed = by_room[key] = deque(maxlen=keep)
