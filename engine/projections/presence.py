@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from ..events import RecordedEvent
 from ..filters import EventFilter
@@ -56,10 +56,43 @@ def apply_presence_event(state: PresenceState, e: RecordedEvent) -> PresenceStat
     return state
 
 
+def apply_presence_events(state: PresenceState, events: Sequence[RecordedEvent]) -> PresenceState:
+    """``apply_presence_event`` over a page, in one loop (the same result)."""
+    keep, history, present = state.keep, state.history, state.present
+    for e in events:
+        stream, type_ = e.stream, e.type
+        if not stream.startswith("room/") or (type_ != JOINED and type_ != LEFT):
+            continue
+        user = e.actor.user
+        if not user:
+            data = e.data
+            user = data.get("user", "") if isinstance(data, dict) else ""
+        key = (e.tenant, stream.split("/", 2)[1])
+        hist = history.get(key)
+        if hist is None:
+            hist = history[key] = deque(maxlen=keep)
+        joined = type_ == JOINED
+        hist.append(_new_change(PresenceChange, (e.position, e.time_us, user, "joined" if joined else "left")))
+        here = present.get(key)
+        if here is None:
+            here = present[key] = {}
+        if joined:
+            here[user] = here.get(user, 0) + 1
+        elif here.get(user, 0) > 1:
+            here[user] -= 1
+        else:
+            here.pop(user, None)
+    return state
+
+
+_new_change = tuple.__new__  # (PresenceChange without the frame of its generated __new__)
+
+
 def presence_projection(keep: int = 1000) -> Projection[PresenceState]:
     return Projection(
         "presence",
         lambda: PresenceState(keep),
         apply_presence_event,
         EventFilter(stream_prefixes=("room/",), types=(JOINED, LEFT)),
+        apply_presence_events,
     )
