@@ -152,7 +152,7 @@ def fold_record_events(
         if w is None:
             w = work[stream] = _Work(get_record(stream), stream)
         data = ev.data
-        if shared_decode or data.get("manual") or data.get("deleted"):
+        if shared_decode or type(data) is not dict or data.get("manual") or data.get("deleted"):
             _fold_generic(w, ev, data, reg, shared_decode)
             continue
 
