@@ -172,16 +172,18 @@ def fold_record_events(
         if type(vc) is dict and len(vc) == 1:
             # (VectorClock.from_dict's fast path, inline, for the usual clock of one node:
             # its checks, then the clock made without a frame)
-            ((node, n),) = vc.items()
-            if type(node) is str and node and type(n) is int and 0 < n <= COUNTER_MAX:
+            ((one, tick),) = vc.items()
+            if type(one) is str and one and type(tick) is int and 0 < tick <= COUNTER_MAX:
                 opclock = _new_object(VectorClock)
-                _set_c(opclock, {node: n})
+                _set_c(opclock, {one: tick})
                 _set_hash(opclock, None)
                 _set_sorted(opclock, True)
             else:
                 opclock = _clock_from_dict(vc)
+                one = None
         else:
             opclock = _clock_from_dict(vc)
+            one = None
         stamp = _tuple_new(Stamp, (op_id, client, user, hlc, opclock))
         lww = data.get("lww")
         merges = data.get("merge")
@@ -196,8 +198,34 @@ def fold_record_events(
         # -- apply (apply_changes's LWW and merge cases; see _Work for ``tracking``)
         # The record clock first: ``same`` is it before this op, when that is an object
         # (a field whose clock is it is tracking it); ``newer``: the op's clock covers it.
-        same = w.base if w.c is None else None
-        newer = w.advance(opclock, lww, merges)
+        c = w.c
+        if c is None:
+            same = w.base
+            rc = same._c
+        else:
+            same = None
+            rc = c
+        if one is not None and len(rc) > 1:
+            # (advance, inline, for its usual case: an op clock of one node and a record
+            # clock of more, which the op clock cannot cover: ``newer`` is false)
+            if tick > rc.get(one, 0):  # the record clock moves: unwritten tracking fields settle
+                if w.tracking:
+                    unwritten = None
+                    for t in w.tracking:
+                        if (lww is None or t not in lww) and (merges is None or t not in merges):
+                            if unwritten is None:
+                                unwritten = [t]
+                            else:
+                                unwritten.append(t)
+                    if unwritten is not None:
+                        w.settle(unwritten)
+                        c = w.c
+                if c is None:
+                    c = w.c = w.base._c.copy()
+                c[one] = tick
+            newer = False
+        else:
+            newer = w.advance(opclock, lww, merges)
         fields, tracking = w.fields, w.tracking
         wall = hlc[0]
         if lww:

@@ -127,3 +127,32 @@ def test_document_runs_fold_like_one_update_at_a_time(seed, broken, page):
         assert _summary(one) == _summary(runs)
         if err_one is not None:
             break
+
+
+def test_record_fold_settles_an_unwritten_field_when_a_one_node_op_moves_a_wider_record_clock():
+    """The fold's inline clock advance (a one-node op clock, a record clock of several
+    nodes): a field tracking the record clock that the op does not write keeps the
+    record clock as it was before the op, in every cut of the log into batches."""
+    from engine.clocks import HLCTimestamp, VectorClock
+    from engine.records import ClientOp
+
+    cfg = ResolutionConfig({"tasks": CollectionPolicy(fields={"title": LWW, "points": merged("counter")})})
+
+    def op(i: int, client: str, tick: int, **set_) -> ClientOp:
+        return ClientOp(
+            op_id=f"{client}-{tick}", client=client, user="u", stream="rec/tasks/1",
+            clock=VectorClock({client: tick}), hlc=HLCTimestamp(1_700_000_000_000 + i, 0, client), set=set_,
+        )
+
+    ops = [
+        op(1, "c1", 1, title="a", points=1),
+        op(2, "c2", 1, title="b", points=1),  # concurrent: the record clock has two nodes
+        op(3, "c3", 1, title="c"),  # moves the record clock; points is not written
+        op(4, "c1", 2, points=2),  # and title is not written
+        op(5, "c2", 2, title="d", points=1),
+    ]
+    state, events, _ = reconcile(RecordsState(), ops, cfg)
+    log = recorded(events)
+    for cut in range(len(log) + 1):
+        folded = fold_record_events(fold_record_events(RecordsState(), log[:cut]), log[cut:])
+        assert _plain(folded) == _plain(state), cut
