@@ -150,7 +150,7 @@ def fold_record_events(
         stream = ev.stream
         w = get_work(stream)
         if w is None:
-            w = work[stream] = _Work(get_record(stream), stream)
+            w = work[stream] = _new_work(get_record(stream), stream)
         data = ev.data
         if shared_decode or type(data) is not dict or data.get("manual") or data.get("deleted"):
             _fold_generic(w, ev, data, reg, shared_decode)
@@ -488,10 +488,34 @@ class _Work:
                     fields[name] = _tuple_new(LwwField, (f[0], f[1], f[2], clock))
             elif f[2] is not clock:
                 fields[name] = _tuple_new(MergeField, (f[0], f[1], clock, f[3]))
+        # (Receipts(...) without its __init__ frame: once per record per batch)
         receipts = self.receipts
-        return _tuple_new(
-            RecordState, (self.stream, MappingProxyType(fields), clock, Receipts(receipts, len(receipts), self.stream))
-        )
+        view = _new_object(Receipts)
+        view._d = receipts
+        view._n = len(receipts)
+        view._stream = self.stream
+        return _tuple_new(RecordState, (self.stream, MappingProxyType(fields), clock, view))
+
+
+def _new_work(rec: RecordState | None, stream: str) -> _Work:
+    """``_Work(rec, stream)``, once per record per batch, for its usual cases: a plain
+    function call is cheaper than a class call, which runs ``__init__`` in a new frame."""
+    if rec is None:
+        return _Work(rec, stream)
+    r = rec[3]
+    if type(r) is not Receipts or r._stream != stream:
+        return _Work(rec, stream)
+    w = _new_object(_Work)
+    w.stream = stream
+    w.c = None
+    fields = rec[1]
+    fields = fields.copy() if type(fields) is MappingProxyType else copy_mapping(fields)
+    w.fields = fields if type(fields) is dict else dict(fields)
+    w.base = rec[2]
+    d = r._d
+    w.receipts = d if len(d) == r._n else r._tip()
+    w.tracking = set()
+    return w
 
 
 def _with_clock(f: Any, clock: VectorClock) -> Any:
