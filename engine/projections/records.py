@@ -13,14 +13,20 @@ RecordsByTenant = dict[str, RecordsState]
 
 def records_projection(registry: MergeRegistry | None = None) -> Projection[RecordsByTenant]:
     def apply_many(state: RecordsByTenant, events: Sequence[RecordedEvent]) -> RecordsByTenant:
+        # A tenant's events come in runs (an append is consecutive in the log): its
+        # list is looked up once per run, not once per event.
         by_tenant: dict[str, list[RecordedEvent]] = {}
         get = by_tenant.get
+        tenant = None
+        append = None
         for e in events:
-            evs = get(e.tenant)
-            if evs is None:  # (not setdefault: that builds an empty list per event)
-                by_tenant[e.tenant] = [e]
-            else:
-                evs.append(e)
+            if e.tenant != tenant:
+                tenant = e.tenant
+                evs = get(tenant)
+                if evs is None:
+                    evs = by_tenant[tenant] = []
+                append = evs.append
+            append(e)
         for tenant, evs in by_tenant.items():
             state[tenant] = fold_record_events(state.get(tenant, RecordsState()), evs, registry)
         return state
