@@ -207,7 +207,8 @@ def fold_record_events(
             rc = c
         if one is not None and len(rc) > 1:
             # (advance, inline, for its usual case: an op clock of one node and a record
-            # clock of more, which the op clock cannot cover: ``newer`` is false)
+            # clock of more, which the op clock cannot cover, clocks holding no zero
+            # counters: ``newer`` is false. The same steps as advance otherwise.)
             if tick > rc.get(one, 0):  # the record clock moves: unwritten tracking fields settle
                 if w.tracking:
                     unwritten = None
@@ -513,7 +514,7 @@ def _new_work(rec: RecordState | None, stream: str) -> _Work:
     w.fields = fields if type(fields) is dict else dict(fields)
     w.base = rec[2]
     d = r._d
-    w.receipts = d if len(d) == r._n else r._tip()
+    w.receipts = d if len(d) == r._n else r._tip()  # (_tip's usual case inline: the newest view)
     w.tracking = set()
     return w
 
