@@ -7,6 +7,7 @@ hands the job back to SQLite."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 from engine.events import NewEvent
@@ -41,9 +42,7 @@ async def test_appends_are_checkpointed_in_the_background(sqlite_url):
 def test_a_checkpointer_that_cannot_open_the_file_says_so(tmp_path):
     cp = WalCheckpointer(str(tmp_path / "no" / "such" / "dir" / "x.db"), interval_s=0.01)
     try:
-        deadline = time.monotonic() + 5
-        while cp._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        cp._thread.join(timeout=5)  # it gives up at once: the directory does not exist
         assert cp.committed() is False
     finally:
         cp.close()
@@ -69,9 +68,18 @@ def test_close_while_a_round_is_waiting_returns_at_once(tmp_path):
     """close() during the gathering pause must stop the thread, not leave it waiting."""
     path = str(tmp_path / "x.db")
     sqlite3.connect(path).close()
-    cp = WalCheckpointer(path, interval_s=0.5)
-    cp.committed()  # the thread is now in its pause before a round
-    time.sleep(0.05)
+    cp = WalCheckpointer(path, interval_s=5)
+    in_pause = threading.Event()
+
+    class NotedStop(threading.Event):
+        def wait(self, timeout=None):
+            if timeout is not None:
+                in_pause.set()  # the thread is in its pause before a round
+            return super().wait(timeout)
+
+    cp._stop = NotedStop()  # before the first commit: the thread has not used it yet
+    cp.committed()
+    assert in_pause.wait(5)
     t0 = time.monotonic()
     cp.close()
     assert time.monotonic() - t0 < 2
