@@ -21,7 +21,7 @@ from engine.records import (
     reconcile,
 )
 from engine.records import payloads
-from engine.records.fold import Receipts
+from engine.records.receipts import Receipts
 
 S = "rec/notes/1"
 CFG = ResolutionConfig({"notes": CollectionPolicy(fields={"title": LWW, "likes": merged("counter"),
