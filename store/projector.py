@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any, Sequence
 
 from engine.events import RecordedEvent
+from engine.gcpause import collector_paused
 from engine.projections import Projection
 
 
@@ -45,15 +45,9 @@ class Projector:
         # synchronous (nothing else on this event loop runs meanwhile) and the
         # collector runs again right after it, so anything cyclic made meanwhile is
         # collected as usual. (If it was already off, it is left off.)
-        paused = gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
+        with collector_paused():
             for p in self.projections:
                 self.states[p.name] = p.fold(events, self.states[p.name])
-        finally:
-            if paused:
-                gc.enable()
 
     async def catch_up(self, until: int | None = None) -> int:
         """Fold everything committed so far (or up to ``until``); returns the checkpoint.
