@@ -12,7 +12,6 @@ from typing import NamedTuple, Sequence
 from ..events import RecordedEvent
 from ..filters import EventFilter
 from . import Projection
-from .feeds import room_of
 
 JOINED = "presence.joined"
 LEFT = "presence.left"
@@ -36,28 +35,11 @@ class PresenceState:
 
 
 def apply_presence_event(state: PresenceState, e: RecordedEvent) -> PresenceState:
-    room = room_of(e.stream)
-    if room is None or e.type not in (JOINED, LEFT):
-        return state
-    user = e.actor.user or (e.data.get("user", "") if isinstance(e.data, dict) else "")
-    key = (e.tenant, room)
-    hist = state.history.get(key)
-    if hist is None:
-        hist = state.history[key] = deque(maxlen=state.keep)
-    kind = "joined" if e.type == JOINED else "left"
-    hist.append(PresenceChange(e.position, e.time_us, user, kind))
-    here = state.present.setdefault(key, {})
-    if kind == "joined":
-        here[user] = here.get(user, 0) + 1
-    elif here.get(user, 0) > 1:
-        here[user] -= 1
-    else:
-        here.pop(user, None)
-    return state
+    return apply_presence_events(state, (e,))
 
 
 def apply_presence_events(state: PresenceState, events: Sequence[RecordedEvent]) -> PresenceState:
-    """``apply_presence_event`` over a page, in one loop (the same result)."""
+    """Joins and leaves of ``room/<id>`` streams (see ``feeds.room_of``) over a page, in one loop."""
     keep, history, present = state.keep, state.history, state.present
     for e in events:
         stream, type_ = e.stream, e.type

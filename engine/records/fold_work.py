@@ -61,34 +61,16 @@ class _Work:
         clock as it was before the op (settled here). One the op writes through
         ``apply_one`` (a strategy change) is settled there, after: its clock becomes the
         merge of the old record clock and the op's, which is the new record clock."""
-        c = self.c
-        if c is None:
-            c = self.base._c
-        b = clock._c
-        for node, n in b.items():
-            if n > c.get(node, 0):
-                break
-        else:  # covered: the record clock does not change
-            return b == c  # (covered both ways: equal)
-        newer = len(b) >= len(c)
-        if newer:
-            for node, n in c.items():
-                if n > b.get(node, 0):
-                    newer = False
-                    break
+        covered, newer = self.relation(clock)
+        if covered:  # the record clock does not change
+            return newer
         tracking = self.tracking
         if tracking:
             lww, merges = lww or _NONE, merges or _NONE
             unwritten = [n for n in tracking if n not in lww and n not in merges]
             if unwritten:
                 self.settle(unwritten)
-        c = self.c
-        if c is None:
-            c = self.c = self.base._c.copy()
-        get = c.get
-        for node, n in b.items():
-            if n > get(node, 0):
-                c[node] = n
+        self.add(clock)
         return newer
 
     def relation(self, clock: VectorClock) -> tuple[bool, bool]:
