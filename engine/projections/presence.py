@@ -18,8 +18,7 @@ LEFT = "presence.left"
 
 
 class PresenceChange(NamedTuple):
-    """Immutable; a NamedTuple of ints and strings, untracked by the garbage collector
-    once it has looked at it (see FeedItem)."""
+    """One join or leave, as ``changes`` returns it."""
 
     position: int
     time_us: int
@@ -29,6 +28,14 @@ class PresenceChange(NamedTuple):
 
 @dataclass(slots=True)
 class PresenceState:
+    """Per (tenant, room): the last ``keep`` joins and leaves, oldest first, and who is
+    there now with their count of open joins.
+
+    The history holds plain ``(position, time_us, user, kind)`` tuples, PresenceChange's
+    fields: the garbage collector stops tracking a plain tuple of ints and strings after
+    its first look, not a tuple subclass (see ``feeds.FeedsState``). ``changes`` returns
+    PresenceChanges."""
+
     keep: int
     history: dict[tuple[str, str], deque] = field(default_factory=dict)
     present: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # user -> open joins
@@ -54,7 +61,7 @@ def apply_presence_events(state: PresenceState, events: Sequence[RecordedEvent])
         if hist is None:
             hist = history[key] = deque(maxlen=keep)
         joined = type_ == JOINED
-        hist.append(_new_change(PresenceChange, (e.position, e.time_us, user, "joined" if joined else "left")))
+        hist.append((e.position, e.time_us, user, "joined" if joined else "left"))
         here = present.get(key)
         if here is None:
             here = present[key] = {}
@@ -67,7 +74,9 @@ def apply_presence_events(state: PresenceState, events: Sequence[RecordedEvent])
     return state
 
 
-_new_change = tuple.__new__  # (PresenceChange without the frame of its generated __new__)
+def changes(state: PresenceState, tenant: str, room: str) -> list[PresenceChange]:
+    """The room's kept joins and leaves, oldest first."""
+    return [PresenceChange._make(c) for c in state.history.get((tenant, room), ())]
 
 
 def presence_projection(keep: int = 1000) -> Projection[PresenceState]:

@@ -1,18 +1,41 @@
-"""Records as a projection: one ``RecordsState`` per tenant, folded from ``record.patched``."""
+"""Records as a projection: each tenant's ``RecordsState``, folded from ``record.patched``."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ..events import RecordedEvent
 from ..filters import EventFilter
-from ..records import RECORD_PATCHED, MergeRegistry, RecordsState, fold_record_events
+from ..records import RECORD_PATCHED, MergeRegistry, RecordsState
+from ..records.fold import RecordsFolder
 from . import Projection
 
-RecordsByTenant = dict[str, RecordsState]
 
+class RecordsByTenant(Mapping[str, RecordsState]):
+    """Tenant -> ``RecordsState``, read like a dict.
 
-def records_projection(registry: MergeRegistry | None = None) -> Projection[RecordsByTenant]:
-    def apply_many(state: RecordsByTenant, events: Sequence[RecordedEvent]) -> RecordsByTenant:
+    Each tenant has a ``RecordsFolder`` that keeps the working copies of the records
+    the pages touch, so a tenant's ``RecordsState`` is built when it is read, not once
+    per page folded (a rebuild reads it once, at the end)."""
+
+    __slots__ = ("_folders", "_registry")
+
+    def __init__(self, registry: MergeRegistry | None = None) -> None:
+        self._folders: dict[str, RecordsFolder] = {}
+        self._registry = registry
+
+    def __getitem__(self, tenant: str) -> RecordsState:
+        return self._folders[tenant].state()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._folders)
+
+    def __len__(self) -> int:
+        return len(self._folders)
+
+    def __repr__(self) -> str:
+        return f"RecordsByTenant({dict(self.items())!r})"
+
+    def fold(self, events: Sequence[RecordedEvent]) -> None:
         # A tenant's events come in runs (an append is consecutive in the log): its
         # list is looked up once per run, not once per event.
         by_tenant: dict[str, list[RecordedEvent]] = {}
@@ -27,13 +50,22 @@ def records_projection(registry: MergeRegistry | None = None) -> Projection[Reco
                     evs = by_tenant[tenant] = []
                 append = evs.append
             append(e)
+        folders = self._folders
         for tenant, evs in by_tenant.items():
-            state[tenant] = fold_record_events(state.get(tenant, RecordsState()), evs, registry)
+            folder = folders.get(tenant)
+            if folder is None:
+                folder = folders[tenant] = RecordsFolder(RecordsState(), self._registry)
+            folder.fold(evs)
+
+
+def records_projection(registry: MergeRegistry | None = None) -> Projection[RecordsByTenant]:
+    def apply_many(state: RecordsByTenant, events: Sequence[RecordedEvent]) -> RecordsByTenant:
+        state.fold(events)
         return state
 
     return Projection(
         "records",
-        dict,
+        lambda: RecordsByTenant(registry),
         lambda state, e: apply_many(state, (e,)),
         EventFilter(stream_prefixes=("rec/",), types=(RECORD_PATCHED,)),
         apply_many,

@@ -29,6 +29,7 @@ from engine.records import (
     merged,
     reconcile,
 )
+from engine.records.fold import RecordsFolder
 
 from test_records_convergence import CFG, deliveries, histories, recorded  # (tests/engine is on the path)
 
@@ -59,6 +60,34 @@ def test_record_fold_in_any_batches_rebuilds_the_reconciled_state_across_strateg
         folded = fold_record_events(folded, log[a:b])
     assert _plain(folded) == _plain(state)
     assert folded == state
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_records_folder_keeps_work_between_batches_and_its_states_never_change_after(data):
+    """A ``RecordsFolder`` fed the log in random batches, asked for its state at random
+    moments: each state it gives equals the fold of the log up to there, and stays so
+    after later batches (states are immutable; the folder's working copies are not)."""
+    ops = data.draw(histories())
+    state, events = RecordsState(), []
+    for batch in data.draw(deliveries(ops)):
+        cfg = CFG if data.draw(st.booleans()) else CFG2
+        state, evs, _ = reconcile(state, batch, cfg)
+        events.extend(evs)
+    log = recorded(events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(log)), max_size=5)))
+    folder = RecordsFolder()
+    seen = []  # (state given, a plain copy of it then, how many events it covers)
+    for a, b in zip([0, *cuts], [*cuts, len(log)]):
+        folder.fold(log[a:b])
+        if data.draw(st.booleans()):
+            s = folder.state()
+            seen.append((s, _plain(s), b))
+    final = folder.state()
+    assert _plain(final) == _plain(state) and final == state
+    for s, plain_then, upto in seen:
+        assert _plain(s) == plain_then  # untouched by the batches folded after it
+        assert _plain(s) == _plain(fold_record_events(RecordsState(), log[:upto]))
 
 
 def _event(position: int, data, stream: str = "doc/a", type_: str = CRDT_UPDATE) -> RecordedEvent:
