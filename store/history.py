@@ -9,7 +9,7 @@ from engine.documents import DocSnapshot, Document, SnapshotCorrupt
 from engine.errors import ValidationError
 from engine.events import RecordedEvent
 from engine.filters import EventFilter
-from engine.records import MergeRegistry, RecordState, RecordsState, fold_record_events
+from engine.records import MergeRegistry, RecordsFolder, RecordState
 
 log = logging.getLogger("syncline.store.history")
 DOC_SNAPSHOT_KIND = "ydoc"
@@ -84,7 +84,7 @@ async def record_at(
 ) -> RecordState:
     """A record as it was at a position or time (the head by default), replayed from its stream."""
     upto = await resolve_position(store, position=position, time_us=time_us)
-    state = RecordsState()
+    folder = RecordsFolder(registry=registry)
     async for events in stream_events(store, tenant, stream, upto=upto):
-        state = fold_record_events(state, events, registry)
-    return state.get(stream)
+        folder.fold(events)
+    return folder.state().get(stream)

@@ -18,10 +18,10 @@ from engine.filters import EventFilter
 from engine.records import (
     Op,
     Outcome,
+    RecordsFolder,
     RecordsState,
     ResolutionConfig,
     as_stream_writes,
-    fold_record_events,
     reconcile,
 )
 
@@ -56,16 +56,17 @@ class RecordsService:
             self._versions[(tenant, s)] = current.get(s, 0)
         if not stale:
             return state
-        rebuilt = RecordsState()
+        folder = RecordsFolder(registry=self.config.registry)
         f = EventFilter(streams=tuple(stale))
         after = 0
         while True:
             page = await self.store.read_log(tenant, after=after, limit=5000, filter=f)
             if page.events:
-                rebuilt = fold_record_events(rebuilt, page.events, self.config.registry)
+                folder.fold(page.events)
             if not page.events or page.next_after >= page.head:
                 break
             after = page.next_after
+        rebuilt = folder.state()
         records = dict(state.records)
         for s in stale:
             if s in rebuilt.records:

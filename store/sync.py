@@ -9,7 +9,7 @@ from engine.documents import CRDT_UPDATE, Document
 from engine.errors import ValidationError
 from engine.events import RecordedEvent
 from engine.filters import EventFilter
-from engine.records import RECORD_PATCHED, MergeRegistry, RecordsState, fold_record_events, record_snapshot
+from engine.records import RECORD_PATCHED, MergeRegistry, RecordsFolder, record_snapshot
 from engine.syncdata import decode_cursor, encode_cursor, snapshot_checksum
 
 MAX_SELECTION = 256
@@ -76,7 +76,7 @@ async def state_snapshot(
     """
     f = selection(streams, prefixes)
     position = at if at is not None else await store.head_position()
-    records = RecordsState()
+    folder = RecordsFolder(registry=registry)  # one working copy per record across pages
     docs: dict[str, Document] = {}
     others: dict[str, list] = {}
     versions: dict[str, int] = {}
@@ -86,7 +86,7 @@ async def state_snapshot(
         events = [e for e in page.events if e.position <= position]
         recs = [e for e in events if e.stream.startswith("rec/") and e.type == RECORD_PATCHED]
         if recs:
-            records = fold_record_events(records, recs, registry)
+            folder.fold(recs)
         for e in events:
             versions[e.stream] = e.version
             if e.stream.startswith("doc/") and e.type == CRDT_UPDATE:
@@ -100,6 +100,7 @@ async def state_snapshot(
             break
         after = page.next_after
     content: dict[str, Any] = {}
+    records = folder.state()
     for stream, rec in records.records.items():
         # Values for simple clients, and the field state (stamps, clocks, accumulators)
         # that a replica needs to keep merging exactly (engine/records/snapshots.py).

@@ -5,10 +5,11 @@ Public API::
     reconcile(state, ops, config, *, now_ms=None) -> Reconciliation(state, events, outcomes)
     apply_record_event(state, recorded_event, registry=None) -> state
     fold_record_events(state, recorded_events, registry=None) -> state
+    RecordsFolder(state, registry): .fold(events) page after page, .state() when needed
 """
 from .config import LWW, MANUAL, CollectionPolicy, FieldPolicy, ResolutionConfig, Strategy, merged
 from .errors import InvalidResolutionConfig, MergeFunctionRejected, UnknownMergeFunction
-from .fold import apply_record_event, fold_record_events
+from .fold import RecordsFolder, apply_record_event, fold_record_events
 from .merges import COUNTER, MAX, NO_INITIAL, UNION, MergeFunction, MergeRegistry, check_laws
 from .ops import ClientOp, Op, ResolveOp, collection_of, op_from_wire
 from .outcomes import Outcome, OutcomeKind, RejectReason
@@ -82,6 +83,7 @@ __all__ = [
     "Strategy",
     "StreamEvent",
     "UnknownMergeFunction",
+    "RecordsFolder",
     "Write",
     "apply_record_event",
     "as_stream_writes",
