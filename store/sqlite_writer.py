@@ -29,6 +29,8 @@ _UPSERT_STREAM = (
 )
 
 
+_UPDATE_STREAM = "UPDATE streams SET version = ?, head_hash = ?, updated_us = ? WHERE tenant = ? AND stream = ?"
+
 _MAX_KNOWN_HEADS = 100_000
 
 
@@ -78,10 +80,20 @@ class SqliteBatchWriter:
                     "INSERT OR IGNORE INTO tenants (id, created_us) VALUES (?, ?)", [(t, time_us) for t in plan.tenants]
                 )
                 db.executemany(_INSERT_EVENT, _bound(plan.values))
-                db.executemany(
-                    _UPSERT_STREAM,
-                    [(t, s, h.version, bytearray(h.hash), time_us) for (t, s), h in plan.heads.items()],
-                )
+                # Streams that had a head get an UPDATE by primary key; only new ones an
+                # INSERT. (An upsert of every stream tried the insert first: about a third
+                # more time in this statement.) ``heads`` holds every existing stream of
+                # the batch, read in this transaction or known from our last commit.
+                updated = [(h.version, bytearray(h.hash), time_us, t, s)
+                           for (t, s), h in plan.heads.items() if (t, s) in heads]
+                if updated:
+                    db.executemany(_UPDATE_STREAM, updated)
+                if len(updated) < len(plan.heads):
+                    db.executemany(
+                        _UPSERT_STREAM,
+                        [(t, s, h.version, bytearray(h.hash), time_us)
+                         for (t, s), h in plan.heads.items() if (t, s) not in heads],
+                    )
                 db.execute("UPDATE log_head SET position = ?, time_us = ? WHERE id = 1", (plan.last_position, time_us))
             if plan.new_keys:
                 db.executemany(
