@@ -13,7 +13,17 @@ from engine.errors import SynclineError
 from store import open_store
 from store.records_service import RecordsService
 
-from . import routes_bus, routes_commands, routes_docs, routes_events, routes_health, routes_rooms, ws_native, ws_yjs
+from . import (
+    routes_activity,
+    routes_bus,
+    routes_commands,
+    routes_docs,
+    routes_events,
+    routes_health,
+    routes_rooms,
+    ws_native,
+    ws_yjs,
+)
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Gateway
@@ -124,7 +134,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     v1 = Router(
         path="/v1",
         guards=[require_auth],
-        route_handlers=[*routes_events.V1, *routes_docs.V1, *routes_commands.V1, *routes_rooms.V1, *routes_bus.V1],
+        route_handlers=[*routes_events.V1, *routes_docs.V1, *routes_commands.V1, *routes_rooms.V1, *routes_bus.V1,
+                        *routes_activity.V1],
     )
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
     return Litestar(

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from engine.events import Actor, NewEvent, Retention
 
+from .activity import ActivityProjections
 from .auth import Principal, TokenVerifier
 from .hub import Hub, room_channel
 from .logging import log, security_log
@@ -57,18 +58,22 @@ class Gateway:
         self._sweeper: asyncio.Task | None = None
         self._pruner: asyncio.Task | None = None
         self.last_prune: dict[str, Any] | None = None
+        self.activity = ActivityProjections(store, feed_keep=settings.feed_keep, presence_keep=settings.feed_keep)
 
     async def start(self) -> None:
         await self.hub.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
         if self.settings.prune_interval_s > 0:
             self._pruner = asyncio.create_task(self._prune(), name="prune-job")
+        if self.settings.activity_projections:
+            self.activity.start()
 
     async def close(self) -> None:
         await self.shutdown("server stopping")
         for task in (self._sweeper, self._pruner):
             if task:
                 task.cancel()
+        await self.activity.close()  # (before the store closes: no read left in flight)
         if self.yjs is not None:
             await self.yjs.close()
         await self.hub.close()

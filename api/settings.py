@@ -80,5 +80,10 @@ class Settings:
     yjs_doc_idle_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_DOC_IDLE_S", 300.0))
     yjs_doc_memory_budget_bytes: int = field(
         default_factory=lambda: _int("SYNCLINE_YJS_DOC_MEMORY_BUDGET_BYTES", 256 * 1024 * 1024))
+    # Activity feeds, presence history and stream statistics, folded in memory from the
+    # log (api/activity.py); each feed and room history keeps its last ``feed_keep`` items.
+    activity_projections: bool = field(
+        default_factory=lambda: os.environ.get("SYNCLINE_ACTIVITY_PROJECTIONS", "1") not in ("0", "false", "no"))
+    feed_keep: int = field(default_factory=lambda: _int("SYNCLINE_FEED_KEEP", 1000))
     ws_impl: str = field(default_factory=default_ws)
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

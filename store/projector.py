@@ -31,6 +31,10 @@ class Projector:
         self.position = 0
         self.states: dict[str, Any] = {p.name: p.initial() for p in self.projections}
         self.caught_up = asyncio.Event()
+        # Set when a fold raised: the page may be folded into some states and not others
+        # (they are updated in place), so they are only good for a ``reset``. A failed
+        # read leaves them as they were: the runner may simply go on from ``position``.
+        self.fold_failed = False
 
     def state(self, name: str) -> Any:
         return self.states[name]
@@ -46,8 +50,12 @@ class Projector:
         # collector runs again right after it, so anything cyclic made meanwhile is
         # collected as usual. (If it was already off, it is left off.)
         with collector_paused():
-            for p in self.projections:
-                self.states[p.name] = p.fold(events, self.states[p.name])
+            try:
+                for p in self.projections:
+                    self.states[p.name] = p.fold(events, self.states[p.name])
+            except BaseException:
+                self.fold_failed = True
+                raise
 
     async def catch_up(self, until: int | None = None) -> int:
         """Fold everything committed so far (or up to ``until``); returns the checkpoint.
@@ -84,9 +92,15 @@ class Projector:
     def _read_page(self, after: int) -> Any:
         return self.store.read_log(self.tenant, after=after, limit=self.batch, all_tenants=self.all_tenants)
 
-    async def rebuild(self) -> int:
+    def reset(self) -> None:
+        """Back to position 0 with empty states (``rebuild`` then folds everything again)."""
         self.position = 0
         self.states = {p.name: p.initial() for p in self.projections}
+        self.caught_up.clear()
+        self.fold_failed = False
+
+    async def rebuild(self) -> int:
+        self.reset()
         return await self.catch_up()
 
     async def run(self) -> None:

@@ -29,6 +29,7 @@ READS = [
     "/v1/log", "/v1/streams/secret/1", "/v1/events/poll", "/api/events/poll", "/v1/deltas",
     "/v1/sync/deltas?prefix=secret/", "/v1/snapshots?prefix=secret/", "/v1/records/notes/1",
     "/v1/rooms/lobby/presence", "/v1/docs/d1", "/v1/commands/{command_id}",
+    "/v1/feeds/users/alice", "/v1/feeds/rooms/lobby", "/v1/rooms/lobby/history", "/v1/stats/streams/secret/1",
 ]
 
 
