@@ -72,8 +72,10 @@ class ActivityProjections:
                 self.failures = 1 if p.position != self._failed_at else self.failures + 1
                 self._failed_at = p.position
                 delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self.failures - 1, 10))
-                log.warning("projections.failed", error=type(e).__name__, detail=str(e)[:200],
-                            failures=self.failures, retry_s=delay, fold_failed=p.fold_failed)
+                # (a failed fold is a bug, or an event no fold expected: an error, not a warning)
+                (log.error if p.fold_failed else log.warning)(
+                    "projections.failed", error=type(e).__name__, detail=str(e)[:200],
+                    failures=self.failures, retry_s=delay, fold_failed=p.fold_failed)
                 if p.fold_failed:
                     if self._served is None:  # (a failure during a restart keeps the older states)
                         self._served, self._served_position = p.states, p.position

@@ -83,16 +83,10 @@ async def room_history(
     tenant = await read_scope(request, resource=f"room:{room}:history")
     a = _projections(request)
     state = a.presence()
-    changes: list[dict] = []
-    for c in reversed(state.history.get((tenant, room), ())):
-        if before is not None and c[0] >= before:
-            continue
-        changes.append(PresenceChange._make(c)._asdict())
-        if len(changes) == limit:
-            break
-    cursor = changes[-1]["position"] if len(changes) == limit else None
+    changes, cursor = feed_page(state.history.get((tenant, room)), before=before, limit=limit,
+                                make=PresenceChange._make)
     present = state.present.get((tenant, room), {})
-    return {"room": room, "changes": changes, "next_before": cursor,
+    return {"room": room, "changes": [c._asdict() for c in changes], "next_before": cursor,
             "present": sorted(present), **_freshness(a)}
 
 

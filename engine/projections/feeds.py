@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..events import RecordedEvent
 from . import Projection
@@ -92,18 +92,22 @@ def _push(feeds: dict, key: tuple[str, str], item: tuple, keep: int) -> None:
     feed.append(item)
 
 
-def page(feed: deque | None, *, before: int | None = None, limit: int = 50) -> tuple[list[FeedItem], int | None]:
-    """Newest first. Returns (items, cursor): pass the cursor as ``before`` for the next page."""
+def page(
+    feed: deque | None, *, before: int | None = None, limit: int = 50, make: Callable[[tuple], Any] = FeedItem._make,
+) -> tuple[list, int | None]:
+    """Newest first, as ``make(item)`` (FeedItems by default; any kept history whose items
+    start with their position pages the same way). Returns (items, cursor): pass the
+    cursor as ``before`` for the next page."""
     if not feed:
         return [], None
-    out: list[FeedItem] = []
+    out: list = []
     for item in reversed(feed):
         if before is not None and item[0] >= before:
             continue
-        out.append(item if type(item) is FeedItem else FeedItem._make(item))
+        out.append(make(item))
         if len(out) == limit:
             break
-    cursor = out[-1].position if len(out) == limit else None
+    cursor = out[-1][0] if len(out) == limit else None
     return out, cursor
 
 
