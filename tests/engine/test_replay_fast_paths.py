@@ -44,16 +44,22 @@ def _plain(state: RecordsState) -> dict:
     return {s: (dict(r.fields), r.clock, dict(r.receipts)) for s, r in state.records.items()}
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_record_fold_in_any_batches_rebuilds_the_reconciled_state_across_strategy_changes(data):
+def _reconciled_log(data) -> tuple[RecordsState, list]:
+    """Random ops reconciled in random deliveries, each under CFG or CFG2: the final
+    state, and the events as the log would hold them."""
     ops = data.draw(histories())
     state, events = RecordsState(), []
     for batch in data.draw(deliveries(ops)):
         cfg = CFG if data.draw(st.booleans()) else CFG2
         state, evs, _ = reconcile(state, batch, cfg)
         events.extend(evs)
-    log = recorded(events)
+    return state, recorded(events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_record_fold_in_any_batches_rebuilds_the_reconciled_state_across_strategy_changes(data):
+    state, log = _reconciled_log(data)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(log)), max_size=4)))
     folded = RecordsState()
     for a, b in zip([0, *cuts], [*cuts, len(log)]):
@@ -68,13 +74,7 @@ def test_records_folder_keeps_work_between_batches_and_its_states_never_change_a
     """A ``RecordsFolder`` fed the log in random batches, asked for its state at random
     moments: each state it gives equals the fold of the log up to there, and stays so
     after later batches (states are immutable; the folder's working copies are not)."""
-    ops = data.draw(histories())
-    state, events = RecordsState(), []
-    for batch in data.draw(deliveries(ops)):
-        cfg = CFG if data.draw(st.booleans()) else CFG2
-        state, evs, _ = reconcile(state, batch, cfg)
-        events.extend(evs)
-    log = recorded(events)
+    state, log = _reconciled_log(data)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(log)), max_size=5)))
     folder = RecordsFolder()
     seen = []  # (state given, a plain copy of it then, how many events it covers)
