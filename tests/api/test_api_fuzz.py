@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 GETS = ["/v1/log", "/v1/events/poll", "/api/events/poll", "/v1/deltas", "/v1/sync/deltas", "/v1/snapshots",
         "/v1/conflicts", "/v1/docs/{x}", "/v1/docs/{x}/diff", "/v1/docs/{x}/snapshot", "/v1/records/{x}/{x}",
-        "/v1/streams/{x}", "/v1/rooms/{x}/presence", "/v1/commands/{x}"]
+        "/v1/streams/{x}", "/v1/rooms/{x}/presence", "/v1/commands/{x}",
+        "/v1/feeds/users/{x}", "/v1/feeds/rooms/{x}", "/v1/rooms/{x}/history", "/v1/stats/streams/{x}"]
 POSTS = ["/v1/streams/{x}", "/v1/commands/{x}", "/v1/ops"]
-PARAMS = ["after", "limit", "prefix", "stream", "type", "at", "cursor", "chunk", "sv", "from_version", "text", "map"]
+PARAMS = ["after", "limit", "prefix", "stream", "type", "at", "cursor", "chunk", "sv", "from_version", "text", "map",
+          "before"]
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | text,
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3), max_leaves=8)
