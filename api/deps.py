@@ -7,7 +7,7 @@ from typing import Any
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
 
-from engine.events import check_tenant, is_system_stream
+from engine.events import check_tenant, is_system_stream, private_to_others
 
 from .auth import ADMIN, CROSS_TENANT, READ, Principal, bearer_token
 from .errors import Forbidden, IdempotencyKeyRequired, JustificationRequired, TenantViolation, Unauthenticated
@@ -78,6 +78,15 @@ async def write_scope(request: Request, body_tenant: Any = None) -> str:
 def check_stream_access(p: Principal, stream: str) -> None:
     if is_system_stream(stream) and not p.can(ADMIN):
         raise Forbidden("system streams need the 'admin' permission", stream=stream)
+    if private_to_others(stream, p.user) and not p.can(ADMIN):
+        raise Forbidden("a user's inbox (dm/<user>) is readable by that user only", stream=stream)
+
+
+def visible_events(p: Principal, events: Any) -> Any:
+    """Drop other users' inboxes (``dm/<user>``) from what a non-admin reads."""
+    if p.can(ADMIN) or not any(private_to_others(e.stream, p.user) for e in events):
+        return events
+    return tuple(e for e in events if not private_to_others(e.stream, p.user))
 
 
 def idempotency_key(request: Request, *, required: bool = False) -> str | None:

@@ -14,12 +14,13 @@ from typing import Any, Protocol
 from engine.events import Actor, NewEvent, Retention
 
 from .activity import ActivityProjections
+from .follower import LogFollower
 from .auth import Principal, TokenVerifier
 from .hub import Hub, room_channel
 from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
-from .ratelimit import BanList
+from .ratelimit import BanList, SharedBanList
 from .settings import Settings
 
 AUDIT_STREAM = "$audit"
@@ -39,15 +40,16 @@ class Gateway:
         self.owns_store = owns_store
         self.verifier = TokenVerifier(settings)
         self.metrics = Metrics()
-        self.hub = Hub(settings.redis_url)
+        self.hub = Hub(settings.redis_url, metrics=self.metrics)
         self.presence = PresenceRegistry(ttl_s=settings.presence_ttl_s, grace_s=settings.membership_grace_s)
-        self.bans = BanList()
+        self.bans = SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url else BanList()
         self.connections: dict[str, Closable] = {}
         self.shutting_down = False
         self.started_at = time.time()
         self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
         self.records: Any = None  # store.records_service.RecordsService, set by the app factory
         self.bus: Any = None  # api.bus.Bus, made on first use
+        self.follower = LogFollower(self)
         self.redis_presence: Any = None
         if settings.redis_url:
             from .presence_redis import RedisPresence
@@ -62,6 +64,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.follower.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
         if self.settings.prune_interval_s > 0:
             self._pruner = asyncio.create_task(self._prune(), name="prune-job")
@@ -74,9 +77,11 @@ class Gateway:
             if task:
                 task.cancel()
         await self.activity.close()  # (before the store closes: no read left in flight)
+        await self.follower.close()
         if self.yjs is not None:
             await self.yjs.close()
         await self.hub.close()
+        await self.bans.close()
         if self.redis_presence is not None:
             await self.redis_presence.close()
         if self.owns_store:

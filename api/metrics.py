@@ -26,7 +26,24 @@ class Metrics:
         self.auth_failures = Counter("syncline_auth_failures_total", "Refused authentications", ["code"], registry=r)
         self.security_events = Counter("syncline_security_events_total", "Security events", ["kind"], registry=r)
         self.yjs_updates = Counter("syncline_yjs_updates_total", "Yjs updates appended and relayed", registry=r)
+        self.yjs_updates_from_log = Counter(
+            "syncline_yjs_updates_from_log_total",
+            "Yjs updates a loaded room applied from the log (written by another gateway, REST or the bus, "
+            "or missed by the Redis relay)", registry=r)
+        self.messages_stored = Counter("syncline_messages_total", "Room and direct messages stored in the log",
+                                       ["kind"], registry=r)
+        self.follower_position = Gauge("syncline_follower_position",
+                                       "Log position the gateway's realtime follower has read up to", registry=r)
         self.docs_loaded = Gauge("syncline_docs_loaded", "Yjs documents held in memory", registry=r)
+        self.hub_queue_depth = Gauge("syncline_hub_queue_depth", "Hub messages waiting for the Redis publisher",
+                                     registry=r)
+        self.hub_published = Counter("syncline_hub_published_total", "Hub messages published to Redis", registry=r)
+        self.hub_dropped = Counter("syncline_hub_dropped_total",
+                                   "Hub messages not published to Redis (delivered locally only)", ["reason"],
+                                   registry=r)
+        self.ban_redis_fallback = Counter("syncline_ban_redis_fallback_total",
+                                          "Shared-ban Redis operations that failed (local ban list used alone)",
+                                          ["op"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,13 +13,13 @@ from litestar.response import Stream
 
 from engine.documents import Document, checksum
 from engine.errors import ValidationError
-from engine.events import check_stream, is_system_stream
+from engine.events import check_stream, is_system_stream, private_to_others
 from engine.syncdata import chunk_snapshot
 from store import history
 from store.sync import delta, state_snapshot
 
 from .auth import ADMIN, READ
-from .deps import gateway_of, principal_of, read_scope
+from .deps import gateway_of, principal_of, read_scope, visible_events
 from .errors import Forbidden
 from .wire import events_wire
 from .ws_yjs import DOC_RE
@@ -133,6 +133,9 @@ def _selection(request: Request, stream: list[str] | None, prefix: list[str] | N
         any(is_system_stream(s) for s in streams) or any(p.startswith("$") for p in prefixes)
     ):
         raise Forbidden("system streams need the 'admin' permission")
+    p = principal_of(request)
+    if not p.can(ADMIN) and any(private_to_others(s, p.user) for s in streams):
+        raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
     return streams, prefixes
 
 
@@ -149,7 +152,7 @@ async def sync_deltas(
     tenant = await read_scope(request, resource="deltas")
     d = await delta(gateway_of(request).store, tenant, streams=streams, prefixes=prefixes, after=after,
                     cursor=cursor, limit=limit)
-    return {"events": events_wire(d.events), "cursor": d.cursor, "next_after": d.next_after, "head": d.head,
+    return {"events": events_wire(visible_events(principal_of(request), d.events)), "cursor": d.cursor, "next_after": d.next_after, "head": d.head,
             "done": d.done}
 
 

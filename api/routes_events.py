@@ -11,11 +11,19 @@ from litestar.params import Parameter
 from engine.documents import CRDT_UPDATE
 from engine.errors import ValidationError
 from engine.yupdates import check_update
-from engine.events import StreamWrite, check_stream, is_system_stream
+from engine.events import StreamWrite, check_stream, is_dm_stream, is_system_stream, private_to_others
 from engine.filters import glob_to_like
 
 from .auth import READ, WRITE
-from .deps import check_stream_access, gateway_of, idempotency_key, principal_of, read_scope, write_scope
+from .deps import (
+    check_stream_access,
+    gateway_of,
+    idempotency_key,
+    principal_of,
+    read_scope,
+    visible_events,
+    write_scope,
+)
 from .errors import CriticalCommandRefused, Forbidden
 from .wire import build_filter, events_wire, from_jsonable, new_events, suggest_poll_interval
 
@@ -71,6 +79,8 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     check_stream_access(p, stream)
     if is_system_stream(stream):
         raise Forbidden("system streams are written by the server only", stream=stream)
+    if is_dm_stream(stream):
+        raise Forbidden("inboxes are written through the native protocol's dm message", stream=stream)
     # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
     items = [{name: getattr(e, name, default) for name, default in
               (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
@@ -89,8 +99,8 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     )
     gw.metrics.events_appended.labels("rest").inc(len(events))
     s = result.streams[0]
-    if doc_updates and not result.duplicate:
-        gw.yjs.apply_external(tenant, stream.removeprefix("doc/"), doc_updates, s.last_position)
+    # (Document updates reach loaded rooms, here and on every other gateway, through the
+    # log followers: the same path as any other writer's.)
     return {
         "stream": s.stream,
         "first_version": s.first_version,
@@ -135,6 +145,8 @@ def _filter_from_query(stream: list[str] | None, prefix: list[str] | None, type_
     if not p.can("admin"):
         if any(is_system_stream(s) for s in streams_) or any(x.startswith("$") for x in prefixes):
             raise Forbidden("system streams need the 'admin' permission")
+        if any(private_to_others(s, p.user) for s in streams_):
+            raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
     return build_filter(streams_, prefixes, tuple(type_ or ()))
 
 
@@ -147,7 +159,7 @@ async def _read_log(request: Request, after: int, limit: int, stream, prefix, ty
     events = page.events
     if not p.can("admin") and f is None:
         events = tuple(e for e in events if not is_system_stream(e.stream))
-    return page, events
+    return page, visible_events(p, events)
 
 
 @get("/log", opt={"perm": READ}, summary="Read the tenant's log after a position, with filters and paging")

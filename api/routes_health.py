@@ -26,11 +26,12 @@ async def readyz(request: Request) -> Response:
     except Exception as e:
         deps["store"] = {"state": "down", "error": type(e).__name__}
     hub = gw.hub
-    deps["redis"] = {"state": hub.redis_state}
-    if hub.redis_error and hub.redis_state != "up":
-        deps["redis"]["error"] = hub.redis_error[:200]
+    # state (combined), listener, publisher, queue_depth, queue_max, sent, dropped{reason}, error
+    deps["redis"] = hub.stats()
     if hub.redis_state in ("down", "connecting"):
         degradations.append("fanout_in_process_only")
+    if hub.overflowed_recently():  # Redis copies dropped because the publisher queue was full
+        degradations.append("fanout_queue_overflow")
     deps["websocket"] = {"state": "draining" if gw.shutting_down else "up", "connections": len(gw.connections)}
     if gw.shutting_down:
         degradations.append("shutting_down")

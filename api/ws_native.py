@@ -20,7 +20,7 @@ from litestar import WebSocket, websocket
 
 from engine import protocol as P
 from engine.errors import ProtocolError, StoreUnavailable, SynclineError, ValidationError
-from engine.events import check_stream, is_system_stream
+from engine.events import Actor, NewEvent, check_stream, dm_stream, is_system_stream, private_to_others
 from engine.filters import EventFilter
 
 from .auth import ADMIN, READ, WRITE, Principal
@@ -37,6 +37,7 @@ from .errors import (
     WebSocketForbidden,
     ws_close_code,
 )
+from .follower import DM_MESSAGE, ROOM_MESSAGE, dm_msg, room_msg
 from .gateway import Gateway
 from .hub import room_channel, user_channel
 from .logging import clear, log
@@ -280,9 +281,13 @@ class NativeConnection:
             check_stream(s)
         for r in msg.get("rooms") or ():
             streams.append(f"room/{_check_room(r)}")
+        if msg.get("inbox"):
+            streams.append(dm_stream(self.principal.user))
         system_ok = self.principal.can(ADMIN)
         if not system_ok and (any(is_system_stream(s) for s in streams) or any(x.startswith("$") for x in prefixes)):
             raise Forbidden("system streams need the 'admin' permission")
+        if not system_ok and any(private_to_others(s, self.principal.user) for s in streams):
+            raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
         after = msg.get("after")
         if after is None:
             after = self.resume.get(sub_id, 0)
@@ -342,8 +347,12 @@ class NativeConnection:
                     lambda: store.read_log(tenant, after=sub.cursor, limit=self.s.event_batch_max, filter=sub.filter)
                 )
                 events = page.events
-                if not sub.system_ok and sub.filter is None:
-                    events = tuple(e for e in events if not is_system_stream(e.stream))
+                if not sub.system_ok:
+                    if sub.filter is None:
+                        events = tuple(e for e in events if not is_system_stream(e.stream))
+                    user = self.principal.user
+                    if any(private_to_others(e.stream, user) for e in events):
+                        events = tuple(e for e in events if not private_to_others(e.stream, user))
                 sub.cursor = max(sub.cursor, page.next_after)
                 if events:
                     sub.inflight.append(sub.cursor)
@@ -441,20 +450,37 @@ class NativeConnection:
         self.send(P.message(P.LEFT, room=room))
 
     async def on_say(self, msg: dict) -> None:
+        """A room message (class C): stored in ``room/<room>``, acked with its position,
+        then delivered live to the room's members on every gateway."""
         self.require(WRITE)
         room = _check_room(msg["room"])
         if room not in self.rooms:
             raise Forbidden("join the room before sending to it", room=room)
-        p = self.principal
-        self.gw.hub.publish(room_channel(p.tenant, room),
-                            P.message(P.MSG, room=room, data=msg.get("data"), conn=self.conn_id, **{"from": p.user}))
+        await self._store_message(msg, f"room/{room}", ROOM_MESSAGE, {"room": room}, "room")
 
     async def on_dm(self, msg: dict) -> None:
+        """A direct message (class C): stored in the recipient's inbox ``dm/<user>``, acked
+        with its position, delivered live to the recipient's connections on every gateway,
+        and on resume (``sub {inbox: true}``) to a recipient who was offline."""
         self.require(WRITE)
+        to = msg["to"]
+        await self._store_message(msg, check_stream(dm_stream(to)), DM_MESSAGE, {"to": to}, "dm")
+
+    async def _store_message(self, msg: dict, stream: str, type_: str, extra: dict, kind: str) -> None:
         p = self.principal
-        self.gw.hub.publish(user_channel(p.tenant, msg["to"]),
-                            P.message(P.MSG, direct=True, data=msg.get("data"), conn=self.conn_id,
-                                      **{"from": p.user}))
+        ref = msg.get("id")
+        data = {**extra, "from": p.user, "data": msg.get("data"), "conn": self.conn_id}
+        # A resent message (same id from the same client) is stored once.
+        key = f"msg:{p.user}:{self.client}:{ref}" if ref is not None else None
+        result = await self.gw.store.append(
+            p.tenant, stream, [NewEvent(type_, data=data, actor=Actor(p.user, self.client))], idempotency_key=key)
+        pos = result.streams[0].first_position
+        self.send(P.message(P.SENT, id=ref, pos=pos, duplicate=result.duplicate), urgent=True)
+        if result.duplicate:
+            return
+        self.gw.metrics.messages_stored.labels(kind).inc()
+        live = room_msg(extra["room"], data, pos) if kind == "room" else dm_msg(data, pos)
+        self.gw.follower.messages.sent(p.tenant, stream, live)
 
     async def on_presence(self, msg: dict) -> None:
         room = _check_room(msg["room"])
@@ -522,7 +548,7 @@ async def native_ws(socket: WebSocket) -> None:
     if not principal.can(READ):
         await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "forbidden")
         return
-    banned = gw.bans.banned_for((principal.tenant, principal.user), time.monotonic())
+    banned = await gw.bans.check((principal.tenant, principal.user), time.monotonic())
     if banned:
         await refuse(gw, socket, ENDPOINT, WS_RATE_LIMITED, f"rate_limited; retry in {banned:.0f}s")
         return

@@ -3,7 +3,9 @@
 One message per binary frame (engine.yprotocol). On connect the server sends its
 sync step 1 and the current awareness states. Every update from a writer is appended
 to the log as a ``crdt.update`` event on ``doc/{doc}`` *before* it is applied and
-relayed; a client without ``write`` gets ``permission-denied`` instead. Awareness is
+relayed; a client without ``write`` gets ``permission-denied`` instead. Rooms follow
+the log (:class:`DocRooms`): updates written anywhere else reach them through the
+gateway's log follower, with Redis only as a faster relay. Awareness is
 relayed, owned by the connection (so by the token's user) and removed on close.
 Documents are keyed by (tenant, doc): the same name in two tenants is two documents.
 """
@@ -39,6 +41,7 @@ from engine.yprotocol import (
     sync_step1,
 )
 from engine.lib0 import Reader
+from engine.docfollow import FollowedDocument
 from engine.yupdates import EMPTY_UPDATE
 from store import history
 
@@ -132,7 +135,7 @@ def brings_news(document: Document, update: bytes, room: "DocRoom | None" = None
 
 
 class DocRoom:
-    def __init__(self, tenant: str, doc: str, document: Document) -> None:
+    def __init__(self, tenant: str, doc: str, document: Document, *, follower_at: int = 0) -> None:
         self.tenant = tenant
         self.doc = doc
         self.stream = f"doc/{doc}"
@@ -150,6 +153,8 @@ class DocRoom:
         # The document's delete set (client -> sorted, merged ranges) for brings_news;
         # None until first needed or after an update it cannot follow cheaply.
         self.deleted: dict[int, list[tuple[int, int]]] | None = None
+        # The document and which log positions of its stream it holds (engine.docfollow).
+        self.followed = FollowedDocument(document, follower_at=follower_at)
 
     def note_applied(self, update: bytes) -> None:
         """Keep :attr:`deleted` in step with an update just applied to the document."""
@@ -182,19 +187,36 @@ async def load_document(store: Any, tenant: str, stream: str) -> Document:
 # Updates a room holds back before its writers wait for the append in flight: the bound
 # on what one room's writers can queue in memory ahead of the store.
 PENDING_UPDATES_MAX = 2048
+# Log events a room being loaded keeps for after its load (beyond it, the room is
+# loaded again: the events are in the log).
+EARLY_MAX = 10_000
 
 
 class DocRooms:
-    """Loaded documents. A document is loaded once per (tenant, doc) and stays loaded
-    while it has connections (pinned in the :class:`~engine.doccache.DocumentCache`) and
-    for ``yjs_doc_idle_s`` after the last one leaves, so a client that reconnects, or the
-    next visitor, finds it in memory; idle documents, and the least recently used ones
-    past ``yjs_doc_memory_budget_bytes``, are unloaded after a snapshot of their tail."""
+    """Loaded documents, kept in step with the log.
+
+    A room's document is loaded from the log (snapshot + tail) and then follows it: the
+    gateway's :class:`~api.follower.LogFollower` brings every ``crdt.update`` of the
+    room's stream in position order, whoever wrote it (another gateway, REST, the bus,
+    an offline client's queue), and the room applies those it has not applied yet. Its
+    own writers' updates are applied and relayed as soon as their append returns (the
+    fast path), and Redis may bring other gateways' updates early; the room's
+    :class:`~engine.logfollow.DeliveryGate` makes sure each position is applied once and
+    knows the highest position below which everything is applied. Snapshots are taken
+    only at that position, when nothing beyond it is applied: a snapshot never claims an
+    update it lacks, nor holds one past its position.
+
+    A document stays loaded while it has connections (pinned in the
+    :class:`~engine.doccache.DocumentCache`) and for ``yjs_doc_idle_s`` after the last one
+    leaves; idle documents, and the least recently used ones past
+    ``yjs_doc_memory_budget_bytes``, are unloaded after a snapshot of their tail."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.rooms: dict[tuple[str, str], DocRoom] = {}
         self._loading: dict[tuple[str, str], asyncio.Future] = {}
+        # Log events (and passed positions) for rooms being loaded, applied after the load.
+        self._early: dict[tuple[str, str], list[Any]] = {}
         self.policy = SnapshotPolicy()
         self._tasks: set[asyncio.Task] = set()
         s = gw.settings
@@ -233,9 +255,21 @@ class DocRooms:
             return await asyncio.shield(fut)
         tenant, doc = key
         fut = self._loading[key] = asyncio.get_running_loop().create_future()
+        # Registered with the follower *before* reading: every event committed from now
+        # on is either in what the load reads or delivered to ``_early`` (or both).
+        early = self._early[key] = []
+        started_at = self.gw.follower.cursor
         try:
             document = await load_document(self.gw.store, tenant, f"doc/{doc}")
-            room = self.rooms[key] = DocRoom(tenant, doc, document)
+            # The load holds every update of the stream up to ``document.position``.
+            room = DocRoom(tenant, doc, document, follower_at=started_at)
+            self.rooms[key] = room
+            del self._early[key]
+            for item in early:
+                if isinstance(item, int):
+                    room.followed.passed(item)
+                else:
+                    self._apply_from_log(room, item)
             room.remote_cb = lambda msg, r=room: self._remote(r, msg)
             self.gw.hub.subscribe(doc_channel(tenant, doc), room.remote_cb)
             evicted = self.cache.put(key, document, now_ms=now_ms())
@@ -251,15 +285,61 @@ class DocRooms:
             raise
         finally:
             self._loading.pop(key, None)
+            self._early.pop(key, None)
+
+    # -- following the log -----------------------------------------------------
+
+    def from_log(self, event: Any) -> None:
+        """The follower read a ``crdt.update`` (in position order)."""
+        stream = event.stream
+        if not stream.startswith("doc/"):
+            return
+        key = (event.tenant, stream[4:])
+        room = self.rooms.get(key)
+        if room is not None:
+            self._apply_from_log(room, event)
+            return
+        early = self._early.get(key)
+        if early is not None and len(early) < EARLY_MAX:
+            early.append(event)
+
+    def passed(self, upto: int) -> None:
+        """The follower read every followed event up to ``upto``."""
+        for room in self.rooms.values():
+            room.followed.passed(upto)
+        for early in self._early.values():
+            if len(early) < EARLY_MAX:
+                early.append(upto)
+
+    def _apply_from_log(self, room: DocRoom, event: Any) -> None:
+        try:
+            if not room.followed.from_log(event):
+                return  # applied already: this gateway wrote it, Redis brought it, or the load had it
+        except SynclineError as e:
+            log.warning("yjs.log_update_unusable", stream=room.stream, position=event.position, code=e.code)
+            return
+        room.note_applied(event.data)
+        room.broadcast(encode_sync_update(event.data))
+        self.gw.metrics.yjs_updates_from_log.inc()
+        if room.inflight == 0 and self.policy.due(room.document):
+            self.snapshot_soon(room)
 
     def _remote(self, room: DocRoom, msg: Any) -> None:
-        """An update or awareness change relayed by another gateway process."""
+        """An update or awareness change relayed by another gateway process (the fast path;
+        the follower brings the same update from the log in any case)."""
         if not isinstance(msg, dict) or msg.get("node") == self.gw.hub.node:
             return
         if msg.get("kind") == "update":
-            room.document.apply_update(msg["update"])
-            room.note_applied(msg["update"])
-            room.broadcast(encode_sync_update(msg["update"]))
+            pos, update = msg.get("pos"), msg.get("update")
+            if not isinstance(pos, int) or not isinstance(update, bytes):
+                return
+            try:
+                if not room.followed.relayed(update, pos):
+                    return
+            except SynclineError:
+                return  # the follower brings it from the log and reports it there
+            room.note_applied(update)
+            room.broadcast(encode_sync_update(update))
         elif msg.get("kind") == "awareness":
             room.broadcast(encode_awareness(msg["update"]))
 
@@ -289,13 +369,20 @@ class DocRooms:
                 self.snapshot_soon(room)
 
     def snapshot_soon(self, room: DocRoom) -> None:
-        if room.snapshotting or room.inflight:
+        """Snapshot the document at the room's log position, if it holds exactly the
+        stream's updates up to there (else later: the follower is about to catch up)."""
+        if room.snapshotting or room.inflight or not room.followed.exact:
+            return
+        # Taken now, not in the task: later updates must not slip into it.
+        snap = room.followed.snapshot()
+        if snap is None:
             return
         room.snapshotting = True
 
         async def save() -> None:
             try:
-                await history.save_doc_snapshot(self.gw.store, room.tenant, room.stream, room.document)
+                await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
+                                                  snap.state, snap.checksum)
             except Exception:
                 log.exception("yjs.snapshot_failed", stream=room.stream)
             finally:
@@ -343,15 +430,16 @@ class DocRooms:
                     continue
                 s = result.streams[0]
                 position, version = s.first_position, s.first_version
-                document = room.document
+                document, followed = room.document, room.followed
                 for update, conn in batch:
-                    document.apply_update(update, position=position, version=version)
-                    room.note_applied(update)
+                    # (The follower may have read it from the log first: then it is applied.)
+                    if followed.local(update, position, version):
+                        room.note_applied(update)
+                        # One frame per update, shared by every reader's outbox.
+                        room.broadcast(encode_sync_update(update), skip=conn.conn_id)
+                        conn._relay({"kind": "update", "update": update, "pos": position})
                     position += 1
                     version += 1
-                    # One frame per update, shared by every reader's outbox.
-                    room.broadcast(encode_sync_update(update), skip=conn.conn_id)
-                    conn._relay({"kind": "update", "update": update})
                 room.inflight -= len(batch)
                 gw.metrics.yjs_updates.inc(len(batch))
                 gw.metrics.events_appended.labels("yjs").inc(len(batch))
@@ -377,19 +465,7 @@ class DocRooms:
         for conn in {id(c): c for _, c in batch}.values():
             conn.outbox.close(code, reason)
 
-    # -- other ways in ---------------------------------------------------------
-
-    def apply_external(self, tenant: str, doc: str, updates: list[bytes], position: int) -> None:
-        """Updates appended through REST (an offline client's queue): bring a loaded
-        document up to date and relay them to its connections."""
-        room = self.rooms.get((tenant, doc))
-        if room is None:
-            return
-        for u in updates:
-            room.document.apply_update(u, position=position)
-            room.note_applied(u)
-            room.broadcast(encode_sync_update(u))
-        self.unload(self.cache.touch((tenant, doc), now_ms=now_ms()))
+    # -- reading ---------------------------------------------------------------
 
     async def document_for_read(self, tenant: str, doc: str) -> Document:
         room = self.rooms.get((tenant, doc))
@@ -405,10 +481,14 @@ class DocRooms:
             await asyncio.wait(appenders, timeout=5)
         for room in list(self.rooms.values()):
             if room.document.tail_events and room.inflight == 0 and not room.snapshotting:
+                snap = room.followed.snapshot()
+                if snap is None:
+                    continue
                 try:
-                    await history.save_doc_snapshot(self.gw.store, room.tenant, room.stream, room.document)
+                    await self.gw.store.save_snapshot(room.tenant, room.stream, SNAPSHOT_KIND, snap.position,
+                                                      snap.state, snap.checksum)
                 except Exception:
-                    pass
+                    log.exception("yjs.snapshot_failed", stream=room.stream)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
@@ -488,7 +568,7 @@ class YjsConnection:
 
     def _relay(self, msg: dict) -> None:
         hub = self.gw.hub
-        if hub.redis_state == "up":
+        if hub.redis_state != "disabled":
             msg["node"] = hub.node
             hub.publish(doc_channel(self.room.tenant, self.room.doc), msg, skip=None)
 

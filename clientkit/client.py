@@ -157,8 +157,11 @@ class SynclineClient:
     def others(self, room: str) -> dict[str, Any]:
         return self.core.others(room)
 
-    def say(self, room: str, data: Any) -> None:
-        self._apply(self.core.say(room, data))
+    def say(self, room: str, data: Any, *, msg_id: str | None = None) -> None:
+        self._apply(self.core.say(room, data, msg_id=msg_id))
+
+    def dm(self, to: str, data: Any, *, msg_id: str | None = None) -> None:
+        self._apply(self.core.dm(to, data, msg_id=msg_id))
 
     def doc(self, doc_id: str) -> DocReplica:
         """A Yjs document replica (created on first use, synced while the client runs)."""

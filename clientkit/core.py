@@ -463,8 +463,22 @@ class SessionCore:
         self._presence[room] = state
         return [Send(P.message(P.PRESENCE, room=room, state=state))] if self._live() else []
 
-    def say(self, room: str, data: Any) -> list[Output]:
-        return [Send(P.message(P.SAY, room=room, data=data))] if self._live() else []
+    def say(self, room: str, data: Any, *, msg_id: str | None = None) -> list[Output]:
+        """A room message: stored by the server (answered by ``sent {id, pos}``), delivered
+        to the room's members live and to those away when they resume the room's stream.
+        With ``msg_id``, sending it again after a reconnect stores it once."""
+        if not self._live():
+            return []
+        extra = {"id": msg_id} if msg_id is not None else {}
+        return [Send(P.message(P.SAY, room=room, data=data, **extra))]
+
+    def dm(self, to: str, data: Any, *, msg_id: str | None = None) -> list[Output]:
+        """A direct message, stored in the recipient's inbox (``dm/<to>``): delivered live
+        to every connection of theirs, and on resume (``sub {inbox: true}``) if offline."""
+        if not self._live():
+            return []
+        extra = {"id": msg_id} if msg_id is not None else {}
+        return [Send(P.message(P.DM, to=to, data=data, **extra))]
 
     def others(self, room: str) -> dict[str, Any]:
         """Other users' presence state in a room, as last heard."""
@@ -814,6 +828,7 @@ _HANDLERS = {
     P.JOINED: SessionCore._on_joined,
     P.LEFT: SessionCore._on_msg,
     P.MSG: SessionCore._on_msg,
+    P.SENT: SessionCore._on_msg,
     P.CONFLICT: SessionCore._on_conflict,
     P.ERROR: SessionCore._on_error,
     P.WARN: SessionCore._on_msg,

@@ -225,3 +225,20 @@ def check_type(type_: str) -> str:
 
 def is_system_stream(stream: str) -> bool:
     return stream.startswith(SYSTEM_PREFIX)
+
+
+DM_PREFIX = "dm/"
+
+
+def dm_stream(user: str) -> str:
+    """A user's inbox: the direct messages sent to them (written by the server only)."""
+    return DM_PREFIX + user
+
+
+def is_dm_stream(stream: str) -> bool:
+    return stream.startswith(DM_PREFIX)
+
+
+def private_to_others(stream: str, user: str) -> bool:
+    """Whether ``stream`` is another user's inbox (readable by its owner and admins only)."""
+    return stream.startswith(DM_PREFIX) and stream != DM_PREFIX + user

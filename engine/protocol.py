@@ -53,15 +53,15 @@ class FrameTooLarge(ProtocolError):
 # Client -> server
 HELLO = "hello"  # {client, [resume: {sub_id: position}]}
 PING = "ping"  # {[id]}
-SUB = "sub"  # {id, [streams], [prefixes], [types], [after], [rooms]}
+SUB = "sub"  # {id, [streams], [prefixes], [types], [after], [rooms], [inbox]}
 UNSUB = "unsub"  # {id}
 ACK = "ack"  # {sub, upto}: the client has applied events up to this position
 OPS = "ops"  # {id, ops: [op wire...]}: record ops and resolutions, in order
 SNAP = "snap"  # {id, [streams], [prefixes]}: ask for a snapshot (answered in chunks)
 JOIN = "join"  # {room}
 LEAVE = "leave"  # {room}
-SAY = "say"  # {room, data}: broadcast to a room
-DM = "dm"  # {to: user, data}: direct message to every connection of a user
+SAY = "say"  # {room, data, [id]}: a room message, stored in room/<room>, answered by "sent"
+DM = "dm"  # {to: user, data, [id]}: a direct message, stored in dm/<to>, answered by "sent"
 PRESENCE = "presence"  # {room, state}: ephemeral typing/cursor state (also server -> client)
 COMMAND = "command"  # refused over WebSocket: critical commands are REST only
 
@@ -74,7 +74,8 @@ OPACKS = "opacks"  # {id, results: [{op, kind, [conflicts], [resolved], [reason]
 SNAPSHOT = "snapshot"  # {id, index, total, checksum, data}: one chunk of a snapshot
 JOINED = "joined"  # {room, members}
 LEFT = "left"  # {room}
-MSG = "msg"  # {room | direct: true, from, data}
+MSG = "msg"  # {room | direct: true, from, data, conn, pos}
+SENT = "sent"  # {id, pos, duplicate}: a say/dm is stored at log position pos
 CONFLICT = "conflict"  # {conflict: {...}}: a manual conflict for the client's records
 WARN = "warn"  # {code, message}: e.g. rate_limited (first offence)
 ERROR = "error"  # {code, message, [ref]}: a request failed; the connection stays open
@@ -102,6 +103,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     SUB: {
         "id": (True, _str), "streams": (False, _strs(256)), "prefixes": (False, _strs(64)),
         "types": (False, _strs(64)), "after": (False, _opt_pos), "rooms": (False, _strs(64)),
+        "inbox": (False, lambda v: v is None or isinstance(v, bool)),
     },
     UNSUB: {"id": (True, _str)},
     ACK: {"sub": (True, _str), "upto": (True, _pos)},
@@ -109,8 +111,8 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     SNAP: {"id": (True, _str), "streams": (False, _strs(256)), "prefixes": (False, _strs(64))},
     JOIN: {"room": (True, _str)},
     LEAVE: {"room": (True, _str)},
-    SAY: {"room": (True, _str), "data": (False, _any)},
-    DM: {"to": (True, _str), "data": (False, _any)},
+    SAY: {"room": (True, _str), "data": (False, _any), "id": (False, _opt_str)},
+    DM: {"to": (True, _str), "data": (False, _any), "id": (False, _opt_str)},
     PRESENCE: {"room": (True, _str), "state": (False, _opt_dict), "user": (False, _opt_str),
                "event": (False, _opt_str)},
     COMMAND: {"type": (False, _any)},
@@ -124,7 +126,8 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
                "data": (True, lambda v: isinstance(v, (bytes, bytearray)))},
     JOINED: {"room": (True, _str)},
     LEFT: {"room": (True, _str)},
-    MSG: {"from": (True, _str), "data": (False, _any)},
+    MSG: {"from": (True, _str), "data": (False, _any), "pos": (False, _opt_pos)},
+    SENT: {"pos": (True, _pos), "id": (False, _opt_str)},
     CONFLICT: {"conflict": (True, _dict)},
     WARN: {"code": (True, _str)},
     ERROR: {"code": (True, _str)},
@@ -133,7 +136,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
 CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND})
 SERVER_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES | {PRESENCE}
 # Messages the server sends at once, bypassing the outgoing batching window.
-LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG})
+LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG, SENT})
 
 
 def validate(msg: Any, *, allowed: frozenset[str] | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 import pycrdt
 from api_wsclient import NativeClient
 from test_api_yjs import texts, wait_until, yclient
@@ -33,9 +34,18 @@ async def test_rooms_dms_and_yjs_cross_gateways(gateway, redis_client_url, tmp_p
         await c.send(P.JOIN, room="lobby")
         await c.expect(P.JOINED)
     await a.send(P.SAY, room="lobby", data="across")
-    assert (await b.expect(P.MSG))["data"] == "across"
+    pos = (await a.expect(P.SENT))["pos"]
+    got = await b.expect(P.MSG)
+    assert got["data"] == "across" and got["pos"] == pos
     await b.send(P.DM, to="alice", data="back")
-    assert (await a.expect(P.MSG))["data"] == "back"
+    pos = (await b.expect(P.SENT))["pos"]
+    got = await a.expect(P.MSG)
+    assert got["data"] == "back" and got["pos"] == pos
+    # each message arrived once: by Redis or from the log, not both
+    with pytest.raises(asyncio.TimeoutError):
+        extra = await a.recv(timeout=1.0)
+        assert extra["t"] == "presence", extra
+        await a.recv(timeout=1.0)
     for c in (a, b):
         await c.close()
     d1, d2 = pycrdt.Doc(), pycrdt.Doc()

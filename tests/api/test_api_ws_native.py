@@ -184,14 +184,22 @@ async def test_rooms_say_dm_presence_and_membership_survives_reconnect(srv):
     ann = await a.expect(P.PRESENCE, skip=())
     assert ann["event"] == "joined" and ann["user"] == "bob"
     # broadcast to the room (not echoed to the sender)
-    await a.send(P.SAY, room="lobby", data={"text": "hi"})
+    await a.send(P.SAY, room="lobby", data={"text": "hi"}, id="s1")
+    sent = await a.expect(P.SENT)
+    assert sent["id"] == "s1" and sent["pos"] > 0 and sent["duplicate"] is False
     msg = await b.expect(P.MSG)
     assert msg["from"] == "alice" and msg["room"] == "lobby" and msg["data"] == {"text": "hi"}
-    # direct message reaches every connection of the user
-    await a.send(P.DM, to="bob", data="psst")
+    assert msg["pos"] == sent["pos"]
+    # direct message reaches every connection of the user, once each
+    await a.send(P.DM, to="bob", data="psst", id="d1")
+    dm_pos = (await a.expect(P.SENT))["pos"]
     for c in (b, b2):
         dm = await c.expect(P.MSG)
-        assert dm["direct"] is True and dm["from"] == "alice" and dm["data"] == "psst"
+        assert dm["direct"] is True and dm["from"] == "alice" and dm["data"] == "psst" and dm["pos"] == dm_pos
+    # the same id again is stored once and not delivered again
+    await a.send(P.DM, to="bob", data="psst", id="d1")
+    again = await a.expect(P.SENT)
+    assert again["pos"] == dm_pos and again["duplicate"] is True
     # ephemeral presence (typing) goes to the room and shows in the REST view
     await b.send(P.PRESENCE, room="lobby", state={"typing": True})
     pres = await a.expect(P.PRESENCE, skip=())
@@ -206,12 +214,20 @@ async def test_rooms_say_dm_presence_and_membership_survives_reconnect(srv):
     assert w["rooms"] == ["lobby"]
     await b.send(P.SAY, room="lobby", data="again")
     assert (await a.expect(P.MSG))["data"] == "again"
-    # join/leave are in the log
+    # join/leave and the messages are in the log
     await a.send(P.LEAVE, room="lobby")
     await a.expect(P.LEFT)
     log = httpx.get(f"{srv.url}/v1/streams/room/lobby", headers=srv.headers()).json()["events"]
-    assert [(e["type"], e["data"]["user"]) for e in log] == [
-        ("presence.joined", "alice"), ("presence.joined", "bob"), ("presence.left", "alice")]
+    assert [(e["type"], e["data"].get("user") or e["data"]["from"]) for e in log] == [
+        ("presence.joined", "alice"), ("presence.joined", "bob"), ("room.message", "alice"),
+        ("room.message", "bob"), ("presence.left", "alice")]
+    # bob's inbox holds the direct message once; alice cannot read it
+    inbox = httpx.get(f"{srv.url}/v1/streams/dm/bob", headers=srv.headers(user="bob")).json()["events"]
+    assert [(e["type"], e["data"]["data"]) for e in inbox] == [("dm.message", "psst")]
+    r = httpx.get(f"{srv.url}/v1/streams/dm/bob", headers=srv.headers(user="alice"))
+    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    everything = httpx.get(f"{srv.url}/v1/log", headers=srv.headers(user="alice")).json()["events"]
+    assert everything and not any(e["stream"].startswith("dm/") for e in everything)
     for c in (a, b, b2):
         await c.close()
 
