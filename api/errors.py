@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import protocol as P
-from engine.errors import SynclineError
+from engine.errors import Forbidden, SynclineError, TenantViolation, WebSocketForbidden
 
 # WebSocket close codes: the protocol's (engine/protocol.py, docs/protocol.md), plus two
 # standard ones the protocol module does not name.
@@ -49,20 +49,6 @@ class TokenMalformed(Unauthenticated):
     code = "token_malformed"
 
 
-class Forbidden(SynclineError):
-    """Authenticated, but the claims do not allow this."""
-
-    code = "forbidden"
-    http_status = 403
-    ws_close = WS_FORBIDDEN
-
-
-class TenantViolation(Forbidden):
-    """A request or message named another tenant than the token's. Logged as a security event."""
-
-    code = "tenant_violation"
-
-
 class JustificationRequired(Forbidden):
     code = "justification_required"
 
@@ -73,10 +59,7 @@ class CriticalCommandRefused(Forbidden):
     code = "critical_requires_command"
 
 
-class WebSocketForbidden(Forbidden):
-    """Critical commands (class D) are refused over WebSocket: REST only."""
-
-    code = "websocket_forbidden"
+__all__ = ["Forbidden", "TenantViolation", "WebSocketForbidden"]  # (defined in engine.errors: the session core raises them)
 
 
 class RateLimited(SynclineError):

@@ -15,44 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
+from engine.ratelimit import SlidingWindow, Verdict
+
 from .logging import log
 
-
-class Verdict(Enum):
-    OK = "ok"
-    WARN = "warn"
-    DISCONNECT = "disconnect"
-
-
-class SlidingWindow:
-    __slots__ = ("limit", "window_s", "_hits", "_warned")
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._hits: deque[float] = deque()
-        self._warned = False
-
-    def hit(self, now: float) -> Verdict:
-        hits = self._hits
-        while hits and hits[0] <= now - self.window_s:
-            hits.popleft()
-        if len(hits) < self.limit:
-            hits.append(now)
-            if len(hits) < self.limit // 2:
-                self._warned = False  # well below the limit again: forgive
-            return Verdict.OK
-        if not self._warned:
-            self._warned = True
-            return Verdict.WARN
-        return Verdict.DISCONNECT
-
-    def retry_after(self, now: float) -> float:
-        return max(0.0, self._hits[0] + self.window_s - now) if self._hits else 0.0
+__all__ = ["BanList", "SharedBanList", "SlidingWindow", "Verdict"]
 
 
 class BanList:

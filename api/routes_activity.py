@@ -16,11 +16,11 @@ from engine.errors import NotFound, ValidationError
 from engine.events import check_stream
 from engine.projections.feeds import page as feed_page
 from engine.projections.presence import PresenceChange
+from engine.session import NAME_RE as ROOM_RE
 
 from .activity import ActivityProjections
 from .auth import READ
 from .deps import check_stream_access, gateway_of, principal_of, read_scope
-from .ws_native import ROOM_RE
 
 PAGE_MAX = 500
 USER_MAX = 200

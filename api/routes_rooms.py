@@ -4,10 +4,10 @@ from __future__ import annotations
 from litestar import Request, get
 
 from engine.errors import ValidationError
+from engine.session import NAME_RE as ROOM_RE
 
 from .auth import READ
 from .deps import gateway_of, read_scope
-from .ws_native import ROOM_RE
 
 
 @get("/rooms/{room:str}/presence", opt={"perm": READ}, summary="Who is in a room, and their ephemeral states")

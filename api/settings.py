@@ -57,6 +57,8 @@ class Settings:
     batch_window_ms: float = field(default_factory=lambda: _float("SYNCLINE_BATCH_WINDOW_MS", 100.0))
     max_behind: int = field(default_factory=lambda: _int("SYNCLINE_MAX_BEHIND", 10_000))
     unacked_batches_max: int = field(default_factory=lambda: _int("SYNCLINE_UNACKED_BATCHES_MAX", 8))
+    # Without ack progress for this long, a subscription rewinds to its last ack and sends again.
+    ack_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_ACK_TIMEOUT_S", 10.0))
     event_batch_max: int = field(default_factory=lambda: _int("SYNCLINE_EVENT_BATCH_MAX", 500))
     rate_limit_messages: int = field(default_factory=lambda: _int("SYNCLINE_RATE_LIMIT_MESSAGES", 100))
     rate_limit_window_s: float = field(default_factory=lambda: _float("SYNCLINE_RATE_LIMIT_WINDOW_S", 60.0))

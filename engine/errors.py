@@ -109,3 +109,23 @@ class ProtocolError(SynclineError):
 
     code = "protocol_error"
     http_status = 400
+
+
+class Forbidden(SynclineError):
+    """Authenticated, but the claims do not allow this."""
+
+    code = "forbidden"
+    http_status = 403
+    ws_close = 4403
+
+
+class TenantViolation(Forbidden):
+    """A request or message named another tenant than the token's. Logged as a security event."""
+
+    code = "tenant_violation"
+
+
+class WebSocketForbidden(Forbidden):
+    """Critical commands (class D) are refused over WebSocket: REST only."""
+
+    code = "websocket_forbidden"
