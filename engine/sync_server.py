@@ -1,43 +1,32 @@
-"""The native-protocol sync server as a pure, synchronous core: messages in, messages out.
+"""The simulator's server: the gateway's protocol core over an in-memory log, synchronously.
 
-No asyncio, no sockets, no clock: the caller passes ``now_ms`` and moves the
-messages. The gateway, the simulator (simulations/) and the client kit's
-in-memory transport all drive the same core::
+Every connection is an :class:`engine.session.ServerSession`, the same pure core the
+gateway's ``/v1/ws`` runs; this module performs the sessions' effects the way the
+gateway does with the store, the hub and presence, but synchronously on an in-memory
+log, so a seeded simulation is reproducible and proves properties of the production
+protocol::
 
     log = MemorySyncLog(new_id)                    # or store.sqlite_sync_log.SqliteSyncLog(path, new_id)
     server = SyncServer(log, resolution_config, ServerConfig())
     conn, out = server.connect(Principal("acme", "alice"), now_ms)   # out: [(conn, welcome)]
     out = server.receive(conn, frame_or_message, now_ms)             # [(conn_id, message), ...]
-    out = server.tick(now_ms)       # pump subscriptions, ack timeouts, stale connections, presence TTL
+    out = server.tick(now_ms)       # heartbeats, ack timeouts, presence TTL, subscriptions woken by appends
     out = server.disconnect(conn, now_ms)
 
 Every call returns ``list[(conn_id, message)]``: messages are ``engine.protocol``
-dicts (encode them with ``encode_frame`` for a real socket). ``receive`` takes a
-frame (bytes: msgpack, str: JSON) or an already decoded message dict; either is
-validated against the protocol. A ``bye`` message means the server dropped that
-connection. Treat returned messages as read-only: event dicts, and the event lists
-of batches, are shared between connections.
+dicts (encode them with ``encode_frame`` for a real socket). A ``bye`` message means
+the server dropped that connection. Treat returned messages as read-only: event
+dicts, and the event lists of batches, are shared between connections.
 
 State is a projection of the log: record states (with the receipts that answer
 duplicate ops), doc op ids, documents. "Restarting" the server is building a new
 ``SyncServer`` on the same log; connections, rooms and presence are ephemeral and
 are gone. Ids come from ``new_id(time_ms)`` so that a seeded run is reproducible.
-
-Rules (one connection):
-- ``sub`` starts a subscription at ``after``; more than ``max_behind_events`` of the
-  tenant's events after it gives ``refresh`` instead (fetch a ``snap``, sub again).
-- at most ``window_batches_max`` ``events`` batches are unacknowledged per
-  subscription; ``ack {upto}`` frees them. Without ack progress for ``ack_timeout_ms``
-  the subscription rewinds to the last ack and sends again (lost batches, lost acks).
-- ``events.prev`` is the ``next`` of the batch before it: a client whose cursor is
-  below ``prev`` missed a batch and ignores this one until the rewind.
-- ``ops`` are answered by one ``opacks`` with one result per op, in order.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
-import heapq
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -47,6 +36,7 @@ from .codec import pack, unpack
 from .documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
 from .errors import ProtocolError, SynclineError, ValidationError
 from .events import (
+    DM_PREFIX,
     STREAM_MAX,
     STREAM_RE,
     Actor,
@@ -66,19 +56,34 @@ from .records import (
     ResolutionConfig,
     as_stream_writes,
     fold_record_events,
-    op_from_wire,
     reconcile,
     record_snapshot,
 )
-from .records.outcomes import RejectReason, rejected
+from .records.outcomes import RejectReason
 from .records.payloads import RECORD_PATCHED, StreamEvent
+from .session import (
+    Close,
+    CommitOps,
+    CountBehind,
+    Deliver,
+    Identity,
+    JoinRoom,
+    LeaveRoom,
+    ReadLog,
+    Send,
+    ServerSession,
+    SessionConfig,
+    SetPresence,
+    StoreMessage,
+    TakeSnapshot,
+    WaitLog,
+)
 from .syncdata import chunk_snapshot, snapshot_checksum
 from .yupdates import InvalidUpdate
 
 ROOM_PREFIX = "room/"
 PRESENCE_JOINED = "presence.joined"
 PRESENCE_LEFT = "presence.left"
-DOC_OP = "doc"  # ops entry kind for a Yjs update (docs/protocol.md)
 _EMPTY: dict = {}
 _RETENTIONS = {r.value: r for r in Retention}
 
@@ -232,6 +237,7 @@ class Principal:
     tenant: str
     user: str
     roles: tuple[str, ...] = ()
+    perms: frozenset[str] = frozenset({"read", "write"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,44 +251,33 @@ class ServerConfig:
     presence_ttl_ms: int = 30_000
     snapshot_chunk_bytes: int = 64 * 1024
     log_presence: bool = True  # record joins and leaves as presence.* events on room/<id>
+    rate_limit_messages: int = 1_000_000  # (simulated clients are not throttled unless asked)
 
-
-class LocalProtocolError(SynclineError):
-    """The caller misused the core (for example an unknown connection id)."""
-
-    code = "local_protocol_error"
-
-
-@dataclass(slots=True)
-class _Sub:
-    id: str
-    filter: EventFilter
-    cursor: int  # scanned up to here
-    sent_next: int  # ``next`` of the last batch sent: the client's cursor if nothing was lost
-    acked: int
-    inflight: list[int] = field(default_factory=list)  # ``next`` of unacked batches
-    progress_ms: int = 0  # last time an ack moved, or the sub started
-    timed: bool = False  # an ack-timeout check for it is in the server's timer heap
-    # The filter as a plain tuple, for sharing batches (``_batch``); None: not shared
-    # (a predicate's value may be unhashable). Hashing a tuple of str tuples is cheap.
-    share_key: tuple | None = None
+    def session(self) -> SessionConfig:
+        return SessionConfig(
+            heartbeat_ms=self.heartbeat_ms, stale_ms=self.stale_ms, batch_events_max=self.batch_events_max,
+            window_batches_max=self.window_batches_max, ack_timeout_ms=self.ack_timeout_ms,
+            max_behind=self.max_behind_events, presence_ttl_ms=self.presence_ttl_ms,
+            rate_limit_messages=self.rate_limit_messages,
+        )
 
 
 @dataclass(slots=True)
 class _Conn:
     id: int
     principal: Principal
-    session: str
-    client: str
-    seen_ms: int
-    subs: dict[str, _Sub] = field(default_factory=dict)
-    rooms: dict[str, None] = field(default_factory=dict)
+    session: ServerSession
+    waiting: dict[str, int] = field(default_factory=dict)  # sub id -> generation, waiting for the log to grow
 
 
 Out = list[tuple[int, dict[str, Any]]]
 
 
 class SyncServer:
+    """Many :class:`~engine.session.ServerSession` (the gateway's protocol core) over one
+    in-memory log, their effects performed synchronously: what the gateway does with the
+    store, the hub and presence, done here with plain dicts."""
+
     def __init__(
         self,
         log: SyncLog,
@@ -294,6 +289,7 @@ class SyncServer:
         self.log = log
         self.resolution = resolution
         self.config = config
+        self.session_config = config.session()
         self.keep_documents = keep_documents
         self._conns: dict[int, _Conn] = {}
         self._next_conn = 1
@@ -305,17 +301,11 @@ class SyncServer:
         self._users: dict[tuple[str, str], dict[int, None]] = {}
         self._by_tenant: dict[str, dict[int, None]] = {}
         self._dirty: dict[str, None] = {}
+        self._keys: dict[tuple[str, str], int] = {}  # (tenant, idempotency key) -> position (messages)
         self._wire: dict[int, dict] = {}
-        # (tenant, cursor, filter) -> (batch | None, its raw event count, the head it was checked at):
-        # see ``_batch``.
-        self._batches: dict[tuple, tuple[tuple[int, list[dict]] | None, int, int]] = {}
-        # Deadlines instead of scans: ``tick`` pops what is due. (due_ms, seq, conn_id, sub):
-        # sub None is the connection's stale check; otherwise that sub's ack timeout. Entries
-        # are checked when popped (the connection may be gone, the sub replaced, the ack
-        # moved on: then it is re-armed at the new deadline or dropped). One entry per
-        # connection and one per sub with batches in flight: bounded by the connections.
-        self._timers: list[tuple[int, int, int, _Sub | None]] = []
-        self._timer_seq = 0
+        # (tenant, cursor, filter) -> (raw events, next_after, wire list, head checked at, raw count): see _read
+        self._batches: dict[tuple, tuple[list, int, list, int, int]] = {}
+        self._wires_of: dict[int, list] = {}  # id(a shared raw list) -> its wire list
         self.stats = {"ops": 0, "duplicates": 0, "rejected": 0, "events_sent": 0, "refreshes": 0, "rewinds": 0}
         self._rebuild()
 
@@ -359,7 +349,7 @@ class SyncServer:
         """Nothing left to send: no unacknowledged batch and no tenant waiting for a pump."""
         if self._dirty:
             return False
-        return not any(sub.inflight for conn in self._conns.values() for sub in conn.subs.values())
+        return not any(sub.inflight for c in self._conns.values() for sub in c.session.subs.values())
 
     # ---- the interface
 
@@ -367,25 +357,23 @@ class SyncServer:
         check_tenant(principal.tenant)
         cid = self._next_conn
         self._next_conn += 1
-        conn = _Conn(cid, principal, f"s{cid}", "", now_ms)
+        session = ServerSession(Identity(principal.tenant, principal.user, principal.perms), self.session_config,
+                                session_id=f"s{cid}", now_ms=now_ms, encode_events=self._encode)
+        conn = _Conn(cid, principal, session)
         self._conns[cid] = conn
         self._by_tenant.setdefault(principal.tenant, {})[cid] = None
         self._users.setdefault((principal.tenant, principal.user), {})[cid] = None
-        self._push_timer(now_ms + self.config.stale_ms + 1, cid, None)
-        welcome = P.message(
-            P.WELCOME, session=conn.session, tenant=principal.tenant, user=principal.user,
-            head=self.log.head(), heartbeat_s=self.config.heartbeat_ms // 1000, stale_s=self.config.stale_ms // 1000,
-            max_behind=self.config.max_behind_events,
-        )
-        return cid, [(cid, welcome)]
+        out: Out = []
+        self._perform(conn, session.welcome(head=self.log.head()), now_ms, out)
+        return cid, out
 
     def disconnect(self, conn_id: int, now_ms: int) -> Out:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return []
         out: Out = []
-        for room in list(conn.rooms):
-            self._leave(conn, room, now_ms, out, notify_self=False)
+        for room in list(conn.session.rooms):
+            self._leave(conn, room, now_ms, out)
         self._by_tenant.get(conn.principal.tenant, {}).pop(conn_id, None)
         users = self._users.get((conn.principal.tenant, conn.principal.user))
         if users is not None:
@@ -396,141 +384,132 @@ class SyncServer:
         conn = self._conns.get(conn_id)
         if conn is None:
             return [(conn_id, P.message(P.BYE, code="closed", reason="no such connection"))]
+        out: Out = []
         try:
             if isinstance(frame, dict):
                 msg = P.validate(frame, allowed=P.CLIENT_TYPES)
             else:
                 msg = P.decode_frame(frame, allowed=P.CLIENT_TYPES)
         except ProtocolError as e:
-            out = self.disconnect(conn_id, now_ms)
-            out.append((conn_id, P.message(P.BYE, code=e.code, reason=str(e)[:200], close=P.CLOSE_PROTOCOL_ERROR)))
+            self._perform(conn, conn.session.invalid_frame(e), now_ms, out)
             return out
-        conn.seen_ms = now_ms
-        out: Out = []
-        handler = _HANDLERS.get(msg["t"])
-        if handler is not None:
-            handler(self, conn, msg, now_ms, out)
+        self._perform(conn, conn.session.receive(msg, now_ms, wall_us=now_ms * 1000), now_ms, out)
         return out
 
     def tick(self, now_ms: int) -> Out:
-        """Stale connections, ack timeouts, presence expiry, and the pump of tenants with
-        new events. Work is proportional to what is due or changed, not to connections."""
+        """Heartbeats and ack timeouts of every session, presence expiry, and the pump of
+        subscriptions waiting on tenants with new events."""
         out: Out = []
-        cfg = self.config
-        timers = self._timers
-        while timers and timers[0][0] <= now_ms:
-            _, _, cid, sub = heapq.heappop(timers)
-            conn = self._conns.get(cid)
-            if conn is None:
-                continue
-            if sub is None:
-                if now_ms - conn.seen_ms > cfg.stale_ms:
-                    out.extend(self.disconnect(cid, now_ms))
-                    out.append((cid, P.message(P.BYE, code="stale", reason="silent too long", close=P.CLOSE_STALE)))
-                else:
-                    self._push_timer(conn.seen_ms + cfg.stale_ms + 1, cid, None)
-                continue
-            sub.timed = False
-            if conn.subs.get(sub.id) is not sub or not sub.inflight:
-                continue  # replaced, dropped or caught up: re-armed when batches go out again
-            if now_ms - sub.progress_ms > cfg.ack_timeout_ms:
-                # Lost batches or lost acks: send again from what the client confirmed.
-                self.stats["rewinds"] += 1
-                sub.cursor = sub.sent_next = sub.acked
-                sub.inflight.clear()
-                sub.progress_ms = now_ms
-                if not self._check_behind(conn, sub, out):
-                    self._pump(conn, sub, now_ms, out)
-            else:
-                self._arm_ack(cid, sub)
+        for conn in list(self._conns.values()):
+            if conn.id in self._conns:
+                self._perform(conn, conn.session.tick(now_ms), now_ms, out)
         for key, members in list(self._presence.items()):
             for cid, expires in list(members.items()):
                 if expires <= now_ms:
                     del members[cid]
-                    conn = self._conns.get(cid)
-                    if conn is not None:
-                        self._to_room(key, cid, P.message(P.PRESENCE, room=key[1], user=conn.principal.user,
+                    c = self._conns.get(cid)
+                    if c is not None:
+                        self._to_room(key, cid, P.message(P.PRESENCE, room=key[1], user=c.principal.user,
                                                           event="expired"), out)
         dirty, self._dirty = self._dirty, {}
         for tenant in dirty:
-            for cid in self._by_tenant.get(tenant, ()):
-                conn = self._conns[cid]
-                for sub in conn.subs.values():
-                    self._pump(conn, sub, now_ms, out)
+            for cid in list(self._by_tenant.get(tenant, ())):
+                conn = self._conns.get(cid)
+                if conn is None or not conn.waiting:
+                    continue
+                waiting, conn.waiting = conn.waiting, {}
+                for sub_id, gen in waiting.items():
+                    self._perform(conn, conn.session.log_grew(sub_id, gen, now_ms), now_ms, out)
         return out
 
-    def _push_timer(self, due_ms: int, conn_id: int, sub: _Sub | None) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (due_ms, self._timer_seq, conn_id, sub))
+    # ---- effects
 
-    def _arm_ack(self, conn_id: int, sub: _Sub) -> None:
-        if not sub.timed:
-            sub.timed = True
-            self._push_timer(sub.progress_ms + self.config.ack_timeout_ms + 1, conn_id, sub)
-
-    # ---- subscriptions
-
-    def _check_behind(self, conn: _Conn, sub: _Sub, out: Out) -> bool:
-        if self.log.count_after(conn.principal.tenant, sub.cursor) > self.config.max_behind_events:
-            self.stats["refreshes"] += 1
-            del conn.subs[sub.id]
-            out.append((conn.id, P.message(P.REFRESH, sub=sub.id, head=self.log.head(), reason="too_far_behind")))
-            return True
-        return False
-
-    def _pump(self, conn: _Conn, sub: _Sub, now_ms: int, out: Out) -> None:
-        window = self.config.window_batches_max
-        inflight = sub.inflight
-        if len(inflight) >= window:
-            return  # a full window: nothing to send until an ack
-        tenant = conn.principal.tenant
-        f = sub.filter
-        share_key = sub.share_key
-        head = self.log.head()  # constant here: pumping appends nothing
-        while len(inflight) < window:
-            scanned = self._batch(tenant, sub.cursor, f, share_key, head)
-            if scanned is None:
+    def _perform(self, conn: _Conn, effects: list, now_ms: int, out: Out) -> None:
+        todo = list(effects)
+        todo.reverse()
+        session = conn.session
+        while todo:
+            e = todo.pop()
+            kind = type(e)
+            more: list = []
+            if kind is Send:
+                if e.msg.get("t") == P.EVENTS:
+                    self.stats["events_sent"] += len(e.msg["events"])
+                elif e.msg.get("t") == P.REFRESH:
+                    self.stats["refreshes"] += 1
+                out.append((conn.id, e.msg))
+            elif kind is ReadLog:
+                raw, next_after, head = self._read(conn.principal.tenant, e.after, e.limit, e.filter)
+                more = session.log_read(e.sub, e.gen, raw, next_after, head, now_ms)
+            elif kind is WaitLog:
+                conn.waiting[e.sub] = e.gen
+            elif kind is CountBehind:
+                too_far = self.log.count_after(conn.principal.tenant, e.after) > e.limit
+                more = session.behind_counted(e.sub, e.gen, too_far, self.log.head(), now_ms)
+            elif kind is CommitOps:
+                more = session.ops_done(e.ref, self._commit(conn, e, now_ms), e)
+            elif kind is StoreMessage:
+                more = self._store_message(conn, e, now_ms)
+            elif kind is Deliver:
+                self._deliver(conn, e, out)
+            elif kind is JoinRoom:
+                more = self._join(conn, e.room, now_ms, out)
+            elif kind is LeaveRoom:
+                self._leave(conn, e.room, now_ms, out)
+            elif kind is SetPresence:
+                key = (conn.principal.tenant, e.room)
+                self._presence.setdefault(key, {})[conn.id] = now_ms + self.config.presence_ttl_ms
+                self._to_room(key, conn.id, P.message(P.PRESENCE, room=e.room, user=conn.principal.user,
+                                                      state=e.state), out)
+            elif kind is TakeSnapshot:
+                position, content = self._snapshot(conn.principal.tenant, e.streams, e.prefixes)
+                checksum = snapshot_checksum(position, content)
+                chunks = chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes)
+                more = session.snapshot_ready(e.ref, chunks, position)
+            elif kind is Close:
+                if not out or out[-1][0] != conn.id or out[-1][1].get("t") != P.BYE:
+                    out.append((conn.id, P.message(P.BYE, code=e.reason, reason=e.reason, close=e.code)))
+                out.extend(self.disconnect(conn.id, now_ms))
                 return
-            sub.cursor, wires = scanned
-            if not wires:
-                continue  # skipped silently; the next batch tells the client via ``next``
-            if not inflight:
-                sub.progress_ms = now_ms
-            batch = P.message(P.EVENTS, sub=sub.id, events=wires, next=sub.cursor, prev=sub.sent_next, head=head)
-            sub.sent_next = sub.cursor
-            inflight.append(sub.cursor)
-            if not sub.timed:
-                self._arm_ack(conn.id, sub)
-            self.stats["events_sent"] += len(wires)
-            out.append((conn.id, batch))
+            # Rebind, Ban, SecurityEvent: nothing to keep in a simulation
+            if more:
+                more.reverse()
+                todo.extend(more)
 
-    def _batch(self, tenant: str, cursor: int, f: EventFilter, share_key: tuple | None, head: int
-               ) -> tuple[int, list[dict]] | None:
-        """The next batch after ``cursor``: (the position scanned up to, the wire events the
-        filter keeps), or None at the end of the log. Connections of a tenant with the same
-        filter usually sit at the same cursor (all caught up), so a batch is built once per
-        (tenant, cursor, filter) and its event list is shared by their messages (read-only,
-        like the event dicts in it; the client kit's shared folds take a list handed to
-        many replicas once). It stays that batch while the log head stays where it was;
-        after an append (another tenant's, most of the time) it still is if it was full
-        (later events come after it) or the tenant has no new event past ``cursor``."""
-        key = (tenant, cursor, share_key) if share_key is not None else None
-        cfg_max = self.config.batch_events_max
+    def _encode(self, events: Any) -> list:
+        shared = self._wires_of.get(id(events))
+        if shared is not None:
+            return shared
+        return [self._to_wire(e) for e in events]
+
+    def _read(self, tenant: str, after: int, limit: int, f: EventFilter | None) -> tuple[list, int, int]:
+        """The next page after ``after``: (the events the filter keeps, the position scanned
+        up to, the head). Connections of a tenant with the same filter usually sit at the same
+        cursor (all caught up), so a page is built once per (tenant, cursor, filter) and its
+        event lists are shared (read-only) by their messages: the client kit's shared folds
+        take a list handed to many replicas once. It stays that page while the head stays
+        where it was; after an append (another tenant's, most of the time) it still is if it
+        was full (later events come after it) or the tenant has nothing new past ``after``."""
+        head = self.log.head()
+        share = None if f is not None and f.where else (f.stream_prefixes, f.streams, f.types) if f else ()
+        key = (tenant, after, limit, share) if share is not None else None
         if key is not None:
             hit = self._batches.get(key)
-            if hit is not None:
-                if hit[2] == head or hit[1] >= cfg_max:
-                    return hit[0]
-                if self.log.count_after(tenant, cursor) == hit[1]:
-                    self._batches[key] = (hit[0], hit[1], head)
-                    return hit[0]
-        raw = self.log.read(tenant, cursor, cfg_max)
-        scanned = (raw[-1].position, [self._to_wire(e) for e in raw if f.matches(e)]) if raw else None
+            if hit is not None and (hit[3] == head or hit[4] >= limit or self.log.count_after(tenant, after) == hit[4]):
+                if hit[3] != head:
+                    self._batches[key] = (hit[0], hit[1], hit[2], head, hit[4])
+                return hit[0], hit[1], head
+        raw = self.log.read(tenant, after, limit)
+        kept = [e for e in raw if f.matches(e)] if f is not None else list(raw)
+        next_after = raw[-1].position if raw else after
         if key is not None:
             if len(self._batches) >= 16_384:
                 self._batches.clear()  # (cursors long passed; the live ones are built again once)
-            self._batches[key] = (scanned, len(raw), head)
-        return scanned
+                self._wires_of.clear()
+            wires = [self._to_wire(e) for e in kept]
+            self._batches[key] = (kept, next_after, wires, head, len(raw))
+            self._wires_of[id(kept)] = wires
+        return kept, next_after, head
 
     def _to_wire(self, e: RecordedEvent) -> dict:
         w = self._wire.get(e.position)
@@ -540,63 +519,22 @@ class SyncServer:
             w = self._wire[e.position] = e.to_wire()
         return w
 
-    def _on_sub(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        if len(conn.subs) >= 64 and msg["id"] not in conn.subs:
-            out.append((conn.id, P.message(P.ERROR, code="too_many_subscriptions", ref=msg["id"])))
-            return
-        f = EventFilter(stream_prefixes=tuple(msg.get("prefixes") or ()), streams=tuple(msg.get("streams") or ()),
-                        types=tuple(msg.get("types") or ()))
-        after = msg.get("after") or 0
-        sub = _Sub(msg["id"], f, after, after, after, progress_ms=now_ms,
-                   share_key=None if f.where else (f.stream_prefixes, f.streams, f.types))
-        conn.subs[sub.id] = sub
-        for room in msg.get("rooms") or ():
-            self._join(conn, room, now_ms, out)
-        if not self._check_behind(conn, sub, out):
-            self._pump(conn, sub, now_ms, out)
-
-    def _on_unsub(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        conn.subs.pop(msg["id"], None)
-
-    def _on_ack(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        sub = conn.subs.get(msg["sub"])
-        if sub is None:
-            return
-        upto = msg["upto"]
-        if upto > sub.acked and upto <= sub.sent_next:
-            sub.acked = upto
-            sub.progress_ms = now_ms
-            while sub.inflight and sub.inflight[0] <= upto:
-                sub.inflight.pop(0)
-            self._pump(conn, sub, now_ms, out)
+    def _append(self, tenant: str, writes: Sequence[StreamWrite], now_ms: int) -> list[RecordedEvent]:
+        recorded = self.log.append(tenant, writes, now_ms * 1000)
+        if recorded:
+            self._dirty[tenant] = None
+        return recorded
 
     # ---- ops
 
-    def _on_ops(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        tenant, user = conn.principal.tenant, conn.principal.user
-        results: list[Any] = [None] * len(msg["ops"])
-        record_ops: list[tuple[int, Any]] = []
-        doc_writes: list[StreamEvent] = []
-        doc_ops = self._doc_ops.setdefault(tenant, {})
-        batch_doc_ops: dict[str, None] = {}
-        for i, wire in enumerate(msg["ops"]):
-            if isinstance(wire, dict) and wire.get("kind") == DOC_OP:
-                results[i] = self._doc_op(conn, wire, doc_ops, batch_doc_ops, doc_writes)
-                continue
-            try:
-                op = op_from_wire(wire)
-            except ValidationError as e:
-                oid = wire.get("op") if isinstance(wire, dict) and isinstance(wire.get("op"), str) else ""
-                results[i] = rejected(oid, "", RejectReason.INVALID_OP, str(e)[:200]).to_wire()
-                continue
-            if op.user != user:  # a connection writes as its own user only
-                results[i] = rejected(op.op_id, op.stream, RejectReason.INVALID_OP, "op user is not the caller").to_wire()
-                continue
-            record_ops.append((i, op))
+    def _commit(self, conn: _Conn, e: CommitOps, now_ms: int) -> list[dict | None]:
+        tenant = conn.principal.tenant
+        results: list[dict | None] = [None] * e.size
         events: list[StreamEvent] = []
-        if record_ops:
-            r = reconcile(self.records(tenant), [op for _, op in record_ops], self.resolution, now_ms=now_ms)
-            for (i, _), outcome in zip(record_ops, r.outcomes):
+        new_state = None
+        if e.records:
+            r = reconcile(self.records(tenant), [op for _, op in e.records], self.resolution, now_ms=now_ms)
+            for (i, _), outcome in zip(e.records, r.outcomes):
                 results[i] = outcome.to_wire()
                 k = outcome.kind.value
                 if k == "duplicate":
@@ -605,50 +543,38 @@ class SyncServer:
                     self.stats["rejected"] += 1
             events.extend(r.events)
             new_state = r.state
-        else:
-            new_state = None
-        events.extend(doc_writes)
+        doc_ops = self._doc_ops.setdefault(tenant, {})
+        for d in e.docs:
+            if d.op_id in doc_ops:
+                self.stats["duplicates"] += 1
+                results[d.index] = {"kind": "duplicate", "op": d.op_id, "stream": d.stream,
+                                    "original": {"kind": "applied", "op": d.op_id}}
+                continue
+            try:
+                Document().apply_update(d.update)  # decodes, or the op is rejected
+            except (InvalidUpdate, ValueError) as err:
+                results[d.index] = {"kind": "rejected", "op": d.op_id, "reason": RejectReason.INVALID_VALUE.value,
+                                    "detail": str(err)[:200]}
+                continue
+            doc_ops[d.op_id] = None
+            events.append(StreamEvent(d.stream, NewEvent(
+                CRDT_UPDATE, d.update, 1, Actor(conn.principal.user, d.client), {}, {"op": d.op_id})))
+            results[d.index] = {"kind": "applied", "op": d.op_id, "stream": d.stream}
         if events:
-            recorded = self.log.append(tenant, as_stream_writes(events), now_ms * 1000)
-            for ev in recorded:
+            for ev in self._append(tenant, as_stream_writes(events), now_ms):
                 if ev.type == CRDT_UPDATE:
                     self._absorb(ev, {})
-            self._dirty[tenant] = None
         if new_state is not None:
             self._records[tenant] = new_state
-        self.stats["ops"] += len(results)
-        out.append((conn.id, P.message(P.OPACKS, id=msg["id"], results=results)))
-
-    def _doc_op(self, conn: _Conn, wire: dict, doc_ops: dict, batch_ops: dict, writes: list[StreamEvent]) -> dict:
-        op_id, stream, update = wire.get("op"), wire.get("stream"), wire.get("update")
-        if not isinstance(op_id, str) or not op_id or not isinstance(stream, str) \
-                or not stream.startswith(DOC_STREAM_PREFIX) or len(stream) > STREAM_MAX \
-                or not STREAM_RE.match(stream) or not isinstance(update, (bytes, bytearray)):
-            oid = op_id if isinstance(op_id, str) else ""
-            return {"kind": "rejected", "op": oid, "reason": RejectReason.INVALID_OP.value}
-        if op_id in doc_ops or op_id in batch_ops:
-            self.stats["duplicates"] += 1
-            return {"kind": "duplicate", "op": op_id, "stream": stream, "original": {"kind": "applied", "op": op_id}}
-        try:
-            Document().apply_update(bytes(update))  # decodes, or the op is rejected
-        except (InvalidUpdate, ValueError) as e:
-            return {"kind": "rejected", "op": op_id, "reason": RejectReason.INVALID_VALUE.value,
-                    "detail": str(e)[:200]}
-        batch_ops[op_id] = None
-        client = wire.get("client") if isinstance(wire.get("client"), str) else conn.client
-        writes.append(StreamEvent(stream, NewEvent(
-            CRDT_UPDATE, bytes(update), 1, Actor(conn.principal.user, client or ""), {}, {"op": op_id},
-        )))
-        return {"kind": "applied", "op": op_id, "stream": stream}
+        self.stats["ops"] += e.size
+        return results
 
     # ---- snapshots
 
-    def _on_snap(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
+    def _snapshot(self, tenant: str, streams: tuple, prefixes: tuple) -> tuple[int, dict[str, Any]]:
         """The selected streams at the log head, in the client kit's snapshot shape:
         ``{stream: {"kind": "record", "values", "version", "conflicts", "state"} | {"kind": "doc", "state"}}``."""
-        tenant = conn.principal.tenant
-        f = EventFilter(stream_prefixes=tuple(msg.get("prefixes") or ()), streams=tuple(msg.get("streams") or ()))
-        position = self.log.head()
+        f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams))
         content: dict[str, Any] = {}
         for stream, rec in self.records(tenant).records.items():
             if _selected(f, stream):
@@ -657,26 +583,22 @@ class SyncServer:
         for (t, stream), doc in self._docs.items():
             if t == tenant and _selected(f, stream):
                 content[stream] = {"kind": "doc", "state": doc.encode_state()}
-        checksum = snapshot_checksum(position, content)
-        for c in chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes):
-            out.append((conn.id, P.message(P.SNAPSHOT, id=msg["id"], index=c.index, total=c.total,
-                                           checksum=c.checksum, data=c.data)))
+        return self.log.head(), content
 
     # ---- rooms, presence, messages
 
-    def _join(self, conn: _Conn, room: str, now_ms: int, out: Out) -> None:
+    def _join(self, conn: _Conn, room: str, now_ms: int, out: Out) -> list:
         key = (conn.principal.tenant, room)
         members = self._rooms.setdefault(key, {})
         if conn.id not in members:
             members[conn.id] = None
-            conn.rooms[room] = None
             self._to_room(key, conn.id, P.message(P.PRESENCE, room=room, user=conn.principal.user,
                                                   event="joined"), out)
             self._log_presence(conn, room, PRESENCE_JOINED, now_ms)
         users = sorted({self._conns[c].principal.user for c in members if c in self._conns})
-        out.append((conn.id, P.message(P.JOINED, room=room, members=users)))
+        return conn.session.room_joined(room, [{"user": u} for u in users], [])
 
-    def _leave(self, conn: _Conn, room: str, now_ms: int, out: Out, *, notify_self: bool = True) -> None:
+    def _leave(self, conn: _Conn, room: str, now_ms: int, out: Out) -> None:
         key = (conn.principal.tenant, room)
         members = self._rooms.get(key)
         if members is not None and conn.id in members:
@@ -684,12 +606,9 @@ class SyncServer:
             if not members:
                 del self._rooms[key]
             self._presence.get(key, {}).pop(conn.id, None)
-            conn.rooms.pop(room, None)
             self._to_room(key, conn.id, P.message(P.PRESENCE, room=room, user=conn.principal.user,
                                                   event="left"), out)
             self._log_presence(conn, room, PRESENCE_LEFT, now_ms)
-        if notify_self:
-            out.append((conn.id, P.message(P.LEFT, room=room)))
 
     def _log_presence(self, conn: _Conn, room: str, type_: str, now_ms: int) -> None:
         if not self.config.log_presence:
@@ -697,78 +616,41 @@ class SyncServer:
         stream = ROOM_PREFIX + room
         if len(stream) > STREAM_MAX or not STREAM_RE.match(stream):
             return
-        actor = Actor(conn.principal.user, conn.client)
-        self.log.append(conn.principal.tenant, (StreamWrite(stream, (NewEvent(
-            type_, {"user": conn.principal.user, "session": conn.session}, 1, actor),)),), now_ms * 1000)
-        self._dirty[conn.principal.tenant] = None
+        actor = Actor(conn.principal.user, conn.session.client)
+        self._append(conn.principal.tenant, (StreamWrite(stream, (NewEvent(
+            type_, {"user": conn.principal.user, "session": conn.session.session_id}, 1, actor),)),), now_ms)
+
+    def _store_message(self, conn: _Conn, e: StoreMessage, now_ms: int) -> list:
+        tenant = conn.principal.tenant
+        if e.idempotency_key is not None and (tenant, e.idempotency_key) in self._keys:
+            return conn.session.message_stored(e, self._keys[(tenant, e.idempotency_key)], True)
+        actor = Actor(conn.principal.user, conn.session.client)
+        try:
+            recorded = self._append(tenant, (StreamWrite(e.stream, (NewEvent(e.type, e.data, 1, actor),)),), now_ms)
+        except SynclineError as err:
+            return conn.session.message_failed(e, err)
+        position = recorded[0].position
+        if e.idempotency_key is not None:
+            self._keys[(tenant, e.idempotency_key)] = position
+        return conn.session.message_stored(e, position, False)
+
+    def _deliver(self, conn: _Conn, e: Deliver, out: Out) -> None:
+        tenant = conn.principal.tenant
+        if e.stream.startswith(ROOM_PREFIX):
+            targets = self._rooms.get((tenant, e.stream[len(ROOM_PREFIX):]), ())
+        else:
+            targets = self._users.get((tenant, e.stream[len(DM_PREFIX):]), ())
+        for cid in targets:
+            if cid != conn.id:
+                out.append((cid, e.msg))
 
     def _to_room(self, key: tuple[str, str], sender: int, msg: dict, out: Out) -> None:
         for cid in self._rooms.get(key, ()):
             if cid != sender:
                 out.append((cid, msg))
 
-    def _on_join(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        self._join(conn, msg["room"], now_ms, out)
-
-    def _on_leave(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        self._leave(conn, msg["room"], now_ms, out)
-
-    def _on_say(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        room = msg["room"]
-        key = (conn.principal.tenant, room)
-        if conn.id not in self._rooms.get(key, ()):
-            out.append((conn.id, P.message(P.ERROR, code="not_in_room", ref=room)))
-            return
-        self._to_room(key, conn.id, P.message(P.MSG, room=room, **{"from": conn.principal.user},
-                                              data=msg.get("data")), out)
-
-    def _on_dm(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        m = P.message(P.MSG, direct=True, **{"from": conn.principal.user}, data=msg.get("data"))
-        for cid in self._users.get((conn.principal.tenant, msg["to"]), ()):
-            out.append((cid, m))
-
-    def _on_presence(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        room = msg["room"]
-        key = (conn.principal.tenant, room)
-        if conn.id not in self._rooms.get(key, ()):
-            out.append((conn.id, P.message(P.ERROR, code="not_in_room", ref=room)))
-            return
-        self._presence.setdefault(key, {})[conn.id] = now_ms + self.config.presence_ttl_ms
-        self._to_room(key, conn.id, P.message(P.PRESENCE, room=room, user=conn.principal.user,
-                                              state=msg.get("state")), out)
-
-    # ---- the rest
-
-    def _on_hello(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        if msg.get("client"):
-            conn.client = msg["client"]
-
-    def _on_ping(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        out.append((conn.id, P.message(P.PONG, id=msg.get("id"), time_us=now_ms * 1000)))
-
-    def _on_command(self, conn: _Conn, msg: dict, now_ms: int, out: Out) -> None:
-        out.append((conn.id, P.message(P.ERROR, code="websocket_forbidden",
-                                       message="critical commands are REST only")))
-
 
 def _selected(f: EventFilter, stream: str) -> bool:
     if not (f.streams or f.stream_prefixes):
         return True
     return stream in f.streams or stream.startswith(f.stream_prefixes)
-
-
-_HANDLERS: dict[str, Callable[[SyncServer, _Conn, dict, int, Out], None]] = {
-    P.HELLO: SyncServer._on_hello,
-    P.PING: SyncServer._on_ping,
-    P.SUB: SyncServer._on_sub,
-    P.UNSUB: SyncServer._on_unsub,
-    P.ACK: SyncServer._on_ack,
-    P.OPS: SyncServer._on_ops,
-    P.SNAP: SyncServer._on_snap,
-    P.JOIN: SyncServer._on_join,
-    P.LEAVE: SyncServer._on_leave,
-    P.SAY: SyncServer._on_say,
-    P.DM: SyncServer._on_dm,
-    P.PRESENCE: SyncServer._on_presence,
-    P.COMMAND: SyncServer._on_command,
-}

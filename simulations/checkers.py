@@ -62,7 +62,8 @@ class Checkers:
             if not str(sender).startswith(c.tenant + "-"):
                 self.fail("tenant_isolation", f"{c.client_id} got {t} from {sender}")
         elif t == "joined":
-            for u in msg.get("members") or ():
+            for m in msg.get("members") or ():
+                u = m.get("user") if isinstance(m, dict) else m  # {user, client, online} as the gateway sends
                 if not str(u).startswith(c.tenant + "-"):
                     self.fail("tenant_isolation", f"{c.client_id} saw member {u}")
 

@@ -466,7 +466,7 @@ class Simulation:
         self.checkers.on_message(c, msg)
         t = msg["t"]
         if t == "events":
-            if self.params.broken == "cursor_reset" and c.core.position > 0 and self.rng.random() < 0.05:
+            if self.params.broken == "cursor_reset" and c.core.position > 0 and self.rng.random() < 0.25:
                 c.core.position = 0  # the deliberately broken client: forgets how far it got
             detail = f"{msg['sub']}:{msg.get('prev')}-{msg['next']}:{len(msg['events'])}"
         elif t == "opacks":
