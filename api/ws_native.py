@@ -44,7 +44,6 @@ from engine.session import (
     TakeSnapshot,
     WaitLog,
 )
-from engine.yupdates import check_update
 
 from .auth import READ, Principal
 from .errors import (
@@ -292,15 +291,9 @@ class NativeConnection:
             for (i, _), o in zip(e.records, outcomes):
                 results[i] = o.to_wire()
             gw.metrics.events_appended.labels("ops").inc(len(e.records))
-        for d in e.docs:
-            try:
-                update = check_update(d.update)
-            except SynclineError as err:
-                results[d.index] = {"kind": "rejected", "op": d.op_id, "reason": "invalid_value",
-                                    "detail": err.message[:200]}
-                continue
+        for d in e.docs:  # (validated by the session)
             r = await gw.store.append(p.tenant, d.stream, [NewEvent(
-                CRDT_UPDATE, data=update, actor=Actor(p.user, d.client), meta={"op": d.op_id})],
+                CRDT_UPDATE, data=d.update, actor=Actor(p.user, d.client), meta={"op": d.op_id})],
                 idempotency_key=f"op:{d.op_id}")
             results[d.index] = ({"kind": "duplicate", "op": d.op_id, "stream": d.stream,
                                  "original": {"kind": "applied", "op": d.op_id}} if r.duplicate

@@ -36,6 +36,7 @@ from .filters import EventFilter
 from .ratelimit import SlidingWindow, Verdict
 from .records import op_from_wire
 from .records.outcomes import RejectReason, rejected
+from .yupdates import check_update
 
 READ, WRITE, ADMIN = "read", "write", "admin"
 DOC_OP = "doc"  # an ``ops`` entry carrying a Yjs update (docs/protocol.md)
@@ -536,6 +537,11 @@ class ServerSession:
             return {"kind": "rejected", "op": oid, "reason": RejectReason.INVALID_OP.value, "detail": str(e)[:200]}
         if oid in seen:
             return {"kind": "duplicate", "op": oid, "stream": stream, "original": {"kind": "applied", "op": oid}}
+        try:
+            check_update(bytes(update))  # a malformed update never enters the log
+        except SynclineError as e:
+            return {"kind": "rejected", "op": oid, "reason": RejectReason.INVALID_VALUE.value,
+                    "detail": e.message[:200]}
         seen.add(oid)
         client = wire.get("client") if isinstance(wire.get("client"), str) else self.client
         return DocWrite(-1, oid, stream, bytes(update), client or self.client)
