@@ -12,7 +12,6 @@ resume after a disconnect is "subscribe after my position".
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from typing import Any, Callable
 
@@ -44,6 +43,7 @@ from engine.session import (
     TakeSnapshot,
     WaitLog,
 )
+from store.gcpause import collector_paused
 
 from .auth import READ, Principal
 from .errors import (
@@ -395,13 +395,8 @@ class NativeConnection:
 def _decode(frame: bytes | str, subprotocol: str) -> dict:
     """``decode_frame`` with the cyclic GC paused: an ops batch unpacks into a few acyclic
     containers per op, and the collections they triggered cost as much as the decoding."""
-    if not gc.isenabled():
+    with collector_paused():
         return P.decode_frame(frame, subprotocol, allowed=P.CLIENT_TYPES)
-    gc.disable()
-    try:
-        return P.decode_frame(frame, subprotocol, allowed=P.CLIENT_TYPES)
-    finally:
-        gc.enable()
 
 
 @websocket("/v1/ws", summary="Native protocol (docs/protocol.md)")

@@ -38,6 +38,7 @@ from engine.ids import uuid7
 from engine.records import LWW, MANUAL, CollectionPolicy, ResolutionConfig, merged
 from engine.records.payloads import RECORD_PATCHED
 from engine.sync_server import MemorySyncLog, Principal, ServerConfig, SyncServer
+from store.gcpause import collector_paused
 
 from .checkers import Checkers, Violation, summarize
 from .clients import SimClient
@@ -441,7 +442,8 @@ class Simulation:
             return None
         t = msg["t"]
         self._count_msg()
-        out = self.server.receive(ch.conn_id, msg, self.now_ms)
+        with collector_paused():  # (as the gateway does around reconcile: engine/ never touches the collector)
+            out = self.server.receive(ch.conn_id, msg, self.now_ms)
         self._route_server(out)
         return f"{ch.client}>{t}:{msg.get('id', msg.get('upto', ''))}"
 

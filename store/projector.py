@@ -5,8 +5,9 @@ import asyncio
 from typing import Any, Sequence
 
 from engine.events import RecordedEvent
-from engine.gcpause import collector_paused
 from engine.projections import Projection
+
+from .gcpause import collector_paused
 
 
 class Projector:

@@ -25,6 +25,7 @@ from engine.records import (
     reconcile,
 )
 
+from .gcpause import collector_paused
 
 MAX_RETRIES = 8
 
@@ -88,7 +89,8 @@ class RecordsService:
             for _ in range(MAX_RETRIES):
                 state = await self._load(tenant, streams, refresh=refresh)
                 now_ms = self._clock_ms() if self._clock_ms else None
-                result = reconcile(state, ops, self.config, now_ms=now_ms)
+                with collector_paused():  # (see engine.records.reconcile)
+                    result = reconcile(state, ops, self.config, now_ms=now_ms)
                 if not result.events:
                     self._states[tenant] = result.state
                     return list(result.outcomes)

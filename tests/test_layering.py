@@ -9,8 +9,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 IO_MODULES = {"asyncio", "sqlalchemy", "aiosqlite", "asyncpg", "litestar", "redis", "websockets", "httpx",
               "socket", "sqlite3", "uvicorn", "threading", "subprocess"}
+# The engine is pure: no I/O, no process-wide state (the garbage collector), no
+# randomness or environment of its own (ids and time are passed in).
+IMPURE_MODULES = {"os", "gc", "random", "time"}
 RULES = {
-    "engine": {"store", "api", "clientkit", "simulations"} | IO_MODULES,
+    "engine": {"store", "api", "clientkit", "simulations"} | IO_MODULES | IMPURE_MODULES,
     "store": {"api", "clientkit", "simulations"},
     "clientkit": {"store", "api", "simulations"},
 }
@@ -44,3 +47,80 @@ def test_engine_reads_no_wall_clock():
         if any(s in p.read_text() for s in ("time.time(", "datetime.now(", "datetime.utcnow(", "time.monotonic("))
     ]
     assert not offenders
+
+
+PACKAGES = ("engine", "store", "api", "clientkit", "simulations")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> project modules it imports at module level (``if TYPE_CHECKING:`` blocks
+    and imports inside functions are not edges: they do not run at import time)."""
+    files = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = mod.split(".")[: None if is_pkg else -1]
+                    base = base[: len(base) - (node.level - 1)]
+                    name = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    name = node.module or ""
+                deps.add(name)
+                deps.update(f"{name}.{a.name}" for a in node.names)
+        graph[mod] = {d for d in deps if d in files and d != mod}
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_graph_sees_real_edges():
+    graph = import_graph()
+    assert "engine.protocol" in graph["engine.session"]
+    assert "engine.session" in graph["api.ws_native"]

@@ -1,15 +1,16 @@
 """The collector pause around engine steps: restored on every exit, and never turned on by us."""
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
 
 from engine.clocks import HLCTimestamp, VectorClock
-from engine.gcpause import collector_paused
 from engine.records import ClientOp, RecordsState, ResolutionConfig, reconcile
 from engine.records.config import CollectionPolicy, merged
 from engine.records.merges import MergeRegistry
+from store.gcpause import collector_paused
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +51,7 @@ def test_nested_pauses_restore_only_at_the_outermost():
     assert gc.isenabled()
 
 
-def test_reconcile_runs_with_the_collector_paused_and_restores_it():
+def test_the_engine_leaves_the_collector_alone_and_the_records_service_pauses_it():
     seen: list[bool] = []
 
     def checked_max(v):  # a merge operand check that notes whether the collector was on
@@ -60,16 +61,29 @@ def test_reconcile_runs_with_the_collector_paused_and_restores_it():
     registry = MergeRegistry.with_builtins()
     registry.register("checked_max", max, samples=[1, 2, 3], validate=checked_max)
     config = ResolutionConfig({"tasks": CollectionPolicy(fields={"n": merged("checked_max")})}, registry=registry)
-    op = ClientOp(
-        op_id="o1", client="c1", user="u1", stream="rec/tasks/1",
-        clock=VectorClock({"c1": 1}), hlc=HLCTimestamp(1, 0, "c1"), set={"n": 5},
-    )
+
+    def op(n: int) -> ClientOp:
+        return ClientOp(op_id=f"o{n}", client="c1", user="u1", stream="rec/tasks/1",
+                        clock=VectorClock({"c1": n}), hlc=HLCTimestamp(n, 0, "c1"), set={"n": n})
+
     gc.enable()
     seen.clear()
-    _, _, outcomes = reconcile(RecordsState(), [op], config)
+    _, _, outcomes = reconcile(RecordsState(), [op(1)], config)
     assert [o.kind.value for o in outcomes] == ["applied"]
-    assert seen == [False]  # validated during reconcile, with the collector paused
+    assert seen and all(seen), "engine.records.reconcile must not touch the collector"
+
+    async def through_the_service() -> None:
+        from store import open_store
+        from store.records_service import RecordsService
+
+        store = await open_store("memory://")
+        try:
+            seen.clear()
+            outcomes = await RecordsService(store, config).submit("acme", [op(2)])
+            assert [o.kind.value for o in outcomes] == ["applied"]
+        finally:
+            await store.close()
+
+    asyncio.run(through_the_service())
+    assert seen and not any(seen), "the records service reconciles with the collector paused"
     assert gc.isenabled()
-    gc.disable()
-    reconcile(RecordsState(), [op], config)
-    assert not gc.isenabled()  # the caller's choice stands
