@@ -27,8 +27,8 @@ from . import (
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Gateway
-from .ops import default_resolution
 from .logging import bind, clear, configure_logging, log, new_correlation_id
+from .ops import default_resolution
 from .settings import Settings
 
 CORRELATION_HEADER = "x-correlation-id"
@@ -118,9 +118,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     async def on_startup(app: Litestar) -> None:
         owns = store is None
         s = store if store is not None else await open_store(settings.database_url, poll_interval_s=settings.poll_interval_s)
-        gw = Gateway(settings, s, owns_store=owns)
-        gw.yjs = ws_yjs.DocRooms(gw)
-        gw.records = RecordsService(s, resolution or default_resolution())
+        gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()))
         app.state.gateway = gw
         holder["gw"] = gw
         await gw.start()

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.events import Actor, NewEvent, Retention
+from engine.ports import EventStore
+from store.records_service import RecordsService
 
 from .activity import ActivityProjections
-from .follower import LogFollower
 from .auth import Principal, TokenVerifier
+from .follower import LogFollower
 from .hub import Hub, room_channel
 from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
 from .ratelimit import BanList, SharedBanList
 from .settings import Settings
+from .ws_yjs import DocRooms
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .presence_redis import RedisPresence
 
 AUDIT_STREAM = "$audit"
 SECURITY_STREAM = "$security"
@@ -33,24 +40,43 @@ class Closable(Protocol):
     async def shutdown(self, reason: str) -> None: ...
 
 
+class Clock(Protocol):
+    """Where the gateway reads the time: the system's, or a test's hand-moved one."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+
 class Gateway:
-    def __init__(self, settings: Settings, store: Any, *, owns_store: bool) -> None:
+    """Collaborators are passed in (``store``, ``records``, ``clock``) or built here from
+    the settings; nothing is attached after construction."""
+
+    def __init__(self, settings: Settings, store: EventStore, *, owns_store: bool, records: RecordsService,
+                 clock: Clock | None = None) -> None:
         self.settings = settings
         self.store = store
         self.owns_store = owns_store
+        self.records = records
+        self.clock: Clock = clock or SystemClock()
         self.verifier = TokenVerifier(settings)
         self.metrics = Metrics()
         self.hub = Hub(settings.redis_url, metrics=self.metrics)
         self.presence = PresenceRegistry(ttl_s=settings.presence_ttl_s, grace_s=settings.membership_grace_s)
-        self.bans = SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url else BanList()
+        self.bans: BanList = (SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url
+                              else BanList())
         self.connections: dict[str, Closable] = {}
         self.shutting_down = False
-        self.started_at = time.time()
-        self.yjs: Any = None  # api.ws_yjs.DocRooms, set by the app factory
-        self.records: Any = None  # store.records_service.RecordsService, set by the app factory
-        self.bus: Any = None  # api.bus.Bus, made on first use
+        self.started_at = self.clock.time()
+        self.bus: Bus | None = None  # made on first use (api/routes_bus.py)
         self.follower = LogFollower(self)
-        self.redis_presence: Any = None
+        self.yjs = DocRooms(self)
+        self.redis_presence: RedisPresence | None = None
         if settings.redis_url:
             from .presence_redis import RedisPresence
 
@@ -78,8 +104,7 @@ class Gateway:
                 task.cancel()
         await self.activity.close()  # (before the store closes: no read left in flight)
         await self.follower.close()
-        if self.yjs is not None:
-            await self.yjs.close()
+        await self.yjs.close()
         await self.hub.close()
         await self.bans.close()
         if self.redis_presence is not None:
@@ -112,7 +137,7 @@ class Gateway:
                 from store.maintenance import prune_job
 
                 r = await prune_job(self.store, retention_s=self.settings.retention_s)
-                self.last_prune = {"at": time.time(), "events_deleted": r.events_deleted,
+                self.last_prune = {"at": self.clock.time(), "events_deleted": r.events_deleted,
                                    "held_back_by_checkpoint": r.held_back_by_checkpoint}
                 if r.events_deleted:
                     log.info("prune.done", **self.last_prune)
@@ -193,7 +218,7 @@ class Gateway:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def room_presence(self, tenant: str, room: str) -> dict[str, Any]:
-        local = self.presence.snapshot(tenant, room, time.monotonic())
+        local = self.presence.snapshot(tenant, room, self.clock.monotonic())
         if self.redis_presence is None:
             return local
         from .presence_redis import merge_snapshots
@@ -210,7 +235,7 @@ class Gateway:
                     await self.redis_presence.touch(
                         (m.tenant, room, m.user, m.client, bool(m.connections))
                         for m in list(p.members.values()) if m.detached_at is None for room in m.rooms)
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 for tenant, room, e in p.expire_states(now):
                     self.hub.publish(
                         room_channel(tenant, room),

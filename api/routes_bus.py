@@ -22,7 +22,7 @@ from .deps import gateway_of, principal_of, read_scope
 def _bus(request: Request):
     gw = gateway_of(request)
     if gw.bus is None:
-        from api.bus import Bus
+        from .bus import Bus
 
         gw.bus = Bus(gw.store)
     return gw.bus

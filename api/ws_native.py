@@ -12,7 +12,6 @@ resume after a disconnect is "subscribe after my position".
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Callable
 
 from litestar import WebSocket, websocket
@@ -76,10 +75,6 @@ def session_config(s: Settings) -> SessionConfig:
     )
 
 
-def _ms() -> int:
-    return int(time.monotonic() * 1000)
-
-
 class NativeConnection:
     """The I/O shell around one :class:`engine.session.ServerSession`: it moves frames,
     performs the session's effects against the store, the hub and presence, and hands
@@ -94,7 +89,7 @@ class NativeConnection:
         self.conn_id = new_conn_id()
         self.session = ServerSession(
             Identity(principal.tenant, principal.user, frozenset(principal.perms)), session_config(gw.settings),
-            session_id=self.conn_id, client=client, now_ms=_ms(), encode_events=events_wire)
+            session_id=self.conn_id, client=client, now_ms=self._ms(), encode_events=events_wire)
         self.member = (principal.tenant, principal.user, self.session.client)
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
         self.pending: list[dict] = []
@@ -103,6 +98,9 @@ class NativeConnection:
         self._deliver: Callable[[Any], None] = self._on_hub
         self._tasks: set[asyncio.Task] = set()
         self._reads: dict[str, tuple[int, asyncio.Task]] = {}  # sub id -> (generation, its read task)
+
+    def _ms(self) -> int:
+        return int(self.gw.clock.monotonic() * 1000)
 
     @property
     def client(self) -> str:
@@ -175,7 +173,7 @@ class NativeConnection:
             gw.hub.publish(room_channel(p.tenant, room),
                            {"t": P.PRESENCE, "room": room, "user": p.user, "conn": self.conn_id, "state": None})
         self.rooms = set()
-        gw.presence.detach(self.member, self.conn_id, time.monotonic())
+        gw.presence.detach(self.member, self.conn_id, self.gw.clock.monotonic())
 
     async def run(self) -> None:
         gw, p = self.gw, self.principal
@@ -198,13 +196,13 @@ class NativeConnection:
             except ProtocolError as e:
                 await self.perform(self.session.invalid_frame(e))
                 return
-            await self.perform(self.session.receive(msg, _ms(), wall_us=time.time_ns() // 1000))
+            await self.perform(self.session.receive(msg, self._ms(), wall_us=int(self.gw.clock.time() * 1_000_000)))
 
     async def _ticker(self) -> None:
         step = max(0.02, min(self.s.stale_after_s / 4, self.s.ack_timeout_s / 2, 5.0))
         while not self.outbox.closed:
             await asyncio.sleep(step)
-            await self.perform(self.session.tick(_ms()))
+            await self.perform(self.session.tick(self._ms()))
 
     async def cleanup(self) -> None:
         gw, p = self.gw, self.principal
@@ -270,7 +268,7 @@ class NativeConnection:
                 await self.perform(session.snapshot_ready(e.ref, chunks, snap.position))
             elif kind is Ban:
                 gw.metrics.rate_limited.labels("disconnect").inc()
-                gw.bans.ban((p.tenant, p.user), time.monotonic() + self.s.rate_limit_ban_s)
+                gw.bans.ban((p.tenant, p.user), self.gw.clock.monotonic() + self.s.rate_limit_ban_s)
             elif kind is SecurityEvent:
                 await gw.security_event(p, e.kind, conn=self.conn_id, **e.details)
         except SynclineError as err:
@@ -309,13 +307,13 @@ class NativeConnection:
             if type(e) is ReadLog:
                 page = await self._through_outages(
                     lambda: store.read_log(tenant, after=e.after, limit=e.limit, filter=e.filter))
-                effects = session.log_read(e.sub, e.gen, page.events, page.next_after, page.head, _ms())
+                effects = session.log_read(e.sub, e.gen, page.events, page.next_after, page.head, self._ms())
             elif type(e) is WaitLog:
                 await store.doorbell.wait(e.after, self.s.poll_interval_s)
-                effects = session.log_grew(e.sub, e.gen, _ms())
+                effects = session.log_grew(e.sub, e.gen, self._ms())
             else:
                 too_far, head = await self._count_behind(e)
-                effects = session.behind_counted(e.sub, e.gen, too_far, head, _ms())
+                effects = session.behind_counted(e.sub, e.gen, too_far, head, self._ms())
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -375,7 +373,7 @@ class NativeConnection:
         if room in self.rooms:
             self.rooms.discard(room)
             gw.hub.unsubscribe(room_channel(p.tenant, room), self._deliver)
-            gw.presence.set_state(p.tenant, room, p.user, self.conn_id, None, time.monotonic())
+            gw.presence.set_state(p.tenant, room, p.user, self.conn_id, None, self.gw.clock.monotonic())
             gw.mirror(lambda rp: rp.state(p.tenant, room, p.user, self.conn_id, None))
         if gw.presence.leave(self.member, room):
             gw.mirror(lambda rp: rp.left(p.tenant, room, p.user, self.client))
@@ -385,7 +383,7 @@ class NativeConnection:
 
     def _set_presence(self, room: str, state: Any) -> None:
         gw, p = self.gw, self.principal
-        gw.presence.set_state(p.tenant, room, p.user, self.conn_id, state, time.monotonic())
+        gw.presence.set_state(p.tenant, room, p.user, self.conn_id, state, self.gw.clock.monotonic())
         gw.mirror(lambda rp: rp.state(p.tenant, room, p.user, self.conn_id, state))
         gw.hub.publish(room_channel(p.tenant, room),
                        P.message(P.PRESENCE, room=room, user=p.user, conn=self.conn_id, state=state,
@@ -417,7 +415,7 @@ async def native_ws(socket: WebSocket) -> None:
     if not principal.can(READ):
         await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, "forbidden")
         return
-    banned = await gw.bans.check((principal.tenant, principal.user), time.monotonic())
+    banned = await gw.bans.check((principal.tenant, principal.user), gw.clock.monotonic())
     if banned:
         await refuse(gw, socket, ENDPOINT, WS_RATE_LIMITED, f"rate_limited; retry in {banned:.0f}s")
         return

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from bisect import bisect_left, bisect_right
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pycrdt
 from litestar import WebSocket, websocket
 
 from engine.awareness import AwarenessRegistry
 from engine.doccache import DocumentCache
+from engine.docfollow import FollowedDocument
 from engine.documents import CRDT_UPDATE, Document, SnapshotPolicy
 from engine.errors import ProtocolError, SynclineError
 from engine.events import Actor, NewEvent
+from engine.lib0 import Reader
 from engine.yprotocol import (
     AwarenessMessage,
     PermissionDenied,
@@ -40,17 +41,24 @@ from engine.yprotocol import (
     encode_sync_update,
     sync_step1,
 )
-from engine.lib0 import Reader
-from engine.docfollow import FollowedDocument
 from engine.yupdates import EMPTY_UPDATE
 from store import history
 
 from .auth import READ, WRITE, Principal
-from .errors import WS_FORBIDDEN, WS_GOING_AWAY, WS_PROTOCOL, WS_UNAVAILABLE, Unauthenticated, ws_close_code
-from .gateway import Gateway
+from .errors import (
+    WS_FORBIDDEN,
+    WS_GOING_AWAY,
+    WS_PROTOCOL,
+    WS_UNAVAILABLE,
+    Unauthenticated,
+    ws_close_code,
+)
 from .hub import doc_channel
 from .logging import clear, log
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, query_params, refuse
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}\Z")
 SNAPSHOT_KIND = history.DOC_SNAPSHOT_KIND
@@ -58,8 +66,8 @@ ENDPOINT = "yjs"
 _INF = float("inf")
 
 
-def now_ms() -> int:
-    return int(time.monotonic() * 1000)
+def clock_ms(gw: Gateway) -> int:
+    return int(gw.clock.monotonic() * 1000)
 
 
 def _delete_set(ds: bytes) -> dict[int, list[tuple[int, int]]]:
@@ -231,7 +239,7 @@ class DocRooms:
         while True:
             await asyncio.sleep(self._sweep_interval_s())
             try:
-                self.unload(self.cache.sweep(now_ms=now_ms()))
+                self.unload(self.cache.sweep(now_ms=clock_ms(self.gw)))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -244,9 +252,9 @@ class DocRooms:
         if room is None:
             room = await self._load(key)
         if key not in self.cache:
-            self.cache.put(key, room.document, now_ms=now_ms())
+            self.cache.put(key, room.document, now_ms=clock_ms(self.gw))
         self.cache.pin(key)
-        self.unload(self.cache.touch(key, now_ms=now_ms()))
+        self.unload(self.cache.touch(key, now_ms=clock_ms(self.gw)))
         return room
 
     async def _load(self, key: tuple[str, str]) -> DocRoom:
@@ -272,7 +280,7 @@ class DocRooms:
                     self._apply_from_log(room, item)
             room.remote_cb = lambda msg, r=room: self._remote(r, msg)
             self.gw.hub.subscribe(doc_channel(tenant, doc), room.remote_cb)
-            evicted = self.cache.put(key, document, now_ms=now_ms())
+            evicted = self.cache.put(key, document, now_ms=clock_ms(self.gw))
             self.gw.metrics.docs_loaded.set(len(self.rooms))
             if self._sweeper is None:
                 self._sweeper = asyncio.create_task(self._sweep(), name="yjs-doc-sweeper")
@@ -350,7 +358,7 @@ class DocRooms:
         if self.rooms.get(key) is not room:
             return
         self.cache.unpin(key)
-        self.unload(self.cache.touch(key, now_ms=now_ms()))
+        self.unload(self.cache.touch(key, now_ms=clock_ms(self.gw)))
 
     def unload(self, dropped: list[tuple[tuple[str, str], Document]]) -> None:
         """Forget rooms the cache dropped, snapshotting the ones with a tail first."""
@@ -360,7 +368,7 @@ class DocRooms:
                 continue
             if room.conns or room.inflight or room.pending:
                 # Still busy (the cache only sees pins): keep it, it is swept again later.
-                self.cache.put(key, document, now_ms=now_ms())
+                self.cache.put(key, document, now_ms=clock_ms(self.gw))
                 continue
             del self.rooms[key]
             self.gw.hub.unsubscribe(doc_channel(room.tenant, room.doc), room.remote_cb)
@@ -451,7 +459,7 @@ class DocRooms:
             room.appended.set()
         if room.conns or room.pending:
             return
-        self.unload(self.cache.touch((room.tenant, room.doc), now_ms=now_ms()))
+        self.unload(self.cache.touch((room.tenant, room.doc), now_ms=clock_ms(self.gw)))
 
     def _append_failed(self, room: DocRoom, batch: list, e: Exception) -> None:
         """Nothing of the batch was applied or relayed; its writers are closed (they
@@ -553,7 +561,7 @@ class YjsConnection:
             await self.apply(update)
         elif isinstance(msg, AwarenessMessage):
             change = room.awareness.apply(msg.entries, connection=self.conn_id, user=self.principal.user,
-                                          now_ms=now_ms())
+                                          now_ms=clock_ms(self.gw))
             if change.update is not None:
                 frame = encode_awareness(change.update)
                 room.broadcast(frame, skip=self.conn_id)
@@ -574,7 +582,7 @@ class YjsConnection:
 
     def closed(self) -> None:
         room = self.room
-        change = room.awareness.disconnect(self.conn_id, now_ms=now_ms())
+        change = room.awareness.disconnect(self.conn_id, now_ms=clock_ms(self.gw))
         room.conns.pop(self.conn_id, None)
         if change.update is not None:
             room.broadcast(encode_awareness(change.update))

@@ -5,15 +5,17 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from litestar import WebSocket
 
 from .auth import Principal, bearer_token
-from .errors import Unauthenticated, WS_TRY_AGAIN
-from .gateway import Gateway
+from .errors import WS_TRY_AGAIN, Unauthenticated
 from .logging import bind, log
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 OUTBOX_FRAMES_MAX = 4096
 _CLOSE = object()
