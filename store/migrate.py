@@ -1,8 +1,12 @@
 """Apply alembic migrations at startup, safely when several processes start at once."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import logging
 from pathlib import Path
+from typing import AsyncIterator
 
 from alembic import command
 from alembic.config import Config
@@ -24,10 +28,34 @@ async def upgrade(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision.
 
     On PostgreSQL a session advisory lock makes concurrent starters queue up: the
-    first migrates, the others then find nothing to do. On SQLite the writer
-    connection begins transactions with BEGIN IMMEDIATE, which serializes them too.
+    first migrates, the others then find nothing to do. On a SQLite file an exclusive
+    lock on a file beside it does the same (BEGIN IMMEDIATE alone did not: alembic reads
+    the version before its first write, so two processes starting on a new file both
+    created the tables, and one failed with "table ... already exists").
     """
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision is noise at startup
+    async with _sqlite_file_lock(engine):
+        await _upgrade(engine)
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    fd = open(f"{path}.migrate-lock", "a+b")  # noqa: SIM115 - held for the block
+    try:
+        await asyncio.to_thread(fcntl.flock, fd.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+        finally:
+            fd.close()
+
+
+async def _upgrade(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         is_pg = conn.dialect.name == "postgresql"
         if is_pg:
