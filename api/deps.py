@@ -10,7 +10,13 @@ from litestar.handlers.base import BaseRouteHandler
 from engine.events import check_tenant, is_system_stream, private_to_others
 
 from .auth import ADMIN, CROSS_TENANT, READ, Principal, bearer_token
-from .errors import Forbidden, IdempotencyKeyRequired, JustificationRequired, TenantViolation, Unauthenticated
+from .errors import (
+    Forbidden,
+    IdempotencyKeyRequired,
+    JustificationRequired,
+    TenantViolation,
+    Unauthenticated,
+)
 from .gateway import Gateway
 
 IDEMPOTENCY_HEADER = "idempotency-key"

@@ -62,12 +62,6 @@ class CriticalCommandRefused(Forbidden):
 __all__ = ["Forbidden", "TenantViolation", "WebSocketForbidden"]  # (defined in engine.errors: the session core raises them)
 
 
-class RateLimited(SynclineError):
-    code = "rate_limited"
-    http_status = 429
-    ws_close = WS_RATE_LIMITED
-
-
 class IdempotencyKeyRequired(SynclineError):
     code = "idempotency_key_required"
     http_status = 400
@@ -77,11 +71,6 @@ class Stale(SynclineError):
     code = "stale"
     http_status = 408
     ws_close = WS_STALE
-
-
-class NotImplementedYet(SynclineError):
-    code = "not_implemented"
-    http_status = 501
 
 
 def ws_close_code(err: BaseException) -> int:

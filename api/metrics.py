@@ -30,6 +30,9 @@ class Metrics:
             "syncline_yjs_updates_from_log_total",
             "Yjs updates a loaded room applied from the log (written by another gateway, REST or the bus, "
             "or missed by the Redis relay)", registry=r)
+        self.yjs_refused = Counter("syncline_yjs_refused_total",
+                                   "Yjs updates refused before the log (update_never_fits, pending_overflow, "
+                                   "undecodable), each closing its client", ["code"], registry=r)
         self.messages_stored = Counter("syncline_messages_total", "Room and direct messages stored in the log",
                                        ["kind"], registry=r)
         self.follower_position = Gauge("syncline_follower_position",

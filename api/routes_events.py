@@ -10,9 +10,15 @@ from litestar.params import Parameter
 
 from engine.documents import CRDT_UPDATE
 from engine.errors import ValidationError
-from engine.yupdates import check_update
-from engine.events import StreamWrite, check_stream, is_dm_stream, is_system_stream, private_to_others
+from engine.events import (
+    StreamWrite,
+    check_stream,
+    is_dm_stream,
+    is_system_stream,
+    private_to_others,
+)
 from engine.filters import glob_to_like
+from engine.yupdates import check_update
 
 from .auth import READ, WRITE
 from .deps import (

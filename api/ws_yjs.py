@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any
 
-import pycrdt
 from litestar import WebSocket, websocket
 
 from engine.awareness import AwarenessRegistry
 from engine.doccache import DocumentCache
 from engine.docfollow import FollowedDocument
-from engine.documents import CRDT_UPDATE, Document, SnapshotPolicy
+from engine.documents import CRDT_UPDATE, Document, PendingLimits, SnapshotPolicy
 from engine.errors import ProtocolError, SynclineError
 from engine.events import Actor, NewEvent
-from engine.lib0 import Reader
 from engine.yprotocol import (
     AwarenessMessage,
     PermissionDenied,
@@ -41,7 +38,7 @@ from engine.yprotocol import (
     encode_sync_update,
     sync_step1,
 )
-from engine.yupdates import EMPTY_UPDATE
+from engine.yupdates import EMPTY_UPDATE, InvalidUpdate
 from store import history
 
 from .auth import READ, WRITE, Principal
@@ -63,83 +60,10 @@ if TYPE_CHECKING:
 DOC_RE = re.compile(r"^[A-Za-z0-9._:@~+=-]{1,200}\Z")
 SNAPSHOT_KIND = history.DOC_SNAPSHOT_KIND
 ENDPOINT = "yjs"
-_INF = float("inf")
 
 
 def clock_ms(gw: Gateway) -> int:
     return int(gw.clock.monotonic() * 1000)
-
-
-def _delete_set(ds: bytes) -> dict[int, list[tuple[int, int]]]:
-    """Parse a Yjs delete set: client -> [(clock, length)]."""
-    r = Reader(ds)
-    out: dict[int, list[tuple[int, int]]] = {}
-    for _ in range(r.read_var_uint("ds clients")):
-        client = r.read_var_uint("ds client")
-        ranges = out.setdefault(client, [])
-        for _ in range(r.read_var_uint("ds ranges")):
-            ranges.append((r.read_var_uint("ds clock"), r.read_var_uint("ds len")))
-    return out
-
-
-def _covered(ranges: list[tuple[int, int]] | None, clock: int, length: int) -> bool:
-    """Whether ``[clock, clock + length)`` lies in one range of a sorted, merged list."""
-    if not ranges:
-        return False
-    i = bisect_right(ranges, (clock, _INF)) - 1
-    return i >= 0 and ranges[i][0] + ranges[i][1] >= clock + length
-
-
-def _add_range(ranges: list[tuple[int, int]], clock: int, length: int) -> None:
-    """Insert ``[clock, clock + length)`` into a sorted, merged list, merging neighbours."""
-    end = clock + length
-    i = bisect_left(ranges, (clock,))
-    if i and ranges[i - 1][0] + ranges[i - 1][1] >= clock:
-        i -= 1
-        clock = ranges[i][0]
-        end = max(end, clock + ranges[i][1])
-    j = i
-    while j < len(ranges) and ranges[j][0] <= end:
-        end = max(end, ranges[j][0] + ranges[j][1])
-        j += 1
-    ranges[i:j] = [(clock, end - clock)]
-
-
-def _merged(ds: dict[int, list[tuple[int, int]]]) -> dict[int, list[tuple[int, int]]]:
-    out: dict[int, list[tuple[int, int]]] = {}
-    for client, ranges in ds.items():
-        merged = out[client] = []
-        for clock, length in sorted(ranges):
-            if length > 0:
-                _add_range(merged, clock, length)
-    return out
-
-
-def brings_news(document: Document, update: bytes, room: "DocRoom | None" = None) -> bool:
-    """Whether an update adds structs or deletions the document lacks. A peer's sync
-    step 2 always carries its whole delete set, so "nothing new" is the common case for a
-    client that only reads; appending it would fill the log with no-ops.
-
-    The document's own delete set is parsed once per room and then kept up to date as
-    updates are applied (:meth:`DocRoom.note_applied`), not re-read for every deleting
-    keystroke. It only ever under-states the document's deletions (when unsure it is
-    dropped and parsed again), so the answer errs towards "news", which is harmless."""
-    sv = document.state_vector()
-    diff = pycrdt.get_update(update, sv)
-    if diff[0] != 0:
-        return True
-    try:
-        theirs = _delete_set(diff[1:])
-        if not theirs:
-            return False
-        ours = room.deleted if room is not None else None
-        if ours is None:
-            ours = _merged(_delete_set(document.diff(sv)[1:]))
-            if room is not None:
-                room.deleted = ours
-    except Exception:
-        return True  # when in doubt, keep it: a redundant update is harmless
-    return any(not _covered(ours.get(c), clock, n) for c, rs in theirs.items() for clock, n in rs)
 
 
 class DocRoom:
@@ -158,28 +82,8 @@ class DocRoom:
         self.pending: list[tuple[bytes, YjsConnection]] = []
         self.appender: asyncio.Task | None = None
         self.appended = asyncio.Event()
-        # The document's delete set (client -> sorted, merged ranges) for brings_news;
-        # None until first needed or after an update it cannot follow cheaply.
-        self.deleted: dict[int, list[tuple[int, int]]] | None = None
         # The document and which log positions of its stream it holds (engine.docfollow).
         self.followed = FollowedDocument(document, follower_at=follower_at)
-
-    def note_applied(self, update: bytes) -> None:
-        """Keep :attr:`deleted` in step with an update just applied to the document."""
-        ds = self.deleted
-        if ds is None or not update or update[-1] == 0:
-            return  # not tracked, or the update's delete set adds nothing (it ends in a 0 count)
-        if update[0] != 0:
-            self.deleted = None  # structs and deletions: re-read the delete set when next needed
-            return
-        try:
-            for client, ranges in _delete_set(update[1:]).items():
-                mine = ds.setdefault(client, [])
-                for clock, length in ranges:
-                    if length > 0:
-                        _add_range(mine, clock, length)
-        except Exception:
-            self.deleted = None
 
     def broadcast(self, frame: bytes, skip: str | None = None) -> None:
         for cid, c in self.conns.items():
@@ -226,6 +130,7 @@ class DocRooms:
         # Log events (and passed positions) for rooms being loaded, applied after the load.
         self._early: dict[tuple[str, str], list[Any]] = {}
         self.policy = SnapshotPolicy()
+        self.limits = PendingLimits(max_parts=gw.settings.yjs_pending_max, max_bytes=gw.settings.yjs_pending_max_bytes)
         self._tasks: set[asyncio.Task] = set()
         s = gw.settings
         self.cache: DocumentCache[tuple[str, str]] = DocumentCache(
@@ -269,6 +174,7 @@ class DocRooms:
         started_at = self.gw.follower.cursor
         try:
             document = await load_document(self.gw.store, tenant, f"doc/{doc}")
+            document.limits = self.limits  # (what clients send is checked against them: Document.admit)
             # The load holds every update of the stream up to ``document.position``.
             room = DocRoom(tenant, doc, document, follower_at=started_at)
             self.rooms[key] = room
@@ -326,7 +232,6 @@ class DocRooms:
         except SynclineError as e:
             log.warning("yjs.log_update_unusable", stream=room.stream, position=event.position, code=e.code)
             return
-        room.note_applied(event.data)
         room.broadcast(encode_sync_update(event.data))
         self.gw.metrics.yjs_updates_from_log.inc()
         if room.inflight == 0 and self.policy.due(room.document):
@@ -346,7 +251,6 @@ class DocRooms:
                     return
             except SynclineError:
                 return  # the follower brings it from the log and reports it there
-            room.note_applied(update)
             room.broadcast(encode_sync_update(update))
         elif msg.get("kind") == "awareness":
             room.broadcast(encode_awareness(msg["update"]))
@@ -442,8 +346,7 @@ class DocRooms:
                 for update, conn in batch:
                     # (The follower may have read it from the log first: then it is applied.)
                     if followed.local(update, position, version):
-                        room.note_applied(update)
-                        # One frame per update, shared by every reader's outbox.
+                                    # One frame per update, shared by every reader's outbox.
                         room.broadcast(encode_sync_update(update), skip=conn.conn_id)
                         conn._relay({"kind": "update", "update": update, "pos": position})
                     position += 1
@@ -553,7 +456,16 @@ class YjsConnection:
             update = msg.update
             if update == EMPTY_UPDATE:
                 return
-            if not brings_news(room.document, update, room):
+            try:
+                # Nothing new (a reader's sync step 2 carries its whole delete set): not
+                # appended. An update that can never fit, or would overflow what the
+                # document holds waiting, is refused before it reaches the log.
+                if not room.document.admit(update):
+                    return
+            except InvalidUpdate as e:
+                self.gw.metrics.yjs_refused.labels(e.code).inc()
+                log.info("yjs.update_refused", code=e.code, error=e.message, doc=room.doc)
+                self.outbox.close(WS_PROTOCOL, e.code)
                 return
             if not self.writable:
                 self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))

@@ -65,7 +65,7 @@ class Input(StrEnum):
     DISCONNECTED = "disconnected"
 
 
-S, I = State, Input
+S, I = State, Input  # noqa: E741 - the transition table reads as a table
 TRANSITIONS: dict[tuple[State, Input], State] = {
     (S.OFFLINE, I.CONNECT): S.CONNECTING,
     (S.CONNECTING, I.WELCOME): S.ONLINE,
@@ -671,16 +671,22 @@ class SessionCore:
         return [PresenceChanged(room, user, state)]
 
     def _on_joined(self, msg) -> list[Output]:
-        members = msg.get("members")
-        if isinstance(members, list):
+        # ``joined {room, members: [{user, client, online}], states: [{user, conn, state, ttl_s}]}``
+        # (docs/protocol.md): the members, then the presence states current when we joined.
+        members, states = msg.get("members"), msg.get("states")
+        if isinstance(members, list) or isinstance(states, list):
             if self._others is None:
                 self._others = {}
             room = self._others.setdefault(msg["room"], {})
-            for m in members:
+            for m in members if isinstance(members, list) else ():
                 is_map = type(m) is dict or isinstance(m, AbcMapping)
                 u = m.get("user") if is_map else m
                 if isinstance(u, str) and u != self.user:
                     room.setdefault(u, m.get("state") if is_map else None)
+            for s in states if isinstance(states, list) else ():
+                u = s.get("user") if type(s) is dict or isinstance(s, AbcMapping) else None
+                if isinstance(u, str) and u != self.user and s.get("state") is not None:
+                    room[u] = s["state"]
         return [RoomMessage(dict(msg))]
 
     def _on_conflict(self, msg) -> list[Output]:

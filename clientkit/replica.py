@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from engine.clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
+from engine.codec import pack, unpack
 from engine.events import Actor, RecordedEvent, Retention
 from engine.records import (
     NO_INITIAL,
@@ -45,7 +46,6 @@ from engine.records import (
     encode_record_state,
     fold_record_events,
 )
-from engine.codec import pack, unpack
 
 _BUILTINS = MergeRegistry.with_builtins()  # built once: registering checks the merge laws
 _SNAPSHOT_STAMP = Stamp("snapshot", "~snapshot", "", HLCTimestamp(0, 0, "~snapshot"), EMPTY_CLOCK)

@@ -60,6 +60,9 @@ class VectorClock:
     # (items, iteration, encodings) sorts it once. Sorting after every merge cost
     # more than the merge itself for wide clocks; equality and hashing ignore order.
     __slots__ = ("_c", "_hash", "_sorted")
+    _c: dict[str, int]
+    _hash: int | None
+    _sorted: bool
 
     def __init__(self, counts: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
         items = counts.items() if isinstance(counts, Mapping) else counts
@@ -294,9 +297,11 @@ class VectorClock:
 
 
 _new_object = object.__new__
-_set_c = VectorClock._c.__set__  # type: ignore[attr-defined]
-_set_hash = VectorClock._hash.__set__  # type: ignore[attr-defined]
-_set_sorted = VectorClock._sorted.__set__  # type: ignore[attr-defined]
+# The slots' member descriptors (from the class dict: mypy knows the slots only as the
+# attributes annotated in the class).
+_set_c: Callable[[VectorClock, dict[str, int]], None] = VectorClock.__dict__["_c"].__set__
+_set_hash: Callable[[VectorClock, int | None], None] = VectorClock.__dict__["_hash"].__set__
+_set_sorted: Callable[[VectorClock, bool], None] = VectorClock.__dict__["_sorted"].__set__
 
 EMPTY_CLOCK = VectorClock()
 

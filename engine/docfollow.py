@@ -31,7 +31,7 @@ class FollowedDocument:
         if not self.gate.claim(position):
             return False
         try:
-            self.document.apply_update(update, position=position, version=version)
+            self._apply(update, position=position, version=version)
         except BaseException:
             self.gate.unclaim(position)
             raise
@@ -43,7 +43,7 @@ class FollowedDocument:
         if not self.gate.claim(position):
             return False
         try:
-            self.document.apply_update(update)
+            self._apply(update)
         except BaseException:
             self.gate.unclaim(position)
             raise
@@ -53,8 +53,19 @@ class FollowedDocument:
         """The follower read a ``crdt.update`` of this document (positions increasing)."""
         if not self.gate.from_log(event.position):
             return False
-        self.document.apply_update(event.data, position=event.position, version=event.version)
+        self._apply(event.data, position=event.position, version=event.version)
         return True
+
+    def _apply(self, update: bytes, *, position: int = 0, version: int = 0) -> None:
+        """Every path here brings an update that is in the log already: apply it as the
+        log is applied (trusted), whatever the document's limits. The limits guard what
+        enters the log (``Document.admit`` before the append), not what is in it."""
+        doc = self.document
+        limits, doc.limits = doc.limits, None
+        try:
+            doc.apply_update(update, position=position, version=version)
+        finally:
+            doc.limits = limits
 
     def passed(self, upto: int) -> None:
         """The follower read everything up to ``upto``."""

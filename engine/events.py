@@ -43,7 +43,9 @@ def _fast_init(cls: type) -> type:
     exec(f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body), ns)
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init
+    # (mypy: assigning ``__init__`` on a class is unsound in general; this one has the
+    # dataclass's own parameters, and no class using the decorator is subclassed)
+    cls.__init__ = init  # type: ignore[misc]
     return cls
 
 

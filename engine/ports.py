@@ -1,12 +1,14 @@
 """Ports: the contracts adapters in store/ implement (DESIGN.md §2).
 
 The engine never calls them itself (it does no I/O); they live here so that
-store/, api/, clientkit/ and simulations/ all agree on one shape.
+store/, api/, clientkit/ and simulations/ all agree on one shape. The gateway takes its
+store as an :class:`EventStore`; tests/store/test_conformance.py checks that every
+store adapter and its doorbell satisfy these protocols.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence, runtime_checkable
 
 from .events import AppendResult, NewEvent, RecordedEvent, StreamWrite
 from .filters import EventFilter
@@ -47,9 +49,13 @@ class PruneReport:
     details: dict = field(default_factory=dict)
 
 
+@runtime_checkable
 class EventStore(Protocol):
     """The append-only log. Every call is scoped to one tenant, except where ``all_tenants``
     is passed explicitly (platform consumers, admin jobs)."""
+
+    doorbell: Doorbell  # rung after every commit; tails and followers wait on it
+    poll_interval_s: float  # how long a caught-up tail waits when the doorbell stays silent
 
     async def append(
         self,
@@ -98,6 +104,7 @@ class EventStore(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class Doorbell(Protocol):
     """"Tenant T committed up to position P". Subscribers never trust the content: they read
     the log from their own cursor. A lost ring only delays them until their poll timeout."""

@@ -511,8 +511,9 @@ class ServerSession:
                 if not op.stream.startswith("rec/"):
                     raise ValidationError("record ops apply to record streams (rec/<collection>/<id>)")
             except ValidationError as e:
-                oid = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else ""
-                results[i] = rejected(oid, "", RejectReason.INVALID_OP, str(e)[:200]).to_wire()
+                oid = raw.get("op") if isinstance(raw, dict) else None
+                results[i] = rejected(oid if isinstance(oid, str) else "", "", RejectReason.INVALID_OP,
+                                      str(e)[:200]).to_wire()
                 continue
             if op.user and op.user != self.who.user:  # a connection writes as its own user only
                 results[i] = rejected(op.op_id, op.stream, RejectReason.INVALID_OP,

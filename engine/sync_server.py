@@ -6,7 +6,7 @@ gateway does with the store, the hub and presence, but synchronously on an in-me
 log, so a seeded simulation is reproducible and proves properties of the production
 protocol::
 
-    log = MemorySyncLog(new_id)                    # or store.sqlite_sync_log.SqliteSyncLog(path, new_id)
+    log = MemorySyncLog(new_id)    # store.memory_sync_log; or store.sqlite_sync_log.SqliteSyncLog(path, new_id)
     server = SyncServer(log, resolution_config, ServerConfig())
     conn, out = server.connect(Principal("acme", "alice"), now_ms)   # out: [(conn, welcome)]
     out = server.receive(conn, frame_or_message, now_ms)             # [(conn_id, message), ...]
@@ -25,16 +25,12 @@ are gone. Ids come from ``new_id(time_ms)`` so that a seeded run is reproducible
 """
 from __future__ import annotations
 
-import bisect
-import hashlib
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from . import protocol as P
-from .codec import pack, unpack
 from .documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
-from .errors import ProtocolError, SynclineError, ValidationError
+from .errors import ProtocolError, SynclineError
 from .events import (
     DM_PREFIX,
     STREAM_MAX,
@@ -42,15 +38,10 @@ from .events import (
     Actor,
     NewEvent,
     RecordedEvent,
-    Retention,
     StreamWrite,
-    check_stream,
     check_tenant,
-    check_type,
 )
 from .filters import EventFilter
-from .hashchain import GENESIS, chain_hash
-from .ids import uuid7
 from .records import (
     RecordsState,
     ResolutionConfig,
@@ -82,18 +73,20 @@ from .syncdata import chunk_snapshot, snapshot_checksum
 ROOM_PREFIX = "room/"
 PRESENCE_JOINED = "presence.joined"
 PRESENCE_LEFT = "presence.left"
-_EMPTY: dict = {}
-_RETENTIONS = {r.value: r for r in Retention}
 
 
 # ------------------------------------------------------------------ the log port
 
 
 class SyncLog(Protocol):
-    """The server's log. Reads are tenant-scoped and in position order."""
+    """The server's log. Reads are tenant-scoped and in position order.
+
+    Adapters (store/): ``memory_sync_log.MemorySyncLog`` and ``sqlite_sync_log.SqliteSyncLog``,
+    both planned by the log kernel (engine/logkernel.py) exactly as the event store."""
 
     def append(self, tenant: str, writes: Sequence[StreamWrite], time_us: int) -> list[RecordedEvent]:
-        """Atomically append; the recorded events in position order."""
+        """Atomically append; the recorded events in position order. A wrong
+        ``expected_version`` raises ``ConcurrencyError`` and writes nothing."""
         ...
 
     def read(self, tenant: str, after: int, limit: int) -> list[RecordedEvent]:
@@ -115,114 +108,6 @@ class SyncLog(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def encode_event(e: NewEvent) -> tuple:
-    """(type, payload, clock, meta, actor user, actor client, retention), encoded as the
-    store encodes them (store/rows.prepare), so both logs hash the same rows."""
-    if not isinstance(e, NewEvent):
-        raise ValidationError("events must be NewEvent instances")
-    check_type(e.type)
-    actor = e.actor or Actor()
-    retention = e.retention.value if isinstance(e.retention, Retention) else str(e.retention)
-    return (
-        e.type, pack(e.data), pack(dict(e.clock)) if e.clock else None, pack(dict(e.meta)) if e.meta else None,
-        str(actor.user)[:128], str(actor.client)[:128], retention,
-    )
-
-
-def row_digest(prev: bytes, event_id: str, tenant: str, stream: str, version: int, position: int,
-               time_us: int, schema: int, enc: tuple) -> bytes:
-    type_, payload, clock, meta, au, ac, retention = enc
-    # ``event_hash``'s fields in its order, without its keyword call (one per appended event).
-    return chain_hash(prev, [event_id, tenant, stream, version, position, type_, schema, time_us, au, ac,
-                             clock or b"", payload, meta or b"", retention])
-
-
-def recorded_from(position: int, event_id: str, tenant: str, stream: str, version: int, schema: int,
-                  time_us: int, enc: tuple) -> RecordedEvent:
-    """Decoded from the encoded bytes, as a store read would (tuples come back as lists)."""
-    type_, payload, clock, meta, au, ac, retention = enc
-    return RecordedEvent(
-        event_id, tenant, stream, version, position, type_, schema, time_us, Actor(au, ac),
-        unpack(clock) if clock else _EMPTY, unpack(payload), unpack(meta) if meta else _EMPTY,
-        _RETENTIONS[retention],
-    )
-
-
-def random_event_id(time_ms: int) -> str:
-    return uuid7(time_ms, os.urandom(10))
-
-
-class MemorySyncLog:
-    """The in-memory peer of store/sqlite_sync_log.SqliteSyncLog: same rows, same hashes."""
-
-    def __init__(self, new_id: Callable[[int], str] = random_event_id) -> None:
-        self._new_id = new_id
-        self._events: list[RecordedEvent] = []
-        self._hashes: list[bytes] = []
-        self._by_tenant: dict[str, tuple[list[int], list[RecordedEvent]]] = {}
-        self._heads: dict[tuple[str, str], tuple[int, bytes]] = {}
-        self._time_us = 0
-
-    def append(self, tenant: str, writes: Sequence[StreamWrite], time_us: int) -> list[RecordedEvent]:
-        check_tenant(tenant)
-        time_us = max(time_us, self._time_us)  # commit times never go back, as in the store
-        staged: list[tuple[RecordedEvent, bytes]] = []
-        heads: dict[tuple[str, str], tuple[int, bytes]] = {}
-        position = len(self._events)
-        for w in writes:
-            check_stream(w.stream)
-            key = (tenant, w.stream)
-            version, prev = heads.get(key) or self._heads.get(key) or (0, GENESIS)
-            if w.expected_version is not None and w.expected_version != version:
-                raise ValidationError(f"expected version {w.expected_version} of {w.stream}, found {version}")
-            for e in w.events:
-                enc = encode_event(e)
-                version += 1
-                position += 1
-                event_id = e.id or self._new_id(time_us // 1000)
-                prev = row_digest(prev, event_id, tenant, w.stream, version, position, time_us, e.schema, enc)
-                staged.append((recorded_from(position, event_id, tenant, w.stream, version, e.schema, time_us, enc),
-                               prev))
-            heads[key] = (version, prev)
-        # Nothing becomes visible before every event of the call is built: all or nothing.
-        self._heads.update(heads)
-        self._time_us = time_us
-        positions, events = self._by_tenant.setdefault(tenant, ([], []))
-        for ev, h in staged:
-            self._events.append(ev)
-            self._hashes.append(h)
-            positions.append(ev.position)
-            events.append(ev)
-        return [ev for ev, _ in staged]
-
-    def read(self, tenant: str, after: int, limit: int) -> list[RecordedEvent]:
-        entry = self._by_tenant.get(tenant)
-        if entry is None:
-            return []
-        i = bisect.bisect_right(entry[0], after)
-        return entry[1][i:i + limit]
-
-    def count_after(self, tenant: str, after: int) -> int:
-        entry = self._by_tenant.get(tenant)
-        return 0 if entry is None else len(entry[0]) - bisect.bisect_right(entry[0], after)
-
-    def head(self) -> int:
-        return len(self._events)
-
-    def replay(self) -> Iterator[RecordedEvent]:
-        return iter(list(self._events))
-
-    def log_hash(self) -> str:
-        h = hashlib.sha256()
-        for ev, rh in zip(self._events, self._hashes):
-            h.update(ev.position.to_bytes(8, "big"))
-            h.update(rh)
-        return h.hexdigest()
-
-    def close(self) -> None:
-        pass
 
 
 # ------------------------------------------------------------------ the server
@@ -295,7 +180,8 @@ class SyncServer:
         self._doc_ops: dict[str, dict[str, None]] = {}  # tenant -> doc op ids in the log
         self._docs: dict[tuple[str, str], Document] = {}
         self._rooms: dict[tuple[str, str], dict[int, None]] = {}
-        self._presence: dict[tuple[str, str], dict[int, int]] = {}  # (tenant, room) -> conn -> expiry
+        # (tenant, room) -> conn -> (expiry, state): typing, cursors (ephemeral, with a TTL)
+        self._presence: dict[tuple[str, str], dict[int, tuple[int, Any]]] = {}
         self._users: dict[tuple[str, str], dict[int, None]] = {}
         self._by_tenant: dict[str, dict[int, None]] = {}
         self._dirty: dict[str, None] = {}
@@ -409,7 +295,7 @@ class SyncServer:
             if conn.id in self._conns:
                 self._perform(conn, conn.session.tick(now_ms), now_ms, out)
         for key, members in list(self._presence.items()):
-            for cid, expires in list(members.items()):
+            for cid, (expires, _) in list(members.items()):
                 if expires <= now_ms:
                     del members[cid]
                     c = self._conns.get(cid)
@@ -449,7 +335,7 @@ class SyncServer:
             elif kind is WaitLog:
                 conn.waiting[e.sub] = e.gen
             elif kind is CountBehind:
-                too_far = self.log.count_after(conn.principal.tenant, e.after) > e.limit
+                too_far = self._count_behind(conn.principal.tenant, e.after, e.limit, e.filter)
                 more = session.behind_counted(e.sub, e.gen, too_far, self.log.head(), now_ms)
             elif kind is CommitOps:
                 more = session.ops_done(e.ref, self._commit(conn, e, now_ms), e)
@@ -463,7 +349,11 @@ class SyncServer:
                 self._leave(conn, e.room, now_ms, out)
             elif kind is SetPresence:
                 key = (conn.principal.tenant, e.room)
-                self._presence.setdefault(key, {})[conn.id] = now_ms + self.config.presence_ttl_ms
+                states = self._presence.setdefault(key, {})
+                if e.state is None:
+                    states.pop(conn.id, None)
+                else:
+                    states[conn.id] = (now_ms + self.config.presence_ttl_ms, e.state)
                 self._to_room(key, conn.id, P.message(P.PRESENCE, room=e.room, user=conn.principal.user,
                                                       state=e.state), out)
             elif kind is TakeSnapshot:
@@ -482,6 +372,22 @@ class SyncServer:
             if more:
                 more.reverse()
                 todo.extend(more)
+
+    def _count_behind(self, tenant: str, after: int, limit: int, f: EventFilter | None) -> bool:
+        """More than ``limit`` events matching ``f`` after ``after``? (As the gateway counts.)"""
+        if self.log.count_after(tenant, after) <= limit:
+            return False
+        if f is None:
+            return True
+        counted, cursor = 0, after
+        while True:
+            page = self.log.read(tenant, cursor, 5000)
+            if not page:
+                return False
+            counted += sum(1 for e in page if f.matches(e))
+            if counted > limit:
+                return True
+            cursor = page[-1].position
 
     def _encode(self, events: Any) -> list:
         shared = self._wires_of.get(id(events))
@@ -596,8 +502,13 @@ class SyncServer:
             self._to_room(key, conn.id, P.message(P.PRESENCE, room=room, user=conn.principal.user,
                                                   event="joined"), out)
             self._log_presence(conn, room, PRESENCE_JOINED, now_ms)
-        users = sorted({self._conns[c].principal.user for c in members if c in self._conns})
-        return conn.session.room_joined(room, [{"user": u} for u in users], [])
+        people = sorted({(self._conns[c].principal.user, self._conns[c].session.client)
+                         for c in members if c in self._conns})
+        states = [{"user": self._conns[c].principal.user, "conn": self._conns[c].session.session_id, "state": st,
+                   "ttl_s": round(max(0, exp - now_ms) / 1000, 3)}
+                  for c, (exp, st) in self._presence.get(key, {}).items() if c in self._conns and exp > now_ms]
+        return conn.session.room_joined(room, [{"user": u, "client": cl, "online": True} for u, cl in people],
+                                        states)
 
     def _leave(self, conn: _Conn, room: str, now_ms: int, out: Out) -> None:
         key = (conn.principal.tenant, room)

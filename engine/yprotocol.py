@@ -248,12 +248,12 @@ def handle_sync(doc: Any, msg: SyncMessage | bytes) -> bytes | None:
     the update is applied to ``doc`` and there is no reply. (A server that must
     append to the log before applying handles those two itself.)
     """
-    if isinstance(msg, (bytes, bytearray, memoryview)):
-        msg = decode_message(bytes(msg))
-    if isinstance(msg, SyncStep1):
-        return encode_sync_step2(_diff(doc, msg.state_vector))
-    if isinstance(msg, (SyncStep2, SyncUpdate)):
-        if msg.update != EMPTY_UPDATE:
-            _apply(doc, msg.update)
+    # (bytes may hold any message, not only a sync one)
+    m: Message = decode_message(bytes(msg)) if isinstance(msg, (bytes, bytearray, memoryview)) else msg
+    if isinstance(m, SyncStep1):
+        return encode_sync_step2(_diff(doc, m.state_vector))
+    if isinstance(m, (SyncStep2, SyncUpdate)):
+        if m.update != EMPTY_UPDATE:
+            _apply(doc, m.update)
         return None
-    raise ProtocolError(f"not a sync message: {type(msg).__name__}", reason="not_sync")
+    raise ProtocolError(f"not a sync message: {type(m).__name__}", reason="not_sync")

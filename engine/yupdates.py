@@ -9,7 +9,8 @@ Everything that parses bytes from a peer raises :class:`InvalidUpdate` (a
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Literal
 
 import pycrdt
 
@@ -24,6 +25,24 @@ class InvalidUpdate(ProtocolError):
     """Bytes that pycrdt cannot decode as a Yjs update or state vector."""
 
     code = "invalid_update"
+
+
+class UpdateNeverFits(InvalidUpdate):
+    """An update that can never be integrated: one of its structs names itself (or a
+    later clock of its own client) as a neighbour or parent, its parts wait on each
+    other, or it waits on an id refused as never fitting. Refused whole; the document
+    is unchanged. The client that sent it is broken or hostile."""
+
+    code = "update_never_fits"
+
+
+class PendingOverflow(InvalidUpdate):
+    """Holding this update until what it waits for arrives would take the document's
+    waiting updates past their bound (count or bytes). Refused whole; the document is
+    unchanged. A client that sends it can resend later (or sync step 2 in one piece)."""
+
+    code = "pending_overflow"
+    http_status = 429
 
 
 def is_fatal(e: BaseException) -> bool:
@@ -53,7 +72,7 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc is None or isinstance(exc, ProtocolError) or is_fatal(exc):
             return False
         raise InvalidUpdate(f"cannot decode {self._what}: {exc}", reason="undecodable") from exc
@@ -70,7 +89,10 @@ def check_header(update: bytes) -> bytes:
     if first < 0x80:  # the usual case: fewer than 128 clients
         return update
     reader = Reader(update)
-    count = reader.read_var_uint("update client count")
+    try:
+        count = reader.read_var_uint("update client count")
+    except ProtocolError as e:
+        raise InvalidUpdate(f"bad update: {e.message}", **e.details) from e
     if count * 3 > reader.remaining:
         raise InvalidUpdate("update claims more clients than it has bytes", reason="too_large")
     return update
@@ -109,7 +131,7 @@ def check_update(update: bytes) -> bytes:
         check_header(update)
     try:
         _get_state(update)
-    except BaseException as e:  # noqa: BLE001 - pyo3 panics are BaseExceptions
+    except BaseException as e:  # pyo3 panics are BaseExceptions
         if isinstance(e, ProtocolError) or is_fatal(e):
             raise
         raise InvalidUpdate(f"cannot decode update: {e}", reason="undecodable") from e

@@ -37,8 +37,9 @@ from engine.documents import CRDT_UPDATE
 from engine.ids import uuid7
 from engine.records import LWW, MANUAL, CollectionPolicy, ResolutionConfig, merged
 from engine.records.payloads import RECORD_PATCHED
-from engine.sync_server import MemorySyncLog, Principal, ServerConfig, SyncServer
+from engine.sync_server import Principal, ServerConfig, SyncServer
 from store.gcpause import collector_paused
+from store.memory_sync_log import MemorySyncLog
 
 from .checkers import Checkers, Violation, summarize
 from .clients import SimClient

@@ -1,6 +1,8 @@
-"""An in-memory event store: for tests and simulations, and held to the same
-conformance suite as the SQL stores (tests/store/). It plans appends with the same
-``plan_batch`` and stores the same rows, so hashes and positions are identical."""
+"""An in-memory event store: for tests, and held to the same conformance suite as
+the SQL stores (tests/store/). It plans appends with the same log kernel
+(engine/logkernel.py, through store/planning.py) and stores the same rows, so hashes
+and positions are identical. (The simulator's synchronous log is
+store/memory_sync_log.py, on the same kernel.)"""
 from __future__ import annotations
 
 import bisect
@@ -13,10 +15,10 @@ from engine.hashchain import GENESIS
 from engine.ports import LogPage, PruneReport, VerifyReport
 from engine.upcasting import UpcasterRegistry
 
+from .base import StoreBase, check_chain, check_scope, wall_clock_us
 from .doorbell import LocalDoorbell
 from .planning import Head, plan_batch
 from .rows import DEFAULT_MAX_PAYLOAD, READ_COLUMNS, decode_row, prepare
-from .base import StoreBase, check_chain, check_scope, wall_clock_us
 
 
 class MemoryEventStore(StoreBase):

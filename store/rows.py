@@ -1,44 +1,46 @@
-"""Turning envelopes into rows and rows back into envelopes; shared by every adapter.
+"""Turning envelopes into rows and rows back into envelopes, for the store's adapters.
 
-Validation and msgpack encoding happen here, in the caller's task, before an append
-joins a group commit: a bad event fails its own call and never a batch.
+Validation, encoding, planning and hashing are the log kernel's (engine/logkernel.py,
+pure and shared with the simulator's sync logs); this module gives it the store's
+packer and id source, and holds the store's side: the exec-built row decoders.
+Validation and msgpack encoding happen in the caller's task, before an append joins a
+group commit: a bad event fails its own call and never a batch.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import msgpack
 
-from engine.codec import pack, unpack
-from engine.errors import PayloadTooLarge, ValidationError
+from engine import logkernel
+from engine.codec import pack
 from engine.events import (
-    NO_ACTOR,
     Actor,
-    AppendResult,
-    NewEvent,
     RecordedEvent,
     RecordedEventSlots,
     Retention,
-    StreamAppended,
     StreamWrite,
-    check_stream,
-    check_tenant,
-    check_type,
 )
-from engine.hashchain import event_hash, hash_packed
 from engine.ids import uuid7_many
+from engine.logkernel import (  # noqa: F401  (re-exported: the store's writers use them from here)
+    DEFAULT_MAX_PAYLOAD,
+    WRITE_COLUMNS,
+    PreparedAppend,
+    PreparedEvent,
+    PreparedWrite,
+    decode_result,
+    encode_result,
+    row_hash,
+)
 from engine.upcasting import UpcasterRegistry
-
-DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 # engine.codec.pack builds a msgpack Packer (and its buffer) per call, about two thirds
 # of the cost of packing a small payload; an append packs twice per event (payload and
 # hashed fields). A Packer is not safe to share between threads, so each thread keeps
-# its own. Same encoding as engine.codec.pack (use_bin_type), same error.
+# its own. Same encoding as engine.codec.pack (use_bin_type), same error: the kernel's
+# ``Packer`` contract.
 _local = threading.local()
 
 
@@ -51,38 +53,10 @@ def _pack(obj: Any) -> bytes:
         return packer.pack(obj)  # resets its buffer when packing fails
     except (TypeError, ValueError, OverflowError):
         return pack(obj)  # raises engine.codec's UnencodablePayload
+
+
 _RETENTIONS = {r.value: r for r in Retention}
-_RETENTION_NAMES = {r.value: r.value for r in Retention}  # plain str values
 _EMPTY: dict = {}
-
-
-@dataclass(slots=True)
-class PreparedEvent:
-    id: str | None
-    type: str
-    schema: int
-    actor_user: str
-    actor_client: str
-    clock: bytes | None
-    payload: bytes
-    meta: bytes | None
-    retention: str
-
-
-@dataclass(slots=True)
-class PreparedWrite:
-    stream: str
-    expected_version: int | None
-    events: list[PreparedEvent]
-
-
-@dataclass(slots=True)
-class PreparedAppend:
-    tenant: str
-    writes: list[PreparedWrite]
-    idempotency_key: str | None
-    fingerprint: bytes | None
-    event_count: int
 
 
 def prepare(
@@ -91,73 +65,8 @@ def prepare(
     idempotency_key: str | None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> PreparedAppend:
-    check_tenant(tenant)
-    if not writes:
-        raise ValidationError("an append needs at least one stream write")
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
-        raise ValidationError("idempotency key must be 1 to 255 characters")
-    out: list[PreparedWrite] = []
-    count = 0
-    seen: set[str] | None = set() if len(writes) > 1 else None
-    for w in writes:
-        stream, expected, events = w.stream, w.expected_version, w.events
-        check_stream(stream)
-        if seen is not None:
-            if stream in seen:
-                raise ValidationError(f"stream {stream!r} appears twice in one append")
-            seen.add(stream)
-        if expected is not None and (not isinstance(expected, int) or expected < 0):
-            raise ValidationError("expected_version must be a non-negative integer or None")
-        if not events:
-            raise ValidationError(f"no events for stream {stream!r}")
-        out.append(PreparedWrite(stream, expected, [_prepare_event(e, max_payload) for e in events]))
-        count += len(events)
-    fingerprint = _fingerprint(out) if idempotency_key is not None else None
-    return PreparedAppend(tenant, out, idempotency_key, fingerprint, count)
-
-
-def _prepare_event(e: NewEvent, max_payload: int) -> PreparedEvent:
-    if e.__class__ is not NewEvent and not isinstance(e, NewEvent):
-        raise ValidationError("events must be NewEvent instances")
-    check_type(e.type)
-    schema = e.schema
-    if not isinstance(schema, int) or not 1 <= schema <= 32767:
-        raise ValidationError("schema must be an integer from 1 to 32767")
-    payload = _pack(e.data)
-    if len(payload) > max_payload:
-        raise PayloadTooLarge(
-            f"payload is {len(payload)} bytes, the limit is {max_payload}", size=len(payload), limit=max_payload
-        )
-    r = e.retention
-    retention = _RETENTION_NAMES.get(r) if isinstance(r, str) else None  # Retention is a StrEnum
-    if retention is None:
-        retention = str(r)
-        if retention not in _RETENTIONS:
-            raise ValidationError(f"unknown retention {retention!r}")
-    actor = e.actor or NO_ACTOR
-    user, client = actor.user, actor.client
-    if user.__class__ is not str or len(user) > 128:
-        user = str(user)[:128]
-    if client.__class__ is not str or len(client) > 128:
-        client = str(client)[:128]
-    return PreparedEvent(
-        e.id, e.type, schema, user, client,
-        pack(dict(e.clock)) if e.clock else None,
-        payload,
-        pack(dict(e.meta)) if e.meta else None,
-        retention,
-    )
-
-
-def _fingerprint(writes: Iterable[PreparedWrite]) -> bytes:
-    h = hashlib.sha256()
-    for w in writes:
-        h.update(pack([w.stream, w.expected_version]))
-        for e in w.events:
-            h.update(pack([e.type, e.schema, e.actor_user, e.actor_client, e.retention]))
-            h.update(e.payload)
-            h.update(e.clock or b"")
-    return h.digest()
+    """``engine.logkernel.prepare`` with the store's packer."""
+    return logkernel.prepare(tenant, writes, idempotency_key, max_payload, _pack)
 
 
 def new_event_ids(time_us: int, n: int) -> list[str]:
@@ -165,53 +74,6 @@ def new_event_ids(time_us: int, n: int) -> list[str]:
     randomness for all of them)."""
     return uuid7_many(time_us // 1000, os.urandom(10 * n), n)
 
-
-def event_values(
-    tenant: str,
-    stream: str,
-    version: int,
-    position: int,
-    time_us: int,
-    prev_hash: bytes,
-    e: PreparedEvent,
-    event_id: str,
-) -> tuple:
-    """An events row in WRITE_COLUMNS order, its hash chained to ``prev_hash``."""
-    clock, payload, meta = e.clock, e.payload, e.meta
-    h = hash_packed(prev_hash, _pack([  # engine.hashchain.chain_hash's fields
-        event_id, tenant, stream, version, position, e.type, e.schema, time_us,
-        e.actor_user, e.actor_client, clock or b"", payload, meta or b"", e.retention,
-    ]))
-    return (position, event_id, tenant, stream, version, e.type, e.schema, time_us,
-            e.actor_user, e.actor_client, clock, payload, meta, e.retention, prev_hash, h)
-
-
-def row_hash(row: Any) -> bytes:
-    """Recompute the hash of a stored row (mapping or Row with the events columns)."""
-    return event_hash(
-        row["prev_hash"],
-        id=row["id"],
-        tenant=row["tenant"],
-        stream=row["stream"],
-        version=row["version"],
-        position=row["position"],
-        type=row["type"],
-        schema=row["schema"],
-        time_us=row["time_us"],
-        actor_user=row["actor_user"],
-        actor_client=row["actor_client"],
-        clock=row["clock"] or b"",
-        payload=row["payload"],
-        meta=row["meta"] or b"",
-        retention=row["retention"],
-    )
-
-
-# Column order of an events row as written (build_row's keys, in table order).
-WRITE_COLUMNS = (
-    "position", "id", "tenant", "stream", "version", "type", "schema", "time_us", "actor_user",
-    "actor_client", "clock", "payload", "meta", "retention", "prev_hash", "hash",
-)
 
 # Column order used by every read; decode_row relies on it.
 READ_COLUMNS = (
@@ -314,17 +176,3 @@ def decode_rows(
 
 def decode_row(r: Sequence[Any], upcasters: UpcasterRegistry | None = None) -> RecordedEvent:
     return decode_rows((r,), upcasters)[0]
-
-
-def encode_result(result: AppendResult) -> bytes:
-    return pack(
-        [[[s.stream, s.first_version, s.last_version, s.first_position, s.last_position] for s in result.streams],
-         list(result.event_ids)]
-    )
-
-
-def decode_result(blob: bytes) -> AppendResult:
-    streams, ids = unpack(blob)
-    return AppendResult(
-        streams=tuple(StreamAppended(*s) for s in streams), event_ids=tuple(ids), duplicate=True
-    )

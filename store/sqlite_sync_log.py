@@ -1,23 +1,33 @@
 """The sync server's log (``engine.sync_server.SyncLog``) on a SQLite file, synchronously.
 
-stdlib ``sqlite3`` for every read and write; the rows come from the store's own
-planner (``store/planning.plan_batch`` over ``store/rows.prepare``), so versions,
-positions, hash chain, tenants and stream heads are exactly what the async store
-writes, and ``open_store("sqlite+aiosqlite:///<file>")`` opens and verifies the
+stdlib ``sqlite3`` for every read and write; every append is prepared and planned by
+the log kernel (engine/logkernel.py) with the store's packer, as the store's writers
+and store/memory_sync_log.MemorySyncLog do, so versions, positions, hash chain,
+idempotency keys, conflicts, tenants and stream heads are exactly what the async
+store writes, and ``open_store("sqlite+aiosqlite:///<file>")`` opens and verifies the
 file. The schema is created by the store's alembic migrations (through a
 synchronous SQLAlchemy connection, once, when the file is new).
+
+A wrong ``expected_version`` raises ``ConcurrencyError``; a repeated idempotency key
+returns the events the first append recorded (read back) and writes nothing.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import sqlite3
 from typing import Callable, Iterator, Sequence
 
 from engine.events import RecordedEvent, StreamWrite
+from engine.logkernel import Head, IdSource, id_source, log_digest, plan_one
 
-from .planning import Head, plan_batch
-from .rows import READ_COLUMNS, WRITE_COLUMNS, decode_row, prepare
+from .rows import (
+    DEFAULT_MAX_PAYLOAD,
+    READ_COLUMNS,
+    WRITE_COLUMNS,
+    _pack,
+    decode_rows,
+    new_event_ids,
+    prepare,
+)
 
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({', '.join('?' * len(WRITE_COLUMNS))})"
 _UPSERT_STREAM = (
@@ -26,14 +36,14 @@ _UPSERT_STREAM = (
     "version = excluded.version, head_hash = excluded.head_hash, updated_us = excluded.updated_us"
 )
 _COLS = ", ".join(READ_COLUMNS)
+_READ_WIDTH = len(READ_COLUMNS)  # a planned row (WRITE_COLUMNS) starts with READ_COLUMNS
 
 
 def migrate(path: str) -> None:
+    from alembic import command
     from sqlalchemy import create_engine
 
     from .migrate import _config
-
-    from alembic import command
 
     engine = create_engine(f"sqlite:///{path}")
     try:
@@ -45,19 +55,24 @@ def migrate(path: str) -> None:
 
 
 class SqliteSyncLog:
-    def __init__(self, path: str, new_id: Callable[[int], str], *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, new_id: Callable[[int], str] | None = None, *, synchronous: str = "NORMAL",
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        """``new_id(time_ms)`` numbers the events that did not choose their id, one call
+        per id in event order (a seeded run is reproducible); by default, fresh UUIDv7s
+        from the OS's randomness."""
         migrate(path)
-        self._new_id = new_id
+        self._new_ids: IdSource = new_event_ids if new_id is None else id_source(new_id)
+        self._max_payload = max_payload
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
 
-    def append(self, tenant: str, writes: Sequence[StreamWrite], time_us: int) -> list[RecordedEvent]:
-        # Ids are given here (from the injected source) so that a seeded run is reproducible.
-        writes = [dataclasses.replace(w, events=tuple(
-            e if e.id else dataclasses.replace(e, id=self._new_id(time_us // 1000)) for e in w.events))
-            for w in writes]
-        call = prepare(tenant, writes, None)
+    def append(
+        self, tenant: str, writes: Sequence[StreamWrite], time_us: int, *, idempotency_key: str | None = None
+    ) -> list[RecordedEvent]:
+        """Atomically append; the recorded events in position order (for a repeated
+        idempotency key, the first append's, and nothing is written)."""
+        call = prepare(tenant, writes, idempotency_key, self._max_payload)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -67,27 +82,43 @@ class SqliteSyncLog:
             q = f"SELECT stream, version, head_hash FROM streams WHERE tenant = ? AND stream IN ({', '.join('?' * len(names))})"
             for s, v, h in db.execute(q, [tenant, *names]):
                 heads[(tenant, s)] = Head(v, h)
+            stored = {}
+            if idempotency_key is not None:
+                for fp, res in db.execute("SELECT fingerprint, result FROM idempotency WHERE tenant = ? AND key = ?",
+                                          (tenant, idempotency_key)):
+                    stored[(tenant, idempotency_key)] = (fp, res)
             time_us = max(time_us, head_time)
-            plan = plan_batch([call], heads, {}, position, time_us)
-            outcome = plan.outcomes[0]
-            if isinstance(outcome, Exception):
-                raise outcome
+            plan, result = plan_one(call, heads, stored, position, time_us, new_ids=self._new_ids, pack=_pack)
+            if result.duplicate:
+                db.execute("COMMIT")
+                return self._between(result.first_position, result.last_position)
             db.executemany("INSERT OR IGNORE INTO tenants (id, created_us) VALUES (?, ?)",
                            [(t, time_us) for t in sorted(plan.tenants)])
-            db.executemany(_INSERT_EVENT, [tuple(r[c] for c in WRITE_COLUMNS) for r in plan.rows])
+            db.executemany(_INSERT_EVENT, plan.values)
             db.executemany(_UPSERT_STREAM, [(t, s, h.version, h.hash, time_us) for (t, s), h in plan.heads.items()])
             db.execute("UPDATE log_head SET position = ?, time_us = ? WHERE id = 1", (plan.last_position, time_us))
+            if plan.new_keys:
+                db.executemany(
+                    "INSERT INTO idempotency (tenant, key, fingerprint, result, created_us) VALUES (?, ?, ?, ?, ?)",
+                    [(k["tenant"], k["key"], k["fingerprint"], k["result"], k["created_us"]) for k in plan.new_keys],
+                )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        return [decode_row(tuple(r[c] for c in READ_COLUMNS)) for r in plan.rows]
+        return decode_rows([v[:_READ_WIDTH] for v in plan.values])
+
+    def _between(self, first: int, last: int) -> list[RecordedEvent]:
+        rows = self._db.execute(f"SELECT {_COLS} FROM events WHERE position BETWEEN ? AND ? ORDER BY position",
+                                (first, last)).fetchall()
+        return decode_rows(rows)
 
     def read(self, tenant: str, after: int, limit: int) -> list[RecordedEvent]:
         rows = self._db.execute(
             f"SELECT {_COLS} FROM events WHERE tenant = ? AND position > ? ORDER BY position LIMIT ?",
             (tenant, after, limit)).fetchall()
-        return [decode_row(r) for r in rows]
+        return decode_rows(rows)
 
     def count_after(self, tenant: str, after: int) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events WHERE tenant = ? AND position > ?",
@@ -98,14 +129,10 @@ class SqliteSyncLog:
 
     def replay(self) -> Iterator[RecordedEvent]:
         rows = self._db.execute(f"SELECT {_COLS} FROM events ORDER BY position").fetchall()
-        return iter([decode_row(r) for r in rows])
+        return iter(decode_rows(rows))
 
     def log_hash(self) -> str:
-        h = hashlib.sha256()
-        for position, row_hash in self._db.execute("SELECT position, hash FROM events ORDER BY position"):
-            h.update(position.to_bytes(8, "big"))
-            h.update(row_hash)
-        return h.hexdigest()
+        return log_digest(self._db.execute("SELECT position, hash FROM events ORDER BY position"))
 
     def close(self) -> None:
         self._db.close()

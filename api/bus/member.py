@@ -40,7 +40,7 @@ from store.bus._db import engines, now_us
 from store.bus.groups import CRASH_REASON, Attempt, Lease
 from store.bus_schema import SCOPE_ALL
 
-from .delivery import Delivery, Failure, Handler, RetryPolicy, attempt
+from .delivery import Delivery, Handler, RetryPolicy, attempt
 from .dlq import DeadLetterQueue
 from .events import event_from_doc
 from .reader import LogReader, PageSplit, reader_for

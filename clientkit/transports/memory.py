@@ -1,7 +1,8 @@
 """In-memory transport: a session core wired straight to a synchronous server core.
 
 The server side is anything with the frame-in/frames-out interface ``FrameServer``
-(``LoopbackServer`` below, or the simulator's ``engine/sync_server.py``)::
+(``core_server.CoreServer``: the gateway's protocol core, ``engine.session``, run by
+the simulator's ``engine.sync_server.SyncServer`` on an in-memory log)::
 
     open(conn, *, user, client, now_ms) -> [(conn, msg), ...]     (the welcome...)
     receive(conn, msg, now_ms)          -> [(conn, msg), ...]     (answers and pushes)

@@ -1,7 +1,7 @@
 """Records as a projection: each tenant's ``RecordsState``, folded from ``record.patched``."""
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from ..events import RecordedEvent
 from ..filters import EventFilter
@@ -41,7 +41,7 @@ class RecordsByTenant(Mapping[str, RecordsState]):
         by_tenant: dict[str, list[RecordedEvent]] = {}
         get = by_tenant.get
         tenant = None
-        append = None
+        append: Callable[[RecordedEvent], None]  # bound at the first event (a tenant is a str)
         for e in events:
             if e.tenant != tenant:
                 tenant = e.tenant

@@ -34,15 +34,16 @@ def apply_stats_events(state: dict[tuple[str, str], StreamStat], events: Sequenc
     """``apply_stats_event`` over a page, in one loop (the same result). A stream's events
     come in runs (an append is consecutive in the log): the stat is looked up once per run."""
     get = state.get
-    st = None
+    st: StreamStat  # bound at the first event (a stream is a str)
     tenant = stream = None
     for e in events:
         if e.stream != stream or e.tenant != tenant:
             stream, tenant = e.stream, e.tenant
             key = (tenant, stream)
-            st = get(key)
-            if st is None:
-                st = state[key] = StreamStat(first_position=e.position)
+            found = get(key)
+            if found is None:
+                found = state[key] = StreamStat(first_position=e.position)
+            st = found
         st.events += 1
         st.version = e.version
         st.last_position = e.position

@@ -113,7 +113,7 @@ class ResolutionConfig:
     default_collection: CollectionPolicy | None = None
 
     # collection -> (field -> (strategy, merge function or None), default or None if strict)
-    _table: dict = field(default_factory=_Table, init=False, repr=False, compare=False)
+    _table: _Table = field(default_factory=_Table, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         named = dict(self.collections)

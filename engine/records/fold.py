@@ -136,8 +136,8 @@ class RecordsFolder:
             merges = data.get("merge")
             o = data["outcome"]
             kcode = _KIND_CODE.get(o["kind"])
-            if kcode is None:
-                OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
+            if kcode is None:  # not a kind: OutcomeKind raises ValueError, as decode_patch does
+                kcode = _KIND_CODE[OutcomeKind(o["kind"])]
             receipts = w.receipts
             if op_id in receipts:
                 continue  # an op is in the log once; tolerate a replayed copy all the same
@@ -242,6 +242,8 @@ class RecordsFolder:
 
 def _fold_generic(w: _Work, ev: RecordedEvent, data: Any, reg: MergeRegistry, shared_decode: bool) -> None:
     """One patch through ``decode_patch_body`` (or the shared cache) and ``apply_changes``."""
+    changes: tuple | list
+    kname: str | None
     if shared_decode:
         stamp, changes, outcome = decode_patch_cached(ev.tenant, ev.position, ev.stream, data, reg)
         kname, conflicts, resolved, superseded = _KIND_NAME[outcome[0]], outcome[3], outcome[4], outcome[5]
@@ -250,8 +252,8 @@ def _fold_generic(w: _Work, ev: RecordedEvent, data: Any, reg: MergeRegistry, sh
         # in an Outcome, which the receipt does not keep (see Receipts).
         stamp, changes, o = decode_patch_body(data, reg)
         kname = _KIND_VALUE.get(o["kind"])
-        if kname is None:
-            OutcomeKind(o["kind"])  # raises ValueError, as decode_patch does
+        if kname is None:  # not a kind: OutcomeKind raises ValueError, as decode_patch does
+            kname = _KIND_VALUE[OutcomeKind(o["kind"])]
         if len(o) == 1:
             conflicts = resolved = superseded = ()
         else:

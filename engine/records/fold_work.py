@@ -7,7 +7,7 @@ from typing import Any
 from ..clocks import EMPTY_CLOCK, VectorClock, _new_object, _set_c, _set_hash, _set_sorted
 from .kernel import apply_changes
 from .merges import MergeRegistry
-from .receipts import Receipts, _extendable
+from .receipts import ReceiptEntry, Receipts, _extendable
 from .state import LwwField, MergeField, RecordState, Stamp, copy_mapping
 
 _tuple_new = tuple.__new__
@@ -40,7 +40,7 @@ class _Work:
         if rec is None:
             self.fields: dict[str, Any] = {}
             self.base = EMPTY_CLOCK
-            self.receipts: dict[str, tuple] = {}
+            self.receipts: dict[str, ReceiptEntry] = {}
             self.tracking: set[str] = set()
             return
         # (copy_mapping's and _extendable's usual cases, inline: once per record per batch)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..clocks import Ordering
+from ..clocks import Ordering, VectorClock
 from .config import Strategy
 from .merges import NO_INITIAL, MergeFunction, MergeRegistry
 from .state import FieldState, LwwField, ManualField, MergeField, Stamp, Write, conflict_id
@@ -82,7 +82,9 @@ def apply_changes(
     # The clock step of the op's previous LWW/merge field: (its old clock, the new one).
     # An op's fields often share their clock object (fields written by the same ops get
     # the same merge, and keep sharing it from here on): then the answer is the same.
-    seen_old = seen_new = None
+    # (``seen_new`` is read only once ``seen_old`` is set: its first value is never used.)
+    seen_old: VectorClock | None = None
+    seen_new = clock
     for name, strategy, value, deleted, mf in changes:
         old = fields.get(name)
         if strategy is _MANUAL:
@@ -127,10 +129,12 @@ def apply_changes(
             if type(old) is not LwwField:
                 old = _to_lww(old, registry)
             old_clock = old[3]
+            old_stamp = old[0]
         else:
             if type(old) is not MergeField or old[0] != mf.name:
                 old = _to_merge(old, mf, registry)
             old_clock = old[2]
+            old_stamp = old[3]
         # The field's new clock: the op's when it comes after (or equals) the field's
         # history, the merge of both when they are concurrent.
         if newer:
@@ -150,7 +154,6 @@ def apply_changes(
                 new_clock = old_clock
             seen_old, seen_new = old_clock, new_clock
         # The LWW order is (wall, logical, client, op id); walls usually differ.
-        old_stamp = old[0] if is_lww else old[3]
         ow = old_stamp[3][0]
         if hlc[0] != ow:
             wins = hlc[0] > ow
@@ -183,12 +186,12 @@ def _rank(w: Write) -> tuple:
 
 
 def _current(old: FieldState, registry: MergeRegistry) -> Write:
-    if type(old) is MergeField:
+    if isinstance(old, MergeField):  # (the field types are never subclassed)
         value = old.value
         if old.merge in registry and old.acc is not NO_INITIAL:
             value = registry.get(old.merge).encode(old.acc)
         return Write(old.last, value, old.acc is NO_INITIAL)
-    return old.current  # type: ignore[union-attr]  (LwwField or ManualField)
+    return old.current
 
 
 def _to_lww(old: FieldState, registry: MergeRegistry) -> LwwField:

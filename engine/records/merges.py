@@ -217,7 +217,7 @@ _union = operator.or_  # frozenset | frozenset (operands are validated into froz
 UNION = MergeFunction(
     "set_union", _union, _validate_elements, _sorted_elements, initial=frozenset(), idempotent=True
 )
-UNION_SAMPLES = ([], [1], ["a", 2], [1, "a"], ["b"])
+UNION_SAMPLES: tuple[list[int | str], ...] = ([], [1], ["a", 2], [1, "a"], ["b"])
 
 
 def _validate_number(x: Any) -> int | float:

@@ -11,7 +11,7 @@ candidate for ``max``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict, final
 
 from ..clocks import HLCTimestamp, InvalidClock, VectorClock
 from ..errors import ValidationError
@@ -19,6 +19,7 @@ from ..errors import ValidationError
 RECORD_PREFIX = "rec/"
 
 
+@final  # (so that ``type(op) is ResolveOp`` tells mypy the other kind, too)
 @dataclass(frozen=True, slots=True)
 class ClientOp:
     op_id: str
@@ -46,6 +47,7 @@ class ClientOp:
         }
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ResolveOp:
     """A person's decision on a manual conflict: a write of ``value`` to ``field``.
@@ -90,20 +92,32 @@ class ResolveOp:
 Op = ClientOp | ResolveOp
 
 
+class _Common(TypedDict):
+    """The fields both op kinds have (``op_from_wire`` decodes them once)."""
+
+    op_id: str
+    client: str
+    user: str
+    stream: str
+    clock: VectorClock
+    hlc: HLCTimestamp
+    base_version: int
+
+
 def op_from_wire(data: Any) -> Op:
     """Build an op from its wire dict; malformed input raises :class:`ValidationError`."""
     if not isinstance(data, Mapping):
         raise ValidationError("an op is a map")
     try:
-        common = dict(
-            op_id=_str(data["op"]),
-            client=_str(data["client"]),
-            user=str(data.get("user", "")),
-            stream=_str(data["stream"]),
-            clock=VectorClock.from_dict(data.get("vc", {})),
-            hlc=HLCTimestamp.decode(data["hlc"]),
-            base_version=int(data.get("base", 0)),
-        )
+        common: _Common = {
+            "op_id": _str(data["op"]),
+            "client": _str(data["client"]),
+            "user": str(data.get("user", "")),
+            "stream": _str(data["stream"]),
+            "clock": VectorClock.from_dict(data.get("vc", {})),
+            "hlc": HLCTimestamp.decode(data["hlc"]),
+            "base_version": int(data.get("base", 0)),
+        }
         if data.get("kind", "op") == "resolve":
             return ResolveOp(
                 conflict_id=_str(data["conflict"]),

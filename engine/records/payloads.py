@@ -137,8 +137,9 @@ def record_patched(
             group = data.get("merge")
             if group is None:
                 group = data["merge"] = {}
-            encode = mf.encode
-            group[name] = [mf.name, value if encode is _identity else encode(value)]
+            # (a MERGE change always carries its function: see reconciler._validate)
+            encode = mf.encode  # type: ignore[union-attr]
+            group[name] = [mf.name, value if encode is _identity else encode(value)]  # type: ignore[union-attr]
         elif deleted:
             group = data.get("deleted")
             if group is None:

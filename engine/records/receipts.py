@@ -34,27 +34,32 @@ class Receipts(Mapping):
 
     __slots__ = ("_d", "_n", "_stream")
 
-    def __init__(self, d: dict[str, tuple], n: int, stream: str = "") -> None:
+    def __init__(self, d: dict[str, ReceiptEntry], n: int, stream: str = "") -> None:
         self._d = d
         self._n = n
         self._stream = stream
 
-    def _outcome(self, op_id: str, e: int | tuple) -> Outcome:
+    # The entry's form is told by ``type(e) is int`` (cheaper than ``isinstance``), which
+    # mypy does not narrow in the other branch (an int subclass would pass it): there,
+    # ``e`` is a tuple, hence the ``type: ignore`` comments below.
+
+    def _outcome(self, op_id: str, e: ReceiptEntry) -> Outcome:
         if type(e) is int:
             return _tuple_new(Outcome, (_KINDS[e & 7], op_id, self._stream, (), (), (), None, "", None))
-        if len(e) == 2:
-            return e[1]
-        return _tuple_new(Outcome, (_KIND_BY_NAME[e[1]], op_id, self._stream, e[2], e[3], e[4], None, "", None))
+        t: tuple = e  # type: ignore[assignment]  # not an int: a tuple (see above)
+        if len(t) == 2:
+            return t[1]
+        return _tuple_new(Outcome, (_KIND_BY_NAME[t[1]], op_id, self._stream, t[2], t[3], t[4], None, "", None))
 
     def __getitem__(self, op_id: str) -> Outcome:
         e = self._d[op_id]
-        if (e >> 3 if type(e) is int else e[0]) < self._n:
+        if (e >> 3 if type(e) is int else e[0]) < self._n:  # type: ignore[index]
             return self._outcome(op_id, e)
         raise KeyError(op_id)
 
     def get(self, op_id: str, default: Any = None) -> Any:
         e = self._d.get(op_id)
-        if e is None or (e >> 3 if type(e) is int else e[0]) >= self._n:
+        if e is None or (e >> 3 if type(e) is int else e[0]) >= self._n:  # type: ignore[index]
             return default
         return self._outcome(op_id, e)
 
@@ -72,13 +77,16 @@ class Receipts(Mapping):
     def __repr__(self) -> str:
         return f"Receipts({dict(self.items())!r})"
 
-    def _tip(self) -> dict[str, tuple]:
+    def _tip(self) -> dict[str, ReceiptEntry]:
         """A dict a fold may append to: the shared one if this view is its newest, else a copy."""
         d = self._d
         if len(d) == self._n:
             return d
         return {k: d[k] for k in islice(d, self._n)}
 
+
+# An entry of the shared dict (see Receipts): ``index << 3 | kind code``, or a tuple.
+ReceiptEntry = int | tuple
 
 _tuple_new = tuple.__new__
 _KIND_BY_NAME = {k.value: k for k in OutcomeKind}
@@ -88,20 +96,20 @@ _KINDS = tuple(OutcomeKind)  # by kind code (fewer than 8)
 _KIND_CODE = {k.value: i for i, k in enumerate(_KINDS)}  # by name (and by kind: a StrEnum)
 
 
-def _receipt(index: int, kname: str, conflicts: tuple, resolved: tuple, superseded: tuple) -> int | tuple:
+def _receipt(index: int, kname: str, conflicts: tuple, resolved: tuple, superseded: tuple) -> ReceiptEntry:
     """A receipt entry (see Receipts): an int when the outcome names nothing."""
     if conflicts or resolved or superseded:
         return (index, kname, conflicts, resolved, superseded)
     return index << 3 | _KIND_CODE[kname]
 
 
-def _entry(index: int, o: Outcome, stream: str) -> int | tuple:
+def _entry(index: int, o: Outcome, stream: str) -> ReceiptEntry:
     if o[6] is None and not o[7] and o[8] is None and o[2] == stream and type(o[0]) is OutcomeKind:
         return _receipt(index, _KIND_NAME[o[0]], o[3], o[4], o[5])
     return (index, o)
 
 
-def _extendable(receipts: Mapping[str, Any], stream: str) -> dict[str, tuple]:
+def _extendable(receipts: Mapping[str, Any], stream: str) -> dict[str, ReceiptEntry]:
     if type(receipts) is Receipts and receipts._stream == stream:
         return receipts._tip()
     return {op_id: _entry(i, o, stream) for i, (op_id, o) in enumerate(receipts.items())}

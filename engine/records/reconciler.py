@@ -131,8 +131,8 @@ def _reconcile(state: RecordsState, ops: Iterable[Op], config: ResolutionConfig,
             continue
         try:
             changes = _validate(op, config, now_ms)
-        except _Reject as r:
-            append_outcome(rejected(op_id, stream, r.reason, r.detail))
+        except _Reject as rej:
+            append_outcome(rejected(op_id, stream, rej.reason, rej.detail))
             continue
         if w is None:
             # (_work, inline: once per op in the usual batch.) A state's mappings are
@@ -166,8 +166,9 @@ def _reconcile(state: RecordsState, ops: Iterable[Op], config: ResolutionConfig,
         actor = actors.get(client)
         if actor is None or actor.user != user:
             actor = actors[client] = Actor(user, client)
+        # (``t`` is ``type(op)``, which mypy does not connect to ``op``: hence the ignores)
         if t is ResolveOp:
-            resolves: tuple[str, str] | None = (op.conflict_id, op.choice)
+            resolves: tuple[str, str] | None = (op.conflict_id, op.choice)  # type: ignore[union-attr]
         else:
             resolves = None
         # (clock.to_dict(), without its two calls)
@@ -179,7 +180,7 @@ def _reconcile(state: RecordsState, ops: Iterable[Op], config: ResolutionConfig,
                 if new_id is not None:
                     append_event(conflict_detected(stream, name, new_field, old_id, stamp))
                 elif old_id is not None:
-                    choice = op.choice if t is ResolveOp and name == op.field else None
+                    choice = op.choice if t is ResolveOp and name == op.field else None  # type: ignore[union-attr]
                     append_event(conflict_resolved(stream, name, old_id, new_field, stamp, choice))
     if not work:
         return Reconciliation(state, events, outcomes)

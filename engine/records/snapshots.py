@@ -46,10 +46,9 @@ def encode_record_state(rec: RecordState, registry: MergeRegistry | None = None)
     reg = registry if registry is not None else _BUILTINS
     fields: dict[str, list] = {}
     for name, f in rec.fields.items():
-        t = type(f)
-        if t is LwwField:
+        if isinstance(f, LwwField):  # (the field types are never subclassed)
             fields[name] = ["lww", _stamp(f.stamp), f.value, f.deleted, f.clock.to_dict()]
-        elif t is ManualField:
+        elif isinstance(f, ManualField):
             fields[name] = ["manual", [[_stamp(w.stamp), w.value, w.deleted] for w in f.versions],
                             f.clock.to_dict(), f.conflict_id]
         else:

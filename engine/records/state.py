@@ -146,7 +146,7 @@ def copy_mapping(m: Mapping[str, Any]) -> dict[str, Any]:
     if t is dict:
         return m.copy()  # type: ignore[attr-defined]
     if t is MappingProxyType:
-        c = m.copy()  # the copy method of the mapping behind the proxy
+        c = m.copy()  # type: ignore[attr-defined]  # (a proxy: the copy method of the mapping behind it)
         return c if type(c) is dict else dict(c)
     return dict(m)
 

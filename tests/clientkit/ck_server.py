@@ -12,7 +12,7 @@ import sys
 
 
 def notes_config():
-    from clientkit.transports.loopback_server import open_config
+    from clientkit.transports.core_server import open_config
     from engine.records import MANUAL, CollectionPolicy, merged
 
     return open_config(notes=CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}))

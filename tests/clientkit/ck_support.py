@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
-from waiting import wait_for
 import jwt
+from waiting import wait_for
 
 SECRET = "clientkit-test-secret-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,14 +1,24 @@
-"""The session core against the in-process loopback server (in-memory transport, real codec)."""
+"""The session core against the server's protocol core (``CoreServer`` over ``engine.sync_server``:
+the gateway's ``engine.session``, in memory), through the in-memory transport and the real codec."""
 from __future__ import annotations
 
 import random
 
+from ck_memory import core_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clientkit.core import TRANSITIONS, ConflictFound, OpResult, SessionCore, SnapshotCorrupt, State
+from clientkit.core import (
+    TRANSITIONS,
+    ConflictFound,
+    OpResult,
+    RoomMessage,
+    SessionCore,
+    SnapshotCorrupt,
+    State,
+)
 from clientkit.queue import MemoryOpQueue
-from clientkit.transports.loopback_server import LoopbackServer, open_config
+from clientkit.transports.core_server import open_config
 from clientkit.transports.memory import MemoryLink
 from engine.records import MANUAL, CollectionPolicy, merged
 
@@ -51,7 +61,7 @@ def test_backoff_grows_with_jitter_and_resets_on_welcome():
 
 
 def test_offline_ops_are_readable_and_sent_in_order_once():
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), = pair(srv, "alice")
     la.up = False
     la.run(0)
@@ -62,13 +72,18 @@ def test_offline_ops_are_readable_and_sent_in_order_once():
     la.up = True
     settle([la], 20_000)
     assert len(a.queue) == 0
-    ops = [e["data"]["op"] for e in srv.log if e["type"] == "record.patched"]
-    assert ops == [f"{a.client_id}.{n}" for n in range(1, 1001)]  # once each, in order
+    events = [e for e in srv.events() if e.type == "record.patched"]
+    ops = [e.data["op"] for e in events]
+    assert sorted(ops) == sorted(f"{a.client_id}.{n}" for n in range(1, 1001))  # once each
+    # In order per record (the log groups one batch's events by record: docs/clientkit.md, Limits).
+    for i in range(7):
+        seqs = [int(e.data["op"].rsplit(".", 1)[1]) for e in events if e.stream == f"rec/notes/{i}"]
+        assert seqs == list(range(i + 1, 1001, 7))
     assert a.replica.confirmed_values() == {s: r.values() for s, r in sorted(srv.records.records.items())}
 
 
 def test_lost_opacks_after_commit_resubmits_without_duplicates():
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), = pair(srv, "alice")
     la.run(0)
     srv.lose_opacks = 1
@@ -80,12 +95,12 @@ def test_lost_opacks_after_commit_resubmits_without_duplicates():
     assert len(a.queue) == 0
     kinds = [o.kind for o in la.outputs if type(o) is OpResult]
     assert kinds == ["duplicate"]
-    assert sum(1 for e in srv.log if e["type"] == "record.patched") == 1
+    assert sum(1 for e in srv.events() if e.type == "record.patched") == 1
     assert a.get("rec/notes/1") == {"likes": 1}
 
 
 def test_corrupted_snapshot_is_refused_and_fetched_again():
-    srv = LoopbackServer(CFG, max_behind=5)
+    srv = core_server(CFG, max_behind_events=5)
     (w, lw), (r, lr) = pair(srv, "writer", "reader")
     lw.run(0)
     for i in range(20):
@@ -103,7 +118,7 @@ def test_corrupted_snapshot_is_refused_and_fetched_again():
 
 
 def test_refresh_can_drop_unsynced_local_ops():
-    srv = LoopbackServer(CFG, max_behind=5)
+    srv = core_server(CFG, max_behind_events=5)
     (w, lw), = pair(srv, "writer")
     lw.run(0)
     for i in range(10):
@@ -124,7 +139,7 @@ def test_refresh_can_drop_unsynced_local_ops():
                 min_size=1, max_size=30),
        st.integers(0, 2**32))
 def test_partitioned_clients_converge_and_see_each_conflict_once(edits, seed):
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), (b, lb) = pair(srv, "alice", "bob")
     settle([la, lb], 0)
     for link in (la, lb):
@@ -151,7 +166,7 @@ def test_partitioned_clients_converge_and_see_each_conflict_once(edits, seed):
 
 
 def test_resolve_sends_the_decision_and_both_replicas_close_the_conflict():
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), (b, lb) = pair(srv, "alice", "bob")
     settle([la, lb], 0)
     la.up = lb.up = False
@@ -172,7 +187,7 @@ def test_resolve_sends_the_decision_and_both_replicas_close_the_conflict():
 
 
 def test_presence_helpers():
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), (b, lb) = pair(srv, "alice", "bob")
     settle([la, lb], 0)
     la.do(a.join("room1"), 1)
@@ -180,6 +195,66 @@ def test_presence_helpers():
     la.do(a.set_presence("room1", {"typing": True}), 2)
     settle([la, lb], 3)
     assert b.others("room1") == {"alice": {"typing": True}}
+
+
+def test_joined_lists_members_as_maps_and_the_current_presence_states():
+    # docs/protocol.md: ``joined {room, members: [{user, client, online}], states: [{user, conn,
+    # state, ttl_s}]}``: a client that was away gets the current states on ``joined``.
+    core = SessionCore(user="bob", rng=random.Random(1))
+    core.connect(0)
+    core.connected(0)
+    _welcome(core, 0)
+    out = core.receive({"t": "joined", "room": "r", "members": [
+        {"user": "alice", "client": "c-a", "online": True}, {"user": "bob", "client": "c-b", "online": True},
+        {"user": "carol", "client": "c-c", "online": False}],
+        "states": [{"user": "alice", "conn": "s1", "state": {"typing": True}, "ttl_s": 29.5}]}, 1)
+    assert [type(o).__name__ for o in out] == ["RoomMessage"]
+    assert core.others("r") == {"alice": {"typing": True}, "carol": None}
+
+
+def test_room_and_direct_messages_are_stored_answered_and_delivered_once():
+    srv = core_server(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    la.do(a.join("room1"), 1)
+    lb.do(b.join("room1"), 1)
+    [joined] = [o.msg for o in lb.outputs if type(o) is RoomMessage and o.msg["t"] == "joined"]
+    assert [m["user"] for m in joined["members"]] == ["alice", "bob"]  # maps, not bare names
+    la.do(a.say("room1", {"text": "hi"}, msg_id="m1"), 2)
+    la.do(a.say("room1", {"text": "hi"}, msg_id="m1"), 3)  # resent (unsure it arrived): stored once
+    la.do(a.dm("bob", {"text": "psst"}, msg_id="d1"), 4)
+    settle([la, lb], 5)
+    sent = [o.msg for o in la.outputs if type(o) is RoomMessage and o.msg["t"] == "sent"]
+    stored = {e.position: (e.stream, e.type, e.data["data"]) for e in srv.events() if e.type.endswith(".message")}
+    assert [(m["id"], m["duplicate"]) for m in sent] == [("m1", False), ("m1", True), ("d1", False)]
+    assert sent[0]["pos"] == sent[1]["pos"] and stored[sent[0]["pos"]] == ("room/room1", "room.message", {"text": "hi"})
+    assert stored[sent[2]["pos"]] == ("dm/bob", "dm.message", {"text": "psst"})
+    got = [o.msg for o in lb.outputs if type(o) is RoomMessage and o.msg["t"] == "msg"]
+    assert [(m["from"], m.get("room"), m.get("direct", False), m["data"], m["pos"]) for m in got] == [
+        ("alice", "room1", False, {"text": "hi"}, sent[0]["pos"]),
+        ("alice", None, True, {"text": "psst"}, sent[2]["pos"])]
+    assert not any(o.msg["t"] == "msg" for o in la.outputs if type(o) is RoomMessage)  # not echoed
+
+
+def test_a_member_joining_later_gets_the_current_presence_states():
+    srv = core_server(CFG)
+    (a, la), (b, lb) = pair(srv, "alice", "bob")
+    settle([la, lb], 0)
+    la.do(a.join("room1"), 1)
+    la.do(a.set_presence("room1", {"typing": True}), 2)
+    lb.do(b.join("room1"), 3)
+    assert b.others("room1") == {"alice": {"typing": True}}
+
+
+def test_events_outside_the_subscription_do_not_make_it_too_far_behind():
+    srv = core_server(CFG, max_behind_events=5)
+    (w, lw), = pair(srv, "writer")
+    lw.run(0)
+    for i in range(10):
+        lw.do(w.join(f"room{i}"), 1)  # ten presence.joined events on room/...: none under rec/
+    (r, lr), = pair(srv, "reader")
+    settle([lr], 2)
+    assert not [o for o in lr.outputs if type(o).__name__ == "SnapshotInstalled"]
 
 
 def test_core_is_small():
@@ -279,14 +354,14 @@ def test_replicas_sharing_wire_events_and_decodes_end_like_one_alone():
     from engine.codec import pack, unpack
     from engine.records import payloads
 
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     (a, la), (b, lb) = pair(srv, "alice", "bob")
     settle([la, lb], 0)
     for i in range(30):
         la.do(a.set(f"rec/notes/{i % 4}", {"title": f"t{i}", "likes": 1, "body": [i]}, 10 + i), 10 + i)
         lb.do(b.set(f"rec/notes/{i % 3}", {"likes": 2}, 10 + i), 10 + i)
     settle([la, lb], 100)
-    wire = [e for e in srv.log if e["type"] == "record.patched"]
+    wire = [e.to_wire() for e in srv.events() if e.type == "record.patched"]
     payloads.clear_patch_cache()
     alone = RecordsReplica(CFG)
     for e in unpack(pack(wire)):
@@ -337,3 +412,25 @@ def test_cores_sharing_one_events_list_skip_what_each_applied_already():
         assert core.position == 7 and core._hlc.wall_ms == 950  # past the latest remote clock
     again = cores[0].receive({"t": "events", "sub": "main", "events": batch, "next": 7}, 20)
     assert not any(type(o) is EventsApplied for o in again)  # exactly once
+
+
+# ---------------------------------------------------------------- the asyncio client over the in-memory transport
+async def test_asyncio_clients_sync_through_the_memory_connector():
+    from clientkit.client import SynclineClient
+    from clientkit.transports.memory import MemoryConnector
+
+    srv = core_server(CFG)
+    connector = MemoryConnector(srv)
+    a = SynclineClient(user="alice", connector=connector.for_user("alice"), config=CFG)
+    b = SynclineClient(user="bob", connector=connector.for_user("bob"), config=CFG)
+    await a.start()
+    await b.start()
+    try:
+        a.set("rec/notes/1", {"body": "x", "likes": 2})
+        b.set("rec/notes/1", {"likes": 3})
+        await a.wait_until(lambda: a.pending == 0 and b.pending == 0, 10)
+        await a.wait_until(lambda: a.get("rec/notes/1") == b.get("rec/notes/1") == {"body": "x", "likes": 5}, 10)
+        assert srv_values(srv) == {"rec/notes/1": {"body": "x", "likes": 5}}
+    finally:
+        await a.close()
+        await b.close()

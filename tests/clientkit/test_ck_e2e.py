@@ -22,7 +22,7 @@ CFG_FIELDS = {"title": MANUAL, "likes": merged("counter")}
 
 
 def _config():
-    from clientkit.transports.loopback_server import open_config
+    from clientkit.transports.core_server import open_config
 
     return open_config(notes=CollectionPolicy(fields=CFG_FIELDS))
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import random
 
+from ck_memory import core_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clientkit.core import SessionCore, SnapshotInstalled, State
 from clientkit.queue import MemoryOpQueue, SqliteOpQueue
 from clientkit.replica import RecordsReplica
-from clientkit.transports.loopback_server import LoopbackServer, open_config
+from clientkit.transports.core_server import CoreServer, open_config
 from clientkit.transports.memory import MemoryLink
-from engine.codec import pack, unpack
 from engine.clocks import HLCTimestamp, VectorClock
+from engine.codec import pack, unpack
 from engine.records import (
     MANUAL,
     ClientOp,
@@ -51,11 +52,11 @@ def settle(links, now, rounds=50):
     return now
 
 
-def server_values(srv: LoopbackServer) -> dict:
+def server_values(srv: CoreServer) -> dict:
     return {s: r.values() for s, r in sorted(srv.records.records.items())}
 
 
-def fill(srv: LoopbackServer, n: int, now: int = 1) -> None:
+def fill(srv: CoreServer, n: int, now: int = 1) -> None:
     w = core("filler")
     lw = MemoryLink(w, srv, wire=True)
     lw.run(now)
@@ -64,7 +65,7 @@ def fill(srv: LoopbackServer, n: int, now: int = 1) -> None:
 
 
 def test_snapshot_drains_the_overlay_of_ops_it_contains():
-    srv = LoopbackServer(CFG, max_behind=5)
+    srv = core_server(CFG, max_behind_events=5)
     fill(srv, 20)
     r = core("reader")
     lr = MemoryLink(r, srv, wire=True)
@@ -81,7 +82,7 @@ def test_snapshot_drains_the_overlay_of_ops_it_contains():
 
 
 def test_a_late_superseded_write_does_not_win_after_a_snapshot():
-    srv = LoopbackServer(CFG, max_behind=5)
+    srv = core_server(CFG, max_behind_events=5)
     w = core("writer")
     lw = MemoryLink(w, srv, wire=True)
     lw.run(0)
@@ -103,7 +104,7 @@ def test_a_late_superseded_write_does_not_win_after_a_snapshot():
 
 
 def test_set_fields_survive_a_snapshot_and_keep_merging():
-    srv = LoopbackServer(CFG, max_behind=5)
+    srv = core_server(CFG, max_behind_events=5)
     w = core("writer")
     lw = MemoryLink(w, srv, wire=True)
     lw.run(0)
@@ -189,7 +190,7 @@ def test_snapshot_then_fold_equals_fold_of_everything(h):
 
 
 def test_restart_resumes_from_the_saved_position(tmp_path):
-    srv = LoopbackServer(CFG)
+    srv = core_server(CFG)
     fill(srv, 30)
     path = tmp_path / "q.db"
     a = core("alice", queue=SqliteOpQueue(path))

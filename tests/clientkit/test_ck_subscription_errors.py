@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 
+from ck_memory import core_server
+
 from clientkit.core import Connect, ServerError, SessionCore, State, StateChanged
-from clientkit.transports.loopback_server import LoopbackServer
 from clientkit.transports.memory import MemoryLink
 from engine import protocol as P
 
@@ -33,7 +34,7 @@ def events(core: SessionCore, pos: int, now: int) -> None:
 
 
 def test_a_failed_subscription_resumes_on_the_same_connection():
-    srv = LoopbackServer()
+    srv = core_server()
     alice, bob = (SessionCore(user=u, client_id=f"c-{u}", rng=random.Random(u)) for u in ("alice", "bob"))
     la, lb = MemoryLink(alice, srv, wire=True), MemoryLink(bob, srv, wire=True)
     la.run(0)
@@ -43,7 +44,8 @@ def test_a_failed_subscription_resumes_on_the_same_connection():
     assert bob.get("rec/notes/1") == {"v": 1} and bob.position == 1
 
     conn = lb.conn
-    del srv.conns[conn].subs["main"]  # the server's reads failed: it ended the subscription...
+    # The server's reads failed: it ended the subscription (here as the core does on ``unsub``)...
+    assert srv.receive(conn, P.message(P.UNSUB, id="main"), 20) == []
     lb.deliver(SUB_FAILED)  # ...said so, and (this time) kept the connection
     lb.run(20)
     assert any(type(o) is ServerError for o in lb.outputs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pycrdt
-from conftest import BATCH, MAX_BEHIND, RATE_LIMIT, WINDOW
+from protocol_targets import BATCH, MAX_BEHIND, RATE_LIMIT, WINDOW
 
 from engine import protocol as P
 from engine.clocks import HLCTimestamp, VectorClock

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from engine.events import NewEvent, StreamWrite
 from engine.records import LWW, CollectionPolicy, ResolutionConfig
-from engine.sync_server import MemorySyncLog, Principal, ServerConfig, SyncServer
+from engine.sync_server import Principal, ServerConfig, SyncServer
+from store.memory_sync_log import MemorySyncLog
 
 
 def _append(log: MemorySyncLog, tenant: str, n: int) -> None:

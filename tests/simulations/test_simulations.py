@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from simulations import scenarios
 from simulations.sim import Params, run
 
+
 def _names(result):
     return {v.checker for v in result.violations}
 

@@ -345,3 +345,11 @@ async def test_snapshots_and_checkpoints(store):
     await store.save_checkpoint("sub", "acme", 7)
     await store.save_checkpoint("sub", "acme", 9)
     assert await store.load_checkpoint("sub", "acme") == 9
+
+
+async def test_the_store_and_its_doorbell_are_the_ports(store):
+    from engine.ports import Doorbell, EventStore
+
+    assert isinstance(store, EventStore)
+    assert isinstance(store.doorbell, Doorbell)
+    assert store.poll_interval_s > 0
