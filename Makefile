@@ -5,7 +5,7 @@ ARGS ?=
 .PHONY: help setup test serve services-start services-stop constraints
 
 help:
-	@echo "make setup            create .venv and install syncline[test,bench] (pinned by constraints.txt)"
+	@echo "make setup            create .venv and install syncline[server,test,bench] (pinned by constraints.txt)"
 	@echo "make serve            run 'syncline serve' on a SQLite file under var/ (127.0.0.1:8000)"
 	@echo "make test             start PostgreSQL + Redis, run the whole test suite, stop them"
 	@echo "make services-start   start the test PostgreSQL + Redis and leave them running (env: var/services.env)"
@@ -28,7 +28,7 @@ services-stop:
 	bash scripts/services.sh stop
 
 constraints: setup
-	{ echo "# Pinned versions for reproducible installs: pip install -c constraints.txt -e '.[test,bench]'"; \
+	{ echo "# Pinned versions for reproducible installs: pip install -c constraints.txt -e '.[server,test,bench]'"; \
 	  echo "# (scripts/setup.sh does this). Regenerate after changing dependencies with: make constraints"; \
 	  .venv/bin/python -m pip freeze --exclude-editable --all \
 	    | grep -Ev '^(#|-e |-r |--)' | grep -v ' @ ' \

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine.projections.feeds import FeedsState, feeds_projection
-from engine.projections.presence import PresenceState, presence_projection
-from engine.projections.stats import StreamStat, stats_projection
-from store.projector import Projector
+from syncline.engine.projections.feeds import FeedsState, feeds_projection
+from syncline.engine.projections.presence import PresenceState, presence_projection
+from syncline.engine.projections.stats import StreamStat, stats_projection
+from syncline.store.projector import Projector
 
 from .logging import log
 

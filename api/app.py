@@ -9,9 +9,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from engine.errors import SynclineError
-from store import open_store
-from store.records_service import RecordsService
+from syncline.engine.errors import SynclineError
+from syncline.store import open_store
+from syncline.store.records_service import RecordsService
 
 from . import (
     routes_activity,

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import jwt
 
-from engine.errors import InvalidTenant
-from engine.events import check_tenant
+from syncline.engine.errors import InvalidTenant
+from syncline.engine.events import check_tenant
 
 from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing
 from .settings import Settings

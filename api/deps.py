@@ -7,7 +7,7 @@ from typing import Any
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
 
-from engine.events import check_tenant, is_system_stream, private_to_others
+from syncline.engine.events import check_tenant, is_system_stream, private_to_others
 
 from .auth import ADMIN, CROSS_TENANT, READ, Principal, bearer_token
 from .errors import (

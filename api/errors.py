@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import protocol as P
-from engine.errors import Forbidden, SynclineError, TenantViolation, WebSocketForbidden
+from syncline.engine import protocol as P
+from syncline.engine.errors import Forbidden, SynclineError, TenantViolation, WebSocketForbidden
 
 # WebSocket close codes: the protocol's (engine/protocol.py, docs/protocol.md), plus two
 # standard ones the protocol module does not name.

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import StoreUnavailable
-from engine.filters import EventFilter
-from engine.logfollow import DeliveryGate
+from syncline.engine.errors import StoreUnavailable
+from syncline.engine.filters import EventFilter
+from syncline.engine.logfollow import DeliveryGate
 
 from .hub import room_channel, user_channel
 from .logging import log

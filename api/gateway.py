@@ -11,9 +11,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.events import Actor, NewEvent, Retention
-from engine.ports import EventStore
-from store.records_service import RecordsService
+from syncline.engine.events import Actor, NewEvent, Retention
+from syncline.engine.ports import EventStore
+from syncline.store.records_service import RecordsService
 
 from .activity import ActivityProjections
 from .auth import Principal, TokenVerifier
@@ -27,7 +27,8 @@ from .settings import Settings
 from .ws_yjs import DocRooms
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from syncline.bus import Bus
+
     from .presence_redis import RedisPresence
 
 AUDIT_STREAM = "$audit"
@@ -134,7 +135,7 @@ class Gateway:
             try:
                 # store.maintenance.prune_job snapshots documents first, so pruning their
                 # old updates never loses a document; then prunes the log and the bus ids.
-                from store.maintenance import prune_job
+                from syncline.store.maintenance import prune_job
 
                 r = await prune_job(self.store, retention_s=self.settings.retention_s)
                 self.last_prune = {"at": self.clock.time(), "events_deleted": r.events_deleted,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import ValidationError
-from engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
+from syncline.engine.errors import ValidationError
+from syncline.engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
 
 from .auth import Principal
 from .errors import TenantViolation

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote
 
-from engine.ratelimit import SlidingWindow, Verdict
+from syncline.engine.ratelimit import SlidingWindow, Verdict
 
 from .logging import log
 

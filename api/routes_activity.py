@@ -12,11 +12,11 @@ from typing import Any
 from litestar import Request, get
 from litestar.params import Parameter
 
-from engine.errors import NotFound, ValidationError
-from engine.events import check_stream
-from engine.projections.feeds import page as feed_page
-from engine.projections.presence import PresenceChange
-from engine.session import NAME_RE as ROOM_RE
+from syncline.engine.errors import NotFound, ValidationError
+from syncline.engine.events import check_stream
+from syncline.engine.projections.feeds import page as feed_page
+from syncline.engine.projections.presence import PresenceChange
+from syncline.engine.session import NAME_RE as ROOM_RE
 
 from .activity import ActivityProjections
 from .auth import READ

@@ -1,7 +1,7 @@
 """REST for the bus (consumer groups, dead letters) and for record conflicts.
 
 Everything is scoped to the token's tenant (a group's scope is its tenant); the bus
-itself is api/bus (its public ``Bus`` API only). Dead-letter actions need ``admin`` and
+itself is bus/ (its public ``Bus`` API only). Dead-letter actions need ``admin`` and
 are recorded by the bus as events on ``$dlq/<group>``.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 from litestar import Request, get, post, put
 from litestar.params import Parameter
 
-from engine.errors import ValidationError
-from engine.records import CONFLICT_DETECTED, CONFLICT_RESOLVED, CONFLICTS_STREAM
+from syncline.engine.errors import ValidationError
+from syncline.engine.records import CONFLICT_DETECTED, CONFLICT_RESOLVED, CONFLICTS_STREAM
 
 from .auth import ADMIN, READ
 from .deps import gateway_of, principal_of, read_scope
@@ -22,7 +22,7 @@ from .deps import gateway_of, principal_of, read_scope
 def _bus(request: Request):
     gw = gateway_of(request)
     if gw.bus is None:
-        from .bus import Bus
+        from syncline.bus import Bus
 
         gw.bus = Bus(gw.store)
     return gw.bus

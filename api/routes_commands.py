@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from litestar import Request, Response, get, post
 
-from engine.errors import NotFound, ValidationError
-from engine.events import Actor, NewEvent, Retention, StreamWrite, check_type
+from syncline.engine.errors import NotFound, ValidationError
+from syncline.engine.events import Actor, NewEvent, Retention, StreamWrite, check_type
 
 from .auth import READ, WRITE
 from .deps import gateway_of, idempotency_key, principal_of, read_scope, write_scope

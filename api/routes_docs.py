@@ -11,12 +11,12 @@ from litestar import Request, Response, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from engine.documents import Document, checksum
-from engine.errors import ValidationError
-from engine.events import check_stream, is_system_stream, private_to_others
-from engine.syncdata import chunk_snapshot
-from store import history
-from store.sync import delta, state_snapshot
+from syncline.engine.documents import Document, checksum
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import check_stream, is_system_stream, private_to_others
+from syncline.engine.syncdata import chunk_snapshot
+from syncline.store import history
+from syncline.store.sync import delta, state_snapshot
 
 from .auth import ADMIN, READ
 from .deps import gateway_of, principal_of, read_scope, visible_events

@@ -8,17 +8,17 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.params import Parameter
 
-from engine.documents import CRDT_UPDATE
-from engine.errors import ValidationError
-from engine.events import (
+from syncline.engine.documents import CRDT_UPDATE
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import (
     StreamWrite,
     check_stream,
     is_dm_stream,
     is_system_stream,
     private_to_others,
 )
-from engine.filters import glob_to_like
-from engine.yupdates import check_update
+from syncline.engine.filters import glob_to_like
+from syncline.engine.yupdates import check_update
 
 from .auth import READ, WRITE
 from .deps import (

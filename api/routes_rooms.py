@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from litestar import Request, get
 
-from engine.errors import ValidationError
-from engine.session import NAME_RE as ROOM_RE
+from syncline.engine.errors import ValidationError
+from syncline.engine.session import NAME_RE as ROOM_RE
 
 from .auth import READ
 from .deps import gateway_of, read_scope

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DB = "sqlite+aiosqlite:///var/syncline.db"
-# WebSocket implementations `syncline serve --ws` accepts: ours (api/lean_ws.py) and uvicorn's.
+# WebSocket implementations `syncline serve --ws` accepts: ours (server/lean_ws.py) and uvicorn's.
 WS_IMPLEMENTATIONS = ("lean", "auto", "websockets", "websockets-sansio", "wsproto")
 DEFAULT_WS = "lean"
 DEV_SECRET_FILE = Path("var/dev-jwt-secret")

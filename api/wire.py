@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from engine.errors import ValidationError
-from engine.events import Actor, NewEvent, RecordedEvent, Retention, check_type
-from engine.filters import EventFilter
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import Actor, NewEvent, RecordedEvent, Retention, check_type
+from syncline.engine.filters import EventFilter
 
 B64_KEY = "$b64"
 

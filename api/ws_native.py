@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 from litestar import WebSocket, websocket
 
-from engine import protocol as P
-from engine.documents import CRDT_UPDATE
-from engine.errors import ProtocolError, StoreUnavailable, SynclineError
-from engine.events import Actor, NewEvent
-from engine.session import (
+from syncline.engine import protocol as P
+from syncline.engine.documents import CRDT_UPDATE
+from syncline.engine.errors import ProtocolError, StoreUnavailable, SynclineError
+from syncline.engine.events import Actor, NewEvent
+from syncline.engine.session import (
     CLIENT_RE,
     ROOM_MESSAGE,
     Ban,
@@ -42,7 +42,7 @@ from engine.session import (
     TakeSnapshot,
     WaitLog,
 )
-from store.gcpause import collector_paused
+from syncline.store.gcpause import collector_paused
 
 from .auth import READ, Principal
 from .errors import (
@@ -259,8 +259,8 @@ class NativeConnection:
                 self.member = (p.tenant, p.user, e.client)
                 self._attach()
             elif kind is TakeSnapshot:
-                from engine.syncdata import chunk_snapshot
-                from store.sync import state_snapshot
+                from syncline.engine.syncdata import chunk_snapshot
+                from syncline.store.sync import state_snapshot
 
                 snap = await state_snapshot(gw.store, p.tenant, streams=e.streams, prefixes=e.prefixes,
                                             registry=gw.records.config.registry)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket, websocket
 
-from engine.awareness import AwarenessRegistry
-from engine.doccache import DocumentCache
-from engine.docfollow import FollowedDocument
-from engine.documents import CRDT_UPDATE, Document, PendingLimits, SnapshotPolicy
-from engine.errors import ProtocolError, SynclineError
-from engine.events import Actor, NewEvent
-from engine.yprotocol import (
+from syncline.engine.awareness import AwarenessRegistry
+from syncline.engine.doccache import DocumentCache
+from syncline.engine.docfollow import FollowedDocument
+from syncline.engine.documents import CRDT_UPDATE, Document, PendingLimits, SnapshotPolicy
+from syncline.engine.errors import ProtocolError, SynclineError
+from syncline.engine.events import Actor, NewEvent
+from syncline.engine.yprotocol import (
     AwarenessMessage,
     PermissionDenied,
     QueryAwareness,
@@ -38,8 +38,8 @@ from engine.yprotocol import (
     encode_sync_update,
     sync_step1,
 )
-from engine.yupdates import EMPTY_UPDATE, InvalidUpdate
-from store import history
+from syncline.engine.yupdates import EMPTY_UPDATE, InvalidUpdate
+from syncline.store import history
 
 from .auth import READ, WRITE, Principal
 from .errors import (

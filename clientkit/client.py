@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from engine.records import Conflict, ResolutionConfig
+from syncline.engine.records import Conflict, ResolutionConfig
 
 from . import core as C
 from .core import SessionCore, State

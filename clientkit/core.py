@@ -40,10 +40,10 @@ from collections.abc import Mapping as AbcMapping
 from enum import StrEnum
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from engine import protocol as P
-from engine.clocks import HLCTimestamp, VectorClock, hlc_receive, hlc_send
-from engine.records import ClientOp, Conflict, ResolutionConfig
-from engine.syncdata import Chunk, SnapshotChecksumMismatch, assemble_snapshot
+from syncline.engine import protocol as P
+from syncline.engine.clocks import HLCTimestamp, VectorClock, hlc_receive, hlc_send
+from syncline.engine.records import ClientOp, Conflict, ResolutionConfig
+from syncline.engine.syncdata import Chunk, SnapshotChecksumMismatch, assemble_snapshot
 
 from .errors import LocalProtocolError, UnknownConflict
 from .queue import MemoryOpQueue, OpQueue

@@ -15,8 +15,8 @@ from urllib.parse import quote, urlencode
 import pycrdt
 import websockets
 
-from engine import yprotocol as Y
-from engine.errors import ProtocolError
+from syncline.engine import yprotocol as Y
+from syncline.engine.errors import ProtocolError
 
 log = logging.getLogger("clientkit.docs")
 

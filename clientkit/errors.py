@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from engine.errors import ProtocolError, SynclineError
+from syncline.engine.errors import ProtocolError, SynclineError
 
 
 class ClientKitError(SynclineError):

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import msgpack
 
-from engine.records import ClientOp, Op, ResolveOp, op_from_wire
+from syncline.engine.records import ClientOp, Op, ResolveOp, op_from_wire
 
 from .errors import QueueFull
 

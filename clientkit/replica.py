@@ -23,10 +23,10 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from engine.clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
-from engine.codec import pack, unpack
-from engine.events import Actor, RecordedEvent, Retention
-from engine.records import (
+from syncline.engine.clocks import EMPTY_CLOCK, HLCTimestamp, VectorClock
+from syncline.engine.codec import pack, unpack
+from syncline.engine.events import Actor, RecordedEvent, Retention
+from syncline.engine.records import (
     NO_INITIAL,
     RECORD_PATCHED,
     ClientOp,

@@ -325,7 +325,7 @@ def plan_batch(
     pool: list[str] = []  # drawn ids, reversed: pop() hands them out in order
     # ids the calls from here on lack, at most
     missing = batch[0].missing_ids if len(batch) == 1 else sum(c.missing_ids for c in batch)
-    batch_keys: dict[tuple[str, str], tuple[bytes, bytes]] | None = None
+    batch_keys: dict[tuple[str, str], tuple[bytes | None, bytes]] | None = None
     for call in batch:
         idem = call.idempotency_key
         key = (call.tenant, idem) if idem else None

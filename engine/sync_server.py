@@ -305,12 +305,12 @@ class SyncServer:
         dirty, self._dirty = self._dirty, {}
         for tenant in dirty:
             for cid in list(self._by_tenant.get(tenant, ())):
-                conn = self._conns.get(cid)
-                if conn is None or not conn.waiting:
+                waiter = self._conns.get(cid)
+                if waiter is None or not waiter.waiting:
                     continue
-                waiting, conn.waiting = conn.waiting, {}
+                waiting, waiter.waiting = waiter.waiting, {}
                 for sub_id, gen in waiting.items():
-                    self._perform(conn, conn.session.log_grew(sub_id, gen, now_ms), now_ms, out)
+                    self._perform(waiter, waiter.session.log_grew(sub_id, gen, now_ms), now_ms, out)
         return out
 
     # ---- effects

@@ -34,7 +34,7 @@ from .awareness import (
     decode_awareness_update,
 )
 from .errors import ProtocolError
-from .lib0 import Reader, write_var_bytes, write_var_string, write_var_uint
+from .lib0 import Reader, write_var_bytes, write_var_string
 from .yupdates import (
     EMPTY_UPDATE,
     as_bytes,

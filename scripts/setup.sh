@@ -13,7 +13,7 @@ cd "$ROOT"
 
 VENV="$ROOT/.venv"
 STAMP="$VENV/.syncline-setup-stamp"
-EXTRAS="test,bench"
+EXTRAS="server,test,bench"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -38,9 +38,16 @@ set -a
 set +a
 
 rc=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" </dev/null || rc=$?
-if [ "$rc" -eq 5 ]; then
-    echo "test: error: pytest collected no tests (exit 5); counting that as a failure" >&2
-    rc=1
+if [ "$#" -eq 0 ]; then
+    # The whole run: lint and types first (seconds), then the suite, then the wheel.
+    echo "test: ruff check" >&2
+    .venv/bin/ruff check . || rc=1
+    echo "test: mypy (engine/)" >&2
+    .venv/bin/mypy || rc=1
+fi
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@" </dev/null || { r=$?; [ "$r" -eq 5 ] && {
+    echo "test: error: pytest collected no tests (exit 5); counting that as a failure" >&2; r=1; }; rc=$r; }
+if [ "$#" -eq 0 ]; then
+    bash scripts/wheel_smoke.sh || rc=1
 fi
 exit "$rc"

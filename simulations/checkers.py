@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from engine.documents import CRDT_UPDATE
-from engine.records import RECORD_PATCHED
+from syncline.engine.documents import CRDT_UPDATE
+from syncline.engine.records import RECORD_PATCHED
 
 if TYPE_CHECKING:
     from .clients import SimClient

@@ -14,11 +14,11 @@ from typing import Any
 
 import pycrdt
 
-from clientkit.core import SessionCore
-from clientkit.queue import MemoryOpQueue
-from clientkit.replica import SharedFolds
-from engine import protocol as P
-from engine.records import ResolutionConfig
+from syncline.clientkit.core import SessionCore
+from syncline.clientkit.queue import MemoryOpQueue
+from syncline.clientkit.replica import SharedFolds
+from syncline.engine import protocol as P
+from syncline.engine.records import ResolutionConfig
 
 from .network import Channel
 

@@ -7,7 +7,7 @@ turns one into a run; the seed decides everything else.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 STRATEGIES = ("lww", "manual", "counter", "union", "max")
 

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from clientkit.core import (
+from syncline.clientkit.core import (
     Connect,
     Disconnect,
     EventsApplied,
@@ -32,14 +32,14 @@ from clientkit.core import (
     SnapshotInstalled,
     StateChanged,
 )
-from clientkit.replica import SharedFolds
-from engine.documents import CRDT_UPDATE
-from engine.ids import uuid7
-from engine.records import LWW, MANUAL, CollectionPolicy, ResolutionConfig, merged
-from engine.records.payloads import RECORD_PATCHED
-from engine.sync_server import Principal, ServerConfig, SyncServer
-from store.gcpause import collector_paused
-from store.memory_sync_log import MemorySyncLog
+from syncline.clientkit.replica import SharedFolds
+from syncline.engine.documents import CRDT_UPDATE
+from syncline.engine.ids import uuid7
+from syncline.engine.records import LWW, MANUAL, CollectionPolicy, ResolutionConfig, merged
+from syncline.engine.records.payloads import RECORD_PATCHED
+from syncline.engine.sync_server import Principal, ServerConfig, SyncServer
+from syncline.store.gcpause import collector_paused
+from syncline.store.memory_sync_log import MemorySyncLog
 
 from .checkers import Checkers, Violation, summarize
 from .clients import SimClient
@@ -179,7 +179,7 @@ class Simulation:
 
     def _open_log(self):
         if self.params.store == "sqlite":
-            from store.sqlite_sync_log import SqliteSyncLog
+            from syncline.store.sqlite_sync_log import SqliteSyncLog
 
             if not self.params.sqlite_path:
                 raise ValueError("the sqlite store needs a sqlite_path")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import ValidationError
+from syncline.engine.errors import ValidationError
 
 from .memory import MemoryEventStore
 from .sql import SqlEventStore

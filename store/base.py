@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator, Sequence
 
-from engine.errors import ValidationError
-from engine.events import AppendResult, NewEvent, StreamWrite, check_tenant
-from engine.filters import EventFilter
-from engine.ports import ChainBreak, LogPage
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import AppendResult, NewEvent, StreamWrite, check_tenant
+from syncline.engine.filters import EventFilter
+from syncline.engine.ports import ChainBreak, LogPage
 
 from .rows import row_hash
 from .tail import tail_log

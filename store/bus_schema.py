@@ -1,4 +1,4 @@
-"""Tables of the event bus (api/bus/, store/bus/).
+"""Tables of the event bus (bus/, store/bus/).
 Migrations: store/migrations/versions/0002_bus.py, 0003_bus_inflight.py.
 
 Every row is scoped by ``scope`` (the group's tenant, or ``"*"`` for a platform group

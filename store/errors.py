@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
-from engine.errors import StoreUnavailable, SynclineError
+from syncline.engine.errors import StoreUnavailable, SynclineError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any, AsyncIterator
 
-from engine.documents import DocSnapshot, Document, SnapshotCorrupt
-from engine.errors import ValidationError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
-from engine.records import MergeRegistry, RecordsFolder, RecordState
+from syncline.engine.documents import DocSnapshot, Document, SnapshotCorrupt
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
+from syncline.engine.records import MergeRegistry, RecordsFolder, RecordState
 
 log = logging.getLogger("syncline.store.history")
 DOC_SNAPSHOT_KIND = "ydoc"

@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Any
 
-from engine.ports import PruneReport
+from syncline.engine.ports import PruneReport
 
 from .bus import forget_processed
 from .history import load_document, save_doc_snapshot

@@ -8,12 +8,12 @@ from __future__ import annotations
 import bisect
 from typing import Any, Callable, Sequence
 
-from engine.errors import UnknownTenant
-from engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
-from engine.filters import EventFilter
-from engine.hashchain import GENESIS
-from engine.ports import LogPage, PruneReport, VerifyReport
-from engine.upcasting import UpcasterRegistry
+from syncline.engine.errors import UnknownTenant
+from syncline.engine.events import AppendResult, RecordedEvent, StreamWrite, check_stream, check_tenant
+from syncline.engine.filters import EventFilter
+from syncline.engine.hashchain import GENESIS
+from syncline.engine.ports import LogPage, PruneReport, VerifyReport
+from syncline.engine.upcasting import UpcasterRegistry
 
 from .base import StoreBase, check_chain, check_scope, wall_clock_us
 from .doorbell import LocalDoorbell

@@ -20,8 +20,8 @@ from __future__ import annotations
 import bisect
 from typing import Callable, Iterator, Sequence
 
-from engine.events import RecordedEvent, StreamWrite
-from engine.logkernel import Head, IdSource, StreamKey, id_source, log_digest, plan_one
+from syncline.engine.events import RecordedEvent, StreamWrite
+from syncline.engine.logkernel import Head, IdSource, StreamKey, id_source, log_digest, plan_one
 
 from .rows import DEFAULT_MAX_PAYLOAD, _pack, decode_rows, new_event_ids, prepare
 

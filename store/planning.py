@@ -9,8 +9,8 @@ duplicates.
 """
 from __future__ import annotations
 
-from engine import logkernel
-from engine.logkernel import BatchPlan, Head, StreamKey  # noqa: F401  (re-exported for the writers)
+from syncline.engine import logkernel
+from syncline.engine.logkernel import BatchPlan, Head, StreamKey  # noqa: F401  (re-exported for the writers)
 
 from .rows import PreparedAppend, _pack, new_event_ids
 

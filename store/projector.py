@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
-from engine.events import RecordedEvent
-from engine.projections import Projection
+from syncline.engine.events import RecordedEvent
+from syncline.engine.projections import Projection
 
 from .gcpause import collector_paused
 

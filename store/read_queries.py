@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.engine import Dialect
 
-from engine.filters import EventFilter, glob_to_like, prefix_to_like
+from syncline.engine.filters import EventFilter, glob_to_like, prefix_to_like
 
 from .rows import READ_COLUMNS, read_columns
 from .schema import events, snapshots

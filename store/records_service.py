@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
-from engine.errors import ConcurrencyError
-from engine.events import StreamWrite
-from engine.filters import EventFilter
-from engine.records import (
+from syncline.engine.errors import ConcurrencyError
+from syncline.engine.events import StreamWrite
+from syncline.engine.filters import EventFilter
+from syncline.engine.records import (
     Op,
     Outcome,
     RecordsFolder,

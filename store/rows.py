@@ -14,17 +14,17 @@ from typing import Any, Iterable, Sequence
 
 import msgpack
 
-from engine import logkernel
-from engine.codec import pack
-from engine.events import (
+from syncline.engine import logkernel
+from syncline.engine.codec import pack
+from syncline.engine.events import (
     Actor,
     RecordedEvent,
     RecordedEventSlots,
     Retention,
     StreamWrite,
 )
-from engine.ids import uuid7_many
-from engine.logkernel import (  # noqa: F401  (re-exported: the store's writers use them from here)
+from syncline.engine.ids import uuid7_many
+from syncline.engine.logkernel import (  # noqa: F401  (re-exported: the store's writers use them from here)
     DEFAULT_MAX_PAYLOAD,
     WRITE_COLUMNS,
     PreparedAppend,
@@ -34,7 +34,7 @@ from engine.logkernel import (  # noqa: F401  (re-exported: the store's writers 
     encode_result,
     row_hash,
 )
-from engine.upcasting import UpcasterRegistry
+from syncline.engine.upcasting import UpcasterRegistry
 
 # engine.codec.pack builds a msgpack Packer (and its buffer) per call, about two thirds
 # of the cost of packing a small payload; an append packs twice per event (payload and

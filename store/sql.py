@@ -13,11 +13,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.errors import StoreUnavailable, UnknownTenant
-from engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
-from engine.filters import EventFilter, prefix_to_like
-from engine.ports import ChainBreak, LogPage, PruneReport, VerifyReport
-from engine.upcasting import UpcasterRegistry
+from syncline.engine.errors import StoreUnavailable, UnknownTenant
+from syncline.engine.events import AppendResult, NewEvent, RecordedEvent, StreamWrite, check_stream, check_tenant
+from syncline.engine.filters import EventFilter, prefix_to_like
+from syncline.engine.ports import ChainBreak, LogPage, PruneReport, VerifyReport
+from syncline.engine.upcasting import UpcasterRegistry
 
 from .appender import GroupCommitter, Pending
 from .base import StoreBase, check_chain, check_scope, wall_clock_us

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from engine.errors import ValidationError
+from syncline.engine.errors import ValidationError
 
 BUSY_TIMEOUT_MS = 30_000
 # Pages of 2 KiB, not SQLite's default 4 KiB, for the files it creates. Every commit

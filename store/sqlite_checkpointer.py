@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 from .sqlite import BUSY_TIMEOUT_MS
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.documents import CRDT_UPDATE, Document
-from engine.errors import ValidationError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
-from engine.records import RECORD_PATCHED, MergeRegistry, RecordsFolder, record_snapshot
-from engine.syncdata import decode_cursor, encode_cursor, snapshot_checksum
+from syncline.engine.documents import CRDT_UPDATE, Document
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
+from syncline.engine.records import RECORD_PATCHED, MergeRegistry, RecordsFolder, record_snapshot
+from syncline.engine.syncdata import decode_cursor, encode_cursor, snapshot_checksum
 
 MAX_SELECTION = 256
 

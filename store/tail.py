@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from engine.filters import EventFilter
-from engine.ports import LogPage
+from syncline.engine.filters import EventFilter
+from syncline.engine.ports import LogPage
 
 
 async def tail_log(

@@ -7,9 +7,9 @@ import sqlite3
 import jwt
 from click.testing import CliRunner
 
-from api.cli import main
-from engine.events import NewEvent
-from store import open_store
+from syncline.cli import main
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
 
 
 def test_token_is_signed_with_the_configured_secret(monkeypatch):

@@ -8,13 +8,13 @@ import json
 import pycrdt
 from click.testing import CliRunner
 
-from api.cli import main
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.events import Actor, NewEvent
-from engine.records import ClientOp
-from store import open_store
-from store.records_service import RecordsService
-from api.ops import default_resolution
+from syncline.api.ops import default_resolution
+from syncline.cli import main
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.events import Actor, NewEvent
+from syncline.engine.records import ClientOp
+from syncline.store import open_store
+from syncline.store.records_service import RecordsService
 
 
 def _fill(url: str) -> dict:

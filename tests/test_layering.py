@@ -12,10 +12,13 @@ IO_MODULES = {"asyncio", "sqlalchemy", "aiosqlite", "asyncpg", "litestar", "redi
 # The engine is pure: no I/O, no process-wide state (the garbage collector), no
 # randomness or environment of its own (ids and time are passed in).
 IMPURE_MODULES = {"os", "gc", "random", "time"}
+PROJECT = {"engine", "store", "bus", "api", "server", "cli", "clientkit", "simulations"}
 RULES = {
-    "engine": {"store", "api", "clientkit", "simulations"} | IO_MODULES | IMPURE_MODULES,
-    "store": {"api", "clientkit", "simulations"},
-    "clientkit": {"store", "api", "simulations"},
+    "engine": (PROJECT - {"engine"}) | IO_MODULES | IMPURE_MODULES,
+    "store": {"bus", "api", "server", "cli", "clientkit", "simulations"},
+    "bus": {"api", "server", "cli", "clientkit", "simulations"},
+    "server": {"store", "bus", "cli", "clientkit", "simulations", "engine"},
+    "clientkit": PROJECT - {"engine", "clientkit"},
 }
 
 
@@ -24,10 +27,16 @@ def imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[0] for a in node.names)
+            found.update(_package(a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(_package(node.module))
     return found
+
+
+def _package(module: str) -> str:
+    """The top-level name an import reaches: ``syncline.engine.events`` -> ``engine``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "syncline" and len(parts) > 1 else parts[0]
 
 
 @pytest.mark.parametrize("package", sorted(RULES))
@@ -49,11 +58,11 @@ def test_engine_reads_no_wall_clock():
     assert not offenders
 
 
-PACKAGES = ("engine", "store", "api", "clientkit", "simulations")
+PACKAGES = ("engine", "store", "bus", "api", "server", "cli", "clientkit", "simulations")
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = ["syncline", *path.relative_to(ROOT).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -122,5 +131,19 @@ def test_no_import_cycles_between_modules():
 
 def test_the_graph_sees_real_edges():
     graph = import_graph()
-    assert "engine.protocol" in graph["engine.session"]
-    assert "engine.session" in graph["api.ws_native"]
+    assert "syncline.engine.protocol" in graph["syncline.engine.session"]
+    assert "syncline.engine.session" in graph["syncline.api.ws_native"]
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test modules by basename (no __init__.py): two test files with one
+    name make the whole run fail at collection."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for p in sorted((ROOT / "tests").rglob("test_*.py")):
+        if "node_modules" in p.parts:
+            continue
+        if p.name in seen:
+            clashes.append((seen[p.name], str(p.relative_to(ROOT))))
+        seen[p.name] = str(p.relative_to(ROOT))
+    assert not clashes

@@ -7,7 +7,7 @@ interface ``MemoryLink`` and ``MemoryConnector`` drive (``transports.memory.Fram
 string connection ids, ``open``/``receive``/``close``), so the client kit's tests,
 examples and simulations run against the server production runs::
 
-    from store.memory_sync_log import MemorySyncLog    # (the caller wires a log adapter in)
+    from syncline.store.memory_sync_log import MemorySyncLog    # (the caller wires a log adapter in)
 
     srv = CoreServer(MemorySyncLog(), open_config(notes=CollectionPolicy(...)),
                      config=ServerConfig(max_behind_events=5))
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import protocol as P
-from engine.events import RecordedEvent
-from engine.records import CollectionPolicy, RecordsState, ResolutionConfig
-from engine.sync_server import Principal, ServerConfig, SyncLog, SyncServer
+from syncline.engine import protocol as P
+from syncline.engine.events import RecordedEvent
+from syncline.engine.records import CollectionPolicy, RecordsState, ResolutionConfig
+from syncline.engine.sync_server import Principal, ServerConfig, SyncLog, SyncServer
 
 from .memory import Out
 

@@ -21,7 +21,7 @@ import itertools
 from collections import deque
 from typing import Any, Callable, Protocol
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 from ..core import Connect, Disconnect, Send, SessionCore
 from ..errors import ConnectionClosed, TransportError

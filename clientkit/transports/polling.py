@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 from ..errors import ConnectionClosed, TransportError
 

@@ -16,8 +16,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from engine import protocol as P
-from engine.errors import ProtocolError
+from syncline.engine import protocol as P
+from syncline.engine.errors import ProtocolError
 
 from ..errors import ConnectionClosed, EndpointDisabled, TransportError
 

@@ -13,9 +13,9 @@ from typing import Any, Iterable
 from ..clocks import _HLC_TEXT, COUNTER_MAX, HLCTimestamp, VectorClock, _new_object, _set_c, _set_hash, _set_sorted
 from ..events import RecordedEvent
 from .config import Strategy
+from .fold_work import _new_work, _tuple_new, _Work
 from .kernel import apply_changes
 from .merges import NO_INITIAL, MergeRegistry
-from .fold_work import _new_work, _tuple_new, _Work
 from .outcomes import OutcomeKind
 from .payloads import RECORD_PATCHED, decode_patch_body, decode_patch_cached
 from .receipts import _KIND_CODE, _KIND_NAME, _KIND_VALUE, _receipt

@@ -1,4 +1,4 @@
-"""Persistent state of the event bus (api/bus/ is the runtime): consumer group membership,
+"""Persistent state of the event bus (bus/ is the runtime): consumer group membership,
 leases and checkpoints, attempts, dead letters, processed event ids."""
 from .dlq import STATUSES, DeadLetter, DeadLetterStore
 from .groups import Attempt, GroupStore, Lease, Membership, list_groups

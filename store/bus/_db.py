@@ -8,7 +8,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.errors import ValidationError
+from syncline.engine.errors import ValidationError
 
 
 def now_us() -> int:

@@ -1,5 +1,5 @@
 """Dead-letter storage: one row per (group, event), with the original envelope, the
-failure, and a status that the DLQ API (api/bus/dlq.py) moves along:
+failure, and a status that the DLQ API (bus/dlq.py) moves along:
 
     dead --requeue--> requeued --claimed by the partition owner--> redelivering
     redelivering --handled--> resolved        redelivering --fails again--> dead
@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from sqlalchemy import and_, or_, select, update
 
-from engine.codec import pack, unpack
-from engine.errors import NotFound, ValidationError
+from syncline.engine.codec import pack, unpack
+from syncline.engine.errors import NotFound, ValidationError
 
 from ..bus_schema import bus_attempts, bus_dead_letters
 from ..errors import db_errors
-from ._db import engines, insert_for, now_us
+from ._db import engines, now_us
 
 STATUSES = ("dead", "requeued", "redelivering", "resolved", "discarded")
 

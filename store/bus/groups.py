@@ -25,7 +25,7 @@ its process leaves a count behind that the next owner reads; an event of that ra
 starts at attempt 2 (the dead owner may have been handling it). Failing events are
 recorded that way on every retry too; only the first attempt of an event outside a
 suspect range goes without a write, which is what keeps the common path cheap. One
-recorded attempt runs at a time per process (api/bus/member.py), so a crash is
+recorded attempt runs at a time per process (bus/member.py), so a crash is
 charged to one event, not to every handler that happened to be running.
 """
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any, Sequence
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 
-from engine.codec import pack
+from syncline.engine.codec import pack
 
 from ..bus_schema import SCOPE_ALL, bus_attempts, bus_groups, bus_members, bus_partitions
-from ..schema import events, log_head
 from ..errors import db_errors
+from ..schema import events, log_head
 from ._db import engines, insert_for, now_us
 
 

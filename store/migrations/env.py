@@ -2,7 +2,7 @@
 (store/migrate.py passes an open connection in ``config.attributes``)."""
 from alembic import context
 
-from store.schema import metadata
+from syncline.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - offline SQL generation is not supported

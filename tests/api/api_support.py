@@ -11,9 +11,9 @@ from typing import Any
 import jwt
 from waiting import wait_for
 
-from api.app import create_app
-from api.server import make_server
-from api.settings import Settings
+from syncline.api.app import create_app
+from syncline.api.settings import Settings
+from syncline.server import make_server
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import websockets
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 
 class NativeClient:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 from api_wsclient import NativeClient
-
-from engine import protocol as P
 from waiting import wait_for
+
+from syncline.engine import protocol as P
 
 
 def _append(c: httpx.Client, stream: str, *types: str) -> None:
@@ -158,16 +158,17 @@ class _FlakyStore:
     async def read_log(self, *args, **kwargs):
         self.calls += 1
         if self.calls in self._failing:
-            from engine.errors import StoreUnavailable
+            from syncline.engine.errors import StoreUnavailable
             raise StoreUnavailable("the database went away (injected)")
         return await self._store.read_log(*args, **kwargs)
 
 
 async def test_the_runner_recovers_from_failed_reads_without_folding_anything_twice(tmp_path, monkeypatch):
-    from api import activity
-    from engine.events import Actor, NewEvent
-    from store import open_store
     from waiting import until
+
+    from syncline.api import activity
+    from syncline.engine.events import Actor, NewEvent
+    from syncline.store import open_store
 
     monkeypatch.setattr(activity, "RETRY_MIN_S", 0.01)
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/flaky.db")
@@ -198,10 +199,11 @@ async def test_after_a_failed_fold_the_runner_starts_again_from_zero_and_serves_
         tmp_path, monkeypatch):
     import dataclasses
 
-    from api import activity
-    from engine.events import Actor, NewEvent
-    from store import open_store
     from waiting import until
+
+    from syncline.api import activity
+    from syncline.engine.events import Actor, NewEvent
+    from syncline.store import open_store
 
     monkeypatch.setattr(activity, "RETRY_MIN_S", 0.5)
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/fold.db")

@@ -7,8 +7,8 @@ import uuid
 import httpx
 import jwt
 import pytest
-from api_wsclient import ws_close_code
 from api_support import SECRET, make_token
+from api_wsclient import ws_close_code
 
 ROUTES = [
     ("GET", "/v1/log", None),

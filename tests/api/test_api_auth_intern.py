@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from api import auth
-from api.auth import ADMIN, CROSS_TENANT, READ, WRITE, principal_from_claims
+from syncline.api import auth
+from syncline.api.auth import ADMIN, CROSS_TENANT, READ, WRITE, principal_from_claims
 
 
 def claims(user="alice", roles=("member",), perms=()):

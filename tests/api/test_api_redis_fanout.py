@@ -6,12 +6,12 @@ import asyncio
 import time
 
 import httpx
-import pytest
 import pycrdt
+import pytest
 from api_wsclient import NativeClient
 from test_api_yjs import texts, wait_until, yclient
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 
 def wait_redis_up(g) -> None:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 from waiting import wait_for
 
-from engine.syncdata import Chunk, assemble_snapshot
+from syncline.engine.syncdata import Chunk, assemble_snapshot
 
 
 def client(srv, **tok) -> httpx.Client:
@@ -156,7 +156,7 @@ def test_critical_command_202_status_audit_and_signed_webhook(gateway):
 
 
 def test_records_time_travel(srv):
-    from engine.clocks import HLCTimestamp
+    from syncline.engine.clocks import HLCTimestamp
 
     with client(srv) as c:
         def op(n, value):

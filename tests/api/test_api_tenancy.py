@@ -11,7 +11,7 @@ import httpx
 import pytest
 from api_wsclient import NativeClient, ws_close_code
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 A, B = "acme", "globex"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.wire import events_wire
-from engine.events import Actor, RecordedEvent, Retention
+from syncline.api.wire import events_wire
+from syncline.engine.events import Actor, RecordedEvent, Retention
 
 _events = st.builds(
     RecordedEvent,

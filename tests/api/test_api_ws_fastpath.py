@@ -1,4 +1,4 @@
-"""The WebSocket hot path: the lazy outbox and the incremental delete set behind brings_news."""
+"""The WebSocket hot path: the lazy outbox."""
 from __future__ import annotations
 
 import asyncio
@@ -6,10 +6,8 @@ import random
 
 import pycrdt
 
-from api.errors import WS_TRY_AGAIN
-from api.ws_yjs import DocRoom, _delete_set, brings_news
-from api.wsbase import OUTBOX_FRAMES_MAX, Outbox
-from engine.documents import Document
+from syncline.api.errors import WS_TRY_AGAIN
+from syncline.api.wsbase import OUTBOX_FRAMES_MAX, Outbox
 
 
 class _Counter:
@@ -104,46 +102,9 @@ def _keystrokes(n: int, seed: int = 7) -> list[bytes]:
     return updates
 
 
-def test_brings_news_with_tracked_delete_set_matches_a_fresh_parse() -> None:
-    updates = _keystrokes(600)
-    doc = Document()
-    room = DocRoom("t", "d", doc)
-    rnd = random.Random(3)
-    seen: list[bytes] = []
-    for u in updates:
-        # The answer with the room's tracked delete set equals the answer parsed afresh.
-        assert brings_news(doc, u, room) == brings_news(doc, u) is True
-        doc.apply_update(u)
-        room.note_applied(u)
-        seen.append(u)
-        # An echo of something already applied (a deletion included) is no news.
-        old = rnd.choice(seen)
-        assert brings_news(doc, old, room) is brings_news(doc, old) is False
-    # A reader's sync step 2 (the whole state) brings nothing; the tracked set is the real one.
-    assert brings_news(doc, doc.diff(), room) is False
-    fresh = _delete_set(doc.diff(doc.state_vector())[1:])
-    assert {c: sum(n for _, n in rs) for c, rs in fresh.items()} == \
-        {c: sum(n for _, n in rs) for c, rs in room.deleted.items() if rs}
-
-
-def test_tracked_delete_set_is_dropped_for_mixed_updates() -> None:
-    doc = pycrdt.Doc()
-    text = doc.get("text", type=pycrdt.Text)
-    out: list[bytes] = []
-    doc.observe(lambda e: out.append(e.update))
-    text.insert(0, "hello world")
-    with doc.transaction():  # a replace: structs and a deletion in one update
-        del text[0:5]
-        text.insert(0, "HELLO")
-    d = Document()
-    room = DocRoom("t", "d", d)
-    d.apply_update(out[0])
-    assert brings_news(d, out[1], room) is True
-    room.deleted = {}
-    d.apply_update(out[1])
-    room.note_applied(out[1])
-    assert room.deleted is None  # re-read when next needed
-    assert brings_news(d, out[1], room) is False
+# (brings_news moved into the engine, Document.brings_news: its property tests are in
+# tests/engine/test_ynews.py, where the answer is checked against "applying it changes
+# the state" on random documents and updates in any order.)
 
 
 class _Transport:
@@ -169,7 +130,7 @@ class _Transport:
 
 
 async def test_coalescing_transport_one_write_per_turn_in_order_and_flushed_on_close() -> None:
-    from api.server import CoalescingTransport
+    from syncline.server import CoalescingTransport
 
     raw = _Transport()
     t = CoalescingTransport(raw, asyncio.get_running_loop())

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from api_wsclient import NativeClient
 
-from engine import protocol as P
+from syncline.engine import protocol as P
 
 
 def append(srv, stream: str, n: int, start: int = 0, **tok) -> None:
@@ -285,7 +285,7 @@ async def test_protocol_errors_close_4400(srv):
 
 
 def _hlc() -> str:
-    from engine.clocks import HLCTimestamp
-
     import time
+
+    from syncline.engine.clocks import HLCTimestamp
     return HLCTimestamp(int(time.time() * 1000), 0, "c1").encode()

@@ -10,8 +10,8 @@ import pycrdt
 import websockets
 from waiting import until
 
-from engine.awareness import AwarenessEntry, encode_awareness_update
-from engine.yprotocol import (
+from syncline.engine.awareness import AwarenessEntry, encode_awareness_update
+from syncline.engine.yprotocol import (
     AwarenessMessage,
     PermissionDenied,
     SyncStep1,

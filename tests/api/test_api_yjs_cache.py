@@ -8,7 +8,7 @@ import asyncio
 import pycrdt
 from test_api_yjs import texts, wait_until, yclient
 
-from store import history
+from syncline.store import history
 
 
 def loaded(srv, doc: str, tenant: str = "acme") -> bool:

@@ -15,8 +15,8 @@ import httpx
 import pycrdt
 from test_api_yjs import texts, wait_until, yclient
 
-from engine.documents import DocSnapshot
-from engine.lib0 import Reader
+from syncline.engine.documents import DocSnapshot
+from syncline.engine.lib0 import Reader
 
 
 def snapshots(db_path: str, stream: str) -> list[tuple[int, bytes]]:
@@ -86,7 +86,7 @@ async def test_two_gateways_without_redis_converge_and_snapshot_only_what_they_h
 async def test_messages_cross_gateways_without_redis(gateway, tmp_path):
     from api_wsclient import NativeClient
 
-    from engine import protocol as P
+    from syncline.engine import protocol as P
 
     db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
     g1 = gateway(database_url=db, poll_interval_s=0.2)

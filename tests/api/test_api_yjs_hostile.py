@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import websockets
 
-from engine.lib0 import write_var_uint as write_uint
-from engine.yprotocol import encode_sync_update
+from syncline.engine.lib0 import write_var_uint as write_uint
+from syncline.engine.yprotocol import encode_sync_update
 
 
 def self_referencing(client: int, clock: int) -> bytes:

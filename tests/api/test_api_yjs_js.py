@@ -78,7 +78,7 @@ async def test_js_read_only_client_cannot_write(srv, js_dir):
 async def test_js_awareness_reaches_python(srv, js_dir):
     import websockets
 
-    from engine.yprotocol import AwarenessMessage, decode_message
+    from syncline.engine.yprotocol import AwarenessMessage, decode_message
 
     async with websockets.connect(f"{srv.ws_url}/v1/yjs/aw-js?token={srv.token(user='alice')}") as ws:
         js = asyncio.create_task(run_js(js_dir, url=f"{srv.ws_url}/v1/yjs", doc="aw-js",

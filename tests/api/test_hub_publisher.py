@@ -14,8 +14,8 @@ import httpx
 import pytest
 from waiting import wait_for
 
-from api.hub import Hub
-from api.metrics import Metrics
+from syncline.api.hub import Hub
+from syncline.api.metrics import Metrics
 
 
 async def until(cond, timeout: float, what: str) -> None:

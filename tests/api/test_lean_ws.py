@@ -1,4 +1,4 @@
-"""api/lean_ws.py over real sockets: uvicorn serving a small ASGI app with the lean protocol.
+"""server/lean_ws.py over real sockets: uvicorn serving a small ASGI app with the lean protocol.
 
 The server runs in the test's own event loop, so the tests can look at the protocol
 objects (read paused, buffers dropped) and call flow-control hooks directly. Clients
@@ -19,8 +19,8 @@ import uvicorn
 import websockets
 from waiting import until
 
-from api.lean_ws import LeanWebSocketProtocol, accept_key
-from api.server import coalescing_ws_protocol
+from syncline.server import coalescing_ws_protocol
+from syncline.server.lean_ws import LeanWebSocketProtocol, accept_key
 
 
 class EchoApp:

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from api.presence import PresenceRegistry
-from api.presence_redis import SEP, RedisPresence
+from syncline.api.presence import PresenceRegistry
+from syncline.api.presence_redis import SEP, RedisPresence
 
 TTL_S = 0.6
 

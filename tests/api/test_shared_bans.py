@@ -12,8 +12,8 @@ import redis
 import websockets
 from api_wsclient import NativeClient
 
-from api.ratelimit import BanList, SharedBanList, ban_key
-from engine import protocol as P
+from syncline.api.ratelimit import BanList, SharedBanList, ban_key
+from syncline.engine import protocol as P
 
 LIMITS = {"rate_limit_messages": 5, "rate_limit_window_s": 60, "rate_limit_ban_s": 30}
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy import text  # noqa: E402
 
-from api.bus import Bus, idempotent  # noqa: E402
-from store import open_store  # noqa: E402
+from syncline.bus import Bus, idempotent  # noqa: E402
+from syncline.store import open_store  # noqa: E402
 
 
 def out(line: str) -> None:

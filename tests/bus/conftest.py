@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.bus import Bus
-from store import open_store
+from syncline.bus import Bus
+from syncline.store import open_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 from bus_helpers import WorkerProc, eventually
 
-from api.bus import Bus
-from engine.events import NewEvent
-from store import open_store
-from store.bus import GroupStore
+from syncline.bus import Bus
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.bus import GroupStore
 
 pytestmark = pytest.mark.slow
 

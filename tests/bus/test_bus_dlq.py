@@ -6,10 +6,10 @@ import asyncio
 import pytest
 from bus_helpers import eventually
 
-from api.bus import RetryPolicy, dlq_stream
-from engine.errors import ValidationError
-from engine.events import NewEvent
-from store.bus import GroupStore
+from syncline.bus import RetryPolicy, dlq_stream
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import NewEvent
+from syncline.store.bus import GroupStore
 
 FAST = RetryPolicy(retry_delay_s=0.01, ack_timeout_s=2.0)
 
@@ -145,7 +145,7 @@ async def _positions(gs: GroupStore) -> list[int]:
     async with gs._r.connect() as conn:
         from sqlalchemy import select
 
-        from store.bus_schema import bus_partitions as p
+        from syncline.store.bus_schema import bus_partitions as p
 
         rows = await conn.execute(
             select(p.c.position).where(p.c.scope == gs.scope, p.c.group_name == gs.group).order_by(p.c.partition)

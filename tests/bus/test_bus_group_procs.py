@@ -7,9 +7,9 @@ import asyncpg
 import pytest
 from bus_helpers import WorkerProc, eventually
 
-from engine.events import NewEvent, StreamWrite
-from store import open_store
-from store.bus_schema import bus_partitions
+from syncline.engine.events import NewEvent, StreamWrite
+from syncline.store import open_store
+from syncline.store.bus_schema import bus_partitions
 
 pytestmark = pytest.mark.slow
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from store.bus import mark_processed
-from store.bus._db import now_us
-from store.bus_schema import bus_processed
-from store.maintenance import prune_job
+from syncline.store.bus import mark_processed
+from syncline.store.bus._db import now_us
+from syncline.store.bus_schema import bus_processed
+from syncline.store.maintenance import prune_job
 
 DAY_US = 86_400 * 1_000_000
 
@@ -41,7 +41,7 @@ async def test_prune_job_forgets_processed_ids_older_than_the_retention(store):
 
 
 async def test_prune_job_on_memory_store_skips_the_bus():
-    from store import open_store
+    from syncline.store import open_store
 
     s = await open_store("memory://")
     try:

@@ -8,11 +8,11 @@ import redis.asyncio as aioredis
 from bus_helpers import eventually
 from click.testing import CliRunner
 
-from api.bus import Bus, RetryPolicy
-from api.cli import main
-from engine.events import NewEvent
-from store import open_store
-from store.bus import GroupStore
+from syncline.bus import Bus, RetryPolicy
+from syncline.cli import main
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.bus import GroupStore
 
 
 async def test_relay_publishes_with_position_ids_and_republishing_is_idempotent(pg_clean_url, redis_client_url):

@@ -6,9 +6,9 @@ from collections import defaultdict
 
 from bus_helpers import eventually
 
-from api.bus import reader as reader_mod
-from engine.events import NewEvent, StreamWrite
-from engine.filters import EventFilter
+from syncline.bus import reader as reader_mod
+from syncline.engine.events import NewEvent, StreamWrite
+from syncline.engine.filters import EventFilter
 
 
 async def test_members_of_groups_in_one_process_share_one_reader(store, bus):

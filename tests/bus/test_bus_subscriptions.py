@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 from bus_helpers import eventually
 
-from api.bus import RetryPolicy
-from engine.errors import ValidationError
-from engine.events import NewEvent
-from engine.filters import EventFilter, Predicate
-from store.bus import GroupStore
+from syncline.bus import RetryPolicy
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import NewEvent
+from syncline.engine.filters import EventFilter, Predicate
+from syncline.store.bus import GroupStore
 
 FAST = RetryPolicy(retry_delay_s=0.01, ack_timeout_s=2.0)
 

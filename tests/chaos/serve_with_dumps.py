@@ -23,6 +23,6 @@ def _dump(_signum, _frame) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGUSR1, _dump)
-    from api.cli import main
+    from syncline.cli import main
 
     main()

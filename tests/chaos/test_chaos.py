@@ -13,8 +13,8 @@ import pytest
 from chaos_support import CuttableProxy, Gateway, RedisServer, token
 from waiting import until
 
-from clientkit.client import SynclineClient
-from store import open_store
+from syncline.clientkit.client import SynclineClient
+from syncline.store import open_store
 
 pytestmark = pytest.mark.slow
 RECORDS = 8

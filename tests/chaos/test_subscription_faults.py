@@ -18,11 +18,11 @@ import pytest
 from chaos_support import SECRET, token
 from waiting import until, wait_for
 
-from api.app import create_app
-from api.server import make_server
-from api.settings import Settings
-from clientkit.client import SynclineClient
-from engine.errors import StoreUnavailable, SynclineError
+from syncline.api.app import create_app
+from syncline.api.settings import Settings
+from syncline.clientkit.client import SynclineClient
+from syncline.engine.errors import StoreUnavailable, SynclineError
+from syncline.server import make_server
 
 
 class FlakyReads:

@@ -12,9 +12,9 @@ import time
 
 sys.path.insert(0, os.getcwd())
 
-from clientkit.client import SynclineClient  # noqa: E402
-from clientkit.core import SessionCore  # noqa: E402
-from clientkit.queue import SqliteOpQueue  # noqa: E402
+from syncline.clientkit.client import SynclineClient  # noqa: E402
+from syncline.clientkit.core import SessionCore  # noqa: E402
+from syncline.clientkit.queue import SqliteOpQueue  # noqa: E402
 
 
 def enqueue(path: str, n: int) -> None:

@@ -2,10 +2,10 @@
 protocol core (``engine.session`` via ``engine.sync_server``) on the in-memory log adapter."""
 from __future__ import annotations
 
-from clientkit.transports.core_server import CoreServer
-from engine.records import ResolutionConfig
-from engine.sync_server import ServerConfig
-from store.memory_sync_log import MemorySyncLog
+from syncline.clientkit.transports.core_server import CoreServer
+from syncline.engine.records import ResolutionConfig
+from syncline.engine.sync_server import ServerConfig
+from syncline.store.memory_sync_log import MemorySyncLog
 
 
 def core_server(resolution: ResolutionConfig | None = None, **config) -> CoreServer:

@@ -12,8 +12,8 @@ import sys
 
 
 def notes_config():
-    from clientkit.transports.core_server import open_config
-    from engine.records import MANUAL, CollectionPolicy, merged
+    from syncline.clientkit.transports.core_server import open_config
+    from syncline.engine.records import MANUAL, CollectionPolicy, merged
 
     return open_config(notes=CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}))
 
@@ -24,9 +24,9 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--config", default="notes")
     args = ap.parse_args()
-    from api.app import create_app
-    from api.server import make_server
-    from api.settings import Settings
+    from syncline.api.app import create_app
+    from syncline.api.settings import Settings
+    from syncline.server import make_server
 
     s = Settings()
     s.database_url = args.db

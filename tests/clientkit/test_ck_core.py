@@ -8,7 +8,7 @@ from ck_memory import core_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clientkit.core import (
+from syncline.clientkit.core import (
     TRANSITIONS,
     ConflictFound,
     OpResult,
@@ -17,10 +17,10 @@ from clientkit.core import (
     SnapshotCorrupt,
     State,
 )
-from clientkit.queue import MemoryOpQueue
-from clientkit.transports.core_server import open_config
-from clientkit.transports.memory import MemoryLink
-from engine.records import MANUAL, CollectionPolicy, merged
+from syncline.clientkit.queue import MemoryOpQueue
+from syncline.clientkit.transports.core_server import open_config
+from syncline.clientkit.transports.memory import MemoryLink
+from syncline.engine.records import MANUAL, CollectionPolicy, merged
 
 CFG = open_config(notes=CollectionPolicy(fields={"title": MANUAL, "likes": merged("counter")}))
 
@@ -269,7 +269,7 @@ def test_core_is_small():
 
 
 # ---------------------------------------------------------------- deadlines in CONNECTING and for saves
-from clientkit.core import Connect, Disconnect, EventsApplied, StateChanged  # noqa: E402
+from syncline.clientkit.core import Connect, Disconnect, EventsApplied, StateChanged  # noqa: E402
 
 
 def _welcome(core, now):
@@ -350,9 +350,9 @@ def test_no_save_deadline_without_persistence():
 
 # ---------------------------------------------------------------- many replicas in one process
 def test_replicas_sharing_wire_events_and_decodes_end_like_one_alone():
-    from clientkit.replica import RecordsReplica
-    from engine.codec import pack, unpack
-    from engine.records import payloads
+    from syncline.clientkit.replica import RecordsReplica
+    from syncline.engine.codec import pack, unpack
+    from syncline.engine.records import payloads
 
     srv = core_server(CFG)
     (a, la), (b, lb) = pair(srv, "alice", "bob")
@@ -388,8 +388,8 @@ def srv_values(srv):
 def test_cores_sharing_one_events_list_skip_what_each_applied_already():
     # The simulator hands one list to many cores (their replicas share folds): its facts
     # are read once, but each core still applies only what is past its own position.
-    from clientkit.replica import SharedFolds
-    from engine.clocks import HLCTimestamp
+    from syncline.clientkit.replica import SharedFolds
+    from syncline.engine.clocks import HLCTimestamp
 
     def ev(p: int, wall: int) -> dict:
         return {"position": p, "type": "note.added", "stream": "note/1",
@@ -416,8 +416,8 @@ def test_cores_sharing_one_events_list_skip_what_each_applied_already():
 
 # ---------------------------------------------------------------- the asyncio client over the in-memory transport
 async def test_asyncio_clients_sync_through_the_memory_connector():
-    from clientkit.client import SynclineClient
-    from clientkit.transports.memory import MemoryConnector
+    from syncline.clientkit.client import SynclineClient
+    from syncline.clientkit.transports.memory import MemoryConnector
 
     srv = core_server(CFG)
     connector = MemoryConnector(srv)

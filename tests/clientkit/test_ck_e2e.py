@@ -10,19 +10,19 @@ from collections import Counter
 
 from ck_support import ROOT, ServerProcess, read_log, token
 
-from clientkit.client import SynclineClient
-from clientkit.errors import ConnectionClosed
-from clientkit.queue import SqliteOpQueue
-from clientkit.transports.fallback import FallbackConnector
-from engine import protocol as P
-from engine.records import MANUAL, CollectionPolicy, merged
-from engine.records import ResolutionConfig as _RC  # noqa: F401
+from syncline.clientkit.client import SynclineClient
+from syncline.clientkit.errors import ConnectionClosed
+from syncline.clientkit.queue import SqliteOpQueue
+from syncline.clientkit.transports.fallback import FallbackConnector
+from syncline.engine import protocol as P
+from syncline.engine.records import MANUAL, CollectionPolicy, merged
+from syncline.engine.records import ResolutionConfig as _RC  # noqa: F401
 
 CFG_FIELDS = {"title": MANUAL, "likes": merged("counter")}
 
 
 def _config():
-    from clientkit.transports.core_server import open_config
+    from syncline.clientkit.transports.core_server import open_config
 
     return open_config(notes=CollectionPolicy(fields=CFG_FIELDS))
 

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clientkit.errors import QueueFull
-from clientkit.queue import MemoryOpQueue, SqliteOpQueue
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.records import ClientOp
+from syncline.clientkit.errors import QueueFull
+from syncline.clientkit.queue import MemoryOpQueue, SqliteOpQueue
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.records import ClientOp
 
 
 def op(n: int, client: str = "c1", stream: str = "rec/notes/1") -> ClientOp:

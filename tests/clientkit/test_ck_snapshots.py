@@ -16,14 +16,14 @@ from ck_memory import core_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clientkit.core import SessionCore, SnapshotInstalled, State
-from clientkit.queue import MemoryOpQueue, SqliteOpQueue
-from clientkit.replica import RecordsReplica
-from clientkit.transports.core_server import CoreServer, open_config
-from clientkit.transports.memory import MemoryLink
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.codec import pack, unpack
-from engine.records import (
+from syncline.clientkit.core import SessionCore, SnapshotInstalled, State
+from syncline.clientkit.queue import MemoryOpQueue, SqliteOpQueue
+from syncline.clientkit.replica import RecordsReplica
+from syncline.clientkit.transports.core_server import CoreServer, open_config
+from syncline.clientkit.transports.memory import MemoryLink
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.codec import pack, unpack
+from syncline.engine.records import (
     MANUAL,
     ClientOp,
     CollectionPolicy,

@@ -8,9 +8,9 @@ import random
 
 from ck_memory import core_server
 
-from clientkit.core import Connect, ServerError, SessionCore, State, StateChanged
-from clientkit.transports.memory import MemoryLink
-from engine import protocol as P
+from syncline.clientkit.core import Connect, ServerError, SessionCore, State, StateChanged
+from syncline.clientkit.transports.memory import MemoryLink
+from syncline.engine import protocol as P
 
 SUB_FAILED = P.message(P.ERROR, code="internal", message="the subscription failed", ref="main")
 

@@ -6,13 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pycrdt import Awareness, Doc
 
-from engine.awareness import (
+from syncline.engine.awareness import (
     AwarenessEntry,
     AwarenessRegistry,
     decode_awareness_update,
     encode_awareness_update,
 )
-from engine.errors import ProtocolError
+from syncline.engine.errors import ProtocolError
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),

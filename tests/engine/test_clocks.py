@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from engine.clocks import (
+from syncline.engine.clocks import (
     HLC,
     LOGICAL_MAX,
     WALL_MS_MAX,

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
-from engine.doc_history import DocsState, apply_doc_event, document_at, document_at_time
-from engine.doccache import DocumentCache
-from engine.documents import (
+from syncline.engine.doc_history import DocsState, apply_doc_event, document_at, document_at_time
+from syncline.engine.doccache import DocumentCache
+from syncline.engine.documents import (
     CRDT_UPDATE,
     DocSnapshot,
     Document,
@@ -18,8 +18,8 @@ from engine.documents import (
     SnapshotPolicy,
     compact,
 )
-from engine.events import NO_ACTOR, RecordedEvent, Retention
-from engine.yupdates import InvalidUpdate
+from syncline.engine.events import NO_ACTOR, RecordedEvent, Retention
+from syncline.engine.yupdates import InvalidUpdate
 
 
 def _event(position: int, data, *, stream: str = "doc/a", type_: str = CRDT_UPDATE, tenant: str = "t1", version: int | None = None) -> RecordedEvent:

@@ -13,10 +13,10 @@ from collections import deque
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.clocks import EMPTY_CLOCK, ClockMerger, HLCTimestamp, InvalidClock, VectorClock
-from engine.events import Actor, RecordedEvent, Retention
-from engine.projections.feeds import FeedsState, apply_feed_event, apply_feed_events
-from engine.projections.stats import apply_stats_event, apply_stats_events
+from syncline.engine.clocks import EMPTY_CLOCK, ClockMerger, HLCTimestamp, InvalidClock, VectorClock
+from syncline.engine.events import Actor, RecordedEvent, Retention
+from syncline.engine.projections.feeds import FeedsState, apply_feed_event, apply_feed_events
+from syncline.engine.projections.stats import apply_stats_event, apply_stats_events
 
 NODES = st.sampled_from(["a", "b", "c", "d", "e", "f", "zz", "é", "client-10", "client-9"])
 CLOCKS = st.dictionaries(NODES, st.integers(1, 50), max_size=6).map(VectorClock)

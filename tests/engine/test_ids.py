@@ -3,7 +3,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.ids import uuid7
+from syncline.engine.ids import uuid7
 
 
 @given(st.integers(0, 2**48 - 1), st.integers(0, 2**48 - 1), st.binary(min_size=10, max_size=10),
@@ -19,7 +19,7 @@ def test_uuid7_is_valid_and_sorts_by_time(t1, t2, r1, r2):
 
 @given(st.integers(0, 2**48 - 1), st.integers(0, 40), st.randoms(use_true_random=False))
 def test_uuid7_many_are_valid_distinct_and_sort_with_uuid7(t, n, rnd):
-    from engine.ids import uuid7_many
+    from syncline.engine.ids import uuid7_many
 
     rand = rnd.randbytes(10 * n)
     ids = uuid7_many(t, rand, n)

@@ -15,10 +15,10 @@ import pycrdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.docfollow import FollowedDocument
-from engine.documents import Document
-from engine.lib0 import Reader
-from engine.logfollow import AHEAD_MAX, DeliveryGate
+from syncline.engine.docfollow import FollowedDocument
+from syncline.engine.documents import Document
+from syncline.engine.lib0 import Reader
+from syncline.engine.logfollow import AHEAD_MAX, DeliveryGate
 
 # -- the gate alone ----------------------------------------------------------------
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import engine.logkernel as K
-from engine.codec import pack
-from engine.errors import ConcurrencyError, IdempotencyMismatch, ValidationError
-from engine.events import NewEvent, StreamWrite
-from engine.hashchain import GENESIS, event_hash
+import syncline.engine.logkernel as K
+from syncline.engine.codec import pack
+from syncline.engine.errors import ConcurrencyError, IdempotencyMismatch, ValidationError
+from syncline.engine.events import NewEvent, StreamWrite
+from syncline.engine.hashchain import GENESIS, event_hash
 
 T = 1_700_000_000_000_000
 

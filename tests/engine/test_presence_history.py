@@ -6,8 +6,8 @@ import gc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.events import NO_ACTOR, Actor, RecordedEvent, Retention
-from engine.projections.presence import PresenceChange, changes, presence_projection
+from syncline.engine.events import NO_ACTOR, Actor, RecordedEvent, Retention
+from syncline.engine.projections.presence import PresenceChange, changes, presence_projection
 
 
 def _event(position: int, type_: str, stream: str = "room/r1", user: str = "", data=None, tenant="t1"):

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import ProtocolError
-from engine.protocol import (
+from syncline.engine.errors import ProtocolError
+from syncline.engine.protocol import (
     CLIENT_TYPES,
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,

@@ -14,10 +14,10 @@ from functools import reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.codec import pack, unpack
-from engine.events import RecordedEvent, Retention
-from engine.records import (
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.codec import pack, unpack
+from syncline.engine.events import RecordedEvent, Retention
+from syncline.engine.records import (
     LWW,
     MANUAL,
     NO_INITIAL,
@@ -32,7 +32,7 @@ from engine.records import (
     merged,
     reconcile,
 )
-from engine.records.merges import COUNTER, MAX, UNION
+from syncline.engine.records.merges import COUNTER, MAX, UNION
 
 CFG = ResolutionConfig(
     {

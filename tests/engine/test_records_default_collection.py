@@ -1,8 +1,8 @@
 """A default collection policy: any collection accepted, named ones keep their own rules."""
 from __future__ import annotations
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.records import ClientOp, CollectionPolicy, RecordsState, ResolutionConfig, merged, reconcile
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.records import ClientOp, CollectionPolicy, RecordsState, ResolutionConfig, merged, reconcile
 
 
 def op(stream, n, **values):

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.codec import pack, unpack
-from engine.events import RecordedEvent, Retention
-from engine.records import (
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.codec import pack, unpack
+from syncline.engine.events import RecordedEvent, Retention
+from syncline.engine.records import (
     LWW,
     RECORD_PATCHED,
     ClientOp,
@@ -18,10 +18,10 @@ from engine.records import (
     ResolutionConfig,
     fold_record_events,
     merged,
+    payloads,
     reconcile,
 )
-from engine.records import payloads
-from engine.records.receipts import Receipts
+from syncline.engine.records.receipts import Receipts
 
 S = "rec/notes/1"
 CFG = ResolutionConfig({"notes": CollectionPolicy(fields={"title": LWW, "likes": merged("counter"),

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.codec import canonical
-from engine.records import (
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.codec import canonical
+from syncline.engine.records import (
     COUNTER,
     MAX,
     UNION,

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.codec import pack
-from engine.errors import ValidationError
-from engine.events import check_stream, check_type
-from engine.records import (
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.codec import pack
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import check_stream, check_type
+from syncline.engine.records import (
     CONFLICT_DETECTED,
     CONFLICT_RESOLVED,
     CONFLICTS_STREAM,

@@ -14,12 +14,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text
+from test_records_convergence import CFG, deliveries, histories, recorded  # (tests/engine is on the path)
 
-from engine.doc_history import DocsState, apply_doc_event
-from engine.documents import CRDT_UPDATE
-from engine.events import NO_ACTOR, RecordedEvent, Retention
-from engine.projections.docs import apply_doc_runs
-from engine.records import (
+from syncline.engine.doc_history import DocsState, apply_doc_event
+from syncline.engine.documents import CRDT_UPDATE
+from syncline.engine.events import NO_ACTOR, RecordedEvent, Retention
+from syncline.engine.projections.docs import apply_doc_runs
+from syncline.engine.records import (
     LWW,
     MANUAL,
     CollectionPolicy,
@@ -29,9 +30,7 @@ from engine.records import (
     merged,
     reconcile,
 )
-from engine.records.fold import RecordsFolder
-
-from test_records_convergence import CFG, deliveries, histories, recorded  # (tests/engine is on the path)
+from syncline.engine.records.fold import RecordsFolder
 
 # The same fields under other strategies: delivering some batches under each makes
 # fields change strategy in the log.
@@ -162,8 +161,8 @@ def test_record_fold_settles_an_unwritten_field_when_a_one_node_op_moves_a_wider
     """The fold's inline clock advance (a one-node op clock, a record clock of several
     nodes): a field tracking the record clock that the op does not write keeps the
     record clock as it was before the op, in every cut of the log into batches."""
-    from engine.clocks import HLCTimestamp, VectorClock
-    from engine.records import ClientOp
+    from syncline.engine.clocks import HLCTimestamp, VectorClock
+    from syncline.engine.records import ClientOp
 
     cfg = ResolutionConfig({"tasks": CollectionPolicy(fields={"title": LWW, "points": merged("counter")})})
 

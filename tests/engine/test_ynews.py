@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text, merge_updates
 from yjs_gen import concurrent_updates, edit, state_of
 
-from engine.documents import Document, PendingLimits
-from engine.ynews import DeleteSetIndex
-from engine.yparse import client_key
-from engine.yupdates import InvalidUpdate
+from syncline.engine.documents import Document, PendingLimits
+from syncline.engine.ynews import DeleteSetIndex
+from syncline.engine.yparse import client_key
+from syncline.engine.yupdates import InvalidUpdate
 
 
 def _replay(updates: list[bytes], limits: PendingLimits | None) -> Document:

@@ -7,7 +7,7 @@ import random
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from engine.yparse import (
+from syncline.engine.yparse import (
     SKIP,
     Unparsed,
     client_id,

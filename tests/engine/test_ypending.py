@@ -27,9 +27,9 @@ import pytest
 from pycrdt import Doc, Text
 from yjs_gen import TRACES, agent_bursts, edit, state_of, trace_keystrokes
 
-from engine.documents import Document, PendingLimits
-from engine.yparse import client_key, write_uint
-from engine.yupdates import InvalidUpdate, PendingOverflow, UpdateNeverFits
+from syncline.engine.documents import Document, PendingLimits
+from syncline.engine.yparse import client_key, write_uint
+from syncline.engine.yupdates import InvalidUpdate, PendingOverflow, UpdateNeverFits
 
 needs_traces = pytest.mark.skipif(
     not (TRACES / "automerge-paper.json.gz").exists(), reason="editing traces not present"

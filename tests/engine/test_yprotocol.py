@@ -16,11 +16,11 @@ from pycrdt import (
     handle_sync_message,
 )
 
-from engine.awareness import AwarenessEntry, encode_awareness_update
-from engine.documents import Document
-from engine.errors import ProtocolError
-from engine.lib0 import VAR_UINT_MAX, Reader, write_var_bytes, write_var_string, write_var_uint
-from engine.yprotocol import (
+from syncline.engine.awareness import AwarenessEntry, encode_awareness_update
+from syncline.engine.documents import Document
+from syncline.engine.errors import ProtocolError
+from syncline.engine.lib0 import VAR_UINT_MAX, Reader, write_var_bytes, write_var_string, write_var_uint
+from syncline.engine.yprotocol import (
     AwarenessMessage,
     Limits,
     PermissionDenied,
@@ -38,7 +38,7 @@ from engine.yprotocol import (
     handle_sync,
     sync_step1,
 )
-from engine.yupdates import InvalidUpdate
+from syncline.engine.yupdates import InvalidUpdate
 
 
 def _text_doc(content: str) -> Doc:
@@ -245,7 +245,7 @@ def test_pycrdt_step1_decodes_and_our_reply_feeds_pycrdt() -> None:
 
 
 def _sv(state_vector: bytes) -> dict[int, int]:
-    from engine.lib0 import Reader
+    from syncline.engine.lib0 import Reader
 
     r = Reader(state_vector)
     return dict((r.read_var_uint(), r.read_var_uint()) for _ in range(r.read_var_uint()))

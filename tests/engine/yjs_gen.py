@@ -10,9 +10,9 @@ from pathlib import Path
 
 from pycrdt import Doc, Text
 
-from engine.documents import Document
-from engine.ynews import DeleteSetIndex
-from engine.yparse import SKIP, parse_update
+from syncline.engine.documents import Document
+from syncline.engine.ynews import DeleteSetIndex
+from syncline.engine.yparse import SKIP, parse_update
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces"
 ALPHABET = "abcxyz é漢😀"  # ASCII, 2-, 3- and 4-byte UTF-8 (the last is 2 UTF-16 units)

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
 from api_support import RunningGateway, base_settings  # noqa: E402
 from api_wsclient import NativeClient  # noqa: E402
 
-from engine import protocol as P  # noqa: E402
-from engine.events import NewEvent, StreamWrite  # noqa: E402
-from engine.records import CollectionPolicy, ResolutionConfig  # noqa: E402
-from engine.sync_server import Principal, ServerConfig, SyncServer  # noqa: E402
-from store.memory_sync_log import MemorySyncLog  # noqa: E402
+from syncline.engine import protocol as P  # noqa: E402
+from syncline.engine.events import NewEvent, StreamWrite  # noqa: E402
+from syncline.engine.records import CollectionPolicy, ResolutionConfig  # noqa: E402
+from syncline.engine.sync_server import Principal, ServerConfig, SyncServer  # noqa: E402
+from syncline.store.memory_sync_log import MemorySyncLog  # noqa: E402
 
 TENANT = "acme"
 # Knobs every target gets the same values of (the gateway's are seconds, the core's ms).

@@ -50,7 +50,7 @@ def serve_command() -> list[str]:
     (``python -m api.cli`` with it first on PYTHONPATH), e.g. an export of an older commit
     (``git archive HEAD | tar -x -C DIR``) to see these tests fail on the code before a fix."""
     if os.environ.get("SYNCLINE_RT_SOURCE"):
-        return [sys.executable, "-m", "api.cli", "serve"]
+        return [sys.executable, "-m", "syncline.cli", "serve"]
     for candidate in (Path(sys.executable).parent / "syncline", REPO / ".venv" / "bin" / "syncline"):
         if candidate.exists():
             return [str(candidate), "serve"]

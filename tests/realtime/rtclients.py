@@ -142,8 +142,8 @@ class AwarenessWatcher:
         await self._ws.close()
 
     async def _read(self) -> None:
-        from engine.errors import ProtocolError
-        from engine.yprotocol import AwarenessMessage, decode_message
+        from syncline.engine.errors import ProtocolError
+        from syncline.engine.yprotocol import AwarenessMessage, decode_message
 
         try:
             async for frame in self._ws:

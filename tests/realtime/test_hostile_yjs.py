@@ -21,8 +21,8 @@ FLOODER = r"""
 import signal, sys
 from websockets.sync.client import connect
 from websockets.exceptions import ConnectionClosed
-from engine.lib0 import write_var_uint as u
-from engine.yprotocol import encode_sync_update
+from syncline.engine.lib0 import write_var_uint as u
+from syncline.engine.yprotocol import encode_sync_update
 sent, clock = 0, 0
 def done(*_):
     print(sent, flush=True)

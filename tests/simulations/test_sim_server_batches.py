@@ -3,10 +3,10 @@ same event list to every connection there (the simulator's replicas then share i
 across appends of other tenants too, but never a batch the tenant's new events changed."""
 from __future__ import annotations
 
-from engine.events import NewEvent, StreamWrite
-from engine.records import LWW, CollectionPolicy, ResolutionConfig
-from engine.sync_server import Principal, ServerConfig, SyncServer
-from store.memory_sync_log import MemorySyncLog
+from syncline.engine.events import NewEvent, StreamWrite
+from syncline.engine.records import LWW, CollectionPolicy, ResolutionConfig
+from syncline.engine.sync_server import Principal, ServerConfig, SyncServer
+from syncline.store.memory_sync_log import MemorySyncLog
 
 
 def _append(log: MemorySyncLog, tenant: str, n: int) -> None:

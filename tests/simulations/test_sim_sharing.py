@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from clientkit.replica import RecordsReplica, SharedFolds
-from simulations import scenarios
-from simulations.network import _lognormal
-from simulations.sim import Params, run
+from syncline.clientkit.replica import RecordsReplica, SharedFolds
+from syncline.simulations import scenarios
+from syncline.simulations.network import _lognormal
+from syncline.simulations.sim import Params, run
 
 
 @pytest.fixture(scope="module")

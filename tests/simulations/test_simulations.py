@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulations import scenarios
-from simulations.sim import Params, run
+from syncline.simulations import scenarios
+from syncline.simulations.sim import Params, run
 
 
 def _names(result):
@@ -113,7 +113,7 @@ def test_long_offline_forces_a_snapshot_refresh(seed):
 
 
 def test_sqlite_mode_matches_memory_and_verifies(tmp_path):
-    from store import open_store
+    from syncline.store import open_store
 
     sc = scenarios.get("multi-tenant").with_(ops_per_client=6, duration_ms=8_000)
     mem, _ = run(sc, Params(clients=6, seed=11))

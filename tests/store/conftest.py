@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import open_store
+from syncline.store import open_store
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.events import NewEvent  # noqa: E402
-from store import open_store  # noqa: E402
+from syncline.engine.events import NewEvent  # noqa: E402
+from syncline.store import open_store  # noqa: E402
 
 
 def out(line: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from store_helpers import raw_sql
 
-from engine.errors import (
+from syncline.engine.errors import (
     ConcurrencyError,
     IdempotencyMismatch,
     InvalidEventType,
@@ -16,12 +17,10 @@ from engine.errors import (
     UnknownTenant,
     ValidationError,
 )
-from engine.events import Actor, NewEvent, Retention, StreamWrite
-from engine.filters import EventFilter, Predicate
-from engine.upcasting import UpcasterRegistry
-from store import open_store
-
-from store_helpers import raw_sql
+from syncline.engine.events import Actor, NewEvent, Retention, StreamWrite
+from syncline.engine.filters import EventFilter, Predicate
+from syncline.engine.upcasting import UpcasterRegistry
+from syncline.store import open_store
 
 
 def ev(type_="thing.happened", data=None, **kw) -> NewEvent:
@@ -348,7 +347,7 @@ async def test_snapshots_and_checkpoints(store):
 
 
 async def test_the_store_and_its_doorbell_are_the_ports(store):
-    from engine.ports import Doorbell, EventStore
+    from syncline.engine.ports import Doorbell, EventStore
 
     assert isinstance(store, EventStore)
     assert isinstance(store.doorbell, Doorbell)

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi as dbapi
 
-from engine.errors import StoreUnavailable, SynclineError
-from store.errors import map_db_error
+from syncline.engine.errors import StoreUnavailable, SynclineError
+from syncline.store.errors import map_db_error
 
 
 def wrapped(err: Exception) -> sa_exc.DBAPIError:

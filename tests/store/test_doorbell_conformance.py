@@ -11,9 +11,9 @@ import asyncio
 
 import pytest
 
-from engine.events import NewEvent
-from store import open_store
-from store.doorbell import LocalDoorbell
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.doorbell import LocalDoorbell
 
 
 @pytest.fixture(params=["local", "pg-notify", "redis"])

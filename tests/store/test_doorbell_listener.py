@@ -12,14 +12,12 @@ import subprocess
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from waiting import until
 
-from engine.events import NewEvent
-from store import open_store
-from store.doorbell_listener import ListeningDoorbell
-from store.postgres import plain_dsn
-from store.redis_doorbell import CHANNEL
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.doorbell_listener import ListeningDoorbell
+from syncline.store.postgres import plain_dsn
 
 
 class Lost(Exception):

@@ -4,9 +4,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-
-from engine.events import NewEvent
-from store import open_store
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
 
 
 async def _wake_latency(writer, reader_store) -> float:

@@ -6,11 +6,11 @@ import gc
 
 import pytest
 
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.records import ClientOp, RecordsState, ResolutionConfig, reconcile
-from engine.records.config import CollectionPolicy, merged
-from engine.records.merges import MergeRegistry
-from store.gcpause import collector_paused
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.records import ClientOp, RecordsState, ResolutionConfig, reconcile
+from syncline.engine.records.config import CollectionPolicy, merged
+from syncline.engine.records.merges import MergeRegistry
+from syncline.store.gcpause import collector_paused
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +73,8 @@ def test_the_engine_leaves_the_collector_alone_and_the_records_service_pauses_it
     assert seen and all(seen), "engine.records.reconcile must not touch the collector"
 
     async def through_the_service() -> None:
-        from store import open_store
-        from store.records_service import RecordsService
+        from syncline.store import open_store
+        from syncline.store.records_service import RecordsService
 
         store = await open_store("memory://")
         try:

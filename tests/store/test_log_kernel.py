@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.errors import ConcurrencyError, IdempotencyMismatch, PayloadTooLarge
-from engine.events import Actor, NewEvent, Retention, StreamWrite
-from engine.ids import uuid7
-from engine.logkernel import log_digest
-from store import open_store
-from store.memory_sync_log import MemorySyncLog
-from store.sqlite_sync_log import SqliteSyncLog
+from syncline.engine.errors import ConcurrencyError, IdempotencyMismatch, PayloadTooLarge
+from syncline.engine.events import Actor, NewEvent, Retention, StreamWrite
+from syncline.engine.ids import uuid7
+from syncline.engine.logkernel import log_digest
+from syncline.store import open_store
+from syncline.store.memory_sync_log import MemorySyncLog
+from syncline.store.sqlite_sync_log import SqliteSyncLog
 
 T0 = 1_700_000_000_000_000  # µs
 
@@ -293,9 +293,9 @@ async def test_the_store_opens_a_sqlite_sync_log_file_and_knows_its_keys(tmp_pat
 
 
 def test_the_store_planner_is_the_kernel_with_the_stores_packer():
-    from engine import logkernel
-    from store.planning import plan_batch
-    from store.rows import prepare
+    from syncline.engine import logkernel
+    from syncline.store.planning import plan_batch
+    from syncline.store.rows import prepare
 
     def no_ids(time_us: int, n: int) -> list[str]:
         raise AssertionError("every event has its id")

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OPEN = """
 import asyncio, sys
-from store import open_store
+from syncline.store import open_store
 async def main():
     s = await open_store(sys.argv[1])
     await s.close()

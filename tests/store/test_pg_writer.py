@@ -7,13 +7,12 @@ import asyncio
 import asyncpg
 import pytest
 from alembic import command
-
-from engine.errors import ConcurrencyError, IdempotencyMismatch
-from engine.events import NewEvent
-from store import open_store
-from store.migrate import _config
-
 from store_helpers import raw_sql
+
+from syncline.engine.errors import ConcurrencyError, IdempotencyMismatch
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.migrate import _config
 
 
 def ev(n: int = 0) -> NewEvent:
@@ -164,8 +163,8 @@ def test_migration_0004_creates_and_drops_the_append_function(pg_clean_url):
 
 
 def test_expectations_overlay_pending_outcomes_and_drop_refused_ones():
-    from store.pg_expect import Expectations
-    from store.planning import Head
+    from syncline.store.pg_expect import Expectations
+    from syncline.store.planning import Head
 
     x = Expectations()
     x.reset({"r_position": 10, "r_time_us": 5, "r_tenants": ["t"], "r_streams": ["a"], "r_versions": [3],

@@ -11,19 +11,19 @@ import pycrdt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.events import Actor, NewEvent
-from engine.projections import builtin_projections
-from engine.projections.feeds import page
-from engine.records import LWW, ClientOp, CollectionPolicy, ResolutionConfig, merged
-from engine.syncdata import InvalidCursor, SnapshotChecksumMismatch, assemble_snapshot, chunk_snapshot
-from store import open_store
-from store.history import load_document, record_at, save_doc_snapshot
-from store.projector import Projector
-from store.records_service import RecordsService
-from store.sync import delta, state_snapshot
 from waiting import until
+
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.events import Actor, NewEvent
+from syncline.engine.projections import builtin_projections
+from syncline.engine.projections.feeds import page
+from syncline.engine.records import LWW, ClientOp, CollectionPolicy, ResolutionConfig, merged
+from syncline.engine.syncdata import InvalidCursor, SnapshotChecksumMismatch, assemble_snapshot, chunk_snapshot
+from syncline.store import open_store
+from syncline.store.history import load_document, record_at, save_doc_snapshot
+from syncline.store.projector import Projector
+from syncline.store.records_service import RecordsService
+from syncline.store.sync import delta, state_snapshot
 
 CONFIG = ResolutionConfig({"notes": CollectionPolicy(fields={"title": LWW, "likes": merged("counter")})})
 
@@ -206,7 +206,7 @@ async def test_snapshot_at_p_plus_delta_equals_snapshot_at_head(store):
 def test_feed_pages_newest_first():
     from collections import deque
 
-    from engine.projections.feeds import FeedItem
+    from syncline.engine.projections.feeds import FeedItem
 
     feed = deque(FeedItem(p, p, "t.x", "room/1", "u") for p in range(1, 8))
     first, cur = page(feed, limit=3)
@@ -218,7 +218,7 @@ def test_feed_pages_newest_first():
 async def test_prune_job_snapshots_documents_then_prunes_their_updates():
     import pycrdt as y
 
-    from store.maintenance import prune_job
+    from syncline.store.maintenance import prune_job
 
     now = [1_700_000_000_000_000]
     store = await open_store("memory://", clock_us=lambda: now[0])

@@ -9,8 +9,8 @@ import pickle
 import msgpack
 import pytest
 
-from engine.events import Actor, RecordedEvent, Retention
-from store.rows import decode_rows
+from syncline.engine.events import Actor, RecordedEvent, Retention
+from syncline.store.rows import decode_rows
 
 
 def _row(position: int, *, clock: bytes | None = None, meta: bytes | None = None, retention: str = "standard"):
@@ -53,7 +53,7 @@ def test_copy_pickle_replace_and_fields():
 
 
 def test_rows_without_the_bound_columns_decode_to_the_same_events():
-    from store.rows import READ_COLUMNS, read_columns
+    from syncline.store.rows import READ_COLUMNS, read_columns
 
     full = [_row(1), _row(2, retention="critical")]
     want = decode_rows(full)

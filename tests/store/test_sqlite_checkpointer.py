@@ -10,11 +10,11 @@ import sqlite3
 import threading
 import time
 
-from engine.events import NewEvent
-from store import open_store
-from store.sqlite_checkpointer import WalCheckpointer
-
 from waiting import until
+
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.sqlite_checkpointer import WalCheckpointer
 
 
 async def test_appends_are_checkpointed_in_the_background(sqlite_url):

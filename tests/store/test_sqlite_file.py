@@ -10,10 +10,10 @@ import sqlite3
 
 import pytest
 
-from engine.errors import ConcurrencyError
-from engine.events import NewEvent
-from store import open_store
-from store.sqlite import PAGE_SIZE
+from syncline.engine.errors import ConcurrencyError
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
+from syncline.store.sqlite import PAGE_SIZE
 
 
 def _page_size(path: str) -> int:

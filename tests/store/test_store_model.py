@@ -8,10 +8,10 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.errors import ConcurrencyError, IdempotencyMismatch
-from engine.events import NewEvent, StreamWrite
-from engine.filters import EventFilter
-from store import open_store
+from syncline.engine.errors import ConcurrencyError, IdempotencyMismatch
+from syncline.engine.events import NewEvent, StreamWrite
+from syncline.engine.filters import EventFilter
+from syncline.store import open_store
 
 TENANTS = st.sampled_from(["acme", "globex"])
 STREAMS = st.sampled_from(["a/1", "a/2", "b/1"])

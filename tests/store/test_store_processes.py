@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import NewEvent
-from store import open_store
+from syncline.engine.events import NewEvent
+from syncline.store import open_store
 
 SCRIPT = str(Path(__file__).with_name("log_procs.py"))
 pytestmark = pytest.mark.slow

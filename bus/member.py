@@ -1,18 +1,18 @@
 """A consumer group member: competing consumers over the log, in one process or many.
 
-The group's events are split into partitions by (tenant, stream) (api/bus/events.py).
+The group's events are split into partitions by (tenant, stream) (bus/events.py).
 A member holds leases on some partitions (store/bus/groups.py says how leases are
 shared out and fenced) and runs one worker task per partition, so events of one
 stream are handled in order, by one member at a time, while partitions run in
 parallel. One reader per process and (store, scope, filter) reads the log and hands
-each page to every member attached to it (api/bus/reader.py); a member dispatches the
+each page to every member attached to it (bus/reader.py); a member dispatches the
 events of the partitions it owns to their workers; each worker advances its
 partition's checkpoint past what it handled, dead-lettered, or what the filter skipped.
 
 Delivery is at least once: a checkpoint is written every ``commit_interval_s``, so a
 member that dies hands its partitions over (after its lease expires) with up to that
 much work done but not yet checkpointed, and the next owner delivers it again. The
-idempotent helper (api/bus/idempotent.py) turns that into exactly-once effects.
+idempotent helper (bus/idempotent.py) turns that into exactly-once effects.
 
 A handler that kills its process counts as a failed attempt (store/bus/groups.py
 says how: in-flight marks, and attempts recorded before the handler runs where a
@@ -32,13 +32,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import SynclineError, ValidationError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
-from store.bus import DeadLetter, GroupStore
-from store.bus._db import engines, now_us
-from store.bus.groups import CRASH_REASON, Attempt, Lease
-from store.bus_schema import SCOPE_ALL
+from syncline.engine.errors import SynclineError, ValidationError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
+from syncline.store.bus import DeadLetter, GroupStore
+from syncline.store.bus._db import engines, now_us
+from syncline.store.bus.groups import CRASH_REASON, Attempt, Lease
+from syncline.store.bus_schema import SCOPE_ALL
 
 from .delivery import Delivery, Handler, RetryPolicy, attempt
 from .dlq import DeadLetterQueue

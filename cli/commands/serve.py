@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..settings import WS_IMPLEMENTATIONS, Settings
+from syncline.api.settings import WS_IMPLEMENTATIONS, Settings
 
 
 @click.command()
@@ -21,8 +21,8 @@ from ..settings import WS_IMPLEMENTATIONS, Settings
 def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
           ws: str | None) -> None:
     """Run the gateway (REST, WebSocket, Yjs) in one process."""
-    from ..app import create_app
-    from ..server import make_server
+    from syncline.api.app import create_app
+    from syncline.server import make_server
 
     settings = Settings()
     if host:

@@ -1,6 +1,6 @@
 """uvicorn with a graceful WebSocket shutdown: clients are told why before the sockets close;
 WebSocket writes coalesced per event-loop turn (one socket call for a burst of frames); and
-the WebSocket implementation chosen by name: ``lean`` (api/lean_ws.py, the default: the
+the WebSocket implementation chosen by name: ``lean`` (server/lean_ws.py, the default: the
 least memory per idle connection) or one of uvicorn's (``auto``, ``websockets``,
 ``websockets-sansio``, ``wsproto``)."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ from litestar import Litestar
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from syncline.api.settings import WS_IMPLEMENTATIONS, default_ws
+
 from .lean_ws import LeanWebSocketProtocol
-from .settings import WS_IMPLEMENTATIONS, default_ws
 
 
 class CoalescingTransport:

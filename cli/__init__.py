@@ -1,4 +1,4 @@
-"""The ``syncline`` command line. Each command group lives in api/commands/."""
+"""The ``syncline`` command line. Each command group lives in cli/commands/."""
 from __future__ import annotations
 
 import click

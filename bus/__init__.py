@@ -7,14 +7,14 @@ subscription is a cursor over the log.
     m = await bus.group("billing", handler, tenant="acme").start()         # competing consumers
     await bus.dlq.requeue(entry_id)                                        # dead letters
 
-Handlers are ``async def handler(delivery)``; see api/bus/delivery.py for ack, nack and
-retries, api/bus/idempotent.py for exactly-once effects, api/bus/relay.py for Redis Streams.
+Handlers are ``async def handler(delivery)``; see bus/delivery.py for ack, nack and
+retries, bus/idempotent.py for exactly-once effects, bus/relay.py for Redis Streams.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from store.bus import list_groups
+from syncline.store.bus import list_groups
 
 from .broadcast import Subscription
 from .delivery import Delivery, Failure, Handler, RetryPolicy

@@ -20,14 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine.errors import SynclineError, UnknownTenant
-from engine.events import check_tenant
-from engine.filters import EventFilter
-from engine.projections import builtin_projections
-from store import open_store
-from store.projector import Projector
+from syncline.api.settings import Settings
+from syncline.engine.errors import SynclineError, UnknownTenant
+from syncline.engine.events import check_tenant
+from syncline.engine.filters import EventFilter
+from syncline.engine.projections import builtin_projections
+from syncline.store import open_store
+from syncline.store.projector import Projector
 
-from ..settings import Settings
 from .admin import _run
 
 err = Console(stderr=True)

@@ -6,7 +6,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from engine.events import RecordedEvent
+from syncline.engine.events import RecordedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class Delivery:
 
     def transaction(self):
         """``async with delivery.transaction() as conn``: a transaction on the store's
-        database, for handlers that write their own rows (see api/bus/idempotent.py)."""
+        database, for handlers that write their own rows (see bus/idempotent.py)."""
         if self._tx is None:
             raise RuntimeError("this delivery has no database (broadcast subscriptions on memory://)")
         return self._tx()

@@ -24,10 +24,10 @@ def simulate(scenario_name: str, clients: int, seed: int, duration_s: float | No
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from simulations import scenarios
-    from simulations.checkers import summarize
-    from simulations.report import write_report
-    from simulations.sim import Params, Simulation
+    from syncline.simulations import scenarios
+    from syncline.simulations.checkers import summarize
+    from syncline.simulations.report import write_report
+    from syncline.simulations.sim import Params, Simulation
 
     console = Console()
     if list_only:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import redis.asyncio as redis
 
-from engine.codec import pack
-from engine.errors import StoreUnavailable, SynclineError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
+from syncline.engine.codec import pack
+from syncline.engine.errors import StoreUnavailable, SynclineError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
 
 from .member import check_group_name, scope_of
 

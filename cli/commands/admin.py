@@ -7,11 +7,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import SynclineError
-from store import open_store
-from store.maintenance import prune_job
-
-from ..settings import Settings
+from syncline.api.settings import Settings
+from syncline.engine.errors import SynclineError
+from syncline.store import open_store
+from syncline.store.maintenance import prune_job
 
 console = Console()
 

@@ -9,10 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import SynclineError
-from store import open_store
-
-from ..settings import Settings
+from syncline.api.settings import Settings
+from syncline.engine.errors import SynclineError
+from syncline.store import open_store
 
 console = Console()
 db_option = click.option("--db", "database_url", default=None, help="Store URL (default SYNCLINE_DATABASE_URL).")
@@ -20,7 +19,7 @@ db_option = click.option("--db", "database_url", default=None, help="Store URL (
 
 def _run(action):
     """Open the store, run ``action(bus)``, close; typed errors become exit code 2."""
-    from api.bus import Bus
+    from syncline.bus import Bus
 
     async def go(url):
         store = await open_store(url or Settings().database_url, listen=False)

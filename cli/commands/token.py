@@ -6,9 +6,8 @@ import time
 import click
 import jwt
 
-from engine.events import check_tenant
-
-from ..settings import Settings
+from syncline.api.settings import Settings
+from syncline.engine.events import check_tenant
 
 
 def mint(settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None) -> str:

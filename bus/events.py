@@ -5,7 +5,7 @@ import dataclasses
 import zlib
 from typing import Any
 
-from engine.events import Actor, RecordedEvent, Retention
+from syncline.engine.events import Actor, RecordedEvent, Retention
 
 
 def partition_of(event: RecordedEvent, partitions: int) -> int:

@@ -12,9 +12,9 @@ import time
 import pycrdt
 from protocol_targets import BATCH, MAX_BEHIND, RATE_LIMIT, WINDOW
 
-from engine import protocol as P
-from engine.clocks import HLCTimestamp, VectorClock
-from engine.records import ClientOp
+from syncline.engine import protocol as P
+from syncline.engine.clocks import HLCTimestamp, VectorClock
+from syncline.engine.records import ClientOp
 
 
 def record_op(n: int, user: str, client: str = "c1", stream: str = "rec/notes/1") -> dict:

@@ -20,8 +20,8 @@ from typing import Any, Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.bus import mark_processed
-from store.errors import map_db_error
+from syncline.store.bus import mark_processed
+from syncline.store.errors import map_db_error
 
 from .delivery import Delivery
 

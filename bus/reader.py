@@ -24,10 +24,10 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import SynclineError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
-from engine.ports import LogPage
+from syncline.engine.errors import SynclineError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
+from syncline.engine.ports import LogPage
 
 from .events import partition_of
 

@@ -8,9 +8,9 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-from engine.errors import SynclineError
-from engine.events import RecordedEvent
-from engine.filters import EventFilter
+from syncline.engine.errors import SynclineError
+from syncline.engine.events import RecordedEvent
+from syncline.engine.filters import EventFilter
 
 from .delivery import Delivery, Failure, Handler, RetryPolicy, attempt
 from .member import scope_of

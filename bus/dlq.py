@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from engine.errors import ValidationError
-from engine.events import Actor, NewEvent, RecordedEvent
-from store.bus import DeadLetter, DeadLetterStore
-from store.bus.groups import Attempt
+from syncline.engine.errors import ValidationError
+from syncline.engine.events import Actor, NewEvent, RecordedEvent
+from syncline.store.bus import DeadLetter, DeadLetterStore
+from syncline.store.bus.groups import Attempt
 
 from .events import event_to_doc
 

@@ -1,0 +1,4 @@
+"""``python -m syncline.cli``: the ``syncline`` command."""
+from syncline.cli import main
+
+main()
