@@ -5,7 +5,7 @@
 Flows, each in one process (publisher and consumers share one event loop):
   * broadcast subscriber on SQLite and PostgreSQL;
   * a consumer group of 4 members (16 partitions) on SQLite and PostgreSQL; the members
-    share the process's one log reader (api/bus/reader.py);
+    share the process's one log reader (bus/reader.py);
   * the anchor: Redis Streams, XADD (pipelined) + XREADGROUP with 4 consumers + XACK.
 Throughput: publish N events as fast as possible (batches of 100, 50 streams) and time
 until the last is handled. Latency: each event carries its publish time; p50/p99 of
@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from api.bus import Bus, RetryPolicy  # noqa: E402
-from engine.events import NewEvent, StreamWrite  # noqa: E402
-from store import open_store  # noqa: E402
+from syncline.bus import Bus, RetryPolicy  # noqa: E402
+from syncline.engine.events import NewEvent, StreamWrite  # noqa: E402
+from syncline.store import open_store  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 console = Console(stderr=True)

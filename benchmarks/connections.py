@@ -158,11 +158,10 @@ def traced(n: int, ws: str, top: int = 60) -> None:
                       SYNCLINE_RATE_LIMIT_MESSAGES="100000000")
     import logging
 
-    from api.app import create_app
-    from api.server import make_server
-    from api.settings import Settings
-
-    from api.logging import configure_logging
+    from syncline.api.app import create_app
+    from syncline.api.logging import configure_logging
+    from syncline.api.settings import Settings
+    from syncline.server import make_server
 
     configure_logging(True, logging.WARNING)  # no log line per connection
     tmp = tempfile.mkdtemp(prefix="conn-trace-")

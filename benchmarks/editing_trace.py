@@ -37,10 +37,10 @@ import pycrdt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from engine.documents import CRDT_UPDATE, DocSnapshot, Document  # noqa: E402
-from engine.events import NewEvent  # noqa: E402
-from engine.filters import EventFilter  # noqa: E402
-from engine.yupdates import check_update  # noqa: E402
+from syncline.engine.documents import CRDT_UPDATE, DocSnapshot, Document  # noqa: E402
+from syncline.engine.events import NewEvent  # noqa: E402
+from syncline.engine.filters import EventFilter  # noqa: E402
+from syncline.engine.yupdates import check_update  # noqa: E402
 
 DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "traces" / "automerge-paper.json.gz"
 QUICK_KEYSTROKES = 20_000
@@ -151,7 +151,7 @@ def db_bytes(path: str) -> int:
 
 
 async def run_store(url: str, db_path: str | None, updates: list[bytes]) -> dict:
-    from store import open_store
+    from syncline.store import open_store
 
     store = await open_store(url)
     try:

@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "tests/clientkit"))
 sys.path.append(str(ROOT / "tests"))  # ck_support imports the shared waiting helper (last: tests/store must not shadow store)
 
 import httpx  # noqa: E402
+from ck_support import ServerProcess, token  # noqa: E402  (the tests' server launcher)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from clientkit.client import SynclineClient  # noqa: E402
-from clientkit.core import SessionCore  # noqa: E402
-from clientkit.queue import SqliteOpQueue  # noqa: E402
-from ck_support import ServerProcess, token  # noqa: E402  (the tests' server launcher)
+from syncline.clientkit.client import SynclineClient  # noqa: E402
+from syncline.clientkit.core import SessionCore  # noqa: E402
+from syncline.clientkit.queue import SqliteOpQueue  # noqa: E402
 
 console = Console(highlight=False)
 

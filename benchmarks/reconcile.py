@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from engine.clocks import HLCTimestamp, VectorClock  # noqa: E402
-from engine.events import RecordedEvent, Retention  # noqa: E402
-from engine.records import (  # noqa: E402
+from syncline.engine.clocks import HLCTimestamp, VectorClock  # noqa: E402
+from syncline.engine.events import RecordedEvent, Retention  # noqa: E402
+from syncline.engine.records import (  # noqa: E402
     LWW,
     MANUAL,
     ClientOp,

@@ -35,10 +35,10 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from engine.clocks import HLCTimestamp, VectorClock  # noqa: E402
-from engine.events import Actor, NewEvent, StreamWrite  # noqa: E402
-from engine.projections import builtin_projections  # noqa: E402
-from engine.records import (  # noqa: E402
+from syncline.engine.clocks import HLCTimestamp, VectorClock  # noqa: E402
+from syncline.engine.events import Actor, NewEvent, StreamWrite  # noqa: E402
+from syncline.engine.projections import builtin_projections  # noqa: E402
+from syncline.engine.records import (  # noqa: E402
     LWW,
     ClientOp,
     CollectionPolicy,
@@ -48,8 +48,8 @@ from engine.records import (  # noqa: E402
     merged,
     reconcile,
 )
-from store import open_store  # noqa: E402
-from store.projector import Projector  # noqa: E402
+from syncline.store import open_store  # noqa: E402
+from syncline.store.projector import Projector  # noqa: E402
 
 TENANTS = ("acme", "globex", "initech")
 CONFIG = ResolutionConfig({"tasks": CollectionPolicy(fields={"title": LWW, "points": merged("counter")})})

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from simulations import scenarios  # noqa: E402
-from simulations.sim import Params, run  # noqa: E402
+from syncline.simulations import scenarios  # noqa: E402
+from syncline.simulations.sim import Params, run  # noqa: E402
 
 CHILD = "--child"
 

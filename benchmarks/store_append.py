@@ -53,14 +53,14 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from engine.events import NewEvent  # noqa: E402
 from eventsourcing.application import Application  # noqa: E402
 from eventsourcing.domain import Aggregate, event  # noqa: E402
 from eventsourcing.persistence import StoredEvent  # noqa: E402
-from store import open_store  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from syncline.engine.events import NewEvent  # noqa: E402
+from syncline.store import open_store  # noqa: E402
 
 TENANT = "acme"
 EVENT_TYPE = "bench.Happened"
