@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
 
     async def on_startup(app: Litestar) -> None:
         owns = store is None
-        s = store if store is not None else await open_store(settings.database_url, poll_interval_s=settings.poll_interval_s)
+        s = store if store is not None else await open_store(
+            settings.database_url, poll_interval_s=settings.poll_interval_s
+        )
         gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()))
         app.state.gateway = gw
         holder["gw"] = gw

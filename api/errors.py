@@ -59,7 +59,8 @@ class CriticalCommandRefused(Forbidden):
     code = "critical_requires_command"
 
 
-__all__ = ["Forbidden", "TenantViolation", "WebSocketForbidden"]  # (defined in engine.errors: the session core raises them)
+# (defined in engine.errors: the session core raises them)
+__all__ = ["Forbidden", "TenantViolation", "WebSocketForbidden"]
 
 
 class IdempotencyKeyRequired(SynclineError):

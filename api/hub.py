@@ -57,7 +57,8 @@ class Hub:
         self.retry_s = retry_s  # the listener's reconnect interval
         self.publish_retry_s = publish_retry_s if publish_retry_s is not None else retry_s  # publisher backoff cap
         self.flush_s = flush_s  # how long close() lets the publisher drain
-        self.queue_max = queue_max if queue_max is not None else int(os.environ.get("SYNCLINE_HUB_QUEUE_MAX", QUEUE_MAX))
+        self.queue_max = (queue_max if queue_max is not None
+                          else int(os.environ.get("SYNCLINE_HUB_QUEUE_MAX", QUEUE_MAX)))
         self.queue_max_bytes = (queue_max_bytes if queue_max_bytes is not None
                                 else int(os.environ.get("SYNCLINE_HUB_QUEUE_MAX_BYTES", QUEUE_MAX_BYTES)))
         self._subs: dict[str, set[Deliver]] = defaultdict(set)

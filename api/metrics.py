@@ -20,9 +20,15 @@ class Metrics:
         self.ws_messages = Counter(
             "syncline_ws_messages_total", "WebSocket messages", ["endpoint", "direction"], registry=r
         )
-        self.ws_closes = Counter("syncline_ws_closes_total", "WebSocket closes by code", ["endpoint", "code"], registry=r)
-        self.events_appended = Counter("syncline_events_appended_total", "Events appended by the gateway", ["via"], registry=r)
-        self.rate_limited = Counter("syncline_rate_limited_total", "Rate-limit warnings and disconnects", ["action"], registry=r)
+        self.ws_closes = Counter(
+            "syncline_ws_closes_total", "WebSocket closes by code", ["endpoint", "code"], registry=r
+        )
+        self.events_appended = Counter(
+            "syncline_events_appended_total", "Events appended by the gateway", ["via"], registry=r
+        )
+        self.rate_limited = Counter(
+            "syncline_rate_limited_total", "Rate-limit warnings and disconnects", ["action"], registry=r
+        )
         self.auth_failures = Counter("syncline_auth_failures_total", "Refused authentications", ["code"], registry=r)
         self.security_events = Counter("syncline_security_events_total", "Security events", ["kind"], registry=r)
         self.yjs_updates = Counter("syncline_yjs_updates_total", "Yjs updates appended and relayed", registry=r)

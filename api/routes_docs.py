@@ -152,8 +152,8 @@ async def sync_deltas(
     tenant = await read_scope(request, resource="deltas")
     d = await delta(gateway_of(request).store, tenant, streams=streams, prefixes=prefixes, after=after,
                     cursor=cursor, limit=limit)
-    return {"events": events_wire(visible_events(principal_of(request), d.events)), "cursor": d.cursor, "next_after": d.next_after, "head": d.head,
-            "done": d.done}
+    return {"events": events_wire(visible_events(principal_of(request), d.events)), "cursor": d.cursor,
+            "next_after": d.next_after, "head": d.head, "done": d.done}
 
 
 @get("/snapshots", opt={"perm": READ}, summary="A consistent snapshot of a selection, with checksum, in chunks")
@@ -188,7 +188,9 @@ async def snapshots(
 
 @get("/records/{collection:str}/{record_id:str}", opt={"perm": READ},
      summary="A record's fields and open conflicts (time travel with ?at=position|ISO time)")
-async def read_record(request: Request, collection: str, record_id: str, at: str | None = Parameter(default=None)) -> dict:
+async def read_record(
+    request: Request, collection: str, record_id: str, at: str | None = Parameter(default=None)
+) -> dict:
     gw = gateway_of(request)
     stream = check_stream(f"rec/{collection}/{record_id}")
     tenant = await read_scope(request, resource=f"record:{stream}")

@@ -98,7 +98,7 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
             )
     for it in items:
         it["data"] = from_jsonable(it["data"])
-    doc_updates = _doc_updates(stream, items)
+    _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)
     events = new_events(items, p, correlation_id=request.state.get("correlation_id"))
     result = await gw.store.append_many(
         tenant, [StreamWrite(stream, tuple(events), data.expected_version)], idempotency_key=idempotency_key(request)

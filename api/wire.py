@@ -104,7 +104,9 @@ def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = 
     return out
 
 
-def build_filter(streams: Sequence[str] = (), prefixes: Sequence[str] = (), types: Sequence[str] = ()) -> EventFilter | None:
+def build_filter(
+    streams: Sequence[str] = (), prefixes: Sequence[str] = (), types: Sequence[str] = ()
+) -> EventFilter | None:
     f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(types))
     return None if f.is_empty else f
 

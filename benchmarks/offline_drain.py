@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests/clientkit"))
-sys.path.append(str(ROOT / "tests"))  # ck_support imports the shared waiting helper (last: tests/store must not shadow store)
+# ck_support imports the shared waiting helper (last: tests/store must not shadow store)
+sys.path.append(str(ROOT / "tests"))
 
 import httpx  # noqa: E402
 from ck_support import ServerProcess, token  # noqa: E402  (the tests' server launcher)
@@ -157,10 +158,12 @@ async def main() -> None:
     plot(results, png)
     console.log(f"plot: {png}")
     sq = results[0]
+    backends = {
+        r["backend"]: {"drain_ops_per_s": round(r["drain"]["ops_per_s"]), "catchup_eps": round(r["catchup"]["eps"])}
+        for r in results
+    }
     print(json.dumps({"drain_ops_per_s": round(sq["drain"]["ops_per_s"]), "catchup_eps": round(sq["catchup"]["eps"]),
-                      "quick": args.quick, "backends": {r["backend"]: {"drain_ops_per_s": round(r["drain"]["ops_per_s"]),
-                                                                        "catchup_eps": round(r["catchup"]["eps"])}
-                                                         for r in results}}))
+                      "quick": args.quick, "backends": backends}))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ async def build_log(store, n_events: int, seed: int, progress: Progress) -> int:
             n = len(evs)
         else:  # domain events
             writes = [StreamWrite(f"order/{rng.randrange(500)}",
-                                  (NewEvent("order.updated", {"n": written + i}, actor=Actor(f"u{rng.randrange(30)}")),))
+                                  (NewEvent("order.updated", {"n": written + i},
+                                            actor=Actor(f"u{rng.randrange(30)}")),))
                       for i in range(20)]
             # distinct streams per call
             seen, unique = set(), []

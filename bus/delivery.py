@@ -102,7 +102,7 @@ async def attempt(handler: Handler, d: Delivery, policy: RetryPolicy) -> Failure
         if deadline is None:
             await handler(d)
         else:
-            async with asyncio.timeout_at(deadline) as cm:
+            async with asyncio.timeout_at(deadline):
                 await handler(d)
         if d.outcome is None and not policy.auto_ack:
             await d._wait_settled(None if deadline is None else max(0.0, deadline - loop.time()))

@@ -128,7 +128,6 @@ class LogReader:
 
     async def _run(self) -> None:
         cursor = 0
-        bell = self.store.doorbell
         while True:
             try:
                 if self._reset:

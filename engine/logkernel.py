@@ -335,7 +335,9 @@ def plan_batch(
                 missing -= call.missing_ids
                 fingerprint, blob = earlier
                 if fingerprint != call.fingerprint:
-                    outcomes.append(IdempotencyMismatch("this idempotency key was used for a different request", key=idem))
+                    outcomes.append(
+                        IdempotencyMismatch("this idempotency key was used for a different request", key=idem)
+                    )
                 else:
                     outcomes.append(decode_result(blob))
                 continue

@@ -30,14 +30,18 @@ def write_report(result: Result, out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(conv or [0], bins=40)
     ax.set(title="convergence time per op (last replica)", xlabel="ms", ylabel="ops")
-    fig.tight_layout(); fig.savefig(out_dir / "convergence.png"); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out_dir / "convergence.png")
+    plt.close(fig)
     plots.append("convergence.png")
 
     qd = m.get("queue_depth", [])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([t / 1000 for t, _ in qd], [d for _, d in qd])
     ax.set(title="queued ops over time (all clients)", xlabel="virtual s", ylabel="ops")
-    fig.tight_layout(); fig.savefig(out_dir / "queue_depth.png"); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out_dir / "queue_depth.png")
+    plt.close(fig)
     plots.append("queue_depth.png")
 
     outcomes = m.get("outcomes", {})
@@ -52,7 +56,9 @@ def write_report(result: Result, out_dir: Path) -> Path:
     ax.set(title="op outcomes per strategy", ylabel="ops")
     if kinds:
         ax.legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(out_dir / "conflicts.png"); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out_dir / "conflicts.png")
+    plt.close(fig)
     plots.append("conflicts.png")
 
     mps = m.get("messages_per_s", {})
@@ -60,7 +66,9 @@ def write_report(result: Result, out_dir: Path) -> Path:
     secs = sorted(mps)
     ax.plot(secs, [mps[s] for s in secs])
     ax.set(title="messages delivered per virtual second", xlabel="virtual s", ylabel="messages")
-    fig.tight_layout(); fig.savefig(out_dir / "messages.png"); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out_dir / "messages.png")
+    plt.close(fig)
     plots.append("messages.png")
 
     lines = [
@@ -72,7 +80,8 @@ def write_report(result: Result, out_dir: Path) -> Path:
         f"- quiescent at {result.quiesced_at_ms} ms",
         f"- log hash `{result.log_hash}`",
         f"- trace hash `{result.trace_hash}`",
-        f"- convergence p50 {_percentile(conv, .5)} ms, p99 {_percentile(conv, .99)} ms, max {conv[-1] if conv else 0} ms",
+        f"- convergence p50 {_percentile(conv, .5)} ms, p99 {_percentile(conv, .99)} ms, "
+        f"max {conv[-1] if conv else 0} ms",
         f"- network {m.get('network')}",
         f"- faults: partitions {m.get('partitions')}, crashes {m.get('crashes')}, server restarts "
         f"{m.get('server_restarts')}, refreshes {m.get('refreshes')}, snapshots {m.get('snapshots')}",

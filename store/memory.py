@@ -146,7 +146,9 @@ class MemoryEventStore(StoreBase):
     async def load_checkpoint(self, name: str, tenant: str) -> int | None:
         return self._checkpoints.get((name, tenant))
 
-    async def save_snapshot(self, tenant: str, stream: str, kind: str, position: int, data: bytes, checksum: str) -> None:
+    async def save_snapshot(
+        self, tenant: str, stream: str, kind: str, position: int, data: bytes, checksum: str
+    ) -> None:
         check_tenant(tenant)
         check_stream(stream)
         self._snapshots.setdefault((tenant, stream, kind), {}).setdefault(position, (bytes(data), checksum))

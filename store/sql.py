@@ -389,7 +389,8 @@ class SqlEventStore(StoreBase):
 
         Only a prefix of each stream is pruned, so the rest of the chain still links to
         the stream's anchor (the hash of the last pruned event). ``critical`` events are
-        never pruned, ``doc/`` updates only where a document snapshot covers them, and nothing past the lowest durable checkpoint is pruned unless
+        never pruned, ``doc/`` updates only where a document snapshot covers them, and
+        nothing past the lowest durable checkpoint is pruned unless
         ``respect_checkpoints`` is False. Positions are never reused: they come from
         log_head, which pruning does not touch.
         """

@@ -79,7 +79,10 @@ class SqliteSyncLog:
             position, head_time = db.execute("SELECT position, time_us FROM log_head WHERE id = 1").fetchone()
             names = [w.stream for w in call.writes]
             heads = {}
-            q = f"SELECT stream, version, head_hash FROM streams WHERE tenant = ? AND stream IN ({', '.join('?' * len(names))})"
+            q = (
+                "SELECT stream, version, head_hash FROM streams "
+                f"WHERE tenant = ? AND stream IN ({', '.join('?' * len(names))})"
+            )
             for s, v, h in db.execute(q, [tenant, *names]):
                 heads[(tenant, s)] = Head(v, h)
             stored = {}

@@ -103,7 +103,8 @@ def test_replay_rebuilds_every_projection_and_stops_where_asked(tmp_path):
     assert (s["records"], s["documents"], s["rooms_with_history"], s["present"]) == (2, 1, 1, 1)
     assert s["streams"] == 6  # doc/notes, rec/tasks/0 and /1, room/lobby, order/7 (acme), order/1 (globex)
 
-    acme = json.loads(runner.invoke(main, ["replay", "--db", url, "--tenant", "acme", "--json"]).output.splitlines()[-1])
+    acme = json.loads(runner.invoke(main, ["replay", "--db", url, "--tenant", "acme", "--json"]
+                                    ).output.splitlines()[-1])
     assert acme["events"] == filled["head"] - 1 and acme["streams"] == 5
 
     early = json.loads(runner.invoke(main, ["replay", "--db", url, "--all-tenants", "--until", "5", "--json"]

@@ -75,7 +75,10 @@ def simulate(scenario_name: str, clients: int, seed: int, duration_s: float | No
     ]:
         table.add_row(k, str(v))
     console.print(table)
-    out = Path(out_dir) if out_dir else Path(__file__).resolve().parents[2] / "simulations" / "out" / f"{sc.name}-{seed}"
+    if out_dir:
+        out = Path(out_dir)
+    else:
+        out = Path(__file__).resolve().parents[2] / "simulations" / "out" / f"{sc.name}-{seed}"
     path = write_report(result, out)
     console.print(f"report: {path}")
     if tmp is not None:

@@ -10,7 +10,9 @@ from syncline.api.settings import Settings
 from syncline.engine.events import check_tenant
 
 
-def mint(settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None) -> str:
+def mint(
+    settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None
+) -> str:
     check_tenant(tenant)
     claims = {"sub": user, "tenant": tenant, "roles": roles, "exp": int(time.time()) + ttl_s, "iat": int(time.time())}
     if perms:

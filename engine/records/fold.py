@@ -110,7 +110,9 @@ class RecordsFolder:
             if m is not None:
                 wall, logical, node = m.groups()
                 if len(node) <= 64 and node.isascii():
-                    hlc = _tuple_new(HLCTimestamp, (int(wall, 16), 0 if logical == "00000000" else int(logical, 16), node))
+                    hlc = _tuple_new(
+                        HLCTimestamp, (int(wall, 16), 0 if logical == "00000000" else int(logical, 16), node)
+                    )
                 else:
                     hlc = HLCTimestamp.decode(text)
             else:
@@ -212,7 +214,10 @@ class RecordsFolder:
                             tracking.add(name)
                         acc = mf.initial
                         fields[name] = _tuple_new(MergeField, (
-                            mf.name, value if acc is NO_INITIAL else mf.fn(acc, value), None if newer else opclock, stamp,
+                            mf.name,
+                            value if acc is NO_INITIAL else mf.fn(acc, value),
+                            None if newer else opclock,
+                            stamp,
                         ))
                         continue
                     if type(old) is not MergeField or old[0] != mf.name:

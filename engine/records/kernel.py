@@ -123,7 +123,9 @@ def apply_changes(
                 fields[name] = _new(LwwField, (stamp, value, deleted, clock))
             else:
                 acc = mf.initial
-                fields[name] = _new(MergeField, (mf.name, value if acc is NO_INITIAL else mf.fn(acc, value), clock, stamp))
+                fields[name] = _new(
+                    MergeField, (mf.name, value if acc is NO_INITIAL else mf.fn(acc, value), clock, stamp)
+                )
             continue
         if is_lww:
             if type(old) is not LwwField:

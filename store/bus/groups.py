@@ -353,7 +353,9 @@ async def list_groups(store: Any, scope: str | None = None) -> list[dict[str, An
                         {
                             "member": x.member, "host": x.host, "pid": x.pid,
                             "heartbeat_us": x.heartbeat_us,
-                            "partitions": [y.partition for y in parts if y.owner == x.member and y.lease_until_us >= now],
+                            "partitions": [
+                                y.partition for y in parts if y.owner == x.member and y.lease_until_us >= now
+                            ],
                         }
                         for x in members
                     ],

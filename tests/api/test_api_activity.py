@@ -46,7 +46,8 @@ def test_user_and_room_feeds_are_the_log_newest_first_and_page_by_cursor(srv):
         # pages of two, by cursor, give the same items
         seen, before = [], None
         while True:
-            page = alice.get("/v1/feeds/users/alice", params={"limit": 2, **({"before": before} if before else {})}).json()
+            params = {"limit": 2, **({"before": before} if before else {})}
+            page = alice.get("/v1/feeds/users/alice", params=params).json()
             seen += page["items"]
             before = page["next_before"]
             if before is None:
@@ -95,7 +96,9 @@ async def test_room_history_records_joins_and_leaves_over_the_websocket(srv):
             return r["caught_up"] and r["position"] >= head and r
         from waiting import until
         hist = await until(caught_up, 10, "the presence history to reach the head")
-    assert [(h["user"], h["kind"]) for h in hist["changes"]] == [("alice", "left"), ("bob", "joined"), ("alice", "joined")]
+    assert [(h["user"], h["kind"]) for h in hist["changes"]] == [
+        ("alice", "left"), ("bob", "joined"), ("alice", "joined"),
+    ]
     assert hist["present"] == ["bob"]
 
 

@@ -37,7 +37,8 @@ def test_no_5xx_and_errors_have_codes(srv):
         _check(client.get(path.replace("{x}", quote(seg, safe="")), params=params))
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(path=st.sampled_from(POSTS), seg=st.from_regex(r"[a-z]{1,5}(\.[a-z]{1,5})?(/[a-z0-9]{1,3})?", fullmatch=True),
+    @given(path=st.sampled_from(POSTS),
+           seg=st.from_regex(r"[a-z]{1,5}(\.[a-z]{1,5})?(/[a-z0-9]{1,3})?", fullmatch=True),
            body=json_values)
     def posts(path, seg, body):
         _check(client.post(path.replace("{x}", seg), json=body))

@@ -79,7 +79,8 @@ async def test_room_presence_is_shared_through_redis(gateway, redis_client_url, 
     await b.expect(P.LEFT)
 
     def members() -> list[str]:
-        return [m["user"] for m in httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()["members"]]
+        presence = httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()
+        return [m["user"] for m in presence["members"]]
 
     await wait_until(lambda: members() == ["alice"])
     for c in (a, b):

@@ -66,7 +66,8 @@ async def test_js_read_only_client_cannot_write(srv, js_dir):
     async with yclient(srv, "ro-js", py, user="alice"):
         py.get("text", type=pycrdt.Text).insert(0, "base")
         await asyncio.sleep(0.1)
-        state = await run_js(js_dir, url=f"{srv.ws_url}/v1/yjs", doc="ro-js", token=srv.token(user="v", roles=["viewer"]),
+        state = await run_js(js_dir, url=f"{srv.ws_url}/v1/yjs", doc="ro-js",
+                             token=srv.token(user="v", roles=["viewer"]),
                              waitText="base", edits={"appendText": "EVIL"}, waitDenied=True)
         assert state["denied"]
         await asyncio.sleep(0.2)

@@ -13,7 +13,9 @@ from waiting import until
 WORKER = Path(__file__).with_name("bus_worker.py")
 
 
-async def eventually(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "condition") -> None:
+async def eventually(
+    cond: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "condition"
+) -> None:
     try:
         await until(cond, timeout, what)
     except TimeoutError as e:

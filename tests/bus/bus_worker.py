@@ -49,7 +49,10 @@ async def main(url: str, group: str, member_id: str, mode: str, handler_ms: floa
         )
 
     options = dict(tenant="acme", member_id=member_id, lease_s=1.5, commit_interval_s=0.05)
-    member = bus.durable(group, handle, **options) if mode == "durable" else bus.group(group, handle, partitions=16, **options)
+    if mode == "durable":
+        member = bus.durable(group, handle, **options)
+    else:
+        member = bus.group(group, handle, partitions=16, **options)
     await member.start()
     out(f"ready {member_id} {member.owned}")
     loop = asyncio.get_running_loop()
@@ -60,4 +63,5 @@ async def main(url: str, group: str, member_id: str, mode: str, handler_ms: floa
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]) if len(sys.argv) > 5 else 0))
+    handler_ms = float(sys.argv[5]) if len(sys.argv) > 5 else 0
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], handler_ms))

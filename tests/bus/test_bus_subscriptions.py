@@ -35,7 +35,8 @@ async def test_filters_deliver_only_matching_events_and_checkpoint_past_the_rest
 
     members = [
         bus.group("types", collect("types"), tenant="acme", partitions=2, filter=EventFilter(types=("order.sh*",))),
-        bus.group("prefix", collect("prefix"), tenant="acme", partitions=2, filter=EventFilter(stream_prefixes=("user/",))),
+        bus.group("prefix", collect("prefix"), tenant="acme", partitions=2,
+                  filter=EventFilter(stream_prefixes=("user/",))),
         bus.group("where", collect("where"), tenant="acme", partitions=2,
                   filter=EventFilter(types=("order.placed",), where=(Predicate("customer.country", "eq", "fr"),))),
         bus.group("where_in", collect("where_in"), tenant="acme", partitions=2,

@@ -22,7 +22,10 @@ from syncline.engine.events import NO_ACTOR, RecordedEvent, Retention
 from syncline.engine.yupdates import InvalidUpdate
 
 
-def _event(position: int, data, *, stream: str = "doc/a", type_: str = CRDT_UPDATE, tenant: str = "t1", version: int | None = None) -> RecordedEvent:
+def _event(
+    position: int, data, *, stream: str = "doc/a", type_: str = CRDT_UPDATE, tenant: str = "t1",
+    version: int | None = None,
+) -> RecordedEvent:
     return RecordedEvent(
         id=f"e{position}", tenant=tenant, stream=stream, version=version or position,
         position=position, type=type_, schema=1, time_us=1_000 * position, actor=NO_ACTOR,
@@ -217,7 +220,10 @@ def test_cache_tracks_growth_on_touch() -> None:
     assert cache.memory_bytes == doc.approx_bytes
 
 
-@given(st.lists(st.tuples(st.sampled_from(["put", "get", "pin", "unpin", "sweep"]), st.integers(0, 5), st.integers(1, 300)), max_size=60))
+@given(st.lists(
+    st.tuples(st.sampled_from(["put", "get", "pin", "unpin", "sweep"]), st.integers(0, 5), st.integers(1, 300)),
+    max_size=60,
+))
 def test_cache_invariants(ops) -> None:
     budget = 3 * _doc_of_size(100).approx_bytes
     cache: DocumentCache[int] = DocumentCache(idle_after_ms=50, memory_budget_bytes=budget)

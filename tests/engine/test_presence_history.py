@@ -35,7 +35,9 @@ def test_joins_and_leaves_give_who_is_there_and_the_history_in_order():
     assert s.present[("t2", "r1")] == {"cy": 1}
     kept = changes(s, "t1", "r1")
     assert kept == [
-        PresenceChange(3, 30, "bob", "joined"), PresenceChange(4, 40, "ann", "left"), PresenceChange(7, 70, "bob", "left"),
+        PresenceChange(3, 30, "bob", "joined"),
+        PresenceChange(4, 40, "ann", "left"),
+        PresenceChange(7, 70, "bob", "left"),
     ]
     assert all(type(c) is PresenceChange for c in kept)
     assert changes(s, "t1", "nowhere") == []

@@ -50,7 +50,11 @@ CFG = ResolutionConfig(
 CLIENTS = ["a", "b", "c", "d"]
 STREAMS = ["rec/t/1", "rec/t/2"]
 REGISTER_FIELDS = ["title", "body", "free"]  # "free" is undeclared: LWW by default
-MERGE_FIELDS = {"n": (COUNTER, st.integers(-5, 5)), "tags": (UNION, st.lists(st.sampled_from(["x", "y", 1, 2]), max_size=2)), "hi": (MAX, st.integers(0, 9) | st.sampled_from([1.0, 2.5]))}
+MERGE_FIELDS = {
+    "n": (COUNTER, st.integers(-5, 5)),
+    "tags": (UNION, st.lists(st.sampled_from(["x", "y", 1, 2]), max_size=2)),
+    "hi": (MAX, st.integers(0, 9) | st.sampled_from([1.0, 2.5])),
+}
 
 
 @st.composite
@@ -77,7 +81,8 @@ def histories(draw):
         else:
             sets = {}
             deletes = []
-            for name in draw(st.lists(st.sampled_from(REGISTER_FIELDS + list(MERGE_FIELDS)), min_size=1, max_size=3, unique=True)):
+            names = st.lists(st.sampled_from(REGISTER_FIELDS + list(MERGE_FIELDS)), min_size=1, max_size=3, unique=True)
+            for name in draw(names):
                 if name in MERGE_FIELDS:
                     sets[name] = draw(MERGE_FIELDS[name][1])
                 elif draw(st.integers(0, 4)) == 0:
@@ -211,7 +216,9 @@ def test_folding_the_emitted_events_rebuilds_exactly_the_reconciled_state(data):
 
 
 def test_exactly_one_conflict_per_concurrent_group_on_every_replica():
-    mk = lambda i, c, wall: ClientOp(f"w{i}", c, "u", "rec/t/9", VectorClock({c: 1}), HLCTimestamp(wall, 0, c), {"body": i})
+    def mk(i, c, wall):
+        return ClientOp(f"w{i}", c, "u", "rec/t/9", VectorClock({c: 1}), HLCTimestamp(wall, 0, c), {"body": i})
+
     ops = [mk(0, "a", 3), mk(1, "b", 1), mk(2, "c", 2)]
     ids = set()
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2, 1]):

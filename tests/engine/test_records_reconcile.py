@@ -214,7 +214,9 @@ def test_a_resolution_that_arrives_before_the_conflict_still_settles_it():
     b = op("b1", "b", {"b": 1}, 120, set={"body": "theirs"})
     in_order = run([a, b]).state
     (conflict,) = in_order.get(S).conflicts()
-    resolve = conflict.resolution(op_id="r1", client="c", user="j", hlc=HLCTimestamp(130, 0, "c"), choice="custom", value="both")
+    resolve = conflict.resolution(
+        op_id="r1", client="c", user="j", hlc=HLCTimestamp(130, 0, "c"), choice="custom", value="both"
+    )
     for perm in itertools.permutations([a, b, resolve]):
         state = run(list(perm)).state
         assert values(state) == {"body": "both"}
@@ -316,11 +318,16 @@ REJECTIONS = [
     (op("r", "a", {"a": 1}, 100, set={"likes": 1.5}), RejectReason.INVALID_VALUE),
     (op("r", "a", {"a": 1}, 100, set={"tags": "abc"}), RejectReason.INVALID_VALUE),
     (op("r", "a", {"a": 1}, 100, delete=["likes"]), RejectReason.UNSUPPORTED_DELETE),
-    (ClientOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), delete="title"), RejectReason.INVALID_OP),  # type: ignore[arg-type]
-    (ResolveOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), "cf_x", "title", "custom", 1), RejectReason.NOT_MANUAL_FIELD),
-    (ResolveOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), "", "body", "custom", 1), RejectReason.INVALID_OP),
+    (ClientOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"),
+              delete="title"),  # type: ignore[arg-type]
+     RejectReason.INVALID_OP),
+    (ResolveOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), "cf_x", "title", "custom", 1),
+     RejectReason.NOT_MANUAL_FIELD),
+    (ResolveOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), "", "body", "custom", 1),
+     RejectReason.INVALID_OP),
     (ClientOp("r", "a", "u", S, {"a": 1}, HLCTimestamp(100, 0, "a"), {"x": 1}), RejectReason.INVALID_OP),  # type: ignore[arg-type]
-    (ClientOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), {"x": 1}, base_version=-1), RejectReason.INVALID_BASE_VERSION),
+    (ClientOp("r", "a", "u", S, VectorClock({"a": 1}), HLCTimestamp(100, 0, "a"), {"x": 1}, base_version=-1),
+     RejectReason.INVALID_BASE_VERSION),
     ("not an op", RejectReason.INVALID_OP),
 ]
 

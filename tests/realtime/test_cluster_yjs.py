@@ -276,9 +276,11 @@ async def test_persistence_across_a_restart_of_both_gateways(pgc, js):
             tp = p1.get("text", type=pycrdt.Text)
             for i in range(5):
                 await js.call("insert", id="j1", index=-1, text=f"js{i};")
-                await until(lambda n=2 * i + 1, doc=doc: len(log_updates(pgc[0], doc)) >= n, 5, f"edit {2 * i + 1} logged")
+                await until(lambda n=2 * i + 1, doc=doc: len(log_updates(pgc[0], doc)) >= n,
+                            5, f"edit {2 * i + 1} logged")
                 tp.insert(len(tp), f"py{i};")
-                await until(lambda n=2 * i + 2, doc=doc: len(log_updates(pgc[0], doc)) >= n, 5, f"edit {2 * i + 2} logged")
+                await until(lambda n=2 * i + 2, doc=doc: len(log_updates(pgc[0], doc)) >= n,
+                            5, f"edit {2 * i + 2} logged")
             if last == "js":
                 await js.call("insert", id="j1", index=-1, text="js-last;")
             else:

@@ -48,7 +48,8 @@ def p99(xs: list[float]) -> float:
 
 async def test_a_flood_of_never_fitting_updates_does_not_stall_the_gateway(cluster_factory, tmp_path):
     gw = cluster_factory(f"sqlite+aiosqlite:///{tmp_path}/hostile.db", n=1, proxy=False).gateways[0]
-    flood = subprocess.Popen([sys.executable, "-c", FLOODER, f"{gw.ws_url}/v1/yjs/shared?token={make_token('mallory')}"],
+    url = f"{gw.ws_url}/v1/yjs/shared?token={make_token('mallory')}"
+    flood = subprocess.Popen([sys.executable, "-c", FLOODER, url],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trips: list[float] = []
     health: list[float] = []

@@ -102,7 +102,9 @@ class StoreTarget:
         got = []
         ids = iter(r.event_ids)
         for sa in r.streams:
-            for v, p in zip(range(sa.first_version, sa.last_version + 1), range(sa.first_position, sa.last_position + 1)):
+            versions = range(sa.first_version, sa.last_version + 1)
+            positions = range(sa.first_position, sa.last_position + 1)
+            for v, p in zip(versions, positions):
                 got.append((p, next(ids), sa.stream, v))
         return got
 
@@ -135,7 +137,8 @@ async def _open_store(url: str) -> StoreTarget:
         async def rows():
             conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
             try:
-                return [(r[0], bytes(r[1])) for r in await conn.fetch("SELECT position, hash FROM events ORDER BY position")]
+                fetched = await conn.fetch("SELECT position, hash FROM events ORDER BY position")
+                return [(r[0], bytes(r[1])) for r in fetched]
             finally:
                 await conn.close()
     box.append(StoreTarget(store, rows))

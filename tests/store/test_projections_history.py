@@ -30,7 +30,8 @@ CONFIG = ResolutionConfig({"notes": CollectionPolicy(fields={"title": LWW, "like
 STEP = st.one_of(
     st.tuples(st.just("op"), st.sampled_from(["acme", "globex"]), st.integers(0, 2), st.integers(0, 3),
               st.text("abc", max_size=3)),
-    st.tuples(st.just("type"), st.sampled_from(["acme", "globex"]), st.integers(0, 1), st.text("xyz", min_size=1, max_size=4)),
+    st.tuples(st.just("type"), st.sampled_from(["acme", "globex"]), st.integers(0, 1),
+              st.text("xyz", min_size=1, max_size=4)),
     st.tuples(st.just("presence"), st.sampled_from(["acme", "globex"]), st.sampled_from(["joined", "left"]),
               st.sampled_from(["ann", "bob"])),
     st.tuples(st.just("event"), st.sampled_from(["acme", "globex"]), st.sampled_from(["order/1", "room/r1"]),
@@ -72,7 +73,9 @@ class History:
             await self.store.append(tenant, f"doc/d{d}", [NewEvent("crdt.update", update)])
         elif kind == "presence":
             _, _, what, user = s
-            await self.store.append(tenant, "room/r1", [NewEvent(f"presence.{what}", {"user": user}, actor=Actor(user))])
+            await self.store.append(
+                tenant, "room/r1", [NewEvent(f"presence.{what}", {"user": user}, actor=Actor(user))]
+            )
         else:
             _, _, stream, user = s
             await self.store.append(tenant, stream, [NewEvent("thing.happened", {"n": self.n}, actor=Actor(user))])

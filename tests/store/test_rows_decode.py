@@ -57,7 +57,11 @@ def test_rows_without_the_bound_columns_decode_to_the_same_events():
 
     full = [_row(1), _row(2, retention="critical")]
     want = decode_rows(full)
-    for left_out, known in ((("tenant",), {"tenant": "acme"}), (("tenant", "stream"), {"tenant": "acme", "stream": "s/1"})):
+    cases = (
+        (("tenant",), {"tenant": "acme"}),
+        (("tenant", "stream"), {"tenant": "acme", "stream": "s/1"}),
+    )
+    for left_out, known in cases:
         keep = [READ_COLUMNS.index(c) for c in read_columns(left_out)]
         assert len(keep) == len(READ_COLUMNS) - len(left_out)
         assert decode_rows([tuple(r[i] for i in keep) for r in full], **known) == want
