@@ -62,6 +62,7 @@ from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
 ENDPOINT = "native"
+MESSAGES_IN_FLIGHT = 256  # say/dm appends one connection may have uncommitted at once
 
 
 def session_config(s: Settings) -> SessionConfig:
@@ -98,6 +99,7 @@ class NativeConnection:
         self._deliver: Callable[[Any], None] = self._on_hub
         self._tasks: set[asyncio.Task] = set()
         self._reads: dict[str, tuple[int, asyncio.Task]] = {}  # sub id -> (generation, its read task)
+        self._message_slots = asyncio.Semaphore(MESSAGES_IN_FLIGHT)
 
     def _ms(self) -> int:
         return int(self.gw.clock.monotonic() * 1000)
@@ -241,11 +243,11 @@ class NativeConnection:
             if kind is CommitOps:
                 await self.perform(session.ops_done(e.ref, await self._commit(e), e))
             elif kind is StoreMessage:
-                r = await gw.store.append(p.tenant, e.stream, [NewEvent(e.type, data=e.data, actor=Actor(
-                    p.user, self.client))], idempotency_key=e.idempotency_key)
-                if not r.duplicate:
-                    gw.metrics.messages_stored.labels("room" if e.type == ROOM_MESSAGE else "dm").inc()
-                await self.perform(session.message_stored(e, r.streams[0].first_position, r.duplicate))
+                # Not awaited here: the connection keeps reading while its messages commit,
+                # and messages from many (or one fast) senders share the store's group commit.
+                # At most MESSAGES_IN_FLIGHT per connection; then reading waits.
+                await self._message_slots.acquire()
+                self.spawn(self._store_message(e))
             elif kind is Deliver:
                 gw.follower.messages.sent(p.tenant, e.stream, e.msg)
             elif kind is JoinRoom:
@@ -278,6 +280,20 @@ class NativeConnection:
                 await self.perform(session.message_failed(e, err))
             else:
                 self.send({"t": P.ERROR, "code": err.code, "message": err.message})
+
+    async def _store_message(self, e: StoreMessage) -> None:
+        gw, p, session = self.gw, self.principal, self.session
+        try:
+            r = await gw.store.append(p.tenant, e.stream, [NewEvent(e.type, data=e.data, actor=Actor(
+                p.user, self.client))], idempotency_key=e.idempotency_key)
+        except SynclineError as err:
+            await self.perform(session.message_failed(e, err))
+            return
+        finally:
+            self._message_slots.release()
+        if not r.duplicate:
+            gw.metrics.messages_stored.labels("room" if e.type == ROOM_MESSAGE else "dm").inc()
+        await self.perform(session.message_stored(e, r.streams[0].first_position, r.duplicate))
 
     async def _commit(self, e: CommitOps) -> list[dict | None]:
         """Record ops through the records service; Yjs updates as ``crdt.update`` events,
