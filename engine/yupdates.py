@@ -141,12 +141,6 @@ def check_update(update: bytes) -> bytes:
 _get_state = pycrdt.get_state
 
 
-def state_vector_of(update: bytes) -> bytes:
-    """The state vector an update brings a document to (from the update alone)."""
-    with guard("update"):
-        return pycrdt.get_state(check_header(as_bytes(update)))
-
-
 def merge(updates: Iterable[bytes]) -> bytes:
     """Compact many updates into one equivalent update (pycrdt ``merge_updates``).
 
@@ -160,12 +154,3 @@ def merge(updates: Iterable[bytes]) -> bytes:
         return check_update(parts[0])
     with guard("updates to merge"):
         return pycrdt.merge_updates(*parts)
-
-
-def diff_update(update: bytes, state_vector: bytes) -> bytes:
-    """The part of ``update`` that a peer at ``state_vector`` is missing."""
-    with guard("update or state vector"):
-        return pycrdt.get_update(
-            check_header(as_bytes(update)),
-            check_state_vector(as_bytes(state_vector, "state vector")),
-        )
