@@ -323,6 +323,19 @@ class ServerSession:
                 out.extend(self._pump(sub, now_ms))
         return out
 
+    def next_deadline(self) -> int | None:
+        """When :meth:`tick` next has something to do (a stale check or an ack timeout), in
+        the caller's milliseconds; None once closed. A caller with many sessions ticks
+        only those that are due."""
+        if self.closed:
+            return None
+        c = self.config
+        due = self.last_seen_ms + c.stale_ms + 1
+        for sub in self.subs.values():
+            if sub.inflight:
+                due = min(due, sub.progress_ms + c.ack_timeout_ms + 1)
+        return due
+
     def shutdown(self, reason: str) -> list[Effect]:
         self.closed = True
         return [Send(P.message(P.BYE, code="shutdown", reason=reason)), Close(P.CLOSE_GOING_AWAY, reason)]

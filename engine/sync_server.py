@@ -26,6 +26,7 @@ are gone. Ids come from ``new_id(time_ms)`` so that a seeded run is reproducible
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Any, Iterator, Protocol, Sequence
 
 from . import protocol as P
@@ -151,6 +152,7 @@ class _Conn:
     principal: Principal
     session: ServerSession
     waiting: dict[str, int] = field(default_factory=dict)  # sub id -> generation, waiting for the log to grow
+    armed: int | None = None  # the deadline this connection has in the server's timer heap
 
 
 Out = list[tuple[int, dict[str, Any]]]
@@ -187,6 +189,8 @@ class SyncServer:
         self._dirty: dict[str, None] = {}
         self._keys: dict[tuple[str, str], int] = {}  # (tenant, idempotency key) -> position (messages)
         self._wire: dict[int, dict] = {}
+        self._timers: list[tuple[int, int, int]] = []  # (due ms, seq, connection): see tick
+        self._timer_seq = 0
         # (tenant, cursor, filter) -> (raw events, next_after, wire list, head checked at, raw count): see _read
         self._batches: dict[tuple, tuple[list, int, list, int, int]] = {}
         self._wires_of: dict[int, list] = {}  # id(a shared raw list) -> its wire list
@@ -288,12 +292,19 @@ class SyncServer:
         return out
 
     def tick(self, now_ms: int) -> Out:
-        """Heartbeats and ack timeouts of every session, presence expiry, and the pump of
-        subscriptions waiting on tenants with new events."""
+        """Heartbeats and ack timeouts of the sessions that are due, presence expiry, and
+        the pump of subscriptions waiting on tenants with new events. Work is proportional
+        to what is due or changed, not to the number of connections: each session's next
+        deadline sits in a heap (re-armed after everything that may move it)."""
         out: Out = []
-        for conn in list(self._conns.values()):
-            if conn.id in self._conns:
-                self._perform(conn, conn.session.tick(now_ms), now_ms, out)
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            due, _, cid = heappop(timers)
+            conn = self._conns.get(cid)
+            if conn is None or conn.armed != due:
+                continue  # gone, or re-armed earlier since (that entry fires instead)
+            conn.armed = None
+            self._perform(conn, conn.session.tick(now_ms), now_ms, out)
         for key, members in list(self._presence.items()):
             for cid, (expires, _) in list(members.items()):
                 if expires <= now_ms:
@@ -315,7 +326,19 @@ class SyncServer:
 
     # ---- effects
 
+    def _arm(self, conn: _Conn) -> None:
+        due = conn.session.next_deadline()
+        if due is not None and (conn.armed is None or due < conn.armed):
+            conn.armed = due
+            self._timer_seq += 1
+            heappush(self._timers, (due, self._timer_seq, conn.id))
+
     def _perform(self, conn: _Conn, effects: list, now_ms: int, out: Out) -> None:
+        self._perform_all(conn, effects, now_ms, out)
+        if conn.id in self._conns:
+            self._arm(conn)
+
+    def _perform_all(self, conn: _Conn, effects: list, now_ms: int, out: Out) -> None:
         todo = list(effects)
         todo.reverse()
         session = conn.session
