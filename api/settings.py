@@ -81,8 +81,8 @@ class Settings:
     # least recently used idle ones are unloaded while the loaded total is over the budget.
     # Updates a loaded document may hold waiting for what they depend on (count, bytes):
     # a client whose update would pass either is refused (pending_overflow) and closed.
-    yjs_pending_max: int = field(default_factory=lambda: _int("SYNCLINE_YJS_PENDING_MAX", 10_000))
-    yjs_pending_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_YJS_PENDING_MAX_BYTES", 16 << 20))
+    yjs_pending_max: int = field(default_factory=lambda: _int("SYNCLINE_YJS_PENDING_MAX", 50_000))
+    yjs_pending_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_YJS_PENDING_MAX_BYTES", 32 << 20))
     yjs_doc_idle_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_DOC_IDLE_S", 300.0))
     yjs_doc_memory_budget_bytes: int = field(
         default_factory=lambda: _int("SYNCLINE_YJS_DOC_MEMORY_BUDGET_BYTES", 256 * 1024 * 1024))
