@@ -31,7 +31,7 @@ from .errors import (
     ValidationError,
     WebSocketForbidden,
 )
-from .events import RecordedEvent, check_stream, dm_stream, is_system_stream, private_to_others
+from .events import DM_PREFIX, RecordedEvent, check_stream, dm_stream, is_system_stream, private_to_others
 from .filters import EventFilter
 from .ratelimit import SlidingWindow, Verdict
 from .records import op_from_wire
@@ -236,6 +236,9 @@ class _Sub:
     inflight: deque[int] = field(default_factory=deque)  # ``next`` of each unacked batch
     busy: bool = False  # a ReadLog / WaitLog / CountBehind is outstanding
     progress_ms: int = 0  # last time an ack moved (or batches started going out)
+    # Whether what the filter lets through can hold other users' inboxes (dm/…): then
+    # every page is scanned for them. A filter naming only other prefixes cannot.
+    may_see_inboxes: bool = True
 
 
 class ServerSession:
@@ -350,9 +353,9 @@ class ServerSession:
         sub.busy = False
         user = self.who.user
         if not sub.system_ok:
-            if sub.filter is None:
+            if sub.filter is None and any(is_system_stream(e.stream) for e in events):
                 events = [e for e in events if not is_system_stream(e.stream)]
-            if any(private_to_others(e.stream, user) for e in events):
+            if sub.may_see_inboxes and any(private_to_others(e.stream, user) for e in events):
                 events = [e for e in events if not private_to_others(e.stream, user)]
         moved = next_after > sub.cursor
         sub.cursor = max(sub.cursor, next_after)
@@ -364,8 +367,11 @@ class ServerSession:
             sub.sent_next = sub.cursor
             sub.inflight.append(sub.cursor)
             self.stats["events_sent"] += len(events)
+            if sub.cursor >= head:  # caught up: the next read would find nothing, wait instead
+                sub.busy = True
+                return [Send(msg), WaitLog(sub.id, sub.gen, sub.cursor)]
             return [Send(msg), *self._pump(sub, now_ms)]
-        if moved:
+        if moved and sub.cursor < head:
             return self._pump(sub, now_ms)  # a page of filtered-out events: read on
         sub.busy = True
         return [WaitLog(sub.id, sub.gen, sub.cursor)]
@@ -477,7 +483,9 @@ class ServerSession:
             after = self.resume.get(sub_id, 0)
         f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(msg.get("types") or ()))
         sub = _Sub(sub_id, None if f.is_empty else f, system_ok, after, after, after, self._next_gen(),
-                   progress_ms=now_ms)
+                   progress_ms=now_ms,
+                   may_see_inboxes=not (f.streams or f.stream_prefixes)
+                   or any(DM_PREFIX.startswith(x) or x.startswith(DM_PREFIX) for x in prefixes))
         self.subs[sub_id] = sub  # (replaces one with the same id: its reads are ignored from now on)
         sub.busy = True
         return [CountBehind(sub.id, sub.gen, after, self.config.max_behind, sub.filter)]

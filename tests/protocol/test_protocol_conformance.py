@@ -183,7 +183,10 @@ async def test_direct_messages_wait_in_the_inbox(target):
     await b.send(P.SUB, id="peek", streams=["dm/carol"])
     assert (await b.expect(P.ERROR))["code"] == "forbidden"
     await b.send(P.SUB, id="all", prefixes=["dm/"], after=0)
-    assert not [m for m in await b.quiet(0.4) if m["t"] == P.EVENTS]
+    await b.send(P.SUB, id="typed", types=["dm.*"], after=0)
+    await b.send(P.SUB, id="everything", after=0)
+    seen = [e for m in await b.quiet(0.5) if m["t"] == P.EVENTS for e in m["events"]]
+    assert not [e for e in seen if e["stream"].startswith("dm/")], seen
     for x in (a, b, c):
         await x.close()
 
