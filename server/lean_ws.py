@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import random
 import struct
@@ -38,18 +37,26 @@ from urllib.parse import unquote
 
 from uvicorn.protocols.utils import ClientDisconnected, is_ssl
 
-try:  # websockets' C helper: XOR with the 4-byte mask
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Fragments,
+    ProtocolViolation,
+    accept_key,
+    close_payload,
+    encode_frame,
+    next_frame,
+    reassemble,
+)
 
 logger = logging.getLogger("uvicorn.error")
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HANDSHAKE_MAX = 64 * 1024  # bytes of upgrade request; uvicorn's HTTP parser has already read it
 CLOSE_TIMEOUT_S = 10.0  # how long to wait for the peer's close frame after ours
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 # Close codes a peer may send (RFC 6455 §7.4); 1005, 1006 and 1015 are never on the wire.
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
@@ -67,32 +74,6 @@ _COMMON = {b: b for b in (
 )}
 # One scope["asgi"] dict per ASGI version, shared by every connection (nobody writes to it).
 _ASGI: dict[str, dict[str, str]] = {}
-
-
-class ProtocolViolation(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-def accept_key(key: bytes) -> bytes:
-    return base64.b64encode(hashlib.sha1(key + GUID).digest())
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame (servers never mask)."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return header + payload
-
-
-def close_payload(code: int, reason: str = "") -> bytes:
-    return b"" if code == 1005 else struct.pack("!H", code) + reason.encode()[:123]
 
 
 def _address(transport: Any, name: str) -> tuple | None:
@@ -115,7 +96,7 @@ def _http_response(status: str, headers: list[tuple[bytes, bytes]], body: bytes 
 class LeanWebSocketProtocol(asyncio.Protocol):
     __slots__ = (
         "config", "app", "server_state", "app_state", "loop", "transport", "scope", "state",
-        "buf", "frags", "frags_size", "frags_text", "inbox", "waiter", "read_paused",
+        "buf", "frags", "inbox", "waiter", "read_paused",
         "write_paused", "drain", "key", "timer", "ping_payload", "disconnect_code",
     )
 
@@ -132,9 +113,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self.scope: dict | None = None
         self.state = HANDSHAKE
         self.buf: bytearray | None = None  # received bytes of an incomplete request or frame
-        self.frags: list[bytes] | None = None  # the frames of a fragmented message so far
-        self.frags_size = 0
-        self.frags_text = False
+        self.frags: Fragments | None = None  # a fragmented message in flight
         self.inbox: deque | None = None  # messages waiting for the app's receive()
         self.waiter: asyncio.Future | None = None  # the app's pending receive()
         self.read_paused = False
@@ -331,65 +310,24 @@ class LeanWebSocketProtocol(asyncio.Protocol):
 
     def _frames(self, data: Any, at: int) -> int:
         """Handle every complete frame in ``data`` from offset ``at``; return where the
-        first incomplete one starts."""
-        n = len(data)
+        first incomplete one starts (framing: server/frames.py)."""
         max_size = self.config.ws_max_size
-        while n - at >= 2 and self.state != CLOSED:
-            b0, b1 = data[at], data[at + 1]
-            opcode, length = b0 & 0x0F, b1 & 0x7F
-            if b0 & 0x70:
-                raise ProtocolViolation(1002, "reserved bits set")
-            if not b1 & 0x80:
-                raise ProtocolViolation(1002, "unmasked client frame")
-            start = at + 6
-            if length == 126:
-                start += 2
-                if n < start:
-                    break
-                length = int.from_bytes(data[at + 2:at + 4], "big")
-            elif length == 127:
-                start += 8
-                if n < start:
-                    break
-                length = int.from_bytes(data[at + 2:at + 10], "big")
-            if opcode >= 8:
-                if not b0 & 0x80 or length > 125:
-                    raise ProtocolViolation(1002, "fragmented or long control frame")
-            elif (self.frags_size if opcode == OP_CONT else 0) + length > max_size:
-                raise ProtocolViolation(1009, "message too big")
-            end = start + length
-            if n < end:
+        while self.state != CLOSED:
+            frags = self.frags
+            frame = next_frame(data, at, max_size, frags.size if frags is not None else 0)
+            if frame is None:
                 break
-            payload = apply_mask(data[start:end], data[start - 4:start])
-            at = end
+            opcode, fin, payload, at = frame
             if opcode >= 8:
                 self._control(opcode, payload)
-            else:
-                self._data(opcode, bool(b0 & 0x80), payload)
+                continue
+            self.frags, message = reassemble(frags, opcode, fin, payload)
+            if message is not None and self.state == OPEN:
+                # (past our close frame, or not accepted yet: nothing more reaches the app)
+                self._message(*message)
         return at
 
-    def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
-        frags = self.frags
-        if opcode == OP_CONT:
-            if frags is None:
-                raise ProtocolViolation(1002, "continuation without a message")
-            frags.append(payload)
-            self.frags_size += len(payload)
-            if not fin:
-                return
-            payload, text = b"".join(frags), self.frags_text
-            self.frags, self.frags_size = None, 0
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if frags is not None:
-                raise ProtocolViolation(1002, "new message inside a fragmented one")
-            text = opcode == OP_TEXT
-            if not fin:
-                self.frags, self.frags_size, self.frags_text = [payload], len(payload), text
-                return
-        else:
-            raise ProtocolViolation(1002, f"unknown opcode {opcode}")
-        if self.state != OPEN:
-            return  # past our close frame (or not accepted yet): nothing more reaches the app
+    def _message(self, text: bool, payload: bytes) -> None:
         if text:
             try:
                 self._deliver({"type": "websocket.receive", "text": payload.decode()})
