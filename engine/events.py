@@ -77,29 +77,12 @@ class NewEvent:
     id: str | None = None
 
 
-class RecordedEventSlots:
-    """RecordedEvent's storage, writable: the same slots without the frozen ``__setattr__``.
-
-    Building a frozen event costs a descriptor call per field. The read path decodes
-    every event of a log read, so it fills one of these with plain attribute stores
-    (a few nanoseconds each) and then re-classes it, which RecordedEvent allows because
-    it adds no storage of its own::
-
-        ev = object.__new__(RecordedEventSlots)
-        ev.id = ...  # every field of RecordedEvent, exactly once
-        ev.__class__ = RecordedEvent  # frozen from here on, like any other
-
-    store/rows.py's decode_rows is the one user; nothing else should hold one of these.
-    """
-
-    __slots__ = ("id", "tenant", "stream", "version", "position", "type", "schema", "time_us",
-                 "actor", "clock", "data", "meta", "retention")
-
-
 @_fast_init
-@dataclass(frozen=True)  # not slots=True: the slots are RecordedEventSlots's (one set)
-class RecordedEvent(RecordedEventSlots):
-    __slots__ = ()
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """A committed event. (The store's read path builds these through a writable twin with
+    the same slots, ``store/rows.py``; nothing else needs to know.)"""
+
     id: str
     tenant: str
     stream: str
@@ -113,15 +96,6 @@ class RecordedEvent(RecordedEventSlots):
     data: Any
     meta: Mapping[str, Any]
     retention: Retention
-
-    # What dataclass(slots=True) would add: pickling and copying go through these, not
-    # through the frozen __setattr__.
-    def __getstate__(self) -> list[Any]:
-        return [getattr(self, name) for name in RecordedEventSlots.__slots__]
-
-    def __setstate__(self, state: list[Any]) -> None:
-        for name, value in zip(RecordedEventSlots.__slots__, state):
-            object.__setattr__(self, name, value)
 
     @property
     def time(self) -> datetime:

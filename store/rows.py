@@ -19,7 +19,6 @@ from syncline.engine.codec import pack
 from syncline.engine.events import (
     Actor,
     RecordedEvent,
-    RecordedEventSlots,
     Retention,
     StreamWrite,
 )
@@ -83,6 +82,31 @@ READ_COLUMNS = (
 
 
 _ACTORS: dict[tuple[str, str], Actor] = {}
+
+
+class RecordedEventSlots:
+    """RecordedEvent's storage, writable: the same slots, in the same order, without the
+    frozen ``__setattr__``. Building a frozen event costs a descriptor call per field; the
+    read path decodes every event of a log read, so the decoder below fills one of these
+    with plain attribute stores (a few nanoseconds each) and then re-classes it, which
+    Python allows between classes with the same slots::
+
+        ev = object.__new__(RecordedEventSlots)
+        ev.id = ...  # every field of RecordedEvent, exactly once
+        ev.__class__ = RecordedEvent  # frozen from here on, like any other
+
+    It lives here, beside the exec-built decoders that are its one user (the engine only
+    defines RecordedEvent). ``_check_twin`` fails the import if the two ever differ."""
+
+    __slots__ = RecordedEvent.__slots__
+
+
+def _check_twin() -> None:
+    ev = object.__new__(RecordedEventSlots)
+    ev.__class__ = RecordedEvent  # raises TypeError if the layouts differ
+
+
+_check_twin()
 
 
 # The loop of decode_rows, once per set of columns a read leaves out because its WHERE
