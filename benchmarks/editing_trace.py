@@ -5,7 +5,7 @@
 Traces are read from ../shared/data/traces/ (format in the README there; nothing is
 downloaded). Each keystroke (one patch of the trace) becomes one Yjs update, made by a
 pycrdt Doc; the trace's character positions are converted to the UTF-8 byte offsets
-pycrdt's ``Text`` uses (benchmarks/trace_updates.py). The server path is what the
+pycrdt's ``Text`` uses (benchmarks/_trace_updates.py). The server path is what the
 gateway does with a writer's updates (api/ws_yjs.py): ``Document.admit`` on a document
 with ``PendingLimits``, the admitted updates queued and appended by one appender (what
 queued while an append was in flight goes in the next append, at most 2,048 queued),
@@ -58,9 +58,7 @@ for p in (ROOT, Path(__file__).resolve().parent):
         sys.path.insert(0, str(p))
 
 import pycrdt  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from trace_updates import (  # noqa: E402
+from _trace_updates import (  # noqa: E402
     TEXT,
     agent_bursts,
     end_content,
@@ -72,6 +70,8 @@ from trace_updates import (  # noqa: E402
     type_updates,
     with_replaces,
 )
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from syncline.engine.documents import CRDT_UPDATE, DocSnapshot, Document, PendingLimits  # noqa: E402
 from syncline.engine.events import NewEvent  # noqa: E402

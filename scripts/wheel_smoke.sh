@@ -17,12 +17,21 @@ cleanup() {
 trap cleanup EXIT
 
 say "building the wheel"
-.venv/bin/python -m pip wheel -q --no-deps -w "$work/dist" . >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log" >&2; exit 1; }
+# From a copy of the tracked files: a build/ folder left in the checkout by an earlier
+# build would otherwise be reused.
+mkdir -p "$work/src"
+git ls-files -z | xargs -0 tar -cf - | tar -xf - -C "$work/src"
+(cd "$work/src" && "$ROOT/.venv/bin/python" -m pip wheel -q --no-deps -w "$work/dist" . >"$work/wheel.log" 2>&1) || { cat "$work/wheel.log" >&2; exit 1; }
 wheel="$(ls "$work"/dist/syncline-*.whl)"
-unzip -l "$wheel" | grep -q "syncline/py.typed" || { say "py.typed is missing from the wheel"; exit 1; }
-if unzip -l "$wheel" | awk '{print $4}' | grep -Eq '^(engine|store|api|clientkit|simulations)/'; then
-    say "the wheel installs top-level packages besides syncline"; exit 1
-fi
+"$ROOT/.venv/bin/python" - "$wheel" <<'PY' || exit 1
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+if "syncline/py.typed" not in names:
+    sys.exit("wheel-smoke: py.typed is missing from the wheel")
+if tops != {"syncline"}:
+    sys.exit(f"wheel-smoke: the wheel installs top-level packages besides syncline: {sorted(tops)}")
+PY
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 say "installing it with [server] into a clean environment"
