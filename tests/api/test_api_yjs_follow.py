@@ -7,7 +7,6 @@ tests/realtime/.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import sqlite3
 
@@ -69,8 +68,11 @@ async def test_two_gateways_without_redis_converge_and_snapshot_only_what_they_h
         await wait_until(lambda: texts(d1) == texts(d2) == "[rest] from A, from B", timeout=2)
     # the rooms go idle and each gateway snapshots: every snapshot is exactly the replay
     # of the stream up to its position (none lacks the other gateway's update)
-    await wait_until(lambda: len(snapshots(path, "doc/shared")) >= 1, timeout=5)
-    await asyncio.sleep(0.5)
+    def settled() -> bool:  # both rooms unloaded and their snapshot tasks done
+        return all(not g.gw.yjs.rooms and not g.gw.yjs._tasks for g in (g1, g2))
+
+    await wait_until(settled, timeout=5)
+    assert snapshots(path, "doc/shared")
     for position, state in snapshots(path, "doc/shared"):
         want = replay(updates_upto(path, g1, "doc/shared", position))
         got = replay([state])

@@ -9,7 +9,6 @@ One pair of gateways serves the module (each test has its own document).
 """
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -92,7 +91,15 @@ async def test_snapshots_hold_every_update_below_their_position_and_a_fresh_gate
         return all(g.metric("syncline_docs_loaded") in (0.0, None) for g in c.gateways)
     await until(unloaded, 15, "both gateways to unload the idle document")
     await until(lambda: _snapshots(path, f"doc/{doc}"), 10, "a snapshot of doc/snap")
-    await asyncio.sleep(0.5)  # a second gateway's snapshot may still be on its way
+    # a second gateway's snapshot may still be on its way: wait until the set stops changing
+    previous: list = []
+
+    async def stable() -> bool:
+        nonlocal previous
+        now = _snapshots(path, f"doc/{doc}")
+        same, previous = now == previous, now
+        return same
+    await until(stable, 5, "the snapshots to settle", interval=0.25)
     snaps = _snapshots(path, f"doc/{doc}")
 
     problems = []
