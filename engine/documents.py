@@ -283,26 +283,7 @@ class Document:
             check_header(update)
         if self.limits is None and not self._pile.parts:
             # Trusting, nothing waits: straight to yrs, checked with the next batch.
-            raw = self._raw
-            try:
-                if raw is not None:
-                    # What pycrdt's Doc.apply_update does, without its wrapper objects: a
-                    # transaction that is committed (even when the update fails, as
-                    # there) and dropped.
-                    txn = raw.create_transaction()
-                    try:
-                        raw.apply_update(txn, update)
-                    finally:
-                        try:
-                            txn.commit()
-                        finally:
-                            txn.drop()
-                else:
-                    self._ydoc.apply_update(update)
-            except BaseException as e:  # pyo3 panics are BaseExceptions
-                if is_fatal(e):
-                    raise
-                raise InvalidUpdate(f"cannot decode update: {e}", reason="undecodable") from e
+            self._yapply(update)
             self._synced = False
             unchecked = self._unchecked
             unchecked.append(update)

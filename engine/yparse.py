@@ -96,6 +96,16 @@ def _client(buf: bytes, p: int) -> tuple[ClientKey, int]:
     return buf[p:q], q
 
 
+def _id(buf: bytes, p: int) -> tuple[ClientKey, int, int]:
+    """An id (client key, clock) at ``p``: (client, clock, where the next field starts)."""
+    c, p = _client(buf, p)
+    k = buf[p]
+    if k >= 0x80:
+        k, p = _u32(buf, p)
+        return c, k, p
+    return c, k, p + 1
+
+
 def client_key(client: int) -> ClientKey:
     """The key of a client id (its var-uint encoding)."""
     return write_uint(client)
@@ -356,29 +366,11 @@ def _parse(buf: bytes) -> ParsedUpdate:
             else:
                 deps: tuple[tuple[ClientKey, int], ...] = _NO_DEPS
                 if info & 0xC0:
-                    if info & 0x80:
-                        m = match(buf, p)
-                        if m is None:
-                            raise Unparsed("bad client id")
-                        q = m.end()
-                        c = buf[p:q]
-                        p = q
-                        k = buf[p]
-                        p += 1
-                        if k >= 0x80:
-                            k, p = _u32(buf, p - 1)
+                    if info & 0x80:  # origin
+                        c, k, p = _id(buf, p)
                         deps = ((c, k),)
-                    if info & 0x40:
-                        m = match(buf, p)
-                        if m is None:
-                            raise Unparsed("bad client id")
-                        q = m.end()
-                        c = buf[p:q]
-                        p = q
-                        k = buf[p]
-                        p += 1
-                        if k >= 0x80:
-                            k, p = _u32(buf, p - 1)
+                    if info & 0x40:  # right origin
+                        c, k, p = _id(buf, p)
                         deps = (*deps, (c, k))
                 else:
                     kind_of_parent, p = _u32(buf, p)

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import subprocess
 import time
 
 import httpx
 import pytest
-from waiting import wait_for
+from services_support import PrivateRedis
+from waiting import until, wait_for
 
 from syncline.api.hub import Hub
 from syncline.api.metrics import Metrics
-
-
-async def until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:
@@ -31,42 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PrivateRedis:
-    """A redis-server of our own (the suite's shared one must not be killed)."""
-
-    def __init__(self) -> None:
-        self.binary = os.environ.get("SYNCLINE_TEST_REDIS_SERVER") or shutil.which("redis-server")
-        if not self.binary:
-            if os.environ.get("CI"):
-                pytest.fail("redis-server not found (make test installs it)")
-            pytest.skip("redis-server not found")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> PrivateRedis:
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_for(answers, 10, "the private redis-server to answer")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, 9)
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def private_redis():
+    if not PrivateRedis().binary:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server not found (make test installs it)")
+        pytest.skip("redis-server not found")
     r = PrivateRedis().start()
     yield r
     r.kill()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import httpx
 import redis
 import websockets
 from api_wsclient import NativeClient
+from waiting import until
 
 from syncline.api.ratelimit import BanList, SharedBanList, ban_key
 from syncline.engine import protocol as P
@@ -42,12 +42,6 @@ async def close_code(g, user: str) -> int | None:
     await cl.close()
     return None
 
-
-async def until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_ban_on_one_gateway_is_refused_on_another(gateway, redis_client_url, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+from services_support import PrivateRedis
 from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,36 +93,7 @@ class Gateway:
                 self.kill9()
 
 
-class RedisServer:
-    """A private Redis (the suite's shared one must not be stopped under other tests)."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.binary = os.environ.get("SYNCLINE_TEST_REDIS_SERVER") or shutil.which("redis-server")
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "RedisServer":
-        if not self.binary:
-            raise RuntimeError("redis-server not found (make test installs it)")
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_for(answers, 10, "redis to start")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+RedisServer = PrivateRedis  # (tests/services_support.py)
 
 
 class CuttableProxy:

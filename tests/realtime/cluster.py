@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import jwt
+from services_support import PrivateRedis
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "realtime-test-secret-0123456789abcdef0123"
@@ -247,63 +248,13 @@ def stop_gateways(gateways: list[GatewayProcess]) -> None:
 
 # --------------------------------------------------------------------------- redis
 
-class RedisProcess:
-    """A private redis-server (no persistence) that a test can kill and restart on the same port."""
+class RedisProcess(PrivateRedis):
+    """A private redis-server (tests/services_support.py) logging beside the cluster's gateways."""
 
     def __init__(self, server_bin: str, workdir: Path, port: int | None = None) -> None:
-        self.server_bin = server_bin
+        super().__init__(port, binary=server_bin)
         self.workdir = workdir
-        self.port = port or free_port()
         self.log_path = workdir / f"redis-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 10) -> RedisProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.server_bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited (code {self.proc.returncode}): "
-                                   f"{self.log_path.read_text()[-2000:]}")
-            return self.ping()
-
-        _wait(up, timeout, f"redis-server on port {self.port}")
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: the connections drop at once, nothing is flushed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self) -> RedisProcess:
-        self.kill()
-        return self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 # --------------------------------------------------------------------------- proxy

@@ -20,6 +20,7 @@ import msgpack
 import pycrdt
 import websockets
 from cluster import make_token
+from waiting import until  # noqa: F401  (re-exported: the realtime tests import it from here)
 
 HERE = Path(__file__).parent
 JS_PACKAGES = ["yjs@13", "y-websocket@3", "ws@8"]
@@ -27,20 +28,6 @@ DRIVER = "yjs_driver.mjs"
 
 
 # --------------------------------------------------------------------------- waiting
-
-async def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll a condition (plain or async) until truthy; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
 
 async def converges(cond: Callable[[], Any], timeout: float, interval: float = 0.02) -> float | None:
     """Seconds until ``cond()`` held, or None if it did not within ``timeout``."""
