@@ -3,22 +3,20 @@ updates cross between them; the log (one shared database) stays the truth."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pycrdt
 import pytest
 from api_wsclient import NativeClient
 from test_api_yjs import texts, wait_until, yclient
+from waiting import until, wait_for
 
 from syncline.engine import protocol as P
 
 
 def wait_redis_up(g) -> None:
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{g.url}/readyz").json()["dependencies"]["redis"]["state"] != "up":
-        assert time.monotonic() < deadline, "hub never connected to Redis"
-        time.sleep(0.02)
+    wait_for(lambda: httpx.get(f"{g.url}/readyz").json()["dependencies"]["redis"]["state"] == "up", 10,
+             "the hub to connect to Redis")
 
 
 async def test_rooms_dms_and_yjs_cross_gateways(gateway, redis_client_url, tmp_path):
@@ -67,12 +65,11 @@ async def test_room_presence_is_shared_through_redis(gateway, redis_client_url, 
         await c.send(P.JOIN, room="lobby")
         await c.expect(P.JOINED)
     await b.send(P.PRESENCE, room="lobby", state={"typing": True})
-    deadline = time.monotonic() + 5
-    while True:
+    def both_with_state():
         view = httpx.get(f"{g1.url}/v1/rooms/lobby/presence", headers=g1.headers()).json()
-        if len(view["members"]) == 2 and view["states"] or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+        return view if len(view["members"]) == 2 and view["states"] else None
+
+    view = await until(both_with_state, 5, "bob's member entry and state at gateway 1")
     assert {(m["user"], m["client"]) for m in view["members"]} == {("alice", "a1"), ("bob", "b1")}
     assert view["states"][0]["user"] == "bob" and view["states"][0]["state"] == {"typing": True}
     await b.send(P.LEAVE, room="lobby")
