@@ -434,10 +434,14 @@ class SyncServer:
             if hit is not None and (hit[3] == head or hit[4] >= limit or self.log.count_after(tenant, after) == hit[4]):
                 if hit[3] != head:
                     self._batches[key] = (hit[0], hit[1], hit[2], head, hit[4])
-                return hit[0], hit[1], head
+                # (a page that was not full still ends at the head: nothing of the tenant came since)
+                return hit[0], hit[1] if hit[4] >= limit else head, head
         raw = self.log.read(tenant, after, limit)
         kept = [e for e in raw if f.matches(e)] if f is not None else list(raw)
-        next_after = raw[-1].position if raw else after
+        # As the store reads (store/sql.py read_log): a page that is not full reached the end
+        # of the tenant's events, so the cursor moves to the head and the session waits for
+        # the log to grow instead of reading an empty page next.
+        next_after = raw[-1].position if len(raw) >= limit else head
         if key is not None:
             if len(self._batches) >= 16_384:
                 self._batches.clear()  # (cursors long passed; the live ones are built again once)

@@ -443,7 +443,10 @@ class Simulation:
             return None
         t = msg["t"]
         self._count_msg()
-        with collector_paused():  # (as the gateway does around reconcile: engine/ never touches the collector)
+        if t == "ops":
+            with collector_paused():  # (as the gateway does around reconcile: engine/ never touches the collector)
+                out = self.server.receive(ch.conn_id, msg, self.now_ms)
+        else:
             out = self.server.receive(ch.conn_id, msg, self.now_ms)
         self._route_server(out)
         return f"{ch.client}>{t}:{msg.get('id', msg.get('upto', ''))}"
