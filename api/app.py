@@ -26,7 +26,7 @@ from . import (
 )
 from .deps import require_auth
 from .errors import error_body
-from .gateway import Gateway
+from .gateway import Clock, Gateway
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
 from .settings import Settings
@@ -106,11 +106,13 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None) -> Litestar:
+def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None,
+               clock: Clock | None = None) -> Litestar:
     """The gateway app. ``store``: an open event store (the caller closes it); by default
     one is opened from ``settings.database_url`` at startup and closed at shutdown.
     ``resolution``: the records' :class:`~engine.records.ResolutionConfig` (default: every
-    collection, every field last-writer-wins)."""
+    collection, every field last-writer-wins). ``clock``: where the gateway reads the time
+    (default: the system's; tests pass one they move by hand instead of sleeping)."""
     settings = settings or Settings()
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
@@ -120,7 +122,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         s = store if store is not None else await open_store(
             settings.database_url, poll_interval_s=settings.poll_interval_s
         )
-        gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()))
+        gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()),
+                     clock=clock)
         app.state.gateway = gw
         holder["gw"] = gw
         await gw.start()

@@ -38,3 +38,22 @@ async def until(condition: Callable[[], Awaitable[Any] | Any], timeout: float, w
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class HandClock:
+    """A clock the test moves (``advance``) instead of sleeping: pass it as the gateway's
+    ``clock``. ``monotonic`` and ``time`` move together; nothing moves on its own."""
+
+    def __init__(self, start: float = 1_000.0, wall: float | None = None) -> None:
+        self._mono = start
+        self._wall = time.time() if wall is None else wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        self._mono += seconds
+        self._wall += seconds

@@ -3,6 +3,7 @@
 ``gateway`` is a factory: ``srv = gateway(**settings_overrides)`` starts a server on a
 free port with a fresh SQLite file and returns a handle with ``url``, ``ws_url``,
 ``token(...)`` and ``stop()``. Every server is stopped at the end of the test.
+``gateway(clock=HandClock())`` gives the gateway a clock the test moves instead of sleeping.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def gateway(tmp_path):
 
     def factory(**overrides: Any) -> RunningGateway:
         db = overrides.pop("database_url", f"sqlite+aiosqlite:///{tmp_path}/gw{len(started)}.db")
-        g = RunningGateway(base_settings(db, **overrides)).start()
+        clock = overrides.pop("clock", None)
+        g = RunningGateway(base_settings(db, **overrides), clock=clock).start()
         started.append(g)
         return g
 

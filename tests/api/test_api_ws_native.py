@@ -6,6 +6,7 @@ import asyncio
 import httpx
 import pytest
 from api_wsclient import NativeClient
+from waiting import HandClock
 
 from syncline.engine import protocol as P
 
@@ -111,16 +112,21 @@ async def test_too_far_behind_is_told_to_refresh(gateway):
 
 
 async def test_heartbeat_timeout_closes_stale_connection(gateway):
-    srv = gateway(stale_after_s=0.4)
+    # The session's time is a clock moved by hand: a minute of gateway time passes without
+    # sleeping (the real-time ticker runs every 0.1 s: ack_timeout_s / 2), and only the hand
+    # clock can make the connection stale within the test's few real seconds.
+    clock = HandClock()
+    srv = gateway(stale_after_s=60, ack_timeout_s=0.2, clock=clock)
     cl = await NativeClient.connect(srv.ws_url, srv.token())
     await cl.expect(P.WELCOME)
-    # pings keep it alive past the stale timeout...
+    # pings keep it alive past the stale timeout (2 minutes of gateway time in all)...
     for _ in range(4):
-        await asyncio.sleep(0.2)
+        clock.advance(30)
         await cl.send(P.PING)
         await cl.expect(P.PONG)
     # ...silence closes it
-    code, seen = await cl.closed(timeout=3)
+    clock.advance(61)
+    code, seen = await cl.closed(timeout=5)
     assert code == 4408
     assert seen[-1]["t"] == P.BYE and seen[-1]["code"] == "stale"
 
