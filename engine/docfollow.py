@@ -31,7 +31,8 @@ class FollowedDocument:
         if not self.gate.claim(position):
             return False
         try:
-            self._apply(update, position=position, version=version)
+            # (admitted just before the append: its parse is at hand, see apply_update)
+            self._apply(update, position=position, version=version, checked=True)
         except BaseException:
             self.gate.unclaim(position)
             raise
@@ -56,14 +57,14 @@ class FollowedDocument:
         self._apply(event.data, position=event.position, version=event.version)
         return True
 
-    def _apply(self, update: bytes, *, position: int = 0, version: int = 0) -> None:
+    def _apply(self, update: bytes, *, position: int = 0, version: int = 0, checked: bool = False) -> None:
         """Every path here brings an update that is in the log already: apply it as the
         log is applied (trusted), whatever the document's limits. The limits guard what
         enters the log (``Document.admit`` before the append), not what is in it."""
         doc = self.document
         limits, doc.limits = doc.limits, None
         try:
-            doc.apply_update(update, position=position, version=version)
+            doc.apply_update(update, position=position, version=version, checked=checked)
         finally:
             doc.limits = limits
 

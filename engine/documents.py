@@ -269,9 +269,16 @@ class Document:
     # -- applying ------------------------------------------------------------
 
     def apply_update(
-        self, update: bytes, *, position: int = 0, version: int = 0, time_us: int = 0
+        self, update: bytes, *, position: int = 0, version: int = 0, time_us: int = 0, checked: bool = False
     ) -> None:
         """Apply one Yjs update (or hold it until what it depends on arrives).
+
+        ``checked``: cut it against the waiting index now, even without limits and with
+        nothing waiting. For an update :meth:`admit` has just read (a gateway's own
+        writer's): its parse is reused and the index stays in step with yrs, so the next
+        ``admit`` needs no state-vector reads. Without it, an update goes to yrs
+        unchecked and is checked with the next batch (cheaper for runs of log updates,
+        which nothing admitted).
 
         Raises :class:`~engine.yupdates.InvalidUpdate` if it does not decode, and with
         :attr:`limits` set, :class:`~engine.yupdates.UpdateNeverFits` or
@@ -281,7 +288,7 @@ class Document:
             update = as_bytes(update)
         if not update or update[0] >= 0x80:  # (check_header returns at once otherwise)
             check_header(update)
-        if self.limits is None and not self._pile.parts:
+        if self.limits is None and not self._pile.parts and not checked:
             # Trusting, nothing waits: straight to yrs, checked with the next batch.
             self._yapply(update)
             self._synced = False

@@ -168,6 +168,9 @@ def test_gateways_converge_and_snapshots_equal_replay(steps):
             update = writer.get_update(before)
             e = LogEvent(len(log) + 1, len(log) + 1, update)
             log.append(e)
+            # As the gateway does: admit (it reads the update and keeps the parse), append,
+            # then apply it locally through that parse (the checked way).
+            assert gw.followed.document.admit(update)
             if gw.followed.local(update, e.position, e.version):
                 gw.applied.append(e.position)
             relay_queue.extend((t, e) for t in range(3) if t != g)
