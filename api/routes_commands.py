@@ -62,6 +62,9 @@ async def submit_command(request: Request, type_: str, data: dict[str, Any]) -> 
         idempotency_key=f"cmd:{key}",
     )
     gw.metrics.events_appended.labels("command").inc(2 if not result.duplicate else 0)
+    signer = getattr(gw.store, "signer", None)
+    if signer is not None and not result.duplicate:
+        await signer.sync()  # every class-D command is covered by a signed checkpoint before it is answered
     status_url = f"/v1/commands/{command_id}"
     if gw.settings.webhook_url and not result.duplicate:
         t = asyncio.create_task(_webhook(gw, tenant, command_id, type_, payload, result.first_position))
