@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -426,3 +428,85 @@ async def test_signing_on_postgresql_catches_deletion_and_altered_checkpoints(pg
         assert {"event_count_mismatch", "checkpoint_critical", "checkpoint_signature", "checkpoint_altered"} <= kinds
     finally:
         await store.close()
+
+
+async def test_a_checkpoint_is_signed_at_least_every_n_events(tmp_path):
+    from waiting import until
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/n.db", audit_key=KEY, audit_checkpoint_every=5)
+    try:
+        for i in range(12):
+            await store.append("acme", "ledger/1", [NewEvent("entry.made", {"i": i})])
+        # no critical event, no command: only the count of events asks for checkpoints
+        await until(lambda: store.signer.last is not None and store.signer.last.position >= 10, 10,
+                    "a checkpoint past 10 events")
+        assert store.signer.written <= 3
+    finally:
+        await store.close()
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/n.db")
+    try:
+        cps = await read_checkpoints(store)
+        assert cps[-1].position == 12  # the store's close signed the rest
+        assert (await verify_audit(store, PUBLIC, expect_signed=True))[0] == []
+    finally:
+        await store.close()
+
+
+async def test_prunes_before_the_migration_are_backfilled_as_prune_records(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    now = [T0]
+    store = await open_store(url, clock_us=lambda: now[0])
+    for i in range(4):
+        await store.append("acme", "ledger/1", [NewEvent("entry.made", {"i": i})])
+    now[0] += 10 * DAY_US
+    await store.append("acme", "ledger/1", [NewEvent("entry.made", {"i": 9})])
+    assert (await store.prune(retention_s=7 * 86400, now_us=now[0])).events_deleted == 4
+    await store.close()
+    # make it a database pruned under revision 0004: no prune records, no checkpoint table
+    db = sqlite3.connect(f"{tmp_path}/old.db")
+    db.execute("DROP TABLE prune_log")
+    db.execute("DROP TABLE audit_checkpoints")
+    db.execute("UPDATE alembic_version SET version_num = '0004'")
+    db.commit()
+    db.close()
+    store = await open_store(url)  # migrates to 0005
+    try:
+        problems, stats = await verify_audit(store, {})
+        assert problems == [] and stats["pruned"] == 4
+        # and a signer can start on it
+        cp = await write_checkpoint(store, KEY)
+        assert cp is not None and cp.pruned == 4 and cp.position == 5
+        assert (await verify_audit(store, PUBLIC, expect_signed=True))[0] == []
+    finally:
+        await store.close()
+
+
+def test_the_gateway_signs_every_class_d_command_before_answering(tmp_path):
+    api_tests = str(Path(__file__).resolve().parents[1] / "api")
+    if api_tests not in sys.path:
+        sys.path.insert(0, api_tests)
+    from api_support import RunningGateway, base_settings
+
+    db = tmp_path / "gw.db"
+    srv = RunningGateway(base_settings(f"sqlite+aiosqlite:///{db}", audit_key=bytes(range(32)).hex(),
+                                       audit_checkpoint_every=1_000_000)).start()
+    try:
+        with httpx.Client(base_url=srv.url, headers=srv.headers(tenant="acme", user="alice")) as c:
+            for i in range(3):
+                r = c.post("/v1/commands/order.placed", json={"amount": i}, headers={"Idempotency-Key": f"k{i}"})
+                assert r.status_code == 202, r.text
+                newest = srv.call(read_checkpoints(srv.gw.store))[-1]
+                # the command event and its audit event (the next position) are both signed
+                assert newest.position >= r.json()["position"] + 1
+                assert newest.critical >= 2 * (i + 1)
+    finally:
+        srv.stop()
+
+    async def check():
+        store = await open_store(f"sqlite+aiosqlite:///{db}")
+        try:
+            return (await verify_audit(store, PUBLIC, expect_signed=True))[0], (await store.verify()).ok
+        finally:
+            await store.close()
+
+    assert asyncio.run(check()) == ([], True)
