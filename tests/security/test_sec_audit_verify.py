@@ -510,3 +510,23 @@ def test_the_gateway_signs_every_class_d_command_before_answering(tmp_path):
             await store.close()
 
     assert asyncio.run(check()) == ([], True)
+
+
+async def test_key_rotation_chains_on_and_verifiers_keep_the_old_public_key(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/rot.db"
+    new_key = Ed25519PrivateKey.generate()
+    for key in (KEY, new_key):  # the second run is the gateway restarted with a new key
+        store = await open_store(url, audit_key=key)
+        await store.append("acme", "$audit", [crit("audit.command")])
+        await store.close()
+    store = await open_store(url)
+    try:
+        cps = await read_checkpoints(store)
+        assert [c.key for c in cps] == [key_id(KEY.public_key()), key_id(new_key.public_key())]
+        both = {**PUBLIC, key_id(new_key.public_key()): new_key.public_key()}
+        assert (await verify_audit(store, both, expect_signed=True))[0] == []
+        only_new = {key_id(new_key.public_key()): new_key.public_key()}
+        problems, _ = await verify_audit(store, only_new, expect_signed=True)
+        assert [(p.kind, p.seq) for p in problems] == [("checkpoint_signature", 1)]
+    finally:
+        await store.close()
