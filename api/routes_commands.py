@@ -3,7 +3,8 @@
 ``POST /v1/commands/{type}`` with an ``Idempotency-Key`` appends, in one atomic
 multi-stream append (one database transaction), the command event on
 ``cmd/{command_id}`` and an audit event on ``$audit`` — both ``critical`` (never
-pruned). The command id derives from (tenant, key), so a retry answers with the
+pruned). With an audit key configured, the answer waits for a signed checkpoint
+covering both (store/audit.py). The command id derives from (tenant, key), so a retry answers with the
 same id and writes nothing. The answer is 202 with a status URL. When a webhook is
 configured, the command is POSTed there signed with HMAC-SHA256
 (``X-Syncline-Signature: sha256=<hex>`` over ``<timestamp>.<body>``), and the
