@@ -93,6 +93,10 @@ class Gateway:
                                                    max_keys=settings.security_aggregate_max,
                                                    samples=settings.security_samples)
         self._security_flusher: asyncio.Task | None = None
+        signer = getattr(store, "signer", None)  # signed audit checkpoints (store/audit.py)
+        if signer is not None:
+            self.metrics.audit_checkpoints.set_function(lambda: signer.written)
+            self.metrics.audit_checkpoint_failures.set_function(lambda: signer.failed)
 
     async def start(self) -> None:
         await self.hub.start()

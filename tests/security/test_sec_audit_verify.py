@@ -499,6 +499,10 @@ def test_the_gateway_signs_every_class_d_command_before_answering(tmp_path):
                 # the command event and its audit event (the next position) are both signed
                 assert newest.position >= r.json()["position"] + 1
                 assert newest.critical >= 2 * (i + 1)
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert "syncline_audit_checkpoint_failures 0.0" in metrics
+        written = [ln for ln in metrics.splitlines() if ln.startswith("syncline_audit_checkpoints_written ")]
+        assert float(written[0].split()[1]) >= 3
     finally:
         srv.stop()
 
