@@ -11,6 +11,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from syncline.engine.errors import SynclineError
 from syncline.store import open_store
+from syncline.store.audit import audit_options
 from syncline.store.records_service import RecordsService
 
 from . import (
@@ -120,7 +121,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     async def on_startup(app: Litestar) -> None:
         owns = store is None
         s = store if store is not None else await open_store(
-            settings.database_url, poll_interval_s=settings.poll_interval_s
+            settings.database_url, poll_interval_s=settings.poll_interval_s, **audit_options(settings)
         )
         gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()),
                      clock=clock)

@@ -23,6 +23,7 @@ from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
 from .ratelimit import BanList, SharedBanList
+from .security_events import SecurityAggregator, clip, iso
 from .settings import Settings
 from .ws_yjs import DocRooms
 
@@ -88,11 +89,20 @@ class Gateway:
         self._pruner: asyncio.Task | None = None
         self.last_prune: dict[str, Any] | None = None
         self.activity = ActivityProjections(store, feed_keep=settings.feed_keep, presence_keep=settings.feed_keep)
+        self.security_windows = SecurityAggregator(window_s=settings.security_window_s,
+                                                   max_keys=settings.security_aggregate_max,
+                                                   samples=settings.security_samples)
+        self._security_flusher: asyncio.Task | None = None
+        signer = getattr(store, "signer", None)  # signed audit checkpoints (store/audit.py)
+        if signer is not None:
+            self.metrics.audit_checkpoints.set_function(lambda: signer.written)
+            self.metrics.audit_checkpoint_failures.set_function(lambda: signer.failed)
 
     async def start(self) -> None:
         await self.hub.start()
         await self.follower.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
+        self._security_flusher = asyncio.create_task(self._flush_security_windows(), name="security-flusher")
         if self.settings.prune_interval_s > 0:
             self._pruner = asyncio.create_task(self._prune(), name="prune-job")
         if self.settings.activity_projections:
@@ -100,9 +110,13 @@ class Gateway:
 
     async def close(self) -> None:
         await self.shutdown("server stopping")
-        for task in (self._sweeper, self._pruner):
+        for task in (self._sweeper, self._pruner, self._security_flusher):
             if task:
                 task.cancel()
+        try:  # the open windows' summaries, before the store closes
+            await self.flush_security(everything=True)
+        except Exception:
+            log.exception("security.flush_failed")
         await self.activity.close()  # (before the store closes: no read left in flight)
         await self.follower.close()
         await self.yjs.close()
@@ -167,31 +181,73 @@ class Gateway:
         )
 
     async def security_event(self, principal: Principal | None, kind: str, **details: Any) -> None:
-        """Log a security event, count it, and record it in the offender's tenant log."""
+        """Count a refused attempt, and record it in the offender's tenant log, aggregated:
+        the first of a (tenant, user, kind) window at once, the rest as one summary when
+        the window closes (api/security_events.py)."""
         self.metrics.security_events.labels(kind).inc()
-        security_log.warning(
-            "security." + kind,
-            user=principal.user if principal else None,
-            tenant=principal.tenant if principal else None,
-            **details,
-        )
         if principal is None:
+            security_log.warning("security." + kind, user=None, tenant=None, **details)
             return
+        now = self.clock.time()
+        agg = self.security_windows
+        outcome = agg.add(principal.tenant, principal.user, principal.client, kind, details, now)
+        if outcome == "expired":
+            await self.flush_security(now)
+            outcome = agg.add(principal.tenant, principal.user, principal.client, kind, details, now)
+        if outcome == "overflow":
+            self.metrics.security_overflow.inc()
+            return
+        if outcome != "record":
+            return  # folded into the window's summary
+        security_log.warning("security." + kind, user=principal.user, tenant=principal.tenant, **details)
+        await self._record_security(principal.tenant, principal.user, principal.client, kind,
+                                    {**clip(details), "count": 1, "first": iso(now), "last": iso(now)})
+
+    async def flush_security(self, now: float | None = None, *, everything: bool = False) -> int:
+        """Write the summaries of the windows that have closed (all with ``everything``).
+        Returns how many summaries were written."""
+        agg = self.security_windows
+        written = 0
+        for w in agg.due(self.clock.time() if now is None else now, everything=everything):
+            if not w.count:
+                continue  # only the first attempt came: it is recorded already
+            security_log.warning("security." + w.kind, user=w.user, tenant=w.tenant, count=w.count,
+                                 aggregated=True)
+            await self._record_security(w.tenant, w.user, w.client, w.kind, w.summary(agg.window_s))
+            written += 1
+        if agg.overflow:
+            security_log.warning("security.aggregate_full", dropped=agg.overflow, max_keys=agg.max_keys)
+            agg.overflow = 0
+        return written
+
+    async def _record_security(self, tenant: str, user: str, client: str, kind: str, data: dict[str, Any]) -> None:
         try:
             await self.store.append(
-                principal.tenant,
+                tenant,
                 SECURITY_STREAM,
                 [
                     NewEvent(
                         "security." + kind.replace("_", "-"),
-                        data={"user": principal.user, **{k: str(v)[:200] for k, v in details.items()}},
-                        actor=Actor(principal.user, principal.client),
+                        data={"user": user, **data},
+                        actor=Actor(user, client),
                         retention=Retention.CRITICAL,
                     )
                 ],
             )
-        except Exception:  # the log line above is the fallback record
+            self.metrics.security_recorded.labels(kind).inc()
+        except Exception:  # the log line is the fallback record
             log.exception("security.record_failed")
+
+    async def _flush_security_windows(self) -> None:
+        interval = max(0.05, min(self.settings.security_window_s / 2, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_security()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("security.flush_failed")
 
     # -- presence ------------------------------------------------------------
 

@@ -31,6 +31,16 @@ class Metrics:
         )
         self.auth_failures = Counter("syncline_auth_failures_total", "Refused authentications", ["code"], registry=r)
         self.security_events = Counter("syncline_security_events_total", "Security events", ["kind"], registry=r)
+        self.security_recorded = Counter(
+            "syncline_security_events_recorded_total",
+            "Security events written to $security (first of a window, or a window's summary)", ["kind"], registry=r)
+        self.audit_checkpoints = Gauge("syncline_audit_checkpoints_written",
+                                       "Signed audit checkpoints this process wrote", registry=r)
+        self.audit_checkpoint_failures = Gauge("syncline_audit_checkpoint_failures",
+                                               "Audit checkpoints this process failed to write", registry=r)
+        self.security_overflow = Counter(
+            "syncline_security_aggregate_overflow_total",
+            "Refused attempts not aggregated per principal because the window table was full", registry=r)
         self.yjs_updates = Counter("syncline_yjs_updates_total", "Yjs updates appended and relayed", registry=r)
         self.yjs_updates_from_log = Counter(
             "syncline_yjs_updates_from_log_total",

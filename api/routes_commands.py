@@ -3,7 +3,8 @@
 ``POST /v1/commands/{type}`` with an ``Idempotency-Key`` appends, in one atomic
 multi-stream append (one database transaction), the command event on
 ``cmd/{command_id}`` and an audit event on ``$audit`` — both ``critical`` (never
-pruned). The command id derives from (tenant, key), so a retry answers with the
+pruned). With an audit key configured, the answer waits for a signed checkpoint
+covering both (store/audit.py). The command id derives from (tenant, key), so a retry answers with the
 same id and writes nothing. The answer is 202 with a status URL. When a webhook is
 configured, the command is POSTed there signed with HMAC-SHA256
 (``X-Syncline-Signature: sha256=<hex>`` over ``<timestamp>.<body>``), and the
@@ -62,6 +63,9 @@ async def submit_command(request: Request, type_: str, data: dict[str, Any]) -> 
         idempotency_key=f"cmd:{key}",
     )
     gw.metrics.events_appended.labels("command").inc(2 if not result.duplicate else 0)
+    signer = getattr(gw.store, "signer", None)
+    if signer is not None and not result.duplicate:
+        await signer.sync()  # every class-D command is covered by a signed checkpoint before it is answered
     status_url = f"/v1/commands/{command_id}"
     if gw.settings.webhook_url and not result.duplicate:
         t = asyncio.create_task(_webhook(gw, tenant, command_id, type_, payload, result.first_position))

@@ -92,4 +92,21 @@ class Settings:
         default_factory=lambda: os.environ.get("SYNCLINE_ACTIVITY_PROJECTIONS", "1") not in ("0", "false", "no"))
     feed_keep: int = field(default_factory=lambda: _int("SYNCLINE_FEED_KEEP", 1000))
     ws_impl: str = field(default_factory=default_ws)
+    # -- signed audit checkpoints (store/audit.py, docs/_security_audit.md). The Ed25519
+    # private key lives outside the database: a file (wins) or the value itself (PEM, or
+    # 32 raw bytes in hex/base64). Verifiers need only public keys (comma-separated files
+    # or values; several during a key rotation). A checkpoint is signed at least every
+    # ``audit_checkpoint_every`` events, and after every critical event and prune.
+    audit_key_file: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_AUDIT_KEY_FILE") or None)
+    audit_key: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_AUDIT_KEY") or None)
+    audit_public_keys: tuple[str, ...] = field(default_factory=lambda: tuple(
+        k for k in os.environ.get("SYNCLINE_AUDIT_PUBLIC_KEYS", "").split(",") if k.strip()))
+    audit_checkpoint_every: int = field(default_factory=lambda: _int("SYNCLINE_AUDIT_CHECKPOINT_EVERY", 1000))
+    # -- refused attempts ($security events) are aggregated per (tenant, user, kind) and
+    # window: one event for the first attempt, one summary when the window closes. The
+    # table of open aggregates holds at most ``security_aggregate_max`` keys (attempts
+    # past it are counted in /metrics and logged, not recorded per principal).
+    security_window_s: float = field(default_factory=lambda: _float("SYNCLINE_SECURITY_WINDOW_S", 60.0))
+    security_aggregate_max: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_AGGREGATE_MAX", 10_000))
+    security_samples: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_SAMPLES", 3))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

@@ -28,6 +28,7 @@ class ChainBreak:
     version: int
     position: int
     reason: str  # "hash_mismatch" | "missing_event" | "broken_link" | "head_mismatch" | "out_of_order"
+    #              | "stream_row_missing" (events of a stream that has no streams row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ async def open_store(
     """Open (and by default migrate) the store named by ``url``.
 
     Options go to the store: ``upcasters``, ``max_payload``, ``clock_us``,
-    ``poll_interval_s``, ``doorbell``. With ``redis_url`` the doorbell is Redis
+    ``poll_interval_s``, ``doorbell``, ``audit_key`` and ``audit_checkpoint_every``
+    (signed audit checkpoints, store/audit.py; SQL stores only). With ``redis_url`` the doorbell is Redis
     pub/sub; otherwise, on PostgreSQL, ``listen`` starts the LISTEN/NOTIFY doorbell,
     so tails wake on commits from other processes either way.
     """
@@ -33,6 +34,9 @@ async def open_store(
         bell.start()
         options["doorbell"] = bell
     if url.startswith("memory://"):
+        # Nothing to sign: the in-memory log cannot be tampered with behind the process.
+        options.pop("audit_key", None)
+        options.pop("audit_checkpoint_every", None)
         return MemoryEventStore(**options)
     if url.startswith("sqlite"):
         from .sqlite import create_engines

@@ -114,3 +114,39 @@ snapshots = Table(
     Column("created_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant", "stream", "kind", "position"),
 )
+
+# Signed audit checkpoints (store/audit.py, engine/auditlog.py). Never updated or deleted.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    Column("position", BigInteger, nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("heads", String(64), nullable=False),
+    Column("streams", BigInteger, nullable=False),
+    Column("critical", BigInteger, nullable=False),
+    Column("pruned", BigInteger, nullable=False),
+    Column("horizon", BigInteger, nullable=False),
+    Column("prev", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+# What pruning deleted, one row per stream per prune (written in the prune's transaction):
+# versions from_version..to_version, the last of them at anchor_position with hash
+# anchor_hash (the stream's new anchor). anchor_position is NULL for rows backfilled by
+# migration 0005 from anchors pruned before it.
+prune_log = Table(
+    "prune_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("stream", String(255), nullable=False),
+    Column("from_version", Integer, nullable=False),
+    Column("to_version", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("anchor_position", BigInteger, nullable=True),
+    Column("anchor_hash", LargeBinary(32), nullable=False),
+    Index("ix_prune_log_stream", "tenant", "stream"),
+)

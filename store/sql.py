@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +25,7 @@ from .doorbell import LocalDoorbell
 from .errors import db_errors, map_db_error
 from .read_queries import COLS, HEAD_SQL, CompiledQuery, QueryCache
 from .rows import DEFAULT_MAX_PAYLOAD, PreparedAppend, decode_rows, prepare
-from .schema import checkpoints, events, idempotency, log_head, snapshots, streams, tenants
+from .schema import checkpoints, events, idempotency, log_head, prune_log, snapshots, streams, tenants
 
 DOC_PREFIX = "doc/"
 _VERIFY_COLS = COLS + [events.c.prev_hash, events.c.hash]
@@ -54,6 +54,8 @@ class SqlEventStore(StoreBase):
         max_batch_events: int = 4096,
         on_close: Callable[[], Any] | None = None,
         sqlite_reader: Any | None = None,
+        audit_key: Any | None = None,
+        audit_checkpoint_every: int = 1000,
     ) -> None:
         self._w = write_engine
         self._writer = writer
@@ -71,6 +73,13 @@ class SqlEventStore(StoreBase):
         self._on_close = on_close
         self._sqlite_reader = sqlite_reader
         self._queries = QueryCache(read_engine.dialect)
+        # Signed audit checkpoints (store/audit.py): only with a private key, which lives
+        # outside the database (SYNCLINE_AUDIT_KEY_FILE / SYNCLINE_AUDIT_KEY).
+        self.signer: Any | None = None
+        if audit_key is not None:
+            from .audit import AuditSigner
+
+            self.signer = AuditSigner(self, audit_key, every=audit_checkpoint_every)
 
     @property
     def engines(self) -> tuple[AsyncEngine, AsyncEngine]:
@@ -122,6 +131,8 @@ class SqlEventStore(StoreBase):
                 p.future.set_result(outcome)
         if plan.values:
             self._known_tenants.update(plan.tenants)
+            if self.signer is not None:
+                self.signer.note(plan.values)
             await self.doorbell.ring(batch[0].item.tenant, plan.last_position)
 
     # ------------------------------------------------------------------- reads
@@ -374,6 +385,18 @@ class SqlEventStore(StoreBase):
                 n_streams += 1
                 n_events += len(rows)
                 breaks.extend(check_chain(h, rows))
+            # Events of a stream that has no streams row are outside every chain walked above.
+            orphans = select(events.c.tenant, events.c.stream, func.min(events.c.version),
+                             func.min(events.c.position), func.count()).where(
+                ~select(streams.c.version).where(streams.c.tenant == events.c.tenant,
+                                                 streams.c.stream == events.c.stream).exists())
+            if tenant is not None:
+                orphans = orphans.where(events.c.tenant == tenant)
+            if stream is not None:
+                orphans = orphans.where(events.c.stream == stream)
+            for t, s, v, p, n in (await conn.execute(orphans.group_by(events.c.tenant, events.c.stream))).all():
+                n_events += n
+                breaks.append(ChainBreak(t, s, v, p, "stream_row_missing"))
         return VerifyReport(n_streams, n_events, tuple(breaks))
 
     @db_errors
@@ -448,11 +471,16 @@ class SqlEventStore(StoreBase):
                 last = (await conn.execute(upto)).scalar()
                 if last is None:
                     continue
-                anchor = (
+                anchor, anchor_position = (
                     await conn.execute(
-                        select(events.c.hash).where(
+                        select(events.c.hash, events.c.position).where(
                             events.c.tenant == t, events.c.stream == s, events.c.version == last
                         )
+                    )
+                ).one()
+                first = (
+                    await conn.execute(
+                        select(func.min(events.c.version)).where(events.c.tenant == t, events.c.stream == s)
                     )
                 ).scalar_one()
                 res = await conn.execute(
@@ -463,13 +491,24 @@ class SqlEventStore(StoreBase):
                     .where(streams.c.tenant == t, streams.c.stream == s)
                     .values(anchor_version=last, anchor_hash=anchor)
                 )
+                # The prune record verify matches the anchor and the deleted count against.
+                await conn.execute(
+                    insert(prune_log).values(
+                        time_us=self._clock_us(), tenant=t, stream=s, from_version=first, to_version=last,
+                        count=res.rowcount or 0, anchor_position=anchor_position, anchor_hash=anchor,
+                    )
+                )
                 deleted += res.rowcount or 0
                 touched += 1
             await conn.execute(delete(idempotency).where(idempotency.c.created_us < cutoff))
+        if deleted and self.signer is not None:
+            await self.signer.sync()  # sign the pruned state: its count of deleted events
         return PruneReport(deleted, touched, held_back)
 
     async def close(self) -> None:
         await self._committer.close()
+        if self.signer is not None:
+            await self.signer.close()  # signs what was committed since the last checkpoint
         await self._writer.close()
         if self._sqlite_reader is not None:
             self._sqlite_reader.close()

@@ -22,7 +22,10 @@ def _run(action):
     from syncline.bus import Bus
 
     async def go(url):
-        store = await open_store(url or Settings().database_url, listen=False)
+        from syncline.store.audit import audit_options
+
+        settings = Settings()  # with the audit key, what a dead-letter command writes is signed at close
+        store = await open_store(url or settings.database_url, listen=False, **audit_options(settings))
         try:
             return await action(Bus(store))
         finally:
