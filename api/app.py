@@ -15,6 +15,7 @@ from syncline.store.records_service import RecordsService
 
 from . import (
     routes_activity,
+    routes_admin,
     routes_bus,
     routes_commands,
     routes_docs,
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         path="/v1",
         guards=[require_auth],
         route_handlers=[*routes_events.V1, *routes_docs.V1, *routes_commands.V1, *routes_rooms.V1, *routes_bus.V1,
-                        *routes_activity.V1],
+                        *routes_activity.V1, *routes_admin.V1],
     )
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
     return Litestar(

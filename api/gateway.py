@@ -23,7 +23,9 @@ from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
 from .ratelimit import BanList, SharedBanList
+from .revocations import REVOCATION_FILTER, REVOCATIONS_STREAM, TOKEN_REVOKED, Revocation, revocation_from
 from .settings import Settings
+from .token_expiry import ExpiryWatch
 from .ws_yjs import DocRooms
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ class Gateway:
         self.started_at = self.clock.time()
         self.bus: Bus | None = None  # made on first use (api/routes_bus.py)
         self.follower = LogFollower(self)
+        self.revocations = self.verifier.revocations
+        self.expiry = ExpiryWatch(self)
         self.yjs = DocRooms(self)
         self.redis_presence: RedisPresence | None = None
         if settings.redis_url:
@@ -92,6 +96,8 @@ class Gateway:
     async def start(self) -> None:
         await self.hub.start()
         await self.follower.start()
+        await self.load_revocations()  # (after the follower starts: nothing falls between)
+        self.expiry.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
         if self.settings.prune_interval_s > 0:
             self._pruner = asyncio.create_task(self._prune(), name="prune-job")
@@ -105,6 +111,7 @@ class Gateway:
                 task.cancel()
         await self.activity.close()  # (before the store closes: no read left in flight)
         await self.follower.close()
+        await self.expiry.close()
         await self.yjs.close()
         await self.hub.close()
         await self.bans.close()
@@ -165,6 +172,57 @@ class Gateway:
                 )
             ],
         )
+
+    # -- token revocation (api/revocations.py) ----------------------------------
+
+    async def revoke(self, tenant: str, data: dict[str, Any], principal: Principal | None, *,
+                     reason: str = "") -> tuple[Revocation, int]:
+        """Record a revocation in the tenant's log (critical) and apply it here at once;
+        every other gateway applies it when its follower reads the event. Returns the
+        revocation and its log position."""
+        r = revocation_from(tenant, data)
+        by = {"user": principal.user, "tenant": principal.tenant} if principal else {"user": "cli"}
+        result = await self.store.append(tenant, REVOCATIONS_STREAM, [NewEvent(
+            TOKEN_REVOKED, data={**r.to_data(), "reason": reason[:500], "by": by},
+            actor=Actor(principal.user if principal else "cli", principal.client if principal else ""),
+            retention=Retention.CRITICAL)])
+        self.apply_revocation(r)
+        return r, result.streams[0].first_position
+
+    def apply_revocation(self, r: Revocation) -> int:
+        """Remember a revocation and close the matching connections (4401 token_revoked)."""
+        self.revocations.add(r)
+        self.metrics.revocations.inc()
+        closed = 0
+        for conn in list(self.connections.values()):
+            p = getattr(conn, "principal", None)
+            if p is not None and r.matches(p):
+                conn.token_ended("token_revoked")  # type: ignore[attr-defined]
+                closed += 1
+        if closed:
+            self.metrics.revoked_sessions.inc(closed)
+            log.info("token.revoked_sessions_closed", tenant=r.tenant, closed=closed)
+        return closed
+
+    def revocation_from_log(self, event: Any) -> None:
+        try:
+            self.apply_revocation(revocation_from(event.tenant, event.data))
+        except Exception:  # a malformed event must not stop the follower
+            log.exception("token.revocation_unreadable", position=event.position)
+
+    async def load_revocations(self) -> int:
+        """Every revocation in the log, at start (all tenants)."""
+        after, n = 0, 0
+        while True:
+            page = await self.store.read_log(None, after=after, limit=1000, filter=REVOCATION_FILTER,
+                                             all_tenants=True)
+            for e in page.events:
+                if e.stream == REVOCATIONS_STREAM and e.type == TOKEN_REVOKED:
+                    self.revocation_from_log(e)
+                    n += 1
+            if page.next_after <= after or page.next_after >= page.head:
+                return n
+            after = page.next_after
 
     async def security_event(self, principal: Principal | None, kind: str, **details: Any) -> None:
         """Log a security event, count it, and record it in the offender's tenant log."""
