@@ -18,8 +18,11 @@ for sub in ("api", "realtime"):
 
 from api_support import SECRET, RunningGateway, base_settings, make_token  # noqa: E402
 from api_wsclient import NativeClient  # noqa: E402
+from cluster import SECRET as RT_SECRET  # noqa: E402
+from cluster import GatewayProcess, start_gateways, stop_gateways  # noqa: E402
 
-__all__ = ["SECRET", "RunningGateway", "base_settings", "make_token", "NativeClient", "token", "exp_in"]
+__all__ = ["SECRET", "RunningGateway", "base_settings", "make_token", "NativeClient", "token", "exp_in",
+           "RT_SECRET", "GatewayProcess", "start_gateways", "stop_gateways"]
 
 
 def exp_in(seconds: float) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import jwt
 from click.testing import CliRunner
-from sec_tokens_support import NativeClient, exp_in  # noqa: F401  (puts tests/realtime on sys.path)
+from sec_tokens_support import RT_SECRET as SECRET
+from sec_tokens_support import GatewayProcess, NativeClient, exp_in, start_gateways, stop_gateways
 
-from cluster import SECRET, GatewayProcess, start_gateways, stop_gateways  # noqa: E402
 from syncline.cli import main
 
 
