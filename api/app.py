@@ -30,7 +30,8 @@ from .errors import error_body
 from .gateway import Gateway
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
-from .settings import Settings
+from .settings import Settings, check_startup_secrets
+from .transport import origin_middleware, security_headers
 
 CORRELATION_HEADER = "x-correlation-id"
 
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     ``resolution``: the records' :class:`~engine.records.ResolutionConfig` (default: every
     collection, every field last-writer-wins)."""
     settings = settings or Settings()
+    check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
 
@@ -143,7 +145,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        middleware=[correlation_middleware],
+        middleware=[origin_middleware, correlation_middleware],
+        before_send=[security_headers],
         exception_handlers={
             SynclineError: _syncline_error,
             HTTPException: _http_error,
