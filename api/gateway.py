@@ -39,8 +39,13 @@ SECURITY_STREAM = "$security"
 
 class Closable(Protocol):
     conn_id: str
+    principal: Principal
 
     async def shutdown(self, reason: str) -> None: ...
+
+    def token_ended(self, code: str) -> None:
+        """Close now with 4401 and this reason (``token_expired`` or ``token_revoked``)."""
+        ...
 
 
 class Clock(Protocol):
@@ -195,9 +200,8 @@ class Gateway:
         self.metrics.revocations.inc()
         closed = 0
         for conn in list(self.connections.values()):
-            p = getattr(conn, "principal", None)
-            if p is not None and r.matches(p):
-                conn.token_ended("token_revoked")  # type: ignore[attr-defined]
+            if r.matches(conn.principal):
+                conn.token_ended("token_revoked")
                 closed += 1
         if closed:
             self.metrics.revoked_sessions.inc(closed)

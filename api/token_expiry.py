@@ -65,10 +65,9 @@ class ExpiryWatch:
             now = self.gw.clock.time()
             for cid in self.due(now):
                 conn = self.gw.connections.get(cid)
-                p = getattr(conn, "principal", None)
-                if conn is not None and p is not None and p.exp <= now:
-                    log.info("ws.token_expired", conn=cid, user=p.user)
-                    conn.token_ended("token_expired")  # type: ignore[attr-defined]
+                if conn is not None and conn.principal.exp <= now:
+                    log.info("ws.token_expired", conn=cid, user=conn.principal.user)
+                    conn.token_ended("token_expired")
             delay = TICK_MAX_S if not self.heap else max(0.0, min(TICK_MAX_S, self.heap[0][0] - now))
             self._wake.clear()
             try:
