@@ -3,6 +3,7 @@ another gateway process of the same PostgreSQL within 2 s (it follows the log); 
 ``syncline token revoke`` (the CLI, writing to the store directly) does the same."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pytest
+import websockets
 from click.testing import CliRunner
 from sec_tokens_support import RT_SECRET as SECRET
 from sec_tokens_support import GatewayProcess, NativeClient, exp_in, start_gateways, stop_gateways
@@ -33,6 +36,8 @@ async def test_revoke_on_one_gateway_closes_the_session_on_the_other_within_2s(p
         await on_b.expect("welcome")
         keep = await NativeClient.connect(b.ws_url, _token("alice", jti="j-keep"))
         await keep.expect("welcome")
+        ydoc = await websockets.connect(f"{b.ws_url}/v1/yjs/d?token={victim}", ping_interval=None)
+        await ydoc.recv()  # sync step 1
         admin = {"Authorization": f"Bearer {_token('root', jti='j-admin', roles=('admin',))}"}
         started = time.monotonic()
         r = httpx.post(f"{a.url}/v1/admin/revocations", json={"jti": "j-victim"}, headers=admin, timeout=10)
@@ -42,6 +47,11 @@ async def test_revoke_on_one_gateway_closes_the_session_on_the_other_within_2s(p
         assert code == 4401 and seen[-1]["code"] == "token_revoked"
         print(f"cross-gateway revocation: session closed {took:.3f}s after the POST")
         assert took < 2.0, f"closed after {took:.2f}s"
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            async with asyncio.timeout(2.0 - (time.monotonic() - started) + 0.05):
+                while True:
+                    await ydoc.recv()
+        assert info.value.rcvd.code == 4401 and info.value.rcvd.reason == "token_revoked"
         # b refuses the token from now on; the other session on b is untouched
         r = httpx.get(f"{b.url}/v1/log", headers={"Authorization": f"Bearer {victim}"}, timeout=10)
         assert r.status_code == 401 and r.json()["code"] == "token_revoked"
