@@ -196,8 +196,8 @@ class Gateway:
 
     def apply_revocation(self, r: Revocation) -> int:
         """Remember a revocation and close the matching connections (4401 token_revoked)."""
-        self.revocations.add(r)
-        self.metrics.revocations.inc()
+        if self.revocations.add(r):  # (the gateway that recorded it reads it again from the log)
+            self.metrics.revocations.inc()
         closed = 0
         for conn in list(self.connections.values()):
             if r.matches(conn.principal):

@@ -79,13 +79,22 @@ class Revocations:
         self.before: dict[tuple[str, str], float] = {}
         self.applied = 0  # revocation events folded in (a metric)
 
-    def add(self, r: Revocation) -> None:
-        self.applied += 1
+    def add(self, r: Revocation) -> bool:
+        """Fold one revocation in; whether it revoked anything more than before."""
         if r.jti is not None:
-            self.jtis.add((r.tenant, r.jti))
+            key = (r.tenant, r.jti)
+            if key in self.jtis:
+                return False
+            self.jtis.add(key)
         elif r.user is not None and r.before is not None:
             key = (r.tenant, r.user)
-            self.before[key] = max(self.before.get(key, r.before), r.before)
+            if self.before.get(key, float("-inf")) >= r.before:
+                return False
+            self.before[key] = r.before
+        else:
+            return False
+        self.applied += 1
+        return True
 
     def revoked(self, p: Principal) -> bool:
         if p.jti and (p.tenant, p.jti) in self.jtis:

@@ -489,6 +489,8 @@ async def native_ws(socket: WebSocket) -> None:
     conn = NativeConnection(gw, socket, principal, chosen or P.SUBPROTOCOL_MSGPACK, client)
     bind_connection(conn.conn_id, principal, ENDPOINT)
     gw.connections[conn.conn_id] = conn
+    if gw.revocations.revoked(principal):  # revoked while the handshake was under way
+        conn.token_ended("token_revoked")
     gauge = gw.metrics.ws_connections.labels(ENDPOINT)
     gauge.inc()
     log.info("ws.open", subprotocol=conn.subprotocol, client=client)

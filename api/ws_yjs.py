@@ -546,6 +546,8 @@ async def yjs_ws(socket: WebSocket, doc: str) -> None:
     room.conns[conn.conn_id] = conn
     gw.connections[conn.conn_id] = conn
     gw.expiry.watch(conn.conn_id, principal.exp)
+    if gw.revocations.revoked(principal):  # revoked while the handshake was under way
+        conn.token_ended("token_revoked")
     gauge = gw.metrics.ws_connections.labels(ENDPOINT)
     gauge.inc()
     log.info("yjs.open", doc=doc, writable=conn.writable)

@@ -206,3 +206,26 @@ async def test_revocations_survive_a_restart(tmp_path):
         assert r.status_code == 401 and r.json()["code"] == "token_revoked"
     finally:
         g.stop()
+
+
+def test_the_revocation_fold():
+    from syncline.api.auth import Principal
+    from syncline.api.revocations import Revocation, Revocations, revocation_from
+    from syncline.engine.errors import ValidationError
+
+    r = Revocations()
+    p = Principal("alice", "acme", frozenset(), frozenset(), exp=0, jti="j1", iat=100.0)
+    assert not r.revoked(p)
+    assert r.add(revocation_from("acme", {"jti": "j1"})) and not r.add(Revocation("acme", jti="j1"))
+    assert r.revoked(p)
+    assert not r.revoked(Principal("alice", "globex", frozenset(), frozenset(), exp=0, jti="j1", iat=100.0))
+    assert r.add(Revocation("acme", user="bob", before=50.0))
+    assert not r.add(Revocation("acme", user="bob", before=40.0))  # an earlier cut-off adds nothing
+    assert r.add(Revocation("acme", user="bob", before=150.0))
+    bob = Principal("bob", "acme", frozenset(), frozenset(), exp=0, jti="x", iat=149.0)
+    assert r.revoked(bob) and not r.revoked(Principal("bob", "acme", frozenset(), frozenset(), exp=0, iat=150.0))
+    assert r.applied == 3
+    for bad in ([], {"jti": "a", "before": 1}, {"user": "u", "before": True}, {"user": "", "before": 1},
+                {"user": "u", "before": -1}, {"jti": "x" * 201}):
+        with pytest.raises(ValidationError):
+            revocation_from("acme", bad)
