@@ -215,7 +215,27 @@ class Gateway:
             log.exception("token.revocation_unreadable", position=event.position)
 
     async def load_revocations(self) -> int:
-        """Every revocation in the log, at start (all tenants)."""
+        """Every revocation in the log, at start: each tenant's ``$revocations`` stream (an
+        indexed read per tenant, not a scan of the whole log)."""
+        list_tenants = getattr(self.store, "list_tenants", None)
+        if list_tenants is None:
+            return await self._scan_revocations()
+        n = 0
+        for tenant in await list_tenants():
+            version = 0
+            while True:
+                page = await self.store.read_stream(tenant, REVOCATIONS_STREAM, from_version=version + 1,
+                                                    limit=1000)
+                for e in page:
+                    if e.type == TOKEN_REVOKED:
+                        self.revocation_from_log(e)
+                        n += 1
+                if len(page) < 1000:
+                    break
+                version = page[-1].version
+        return n
+
+    async def _scan_revocations(self) -> int:
         after, n = 0, 0
         while True:
             page = await self.store.read_log(None, after=after, limit=1000, filter=REVOCATION_FILTER,

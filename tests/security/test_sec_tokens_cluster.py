@@ -21,9 +21,9 @@ from sec_tokens_support import GatewayProcess, NativeClient, exp_in, start_gatew
 from syncline.cli import main
 
 
-def _token(user: str, *, jti: str, roles=("member",)) -> str:
+def _token(user: str, *, jti: str, roles=("member",), iat: float | None = None) -> str:
     return jwt.encode({"sub": user, "tenant": "acme", "roles": list(roles), "exp": exp_in(600), "jti": jti,
-                       "iat": int(time.time())}, SECRET, algorithm="HS256")
+                       "iat": int(time.time() if iat is None else iat)}, SECRET, algorithm="HS256")
 
 
 async def test_revoke_on_one_gateway_closes_the_session_on_the_other_within_2s(pg_clean_url, tmp_path):
@@ -74,6 +74,11 @@ async def test_revoke_on_one_gateway_closes_the_session_on_the_other_within_2s(p
             assert code == 4401 and seen[-1]["code"] == "token_revoked"
         assert time.monotonic() - started < 2.0 + 3.0  # (includes the CLI's own start-up)
         await keep.close()
+        # A restarted gateway loads the revocations from PostgreSQL.
+        b.restart()
+        for tok in (victim, _token("carol", jti="j-carol-older", iat=time.time() - 60)):
+            r = httpx.get(f"{b.url}/v1/log", headers={"Authorization": f"Bearer {tok}"}, timeout=10)
+            assert r.status_code == 401 and r.json()["code"] == "token_revoked"
     finally:
         stop_gateways([a, b])
 

@@ -198,12 +198,16 @@ async def test_revocations_survive_a_restart(tmp_path):
     try:
         admin = {"Authorization": f"Bearer {token('root', roles=('admin',))}"}
         assert httpx.post(f"{g.url}/v1/admin/revocations", json={"jti": "gone"}, headers=admin).status_code == 201
+        other = {"Authorization": f"Bearer {token(tenant='globex')}"}  # a tenant without revocations
+        assert httpx.post(f"{g.url}/v1/streams/feed/1", json={"events": [{"type": "note.added"}]},
+                          headers=other).status_code == 201
     finally:
         g.stop()
     g = RunningGateway(base_settings(db)).start()
     try:
         r = httpx.get(f"{g.url}/v1/log", headers={"Authorization": f"Bearer {tok}"})
         assert r.status_code == 401 and r.json()["code"] == "token_revoked"
+        assert httpx.get(f"{g.url}/v1/log", headers={"Authorization": f"Bearer {token()}"}).status_code == 200
     finally:
         g.stop()
 
