@@ -12,6 +12,11 @@ protocol::
     out = server.receive(conn, frame_or_message, now_ms)             # [(conn_id, message), ...]
     out = server.tick(now_ms)       # heartbeats, ack timeouts, presence TTL, subscriptions woken by appends
     out = server.disconnect(conn, now_ms)
+    out = server.revoke(conn, now_ms)   # the token was revoked: bye token_revoked, 4401
+
+A connection ends at its Principal's ``expires_ms`` (4401 token_expired) unless the client
+sends ``auth`` with a new token first: the server verifies it with the ``authenticate(token,
+now_ms) -> Principal`` function it was given (without one, ``auth`` is refused).
 
 Every call returns ``list[(conn_id, message)]``: messages are ``engine.protocol``
 dicts (encode them with ``encode_frame`` for a real socket). A ``bye`` message means

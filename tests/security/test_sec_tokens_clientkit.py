@@ -35,7 +35,7 @@ async def test_a_token_provider_keeps_one_connection_across_token_lifetimes(gw):
 
     first_exp = exp_in(2)
     client = SynclineClient(gw.url, token(exp=first_exp), user="alice", token_provider=provider,
-                            refresh_before_s=1.0)
+                            refresh_before_s=1.5)
     await client.start()
     try:
         await client.wait_until(lambda: client.status == "online", 10)
