@@ -31,19 +31,6 @@ def _metric(g: RunningGateway, name: str) -> float:
     return total
 
 
-async def test_a_native_session_ends_at_exp_with_token_expired(gw):
-    exp = exp_in(1.5)
-    c = await NativeClient.connect(gw.ws_url, token(exp=exp))
-    await c.expect("welcome")
-    await c.send("sub", id="s", prefixes=["feed/"])
-    code, seen = await c.closed(timeout=exp - time.time() + 3)
-    closed_at = time.time()
-    assert code == 4401
-    assert seen[-1]["t"] == "bye" and seen[-1]["code"] == "token_expired"
-    assert exp - 0.05 <= closed_at <= exp + 1.0, (exp, closed_at)
-    assert _metric(gw, "syncline_token_expired_sessions_total") >= 1
-
-
 async def test_auth_refreshes_in_band_and_the_session_outlives_the_first_token(gw):
     exp = exp_in(1.5)
     c = await NativeClient.connect(gw.ws_url, token(exp=exp))
@@ -64,10 +51,17 @@ async def test_auth_refreshes_in_band_and_the_session_outlives_the_first_token(g
     await c.close()
 
 
-async def test_auth_with_another_user_or_a_bad_token_is_refused_and_exp_still_ends_it(gw):
-    exp = exp_in(2)
+async def test_sessions_end_at_exp_and_refused_refreshes_change_nothing(gw):
+    """Three connections with one ``exp``, watched at once: a subscribed native one, a native
+    one whose refreshes are all refused (other user, other tenant, bad signature, garbage),
+    and a Yjs socket. Each is closed with 4401 token_expired at ``exp``, not before."""
+    exp = exp_in(1.5)
+    plain = await NativeClient.connect(gw.ws_url, token(exp=exp))
+    await plain.expect("welcome")
+    await plain.send("sub", id="s", prefixes=["feed/"])
     c = await NativeClient.connect(gw.ws_url, token(exp=exp))
     await c.expect("welcome")
+    ydoc = await websockets.connect(f"{gw.ws_url}/v1/yjs/notes?token={token(exp=exp)}", ping_interval=None)
     await c.send("auth", id="r1", token=token("mallory", exp=exp_in(600)))
     err = await c.expect("error")
     assert (err["code"], err["ref"]) == ("token_subject_mismatch", "r1")
@@ -77,22 +71,24 @@ async def test_auth_with_another_user_or_a_bad_token_is_refused_and_exp_still_en
     assert (await c.expect("error"))["code"] == "token_bad_signature"
     await c.send("auth", id="r4", token="not-a-jwt")
     assert (await c.expect("error"))["code"] == "token_malformed"
-    code, seen = await c.closed(timeout=exp - time.time() + 3)
-    assert code == 4401 and seen[-1]["code"] == "token_expired"
-    assert _metric(gw, 'syncline_auth_refreshes_total{outcome="refused"}') == 2
 
+    async def native_close(client: NativeClient) -> tuple[int | None, str, float]:
+        code, seen = await client.closed(timeout=exp - time.time() + 3)
+        return code, seen[-1]["code"], time.time()
 
-async def test_a_yjs_socket_closes_at_exp(gw):
-    exp = exp_in(1.5)
-    url = f"{gw.ws_url}/v1/yjs/notes?token={token(exp=exp)}"
-    async with websockets.connect(url, ping_interval=None) as ws:
+    async def yjs_close() -> tuple[int | None, str, float]:
         with pytest.raises(websockets.ConnectionClosed) as info:
             async with asyncio.timeout(exp - time.time() + 3):
                 while True:
-                    await ws.recv()
-        closed_at = time.time()
-    assert info.value.rcvd.code == 4401 and info.value.rcvd.reason == "token_expired"
-    assert exp - 0.05 <= closed_at <= exp + 1.5
+                    await ydoc.recv()
+        return info.value.rcvd.code, info.value.rcvd.reason, time.time()
+
+    closes = await asyncio.gather(native_close(plain), native_close(c), yjs_close())
+    for code, reason, at in closes:
+        assert (code, reason) == (4401, "token_expired")
+        assert exp - 0.05 <= at <= exp + 1.0, (exp, at)
+    assert _metric(gw, 'syncline_auth_refreshes_total{outcome="refused"}') == 2
+    assert _metric(gw, "syncline_token_expired_sessions_total") == 3
 
 
 async def test_a_yjs_write_after_exp_never_reaches_the_log(gw):
