@@ -31,7 +31,6 @@ from .gateway import Gateway
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
 from .settings import Settings, check_startup_secrets
-from .transport import origin_middleware, security_headers
 
 CORRELATION_HEADER = "x-correlation-id"
 
@@ -145,8 +144,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        middleware=[origin_middleware, correlation_middleware],
-        before_send=[security_headers],
+        middleware=[correlation_middleware],
         exception_handlers={
             SynclineError: _syncline_error,
             HTTPException: _http_error,

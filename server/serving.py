@@ -15,6 +15,7 @@ from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from syncline.api.settings import WS_IMPLEMENTATIONS, default_ws
+from syncline.api.transport import Edge  # the Origin allow-list and the security headers
 
 from .lean_ws import LeanWebSocketProtocol
 
@@ -122,7 +123,8 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
         raise ValueError("TLS needs both a certificate and a key file (--tls-cert and --tls-key)")
     ws = ws or default_ws()
     ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
-                            timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None, server_header=False,
+    config = uvicorn.Config(Edge(app), host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
+                            interface="asgi3", timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None,
+                            server_header=False,
                             ssl_certfile=tls_cert or None, ssl_keyfile=tls_key or None)
     return GatewayServer(config, app)
