@@ -16,6 +16,7 @@ from syncline.store.records_service import RecordsService
 
 from . import (
     routes_activity,
+    routes_admin,
     routes_bus,
     routes_commands,
     routes_docs,
@@ -30,7 +31,7 @@ from .errors import error_body
 from .gateway import Clock, Gateway
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
-from .settings import Settings
+from .settings import Settings, check_startup_secrets
 
 CORRELATION_HEADER = "x-correlation-id"
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     collection, every field last-writer-wins). ``clock``: where the gateway reads the time
     (default: the system's; tests pass one they move by hand instead of sleeping)."""
     settings = settings or Settings()
+    check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
 
@@ -139,7 +141,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         path="/v1",
         guards=[require_auth],
         route_handlers=[*routes_events.V1, *routes_docs.V1, *routes_commands.V1, *routes_rooms.V1, *routes_bus.V1,
-                        *routes_activity.V1],
+                        *routes_activity.V1, *routes_admin.V1],
     )
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
     return Litestar(

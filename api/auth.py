@@ -16,8 +16,9 @@ import jwt
 from syncline.engine.errors import InvalidTenant
 from syncline.engine.events import check_tenant
 
-from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing
-from .settings import Settings
+from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing, TokenRevoked
+from .revocations import Revocations
+from .settings import Settings, check_jwt_secret
 
 READ, WRITE, ADMIN, CROSS_TENANT = "read", "write", "admin", "cross_tenant_read"
 KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT})
@@ -45,6 +46,8 @@ class Principal:
     perms: frozenset[str]
     exp: int
     client: str = ""
+    jti: str = ""  # the token's id (``jti`` claim), for revocation by id
+    iat: float | None = None  # when it was issued (``iat``), for "every token of U issued before T"
 
     def can(self, perm: str) -> bool:
         return perm in self.perms
@@ -58,6 +61,9 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self.algorithm = settings.jwt_algorithm
         self.leeway = settings.jwt_leeway_s
+        # Revoked token ids and per-user "issued before" cut-offs, fed from the log's
+        # ``$revocations`` streams by the gateway (api/revocations.py).
+        self.revocations = Revocations()
         if self.algorithm in ASYMMETRIC:
             if not settings.jwt_public_key:
                 raise ValueError(f"{self.algorithm} needs SYNCLINE_JWT_PUBLIC_KEY (PEM)")
@@ -67,6 +73,7 @@ class TokenVerifier:
                     key = f.read()
             self.key: Any = key
         elif self.algorithm.startswith("HS"):
+            check_jwt_secret(settings.jwt_secret)
             self.key = settings.jwt_secret
         else:
             raise ValueError(f"unsupported JWT algorithm {self.algorithm!r}")
@@ -90,7 +97,10 @@ class TokenVerifier:
             raise TokenBadSignature(f"tokens must be signed with {self.algorithm}") from e
         except jwt.PyJWTError as e:
             raise TokenMalformed(f"malformed token: {e}") from e
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        if self.revocations.revoked(principal):
+            raise TokenRevoked("the token was revoked")
+        return principal
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
@@ -107,7 +117,13 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
         raise TokenMalformed("claim 'perms' must be a list of strings")
     role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms))
-    return Principal(user, tenant, role_set, granted, int(claims["exp"]))
+    jti, iat = claims.get("jti"), claims.get("iat")
+    if jti is not None and (not isinstance(jti, str) or len(jti) > 200):
+        raise TokenMalformed("claim 'jti' must be a string of at most 200 characters")
+    if iat is not None and (not isinstance(iat, (int, float)) or isinstance(iat, bool)):
+        raise TokenMalformed("claim 'iat' must be a number")
+    return Principal(user, tenant, role_set, granted, int(claims["exp"]), jti=jti or "",
+                     iat=float(iat) if iat is not None else None)
 
 
 # Every WebSocket connection keeps its Principal for its whole life, and almost all of them

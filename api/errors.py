@@ -49,6 +49,20 @@ class TokenMalformed(Unauthenticated):
     code = "token_malformed"
 
 
+class TokenRevoked(Unauthenticated):
+    """The token's ``jti`` was revoked, or its user's tokens issued before its ``iat``."""
+
+    code = "token_revoked"
+
+
+class InsecureSecret(SynclineError):
+    """The JWT secret is too short, empty, or the development one on a public bind: the
+    gateway refuses to start (docs/_security_tokens.md)."""
+
+    code = "insecure_secret"
+    http_status = 500
+
+
 class JustificationRequired(Forbidden):
     code = "justification_required"
 

@@ -33,8 +33,10 @@ ROOM_MESSAGE = "room.message"
 DM_MESSAGE = "dm.message"
 ROOM_PREFIX = "room/"
 DM_PREFIX = "dm/"
-FOLLOWED = EventFilter(stream_prefixes=("doc/", ROOM_PREFIX, DM_PREFIX),
-                       types=(DOC_UPDATE, ROOM_MESSAGE, DM_MESSAGE))
+REVOCATIONS = "$revocations"  # token revocations (api/revocations.py): every gateway applies them
+TOKEN_REVOKED = "token.revoked"
+FOLLOWED = EventFilter(stream_prefixes=("doc/", ROOM_PREFIX, DM_PREFIX), streams=(REVOCATIONS,),
+                       types=(DOC_UPDATE, ROOM_MESSAGE, DM_MESSAGE, TOKEN_REVOKED))
 PAGE = 1000
 RELAY_CHANNEL = "relay:messages"  # the fast path of room and direct messages between gateways
 
@@ -162,6 +164,9 @@ class LogFollower:
         for e in events:
             if e.type == DOC_UPDATE:
                 yjs.from_log(e)
+            elif e.type == TOKEN_REVOKED:
+                if e.stream == REVOCATIONS:
+                    self.gw.revocation_from_log(e)
             else:
                 messages.from_log(e)
         yjs.passed(upto)

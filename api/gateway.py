@@ -23,8 +23,10 @@ from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
 from .ratelimit import BanList, SharedBanList
+from .revocations import REVOCATION_FILTER, REVOCATIONS_STREAM, TOKEN_REVOKED, Revocation, revocation_from
 from .security_events import SecurityAggregator, clip, iso
 from .settings import Settings
+from .token_expiry import ExpiryWatch
 from .ws_yjs import DocRooms
 
 if TYPE_CHECKING:
@@ -38,8 +40,13 @@ SECURITY_STREAM = "$security"
 
 class Closable(Protocol):
     conn_id: str
+    principal: Principal
 
     async def shutdown(self, reason: str) -> None: ...
+
+    def token_ended(self, code: str) -> None:
+        """Close now with 4401 and this reason (``token_expired`` or ``token_revoked``)."""
+        ...
 
 
 class Clock(Protocol):
@@ -77,6 +84,8 @@ class Gateway:
         self.started_at = self.clock.time()
         self.bus: Bus | None = None  # made on first use (api/routes_bus.py)
         self.follower = LogFollower(self)
+        self.revocations = self.verifier.revocations
+        self.expiry = ExpiryWatch(self)
         self.yjs = DocRooms(self)
         self.redis_presence: RedisPresence | None = None
         if settings.redis_url:
@@ -101,6 +110,8 @@ class Gateway:
     async def start(self) -> None:
         await self.hub.start()
         await self.follower.start()
+        await self.load_revocations()  # (after the follower starts: nothing falls between)
+        self.expiry.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="presence-sweeper")
         self._security_flusher = asyncio.create_task(self._flush_security_windows(), name="security-flusher")
         if self.settings.prune_interval_s > 0:
@@ -119,6 +130,7 @@ class Gateway:
             log.exception("security.flush_failed")
         await self.activity.close()  # (before the store closes: no read left in flight)
         await self.follower.close()
+        await self.expiry.close()
         await self.yjs.close()
         await self.hub.close()
         await self.bans.close()
@@ -179,6 +191,76 @@ class Gateway:
                 )
             ],
         )
+
+    # -- token revocation (api/revocations.py) ----------------------------------
+
+    async def revoke(self, tenant: str, data: dict[str, Any], principal: Principal | None, *,
+                     reason: str = "") -> tuple[Revocation, int]:
+        """Record a revocation in the tenant's log (critical) and apply it here at once;
+        every other gateway applies it when its follower reads the event. Returns the
+        revocation and its log position."""
+        r = revocation_from(tenant, data)
+        by = {"user": principal.user, "tenant": principal.tenant} if principal else {"user": "cli"}
+        result = await self.store.append(tenant, REVOCATIONS_STREAM, [NewEvent(
+            TOKEN_REVOKED, data={**r.to_data(), "reason": reason[:500], "by": by},
+            actor=Actor(principal.user if principal else "cli", principal.client if principal else ""),
+            retention=Retention.CRITICAL)])
+        self.apply_revocation(r)
+        return r, result.streams[0].first_position
+
+    def apply_revocation(self, r: Revocation) -> int:
+        """Remember a revocation and close the matching connections (4401 token_revoked)."""
+        if self.revocations.add(r):  # (the gateway that recorded it reads it again from the log)
+            self.metrics.revocations.inc()
+        closed = 0
+        for conn in list(self.connections.values()):
+            if r.matches(conn.principal):
+                conn.token_ended("token_revoked")
+                closed += 1
+        if closed:
+            self.metrics.revoked_sessions.inc(closed)
+            log.info("token.revoked_sessions_closed", tenant=r.tenant, closed=closed)
+        return closed
+
+    def revocation_from_log(self, event: Any) -> None:
+        try:
+            self.apply_revocation(revocation_from(event.tenant, event.data))
+        except Exception:  # a malformed event must not stop the follower
+            log.exception("token.revocation_unreadable", position=event.position)
+
+    async def load_revocations(self) -> int:
+        """Every revocation in the log, at start: each tenant's ``$revocations`` stream (an
+        indexed read per tenant, not a scan of the whole log)."""
+        list_tenants = getattr(self.store, "list_tenants", None)
+        if list_tenants is None:
+            return await self._scan_revocations()
+        n = 0
+        for tenant in await list_tenants():
+            version = 0
+            while True:
+                page = await self.store.read_stream(tenant, REVOCATIONS_STREAM, from_version=version + 1,
+                                                    limit=1000)
+                for e in page:
+                    if e.type == TOKEN_REVOKED:
+                        self.revocation_from_log(e)
+                        n += 1
+                if len(page) < 1000:
+                    break
+                version = page[-1].version
+        return n
+
+    async def _scan_revocations(self) -> int:
+        after, n = 0, 0
+        while True:
+            page = await self.store.read_log(None, after=after, limit=1000, filter=REVOCATION_FILTER,
+                                             all_tenants=True)
+            for e in page.events:
+                if e.stream == REVOCATIONS_STREAM and e.type == TOKEN_REVOKED:
+                    self.revocation_from_log(e)
+                    n += 1
+            if page.next_after <= after or page.next_after >= page.head:
+                return n
+            after = page.next_after
 
     async def security_event(self, principal: Principal | None, kind: str, **details: Any) -> None:
         """Count a refused attempt, and record it in the offender's tenant log, aggregated:

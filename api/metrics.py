@@ -64,5 +64,19 @@ class Metrics:
                                           "Shared-ban Redis operations that failed (local ban list used alone)",
                                           ["op"], registry=r)
 
+        self.revocations = Counter("syncline_token_revocations_total",
+                                   "Token revocations applied by this gateway (recorded here or read from the log)",
+                                   registry=r)
+        self.revoked_sessions = Counter("syncline_revoked_sessions_total",
+                                        "Open connections closed because their token was revoked", registry=r)
+        self.token_expired_sessions = Counter("syncline_token_expired_sessions_total",
+                                              "Open connections closed at their token's exp", ["endpoint"],
+                                              registry=r)
+        self.auth_refreshes = Counter("syncline_auth_refreshes_total",
+                                      "In-band token refreshes (native 'auth'), by outcome", ["outcome"], registry=r)
+        self.origin_refused = Counter("syncline_ws_origin_refused_total",
+                                      "WebSocket handshakes refused (403) for an Origin not on the allow-list",
+                                      registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

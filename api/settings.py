@@ -1,6 +1,7 @@
 """Settings from the environment (``SYNCLINE_*``), with defaults for the embedded setup."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -25,6 +26,64 @@ def _dev_secret() -> str:
     return value
 
 
+MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash output are refused (RFC 7518 §3.2)
+
+
+def _jwt_secret() -> str:
+    """``SYNCLINE_JWT_SECRET`` when it is set, even to "" (refused later as too short: an
+    empty value is a mistake, never a request for the development secret); the
+    development secret only when it is not set at all."""
+    value = os.environ.get("SYNCLINE_JWT_SECRET")
+    return value if value is not None else _dev_secret()
+
+
+def is_dev_secret(secret: str) -> bool:
+    """Whether ``secret`` is the development secret kept in var/dev-jwt-secret."""
+    try:
+        return DEV_SECRET_FILE.exists() and DEV_SECRET_FILE.read_text().strip() == secret
+    except OSError:
+        return False
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``; anything else (0.0.0.0, ::, a name) is public."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_jwt_secret(secret: str | None) -> None:
+    """Refuse an HMAC secret shorter than 32 bytes (an empty one included)."""
+    from .errors import InsecureSecret
+
+    size = len((secret or "").encode())
+    if size < MIN_SECRET_BYTES:
+        raise InsecureSecret(
+            f"SYNCLINE_JWT_SECRET is {'empty' if not size else f'{size} bytes'}: an HS256 secret needs at least "
+            f"{MIN_SECRET_BYTES} bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)")
+
+
+def check_startup_secrets(settings: "Settings") -> None:
+    """What ``create_app`` refuses to start with: a short HMAC secret, or the development
+    secret (var/dev-jwt-secret) on a non-loopback bind."""
+    from .errors import InsecureSecret
+
+    if not settings.jwt_algorithm.startswith("HS"):
+        return
+    check_jwt_secret(settings.jwt_secret)
+    if not is_loopback(settings.host) and is_dev_secret(settings.jwt_secret):
+        raise InsecureSecret(
+            f"the development JWT secret ({DEV_SECRET_FILE}) may only serve a loopback address, not "
+            f"{settings.host!r}: set SYNCLINE_JWT_SECRET (or SYNCLINE_JWT_ALGORITHM and SYNCLINE_JWT_PUBLIC_KEY)")
+
+
+def _csv(name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
+
+
 def default_ws() -> str:
     """``SYNCLINE_WS_IMPL`` (one of WS_IMPLEMENTATIONS) or ``lean``."""
     return os.environ.get("SYNCLINE_WS_IMPL") or DEFAULT_WS
@@ -44,7 +103,7 @@ class Settings:
     redis_url: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_REDIS_URL") or None)
     host: str = field(default_factory=lambda: os.environ.get("SYNCLINE_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _int("SYNCLINE_PORT", 8000))
-    jwt_secret: str = field(default_factory=lambda: os.environ.get("SYNCLINE_JWT_SECRET") or _dev_secret())
+    jwt_secret: str = field(default_factory=_jwt_secret)
     jwt_algorithm: str = field(default_factory=lambda: os.environ.get("SYNCLINE_JWT_ALGORITHM", "HS256"))
     jwt_public_key: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_JWT_PUBLIC_KEY") or None)
     retention_s: float = field(default_factory=lambda: _float("SYNCLINE_RETENTION_S", 7 * 86400))
@@ -110,3 +169,13 @@ class Settings:
     security_aggregate_max: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_AGGREGATE_MAX", 10_000))
     security_samples: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_SAMPLES", 3))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")
+    # -- transport security (docs/_security_tokens.md) --
+    # TLS for HTTP and WebSockets (`syncline serve --tls-cert --tls-key`): PEM files.
+    tls_cert_file: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_TLS_CERT") or None)
+    tls_key_file: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_TLS_KEY") or None)
+    # WebSocket handshakes whose Origin is not listed are refused with 403; empty: any
+    # Origin (and none, as non-browser clients send) is allowed. Exact origins, e.g.
+    # "https://app.example.com"; "*" allows every origin.
+    ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _csv("SYNCLINE_WS_ALLOWED_ORIGINS"))
+    # Strict-Transport-Security max-age, sent on HTTPS responses only (0: not sent).
+    hsts_max_age_s: int = field(default_factory=lambda: _int("SYNCLINE_HSTS_MAX_AGE_S", 31_536_000))

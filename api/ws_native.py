@@ -40,6 +40,7 @@ from syncline.engine.session import (
     SetPresence,
     StoreMessage,
     TakeSnapshot,
+    VerifyToken,
     WaitLog,
 )
 from syncline.store.gcpause import collector_paused
@@ -51,6 +52,7 @@ from .errors import (
     WS_PROTOCOL,
     WS_RATE_LIMITED,
     WS_STALE,
+    WS_UNAUTHENTICATED,
     Unauthenticated,
     ws_close_code,
 )
@@ -90,7 +92,8 @@ class NativeConnection:
         self.conn_id = new_conn_id()
         self.session = ServerSession(
             Identity(principal.tenant, principal.user, frozenset(principal.perms)), session_config(gw.settings),
-            session_id=self.conn_id, client=client, now_ms=self._ms(), encode_events=events_wire)
+            session_id=self.conn_id, client=client, now_ms=self._ms(), encode_events=events_wire,
+            expires_ms=self._expires_ms(principal))
         self.member = (principal.tenant, principal.user, self.session.client)
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
         self.pending: list[dict] = []
@@ -103,6 +106,38 @@ class NativeConnection:
 
     def _ms(self) -> int:
         return int(self.gw.clock.monotonic() * 1000)
+
+    def _expires_ms(self, p: Principal) -> int:
+        """The token's ``exp`` (wall seconds) on the session's clock (monotonic ms)."""
+        return self._ms() + int((p.exp - self.gw.clock.time()) * 1000)
+
+    def token_ended(self, code: str) -> None:
+        """The token was revoked (the gateway matched a revocation): bye, then 4401."""
+        for e in self.session.revoked():
+            if type(e) is Send:
+                self.send(e.msg, urgent=True)
+            elif type(e) is Close:
+                self.close(e.code, e.reason)
+
+    async def _reauth(self, e: VerifyToken) -> None:
+        """An in-band ``auth``: verify the new token; the session decides whether it
+        becomes the connection's (same user and tenant)."""
+        gw, session = self.gw, self.session
+        try:
+            p = gw.verifier.verify(e.token)
+        except Unauthenticated as err:
+            gw.metrics.auth_failures.labels(err.code).inc()
+            gw.metrics.auth_refreshes.labels(err.code).inc()
+            await self.perform(session.auth_failed(e.ref, err))
+            return
+        who = Identity(p.tenant, p.user, frozenset(p.perms))
+        effects = session.reauthed(e.ref, who, self._expires_ms(p), self._ms(), exp=p.exp)
+        if session.who is who:
+            self.principal = p
+            gw.metrics.auth_refreshes.labels("ok").inc()
+        else:
+            gw.metrics.auth_refreshes.labels("refused").inc()
+        await self.perform(effects)
 
     @property
     def client(self) -> str:
@@ -203,7 +238,8 @@ class NativeConnection:
     async def _ticker(self) -> None:
         step = max(0.02, min(self.s.stale_after_s / 4, self.s.ack_timeout_s / 2, 5.0))
         while not self.outbox.closed:
-            await asyncio.sleep(step)
+            due = self.session.next_deadline()  # (the token's expiry may come before the step)
+            await asyncio.sleep(step if due is None else max(0.005, min(step, (due - self._ms()) / 1000)))
             await self.perform(self.session.tick(self._ms()))
 
     async def cleanup(self) -> None:
@@ -227,7 +263,13 @@ class NativeConnection:
                 if old is not None and old[0] != e.gen and old[1] is not asyncio.current_task():
                     old[1].cancel()  # a replaced or rewound subscription: its read is moot
                 self._reads[e.sub] = (e.gen, self.spawn(self._read(e)))
+            elif kind is VerifyToken:
+                await self._reauth(e)
             elif kind is Close:
+                if e.code == WS_UNAUTHENTICATED:
+                    if e.reason == "token_expired":
+                        self.gw.metrics.token_expired_sessions.labels(ENDPOINT).inc()
+                    log.info("ws.token_ended", reason=e.reason)
                 if e.code == WS_RATE_LIMITED:
                     log.warning("ws.rate_limited_disconnect", ban_s=self.s.rate_limit_ban_s)
                 elif e.code == WS_STALE:
@@ -447,6 +489,8 @@ async def native_ws(socket: WebSocket) -> None:
     conn = NativeConnection(gw, socket, principal, chosen or P.SUBPROTOCOL_MSGPACK, client)
     bind_connection(conn.conn_id, principal, ENDPOINT)
     gw.connections[conn.conn_id] = conn
+    if gw.revocations.revoked(principal):  # revoked while the handshake was under way
+        conn.token_ended("token_revoked")
     gauge = gw.metrics.ws_connections.labels(ENDPOINT)
     gauge.inc()
     log.info("ws.open", subprotocol=conn.subprotocol, client=client)

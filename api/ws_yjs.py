@@ -46,6 +46,7 @@ from .errors import (
     WS_FORBIDDEN,
     WS_GOING_AWAY,
     WS_PROTOCOL,
+    WS_UNAUTHENTICATED,
     WS_UNAVAILABLE,
     Unauthenticated,
     ws_close_code,
@@ -421,6 +422,13 @@ class YjsConnection:
         self.outbox.close(WS_GOING_AWAY, reason)
         await self.outbox.drain(self.gw.settings.shutdown_grace_s)
 
+    def token_ended(self, code: str) -> None:
+        """The token expired or was revoked: close 4401 with the reason (y-websocket
+        clients reconnect, with a new token in ``params``)."""
+        if code == "token_expired" and not self.outbox.closed:
+            self.gw.metrics.token_expired_sessions.labels(ENDPOINT).inc()
+        self.outbox.close(WS_UNAUTHENTICATED, code)
+
     async def run(self) -> None:
         room, gw = self.room, self.gw
         received = gw.metrics.ws_messages.labels(ENDPOINT, "in")
@@ -469,6 +477,9 @@ class YjsConnection:
                 return
             if not self.writable:
                 self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
+                return
+            if self.principal.exp <= self.gw.clock.time():  # (the expiry task may not have run yet)
+                self.token_ended("token_expired")
                 return
             await self.apply(update)
         elif isinstance(msg, AwarenessMessage):
@@ -534,6 +545,9 @@ async def yjs_ws(socket: WebSocket, doc: str) -> None:
     bind_connection(conn.conn_id, principal, ENDPOINT)
     room.conns[conn.conn_id] = conn
     gw.connections[conn.conn_id] = conn
+    gw.expiry.watch(conn.conn_id, principal.exp)
+    if gw.revocations.revoked(principal):  # revoked while the handshake was under way
+        conn.token_ended("token_revoked")
     gauge = gw.metrics.ws_connections.labels(ENDPOINT)
     gauge.inc()
     log.info("yjs.open", doc=doc, writable=conn.writable)

@@ -14,12 +14,17 @@ calls happen on the event loop's thread, so the core needs no locks.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import inspect
+import json
 import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
+from syncline.engine import protocol as P
 from syncline.engine.records import Conflict, ResolutionConfig
 
 from . import core as C
@@ -32,6 +37,21 @@ from .transports.fallback import FallbackConnector
 log = logging.getLogger("clientkit")
 
 Callback = Callable[..., Any]
+# Returns a fresh token for the same user and tenant (plain or async): the client refreshes
+# in-band (``auth``) before the current one expires, and reconnects with the newest one.
+TokenProvider = Callable[[], "str | Awaitable[str]"]
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (seconds since the epoch), read without verifying it (the
+    client only schedules its refresh with it); None when there is none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
 class SynclineClient:
@@ -50,6 +70,8 @@ class SynclineClient:
         keep_local_ops_on_refresh: bool = True,
         clock_ms: Callable[[], int] | None = None,
         rng: random.Random | None = None,
+        token_provider: TokenProvider | None = None,
+        refresh_before_s: float = 60.0,
         **core_options: Any,
     ) -> None:
         if queue is None:
@@ -70,7 +92,8 @@ class SynclineClient:
         self.transport = "none"
         self.docs: dict[str, DocReplica] = {}
         self.stats = {"connects": 0, "ws_connects": 0, "poll_connects": 0, "events": 0, "acked": 0,
-                      "conflicts": 0, "snapshots": 0, "corrupt_snapshots": 0, "duplicates": 0}
+                      "conflicts": 0, "snapshots": 0, "corrupt_snapshots": 0, "duplicates": 0,
+                      "token_refreshes": 0, "token_refresh_failures": 0}
         self._send_q: asyncio.Queue | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
@@ -80,6 +103,12 @@ class SynclineClient:
         self._closing = False
         self._paused = False
         self._last_upgrade = False
+        # In-band refresh: ``token_provider()`` is asked for a new token ``refresh_before_s``
+        # (at most half the remaining lifetime) before the current one's ``exp``.
+        self.token_provider = token_provider
+        self.refresh_before_s = refresh_before_s
+        self._auth_seq = 0
+        self._wall = time.time
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -278,6 +307,8 @@ class SynclineClient:
 
     async def _session(self) -> None:
         """One connection: open, run reader/writer/ticker until it ends, tell the core."""
+        if self.token_provider is not None and self._refresh_due() <= self._wall():
+            await self._refresh_token()  # (reconnecting with an expired token would be refused)
         try:
             open_ = self.connector.open
             conn = await open_(self.core.client_id)
@@ -295,6 +326,8 @@ class SynclineClient:
         reason = "closed"
         tasks = [asyncio.create_task(self._reader(conn)), asyncio.create_task(self._writer(conn)),
                  asyncio.create_task(self._ticker())]
+        if self.token_provider is not None:
+            tasks.append(asyncio.create_task(self._refresher(conn)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -331,6 +364,58 @@ class SynclineClient:
         while True:
             msg = await q.get()
             await conn.send(msg)
+
+    # -------------------------------------------------------------- tokens
+    def _refresh_due(self) -> float:
+        """When to ask for the next token (wall seconds): ``refresh_before_s`` before ``exp``,
+        or half-way through what is left of a shorter-lived token."""
+        exp = token_expiry(self.token)
+        if exp is None:
+            return float("inf")
+        now = self._wall()
+        return exp - min(self.refresh_before_s, max(0.0, exp - now) / 2)
+
+    async def _refresh_token(self) -> bool:
+        """Ask the provider for a token and make it the client's (connectors, documents)."""
+        assert self.token_provider is not None
+        try:
+            new = self.token_provider()
+            if inspect.isawaitable(new):
+                new = await new
+        except Exception:  # noqa: BLE001 - a failing provider: the session ends at exp, reconnect retries
+            self.stats["token_refresh_failures"] += 1
+            log.exception("token provider failed")
+            return False
+        if not isinstance(new, str) or not new:
+            self.stats["token_refresh_failures"] += 1
+            return False
+        self.token = new
+        setter = getattr(self.connector, "set_token", None)
+        if setter is not None:
+            setter(new)
+        for d in self.docs.values():
+            d.set_token(new)
+        self.stats["token_refreshes"] += 1
+        return True
+
+    async def _refresher(self, conn: Any) -> None:
+        """While connected: refresh before expiry and hand the new token to the server in-band
+        (``auth``); a polling connection sends it with its next request."""
+        while True:
+            due = self._refresh_due()
+            if due == float("inf"):
+                return
+            await asyncio.sleep(max(0.05, due - self._wall()))
+            before = self.token
+            if not await self._refresh_token():
+                await asyncio.sleep(1.0)  # (ask again; the session ends at exp if it keeps failing)
+                continue
+            if self.token == before:
+                await asyncio.sleep(1.0)  # the provider has nothing newer yet
+                continue
+            if conn.kind == "ws" and self._send_q is not None:
+                self._auth_seq += 1
+                self._send_q.put_nowait(P.message(P.AUTH, id=f"auth-{self._auth_seq}", token=self.token))
 
     async def _ticker(self) -> None:
         assert self._wake is not None

@@ -24,8 +24,9 @@ log = logging.getLogger("clientkit.docs")
 class DocReplica:
     def __init__(self, base_url: str, token: str, doc_id: str, *, backoff_base_s: float = 0.25,
                  backoff_max_s: float = 10.0, rng: random.Random | None = None) -> None:
-        self.url = (base_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-                    + f"/v1/yjs/{quote(doc_id, safe='')}?" + urlencode({"token": token}))
+        self._base = (base_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+                      + f"/v1/yjs/{quote(doc_id, safe='')}?")
+        self.url = self._base + urlencode({"token": token})
         self.doc_id = doc_id
         self.doc = pycrdt.Doc()
         self.online = False
@@ -37,6 +38,11 @@ class DocReplica:
         self._applying_remote = False
         self._sub = self.doc.observe(self._on_local_update)
         self.changed = asyncio.Event()
+
+    def set_token(self, token: str) -> None:
+        """The token of the next (re)connection: the server closes a Yjs socket at its token's
+        ``exp`` (4401 token_expired), and the replica reconnects with this one."""
+        self.url = self._base + urlencode({"token": token})
 
     def text(self, name: str = "text") -> pycrdt.Text:
         return self.doc.get(name, type=pycrdt.Text)

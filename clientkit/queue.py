@@ -21,6 +21,7 @@ Rules (both peers):
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from bisect import bisect_right
@@ -206,6 +207,8 @@ class SqliteOpQueue:
     def __init__(self, path: str | Path, limit: int = DEFAULT_LIMIT, *, durable: bool = False) -> None:
         self.limit = limit
         self.path = str(path)
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            _create_private(self.path)
         # One connection, used from whichever thread calls (the client's loop thread or a
         # worker); the lock serialises them, check_same_thread would only forbid it.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -336,3 +339,13 @@ def _with_seq(q: QueuedOp, seq: int) -> QueuedOp:
 
 __all__ = ["DEFAULT_LIMIT", "ClientOp", "MemoryOpQueue", "OpQueue", "QueueFull", "QueuedOp", "ResolveOp",
            "SqliteOpQueue", "queued"]
+
+
+def _create_private(path: str) -> None:
+    """The queue file readable by its owner only (0600), -wal and -shm alike (SQLite gives
+    them the database file's mode); an existing file keeps its mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)

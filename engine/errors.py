@@ -129,3 +129,10 @@ class WebSocketForbidden(Forbidden):
     """Critical commands (class D) are refused over WebSocket: REST only."""
 
     code = "websocket_forbidden"
+
+
+class TokenSubjectMismatch(Forbidden):
+    """An in-band ``auth`` named another user or tenant than the connection's: refused,
+    the connection keeps its current token (and ends at that token's ``exp``)."""
+
+    code = "token_subject_mismatch"

@@ -64,6 +64,7 @@ SAY = "say"  # {room, data, [id]}: a room message, stored in room/<room>, answer
 DM = "dm"  # {to: user, data, [id]}: a direct message, stored in dm/<to>, answered by "sent"
 PRESENCE = "presence"  # {room, state}: ephemeral typing/cursor state (also server -> client)
 COMMAND = "command"  # refused over WebSocket: critical commands are REST only
+AUTH = "auth"  # {token, [id]}: a new token for the same user and tenant (in-band refresh)
 
 # Server -> client
 WELCOME = "welcome"  # {session, tenant, user, head, heartbeat_s, stale_s}
@@ -80,6 +81,8 @@ CONFLICT = "conflict"  # {conflict: {...}}: a manual conflict for the client's r
 WARN = "warn"  # {code, message}: e.g. rate_limited (first offence)
 ERROR = "error"  # {code, message, [ref]}: a request failed; the connection stays open
 BYE = "bye"  # {code, reason}: the server is closing the connection
+AUTHED = "authed"  # {[id], exp}: the ``auth`` token is now the connection's; the session ends at ``exp``
+TOKEN_MAX = 8192  # characters of a token in ``auth``
 
 _str = lambda v: isinstance(v, str) and 0 < len(v) <= 255  # noqa: E731
 _opt_str = lambda v: v is None or _str(v)  # noqa: E731
@@ -116,6 +119,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     PRESENCE: {"room": (True, _str), "state": (False, _opt_dict), "user": (False, _opt_str),
                "event": (False, _opt_str)},
     COMMAND: {"type": (False, _any)},
+    AUTH: {"token": (True, lambda v: isinstance(v, str) and 0 < len(v) <= TOKEN_MAX), "id": (False, _opt_str)},
     WELCOME: {"session": (True, _str), "tenant": (True, _str), "user": (True, _str), "head": (True, _pos)},
     PONG: {"id": (False, _any)},
     EVENTS: {"sub": (True, _str), "events": (True, _list), "next": (True, _pos), "head": (False, _opt_pos),
@@ -132,11 +136,12 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     WARN: {"code": (True, _str)},
     ERROR: {"code": (True, _str)},
     BYE: {"code": (True, _str)},
+    AUTHED: {"exp": (True, _pos), "id": (False, _opt_str)},
 }
-CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND})
+CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND, AUTH})
 SERVER_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES | {PRESENCE}
 # Messages the server sends at once, bypassing the outgoing batching window.
-LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG, SENT})
+LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG, SENT, AUTHED})
 
 
 def validate(msg: Any, *, allowed: frozenset[str] | None = None) -> dict[str, Any]:

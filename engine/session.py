@@ -28,6 +28,7 @@ from .errors import (
     ProtocolError,
     SynclineError,
     TenantViolation,
+    TokenSubjectMismatch,
     ValidationError,
     WebSocketForbidden,
 )
@@ -171,6 +172,16 @@ class Ban:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyToken:
+    """An ``auth`` message: verify ``token`` and answer with :meth:`ServerSession.reauthed`
+    (the identity it carries and when it expires, in the caller's milliseconds) or
+    :meth:`ServerSession.auth_failed` (the verification error)."""
+
+    ref: str | None
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityEvent:
     kind: str
     details: dict[str, Any]
@@ -243,8 +254,12 @@ class _Sub:
 
 class ServerSession:
     def __init__(self, who: Identity, config: SessionConfig, *, session_id: str, client: str = "",
-                 now_ms: int, encode_events: Callable[[Sequence[RecordedEvent]], list] | None = None) -> None:
+                 now_ms: int, encode_events: Callable[[Sequence[RecordedEvent]], list] | None = None,
+                 expires_ms: int | None = None) -> None:
         self.who = who
+        # When the token ends the session (close 4401 token_expired), in the caller's ms;
+        # moved by an accepted in-band ``auth``. None: no expiry (the simulator's default).
+        self.expires_ms = expires_ms
         self.config = config
         self.session_id = session_id
         self.client = client or session_id
@@ -279,6 +294,8 @@ class ServerSession:
         """One decoded, validated client message (``protocol.decode_frame``)."""
         if self.closed:
             return []
+        if self.expires_ms is not None and now_ms >= self.expires_ms:
+            return self._token_ended("token_expired", "the token has expired")
         self.last_seen_ms = now_ms
         verdict = self.limiter.hit(now_ms / 1000)
         if verdict is not Verdict.OK:
@@ -309,6 +326,8 @@ class ServerSession:
         if self.closed:
             return []
         c = self.config
+        if self.expires_ms is not None and now_ms >= self.expires_ms:
+            return self._token_ended("token_expired", "the token has expired")
         if now_ms - self.last_seen_ms > c.stale_ms:
             self.closed = True
             return [Send(P.message(P.BYE, code="stale", reason=f"nothing received for {c.stale_ms / 1000:g}s")),
@@ -334,10 +353,41 @@ class ServerSession:
             return None
         c = self.config
         due = self.last_seen_ms + c.stale_ms + 1
+        if self.expires_ms is not None:
+            due = min(due, self.expires_ms)
         for sub in self.subs.values():
             if sub.inflight:
                 due = min(due, sub.progress_ms + c.ack_timeout_ms + 1)
         return due
+
+    def revoked(self) -> list[Effect]:
+        """The connection's token was revoked (the shell matched a revocation): bye, 4401."""
+        if self.closed:
+            return []
+        return self._token_ended("token_revoked", "the token was revoked")
+
+    def reauthed(self, ref: str | None, who: Identity, expires_ms: int | None, now_ms: int, *,
+                 exp: int = 0) -> list[Effect]:
+        """The shell verified an ``auth`` token: it becomes the connection's if it names the
+        same user and tenant (its permissions and expiry replace the old ones). ``exp``: the
+        token's claim, echoed in ``authed``."""
+        if self.closed:
+            return []
+        if who.tenant != self.who.tenant or who.user != self.who.user:
+            return [self._error(ref, TokenSubjectMismatch(
+                "a refreshed token must name the connection's user and tenant"))]
+        if expires_ms is not None and now_ms >= expires_ms:
+            return self._token_ended("token_expired", "the token has expired")
+        self.who, self.expires_ms = who, expires_ms
+        return [Send(P.message(P.AUTHED, id=ref, exp=max(0, int(exp))))]
+
+    def auth_failed(self, ref: str | None, error: SynclineError) -> list[Effect]:
+        """The ``auth`` token did not verify: an error; the connection keeps its token."""
+        return [] if self.closed else [self._error(ref, error)]
+
+    def _token_ended(self, code: str, reason: str) -> list[Effect]:
+        self.closed = True
+        return [Send(P.message(P.BYE, code=code, reason=reason)), Close(P.CLOSE_UNAUTHENTICATED, code)]
 
     def shutdown(self, reason: str) -> list[Effect]:
         self.closed = True
@@ -350,6 +400,8 @@ class ServerSession:
         sub = self._current(sub_id, gen)
         if sub is None:
             return []
+        if self.expires_ms is not None and now_ms >= self.expires_ms:
+            return self._token_ended("token_expired", "the token has expired")
         sub.busy = False
         user = self.who.user
         if not sub.system_ok:
@@ -616,6 +668,9 @@ class ServerSession:
             raise Forbidden("join the room before setting presence in it", room=room)
         return [SetPresence(room, msg.get("state"))]
 
+    def _on_auth(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
+        return [VerifyToken(msg.get("id"), msg["token"])]
+
     def _on_command(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         raise WebSocketForbidden("critical commands are REST only: POST /v1/commands/{type}")
 
@@ -677,4 +732,5 @@ _HANDLERS: dict[str, Callable[[ServerSession, dict, int, int], list[Effect]]] = 
     P.DM: ServerSession._on_dm,
     P.PRESENCE: ServerSession._on_presence,
     P.COMMAND: ServerSession._on_command,
+    P.AUTH: ServerSession._on_auth,
 }

@@ -12,6 +12,11 @@ protocol::
     out = server.receive(conn, frame_or_message, now_ms)             # [(conn_id, message), ...]
     out = server.tick(now_ms)       # heartbeats, ack timeouts, presence TTL, subscriptions woken by appends
     out = server.disconnect(conn, now_ms)
+    out = server.revoke(conn, now_ms)   # the token was revoked: bye token_revoked, 4401
+
+A connection ends at its Principal's ``expires_ms`` (4401 token_expired) unless the client
+sends ``auth`` with a new token first: the server verifies it with the ``authenticate(token,
+now_ms) -> Principal`` function it was given (without one, ``auth`` is refused).
 
 Every call returns ``list[(conn_id, message)]``: messages are ``engine.protocol``
 dicts (encode them with ``encode_frame`` for a real socket). A ``bye`` message means
@@ -25,9 +30,9 @@ are gone. Ids come from ``new_id(time_ms)`` so that a seeded run is reproducible
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from . import protocol as P
 from .documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
@@ -67,6 +72,7 @@ from .session import (
     SetPresence,
     StoreMessage,
     TakeSnapshot,
+    VerifyToken,
     WaitLog,
 )
 from .syncdata import chunk_snapshot, snapshot_checksum
@@ -122,6 +128,17 @@ class Principal:
     user: str
     roles: tuple[str, ...] = ()
     perms: frozenset[str] = frozenset({"read", "write"})
+    expires_ms: int | None = None  # the token's exp on the simulation's clock: the session ends then
+
+
+class AuthUnsupported(SynclineError):
+    """An ``auth`` message reached a server built without an ``authenticate`` function."""
+
+    code = "auth_unsupported"
+
+
+# (token, now_ms) -> the Principal it names (with its expires_ms), or a SynclineError raised
+Authenticate = Callable[[str, int], Principal]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +187,10 @@ class SyncServer:
         config: ServerConfig = ServerConfig(),
         *,
         keep_documents: bool = True,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.log = log
+        self.authenticate = authenticate  # verifies in-band ``auth`` tokens (docs/protocol.md)
         self.resolution = resolution
         self.config = config
         self.session_config = config.session()
@@ -246,7 +265,8 @@ class SyncServer:
         cid = self._next_conn
         self._next_conn += 1
         session = ServerSession(Identity(principal.tenant, principal.user, principal.perms), self.session_config,
-                                session_id=f"s{cid}", now_ms=now_ms, encode_events=self._encode)
+                                session_id=f"s{cid}", now_ms=now_ms, encode_events=self._encode,
+                                expires_ms=principal.expires_ms)
         conn = _Conn(cid, principal, session)
         self._conns[cid] = conn
         self._by_tenant.setdefault(principal.tenant, {})[cid] = None
@@ -282,6 +302,14 @@ class SyncServer:
             self._perform(conn, conn.session.invalid_frame(e), now_ms, out)
             return out
         self._perform(conn, conn.session.receive(msg, now_ms, wall_us=now_ms * 1000), now_ms, out)
+        return out
+
+    def revoke(self, conn_id: int, now_ms: int) -> Out:
+        """The connection's token was revoked: ``bye {code: token_revoked}``, dropped (4401)."""
+        conn = self._conns.get(conn_id)
+        out: Out = []
+        if conn is not None:
+            self._perform(conn, conn.session.revoked(), now_ms, out)
         return out
 
     def shutdown(self, reason: str, now_ms: int) -> Out:
@@ -384,6 +412,19 @@ class SyncServer:
                 checksum = snapshot_checksum(position, content)
                 chunks = chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes)
                 more = session.snapshot_ready(e.ref, chunks, position)
+            elif kind is VerifyToken:
+                try:
+                    if self.authenticate is None:
+                        raise AuthUnsupported("this server verifies no in-band tokens")
+                    who = self.authenticate(e.token, now_ms)
+                except SynclineError as err:
+                    more = session.auth_failed(e.ref, err)
+                else:
+                    ident = Identity(who.tenant, who.user, who.perms)
+                    more = session.reauthed(e.ref, ident, who.expires_ms, now_ms,
+                                            exp=(who.expires_ms or 0) // 1000)
+                    if session.who is ident:
+                        conn.principal = replace(conn.principal, perms=who.perms, expires_ms=who.expires_ms)
             elif kind is Close:
                 if out and out[-1][0] == conn.id and out[-1][1].get("t") == P.BYE:
                     out[-1] = (conn.id, {**out[-1][1], "close": e.code})

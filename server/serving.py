@@ -15,6 +15,7 @@ from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from syncline.api.settings import WS_IMPLEMENTATIONS, default_ws
+from syncline.api.transport import Edge  # the Origin allow-list and the security headers
 
 from .lean_ws import LeanWebSocketProtocol
 
@@ -138,12 +139,18 @@ class GatewayServer(uvicorn.Server):
 
 
 def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warning", ws: str | None = None,
-                fd: int | None = None, coalesce_writes: bool = True) -> GatewayServer:
+                fd: int | None = None, coalesce_writes: bool = True, tls_cert: str | None = None,
+                tls_key: str | None = None) -> GatewayServer:
     """``ws``: the WebSocket implementation's name; by default ``SYNCLINE_WS_IMPL`` or
-    ``lean``."""
+    ``lean``. ``tls_cert`` / ``tls_key``: PEM files; with them HTTP and WebSockets are
+    served over TLS (https, wss), whichever WebSocket implementation runs. No ``server``
+    header is sent (nothing to fingerprint the version by)."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("TLS needs both a certificate and a key file (--tls-cert and --tls-key)")
     ws = ws or default_ws()
     ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
-                            timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None,
-                            http=nodelay_http_protocol())
+    config = uvicorn.Config(Edge(app), host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
+                            interface="asgi3", timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None,
+                            server_header=False, http=nodelay_http_protocol(),
+                            ssl_certfile=tls_cert or None, ssl_keyfile=tls_key or None)
     return GatewayServer(config, app)

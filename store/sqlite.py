@@ -7,6 +7,7 @@ which in WAL mode never block and are never blocked by the writer.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import event
@@ -30,7 +31,20 @@ def _prepare_path(url: str) -> None:
     db = make_url(url).database
     if not db or db == ":memory:":
         raise ValidationError("an in-memory SQLite database cannot be shared; use the memory:// store instead")
-    Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    path = Path(db).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)
+
+
+def create_private(path: str | Path) -> None:
+    """Create the database file readable and writable by its owner only (0600) if it does
+    not exist yet: SQLite then creates its -wal and -shm files with the same permissions.
+    (An empty file is an empty database to SQLite; an existing file keeps its mode.)"""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _setup(engine: AsyncEngine, *, writer: bool, synchronous: str) -> None:

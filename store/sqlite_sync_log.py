@@ -60,6 +60,10 @@ class SqliteSyncLog:
         """``new_id(time_ms)`` numbers the events that did not choose their id, one call
         per id in event order (a seeded run is reproducible); by default, fresh UUIDv7s
         from the OS's randomness."""
+        if path != ":memory:":
+            from .sqlite import create_private
+
+            create_private(path)
         migrate(path)
         self._new_ids: IdSource = new_event_ids if new_id is None else id_source(new_id)
         self._max_payload = max_payload

@@ -18,10 +18,15 @@ from syncline.api.settings import WS_IMPLEMENTATIONS, Settings
 @click.option("--ws", default=None, type=click.Choice(WS_IMPLEMENTATIONS),
               help="WebSocket implementation: lean (ours, least memory per connection; default SYNCLINE_WS_IMPL "
                    "or lean) or one of uvicorn's.")
+@click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate (chain) file: serve HTTPS and WSS (default SYNCLINE_TLS_CERT).")
+@click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key file for --tls-cert (default SYNCLINE_TLS_KEY).")
 def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
-          ws: str | None) -> None:
+          ws: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """Run the gateway (REST, WebSocket, Yjs) in one process."""
     from syncline.api.app import create_app
+    from syncline.api.errors import InsecureSecret
     from syncline.server import make_server
 
     settings = Settings()
@@ -35,16 +40,28 @@ def serve(host: str | None, port: int | None, database_url: str | None, redis_ur
         settings.redis_url = redis_url
     if ws:
         settings.ws_impl = ws
+    if tls_cert:
+        settings.tls_cert_file = tls_cert
+    if tls_key:
+        settings.tls_key_file = tls_key
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key (or SYNCLINE_TLS_CERT and SYNCLINE_TLS_KEY)")
     if settings.database_url.startswith("sqlite+aiosqlite:///"):
         path = settings.database_url.removeprefix("sqlite+aiosqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
-    server = make_server(app, settings.host, settings.port, ws=settings.ws_impl)
-    url = f"http://{settings.host}:{settings.port}"
+    try:
+        app = create_app(settings)
+    except InsecureSecret as e:
+        raise click.ClickException(f"{e.code}: {e.message}") from None
+    server = make_server(app, settings.host, settings.port, ws=settings.ws_impl, tls_cert=settings.tls_cert_file,
+                         tls_key=settings.tls_key_file)
+    tls = bool(settings.tls_cert_file)
+    url = f"{'https' if tls else 'http'}://{settings.host}:{settings.port}"
+    wsurl = f"{'wss' if tls else 'ws'}://{settings.host}:{settings.port}"
     click.echo(f"Syncline listening on {url}  (store: {settings.database_url})")
     click.echo(f"  health:  {url}/healthz    ready: {url}/readyz    metrics: {url}/metrics    API: {url}/schema")
-    click.echo(f"  WebSocket: ws://{settings.host}:{settings.port}/v1/ws    Yjs: ws://{settings.host}:{settings.port}/v1/yjs/<doc>?token=<jwt>")
+    click.echo(f"  WebSocket: {wsurl}/v1/ws    Yjs: {wsurl}/v1/yjs/<doc>?token=<jwt>")
     click.echo("  mint a development token:  syncline token --tenant acme --user alice")
     tune_gc()
     asyncio.run(server.serve())

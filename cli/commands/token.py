@@ -1,12 +1,22 @@
-"""`syncline token`: mint a development JWT."""
+"""`syncline token`: mint a development JWT; `syncline token revoke`: revoke tokens.
+
+Minted tokens carry ``jti`` (a random id) and ``iat`` (when they were issued), so they
+can be revoked one by one (``--jti``) or all of a user's issued before a time
+(``--user U --before T``). A revocation is an event in the log (``$revocations``, kept
+forever) that every running gateway follows (docs/_security_tokens.md).
+"""
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from datetime import datetime
 
 import click
 import jwt
 
-from syncline.api.settings import Settings
+from syncline.api.settings import Settings, check_jwt_secret
+from syncline.engine.errors import SynclineError
 from syncline.engine.events import check_tenant
 
 
@@ -14,21 +24,99 @@ def mint(
     settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None
 ) -> str:
     check_tenant(tenant)
-    claims = {"sub": user, "tenant": tenant, "roles": roles, "exp": int(time.time()) + ttl_s, "iat": int(time.time())}
+    check_jwt_secret(settings.jwt_secret)
+    now = int(time.time())
+    claims = {"sub": user, "tenant": tenant, "roles": roles, "exp": now + ttl_s, "iat": now,
+              "jti": uuid.uuid4().hex}
     if perms:
         claims["perms"] = perms
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
-@click.command()
-@click.option("--tenant", required=True, help="Tenant id the token is scoped to.")
-@click.option("--user", required=True, help="User id (the `sub` claim).")
+def _time(value: str) -> float:
+    """Seconds since the epoch, or an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from e
+    if dt.tzinfo is None:
+        from datetime import timezone
+
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+@click.group(invoke_without_command=True)
+@click.option("--tenant", default=None, help="Tenant id the token is scoped to.")
+@click.option("--user", default=None, help="User id (the `sub` claim).")
 @click.option("--role", "roles", multiple=True, default=("member",), show_default=True)
 @click.option("--perm", "perms", multiple=True, help="Explicit permissions (the optional `perms` claim).")
 @click.option("--ttl", "ttl_s", default=86400, show_default=True, help="Lifetime in seconds.")
-def token(tenant: str, user: str, roles: tuple[str, ...], perms: tuple[str, ...], ttl_s: int) -> None:
-    """Print a signed development token (HS256 with SYNCLINE_JWT_SECRET)."""
-    click.echo(mint(Settings(), tenant, user, list(roles), ttl_s, list(perms) or None))
+@click.pass_context
+def token(ctx: click.Context, tenant: str | None, user: str | None, roles: tuple[str, ...], perms: tuple[str, ...],
+          ttl_s: int) -> None:
+    """Print a signed development token (HS256 with SYNCLINE_JWT_SECRET), with `jti` and `iat`.
+
+    `syncline token revoke` revokes tokens (see its --help)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not tenant or not user:
+        raise click.UsageError("minting a token needs --tenant and --user")
+    try:
+        click.echo(mint(Settings(), tenant, user, list(roles), ttl_s, list(perms) or None))
+    except SynclineError as e:
+        raise click.ClickException(f"{e.code}: {e.message}") from None
+
+
+@token.command("revoke")
+@click.option("--tenant", required=True, help="The tenant whose tokens are revoked.")
+@click.option("--jti", default=None, help="Revoke the token with this id (its `jti` claim).")
+@click.option("--user", default=None, help="Revoke every token of this user issued before --before.")
+@click.option("--before", default=None, help="With --user: epoch seconds or ISO 8601 (default: now).")
+@click.option("--reason", default="", help="Why (kept in the event).")
+@click.option("--db", "database_url", default=None, help="Store URL (default SYNCLINE_DATABASE_URL).")
+def revoke(tenant: str, jti: str | None, user: str | None, before: str | None, reason: str,
+           database_url: str | None) -> None:
+    """Revoke a token (--jti) or all of a user's tokens issued before a time (--user, --before).
+
+    Recorded as a `token.revoked` event on the tenant's `$revocations` stream; every running
+    gateway refuses the tokens from then on and closes their open sessions (4401 token_revoked)."""
+    from syncline.api.revocations import REVOCATIONS_STREAM, TOKEN_REVOKED, revocation_from
+    from syncline.engine.events import Actor, NewEvent, Retention
+    from syncline.store import open_store
+
+    if (jti is None) == (user is None):
+        raise click.UsageError("give either --jti or --user")
+    if before is not None and user is None:
+        raise click.UsageError("--before goes with --user")
+    try:
+        check_tenant(tenant)
+        data: dict = {"jti": jti} if jti is not None else {
+            "user": user, "before": _time(before) if before is not None else time.time()}
+        r = revocation_from(tenant, data)
+    except SynclineError as e:
+        raise click.ClickException(f"{e.code}: {e.message}") from None
+
+    async def go() -> int:
+        store = await open_store(database_url or Settings().database_url)
+        try:
+            result = await store.append(tenant, REVOCATIONS_STREAM, [NewEvent(
+                TOKEN_REVOKED, data={**r.to_data(), "reason": reason[:500], "by": {"user": "cli"}},
+                actor=Actor("cli"), retention=Retention.CRITICAL)])
+            return result.streams[0].first_position
+        finally:
+            await store.close()
+
+    try:
+        position = asyncio.run(go())
+    except SynclineError as e:
+        raise click.ClickException(f"{e.code}: {e.message}") from None
+    what = f"token {jti}" if jti is not None else f"tokens of {user} issued before {r.before:.0f}"
+    click.echo(f"revoked {what} in tenant {tenant} (log position {position})")
 
 
 COMMANDS = [token]

@@ -82,6 +82,10 @@ class FallbackConnector:
         self.mode = "poll"
         return conn
 
+    def set_token(self, token: str) -> None:
+        self.ws.set_token(token)
+        self.poll.set_token(token)
+
     async def _probe(self) -> bool:
         try:
             conn = await self.ws.open(self._client)

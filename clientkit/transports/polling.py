@@ -176,6 +176,12 @@ class PollingConnector:
         conn._inbox.put_nowait(P.message(P.WELCOME, session="poll", tenant="poll", user="poll", head=head))
         return conn
 
+    def set_token(self, token: str) -> None:
+        """A refreshed token for the requests from now on (the client kit's token provider)."""
+        self.token = token
+        if self._http is not None:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()

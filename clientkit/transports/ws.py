@@ -98,6 +98,10 @@ class WsConnector:
         # msgpack already; ask for it on slow, metered links.
         self.compression = compression
 
+    def set_token(self, token: str) -> None:
+        """The token the next connection opens with (the client kit's token provider)."""
+        self.token = token
+
     async def open(self, client: str = "") -> WsConnection:
         q = urlencode({"token": self.token, **({"client": client} if client else {})})
         with _map_exceptions():

@@ -64,7 +64,7 @@ def test_syncline_serve_prints_url_and_answers(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "SYNCLINE_JWT_SECRET": "serve-test-secret"}
+    env = {**os.environ, "SYNCLINE_JWT_SECRET": "serve-test-secret-0123456789abcdef-0123"}
     exe = Path(sys.executable).with_name("syncline")
     proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
