@@ -106,7 +106,8 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None) -> Litestar:
+def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None,
+               clock: Any = None) -> Litestar:
     """The gateway app. ``store``: an open event store (the caller closes it); by default
     one is opened from ``settings.database_url`` at startup and closed at shutdown.
     ``resolution``: the records' :class:`~engine.records.ResolutionConfig` (default: every
@@ -120,7 +121,11 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         s = store if store is not None else await open_store(
             settings.database_url, poll_interval_s=settings.poll_interval_s
         )
-        gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()))
+        records = RecordsService(
+            s, resolution or default_resolution(), clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
+            max_clock_skew_ms=settings.max_clock_skew_ms, max_clock_counter=settings.max_clock_counter,
+            max_clock_entries=settings.max_clock_entries, causal_clocks=True)
+        gw = Gateway(settings, s, owns_store=owns, records=records, clock=clock)
         app.state.gateway = gw
         holder["gw"] = gw
         await gw.start()

@@ -54,5 +54,9 @@ class Metrics:
                                           "Shared-ban Redis operations that failed (local ban list used alone)",
                                           ["op"], registry=r)
 
+        self.ops_rejected = Counter("syncline_ops_rejected_total",
+                                    "Record ops refused, by reason (clock_skew, clock_unseen, invalid_clock...)",
+                                    ["reason"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,7 +31,7 @@ from .deps import (
     write_scope,
 )
 from .errors import CriticalCommandRefused, Forbidden
-from .wire import build_filter, events_wire, from_jsonable, new_events, suggest_poll_interval
+from .wire import build_filter, check_event_clock, events_wire, from_jsonable, new_events, suggest_poll_interval
 
 LIMIT_MAX = 1000
 
@@ -87,6 +87,9 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
         raise Forbidden("system streams are written by the server only", stream=stream)
     if is_dm_stream(stream):
         raise Forbidden("inboxes are written through the native protocol's dm message", stream=stream)
+    if stream.startswith("rec/"):
+        # Raw record.patched events would skip reconcile and its clock checks.
+        raise Forbidden("records are written through ops: POST /v1/ops", stream=stream, reason="records_via_ops")
     # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
     items = [{name: getattr(e, name, default) for name, default in
               (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
@@ -96,6 +99,11 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
             raise CriticalCommandRefused(
                 f"{it['type']!r} is a critical command type: POST /v1/commands/{it['type']}", type=it["type"]
             )
+    s_ = gw.settings
+    now_ms = int(gw.clock.time() * 1000)
+    for it in items:
+        check_event_clock(it["clock"], now_ms=now_ms, max_skew_ms=s_.max_clock_skew_ms,
+                          max_counter=s_.max_clock_counter, max_entries=s_.max_clock_entries)
     for it in items:
         it["data"] = from_jsonable(it["data"])
     _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)

@@ -92,4 +92,12 @@ class Settings:
         default_factory=lambda: os.environ.get("SYNCLINE_ACTIVITY_PROJECTIONS", "1") not in ("0", "false", "no"))
     feed_keep: int = field(default_factory=lambda: _int("SYNCLINE_FEED_KEEP", 1000))
     ws_impl: str = field(default_factory=default_ws)
+    # Client clocks (docs/_security_input.md): an op whose HLC is more than this far ahead
+    # of the server's clock is refused (``clock_skew``), like CockroachDB's max offset; its
+    # vector clock may name at most ``max_clock_entries`` nodes, each counter at most
+    # ``max_clock_counter`` (2^53 - 1: exact in every JSON client), and claim no write of
+    # another node that the record has not accepted (``clock_unseen``).
+    max_clock_skew_ms: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_SKEW_MS", 300_000))
+    max_clock_counter: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_COUNTER", (1 << 53) - 1))
+    max_clock_entries: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_ENTRIES", 1024))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

@@ -55,6 +55,12 @@ class UnencodablePayload(ValidationError):
     code = "unencodable_payload"
 
 
+class ClockSkew(ValidationError):
+    """A client clock (HLC) is further ahead of the server's than the configured bound."""
+
+    code = "clock_skew"
+
+
 class ConcurrencyError(SynclineError):
     """``expected_version`` did not match the stream's version; nothing was written."""
 
