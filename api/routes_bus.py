@@ -13,6 +13,7 @@ from litestar import Request, get, post, put
 from litestar.params import Parameter
 
 from syncline.engine.errors import ValidationError
+from syncline.engine.events import POSITION_MAX
 from syncline.engine.records import CONFLICT_DETECTED, CONFLICT_RESOLVED, CONFLICTS_STREAM
 
 from .auth import ADMIN, READ
@@ -46,7 +47,7 @@ async def query_dead_letters(
     stream_prefix: str | None = None,
     type_: str | None = Parameter(default=None, query="type"),
     limit: int = Parameter(default=100, ge=1, le=1000),
-    offset: int = Parameter(default=0, ge=0),
+    offset: int = Parameter(default=0, ge=0, le=POSITION_MAX),
 ) -> dict:
     tenant = await read_scope(request, resource="bus.dead-letters")
     entries = await _bus(request).dlq.query(scope=tenant, group=group, status=status, stream_prefix=stream_prefix,

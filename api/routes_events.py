@@ -11,6 +11,8 @@ from litestar.params import Parameter
 from syncline.engine.documents import CRDT_UPDATE
 from syncline.engine.errors import ValidationError
 from syncline.engine.events import (
+    POSITION_MAX,
+    VERSION_MAX,
     StreamWrite,
     check_stream,
     is_dm_stream,
@@ -82,6 +84,9 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     p = principal_of(request)
     stream = check_stream(stream.lstrip("/"))
     tenant = await write_scope(request, data.tenant)
+    ev = data.expected_version
+    if ev is not None and (type(ev) is not int or not 0 <= ev <= VERSION_MAX):
+        raise ValidationError(f"expected_version is 0..{VERSION_MAX}", field="expected_version")
     check_stream_access(p, stream)
     if is_system_stream(stream):
         raise Forbidden("system streams are written by the server only", stream=stream)
@@ -130,7 +135,7 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
 async def read_stream(
     request: Request,
     stream: str,
-    from_version: int = Parameter(default=1, ge=1),
+    from_version: int = Parameter(default=1, ge=1, le=VERSION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     gw = gateway_of(request)
@@ -179,7 +184,7 @@ async def _read_log(request: Request, after: int, limit: int, stream, prefix, ty
 @get("/log", opt={"perm": READ}, summary="Read the tenant's log after a position, with filters and paging")
 async def read_log(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
     stream: list[str] | None = Parameter(default=None, description="exact stream names"),
     prefix: list[str] | None = Parameter(default=None, description="stream prefixes, e.g. doc/"),
@@ -193,7 +198,7 @@ async def read_log(
 @get("/deltas", opt={"perm": READ}, summary="Everything after a position for a set of streams")
 async def deltas(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=LIMIT_MAX, ge=1, le=LIMIT_MAX),
     stream: list[str] | None = Parameter(default=None),
     prefix: list[str] | None = Parameter(default=None),
@@ -217,7 +222,7 @@ async def _poll(request: Request, after: int, limit: int) -> dict:
 @get("/events/poll", opt={"perm": READ}, summary="Polling fallback: a batch, the next cursor, a suggested interval")
 async def poll_v1(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     return await _poll(request, after, limit)
@@ -226,7 +231,7 @@ async def poll_v1(
 @get("/events/poll", opt={"perm": READ}, summary="Polling fallback (the seed's path; same as /v1/events/poll)")
 async def poll_legacy(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     return await _poll(request, after, limit)

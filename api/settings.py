@@ -100,4 +100,6 @@ class Settings:
     max_clock_skew_ms: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_SKEW_MS", 300_000))
     max_clock_counter: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_COUNTER", (1 << 53) - 1))
     max_clock_entries: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_ENTRIES", 1024))
+    # Request bodies nesting deeper than this (arrays and objects) are refused: 400 invalid_json.
+    max_json_depth: int = field(default_factory=lambda: _int("SYNCLINE_MAX_JSON_DEPTH", 64))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")

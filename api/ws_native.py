@@ -280,7 +280,7 @@ class NativeConnection:
             elif kind is StoreMessage:
                 await self.perform(session.message_failed(e, err))
             else:
-                self.send({"t": P.ERROR, "code": err.code, "message": err.message})
+                self.send({"t": P.ERROR, "code": err.code, "message": err.public_message})
 
     async def _store_message(self, e: StoreMessage) -> None:
         gw, p, session = self.gw, self.principal, self.session

@@ -26,6 +26,20 @@ class SynclineError(Exception):
             body["details"] = self.details
         return body
 
+    @property
+    def public_message(self) -> str:
+        """What a client may read: the message of a 4xx error; for a server-side failure
+        (5xx: a store or driver error) a fixed text, never the database's words."""
+        if self.http_status < 500:
+            return self.message
+        return _PUBLIC_MESSAGES.get(self.code, "internal server error")
+
+    def public_dict(self) -> dict[str, Any]:
+        """``to_dict`` for a client: 5xx errors keep their code, lose message and details."""
+        if self.http_status < 500:
+            return self.to_dict()
+        return {"code": self.code, "message": self.public_message}
+
 
 class ValidationError(SynclineError):
     """The caller sent something malformed; nothing was written."""
@@ -135,3 +149,9 @@ class WebSocketForbidden(Forbidden):
     """Critical commands (class D) are refused over WebSocket: REST only."""
 
     code = "websocket_forbidden"
+
+
+_PUBLIC_MESSAGES = {
+    "store_unavailable": "the event store is unavailable; retry later",
+    "integrity_violation": "the stored data failed an integrity check",
+}
