@@ -94,8 +94,8 @@ def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = 
         if not isinstance(clock, dict):
             raise ValidationError("clock must be an object")
         ev_id = it.get("id")
-        if ev_id is not None and (not isinstance(ev_id, str) or len(ev_id) > 64):
-            raise ValidationError("id must be a string of at most 64 characters")
+        if ev_id is not None and (not isinstance(ev_id, str) or len(ev_id) > 36 or not ev_id.isprintable()):
+            raise ValidationError("id must be a printable string of at most 36 characters (the events.id column)")
         schema = it.get("schema", 1)
         if not isinstance(schema, int) or schema < 1:
             raise ValidationError("schema must be a positive integer")

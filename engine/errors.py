@@ -69,6 +69,13 @@ class UnencodablePayload(ValidationError):
     code = "unencodable_payload"
 
 
+class InvalidValue(ValidationError):
+    """A value the store cannot hold (a number past its column, a NUL character, too
+    long for its column): the caller's data, so a 400, never the driver's words."""
+
+    code = "invalid_value"
+
+
 class ClockSkew(ValidationError):
     """A client clock (HLC) is further ahead of the server's than the configured bound."""
 
