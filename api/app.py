@@ -24,7 +24,7 @@ from . import (
     ws_native,
     ws_yjs,
 )
-from .body import BodyCheckedRequest, declare_errors
+from .body import BodyCheckedRequest, declare_binary_chunks, declare_errors
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Gateway
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         gw = Gateway(settings, s, owns_store=owns, records=records, clock=clock)
         app.state.gateway = gw
         holder["gw"] = gw
+        declare_binary_chunks(app)
         await gw.start()
         log.info("gateway.started", database=settings.database_url.split("://")[0], redis=bool(settings.redis_url))
 

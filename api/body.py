@@ -15,6 +15,8 @@ from typing import Any
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
+from syncline.engine.events import POSITION_MAX
+
 from .errors import InvalidJson
 
 DEFAULT_MAX_DEPTH = 64
@@ -49,6 +51,29 @@ ERROR_RESPONSES = {status: ResponseSpec(data_container=ErrorBody, description=te
 def declare_errors(handler: Any) -> None:
     """Declare the error responses on a route handler (its own declarations win)."""
     handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
+
+
+def declare_binary_chunks(app: Any) -> None:
+    """Two corrections to the generated OpenAPI schema. ``GET /v1/snapshots`` answers its
+    manifest in JSON or, with ``?chunk=``, the chunk's bytes: declare both media types of
+    its 200 (a handler declares one). And bounds are written as floats, which turns
+    2^63 - 1 into 2^63: write the exact integer."""
+    from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Schema
+
+    paths = app.openapi_schema.paths or {}
+    for item in paths.values():
+        for method in ("get", "post", "put", "delete"):
+            operation = getattr(item, method, None)
+            for param in (operation.parameters or ()) if operation is not None else ():
+                sch = getattr(param, "schema", None)
+                if isinstance(sch, Schema) and sch.maximum == float(POSITION_MAX):
+                    sch.maximum = POSITION_MAX
+    item = paths.get("/v1/snapshots")
+    op = item.get if item is not None else None
+    ok = op.responses.get("200") if op is not None and op.responses else None
+    if ok is not None and not isinstance(ok, dict) and getattr(ok, "content", None) is not None:
+        ok.content["application/octet-stream"] = OpenAPIMediaType(
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
 
 
 def _depth_ok(value: Any, limit: int) -> bool:

@@ -303,3 +303,35 @@ def test_client_kit_does_not_follow_a_remote_clock_far_ahead(tmp_path):
     core.receive(P.message(P.EVENTS, sub="main", next=5, events=[
         {"position": 5, "stream": "notes/1", "type": "note.added", "clock": {"hlc": FROZEN}, "data": None}]), NOW)
     assert core._next_hlc(NOW).wall_ms == NOW
+
+
+def test_a_stale_cache_of_another_gateway_does_not_refuse_an_honest_clock(tmp_path):
+    """Two records services on one database (two gateways): the one whose cache lags a write
+    of the other judges ``clock_unseen`` again on fresh state before refusing."""
+    from syncline.api.ops import default_resolution
+    from syncline.store import open_store
+    from syncline.store.records_service import RecordsService
+
+    def op(op_id, client, vc, title):
+        return ClientOp(op_id, client, "u", "rec/notes/1", VectorClock(vc), HLCTimestamp(NOW, 0, client),
+                        {"title": title})
+
+    async def main():
+        store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/two.db")
+        try:
+            kw = dict(clock_ms=lambda: NOW, max_clock_skew_ms=SKEW_MS, max_clock_counter=(1 << 53) - 1,
+                      max_clock_entries=64, causal_clocks=True)
+            a, b = RecordsService(store, default_resolution(), **kw), RecordsService(store, default_resolution(), **kw)
+            assert (await b.submit("acme", [op("b1", "c2", {"c2": 1}, "b")]))[0].kind is OutcomeKind.APPLIED
+            assert (await a.submit("acme", [op("a1", "c1", {"c1": 1, "c2": 1}, "a")]))[0].kind is OutcomeKind.APPLIED
+            # b has not seen a1; c2 has (from the log): its clock names c1:1.
+            out = await b.submit("acme", [op("b2", "c2", {"c1": 1, "c2": 2}, "b2")])
+            assert out[0].kind is OutcomeKind.APPLIED, out
+            # A clock naming writes nobody made is still refused.
+            out = await b.submit("acme", [op("b3", "c2", {"c1": 5, "c2": 3}, "x")])
+            assert out[0].reason == "clock_unseen", out
+            assert (await a.record("acme", "rec/notes/1")).values() == {"title": "b2"}
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -39,10 +39,9 @@ CHECKS = ",".join(["not_a_server_error", "response_schema_conformance", "status_
 
 def _start(db_url: str, **overrides) -> RunningGateway:
     g = RunningGateway(base_settings(db_url, **overrides))
-    # Keep-alive requests on a socket without TCP_NODELAY wait ~40 ms for the client's
-    # delayed ACK (uvloop leaves Nagle on for the socket the test hands it): set it here
-    # so the fuzz run takes seconds, not a minute.
-    g.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # (RunningGateway's socket has TCP_NODELAY: without it every keep-alive request waited
+    # ~40 ms for a delayed ACK, and this file's fuzz runs took a minute instead of seconds.)
+    assert g.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     return g.start()
 
 
@@ -199,3 +198,22 @@ def test_schema_fuzz_sqlite(sqlite_gw, tmp_path):
 
 def test_schema_fuzz_postgres(pg_gw, tmp_path):
     _check_run(_fuzz(pg_gw, tmp_path))
+
+
+def test_the_schema_declares_bounds_and_error_bodies(sqlite_gw):
+    d = httpx.get(f"{sqlite_gw.url}/schema/openapi.json").json()
+
+    def param(path, name, method="get"):
+        return next(p for p in d["paths"][path][method]["parameters"] if p["name"] == name)["schema"]
+
+    assert param("/v1/events/poll", "after")["maximum"] == 2 ** 63 - 1
+    assert param("/api/events/poll", "after")["maximum"] == 2 ** 63 - 1
+    assert param("/v1/streams/{stream}", "from_version")["maximum"] == 2 ** 31 - 1
+    assert param("/v1/bus/dead-letters", "offset")["maximum"] == 2 ** 63 - 1
+    for path, item in d["paths"].items():
+        for method, op in item.items():
+            if method in ("get", "post", "put", "delete"):
+                for status in ("400", "401", "403", "404", "500", "503"):
+                    assert status in op["responses"], (method, path, status)
+    error = d["components"]["schemas"]["ErrorBody"]
+    assert set(error["required"]) == {"code", "message"}
