@@ -335,3 +335,40 @@ def test_a_stale_cache_of_another_gateway_does_not_refuse_an_honest_clock(tmp_pa
             await store.close()
 
     asyncio.run(main())
+
+
+def test_client_kit_with_a_clock_an_hour_ahead_syncs_through_the_live_gateway(gateway):
+    """The asyncio client kit against the real gateway: its device clock is an hour fast.
+    Its first op is refused (clock_skew), stamped again from ``server_ms`` and applied; a
+    correctly clocked client's later write still wins."""
+    from syncline.clientkit.client import SynclineClient
+
+    srv = gateway()
+    results: list = []
+
+    async def main():
+        fast = SynclineClient(srv.url, srv.token(user="alice"), user="alice",
+                              clock_ms=lambda: time.time_ns() // 1_000_000 + 3_600_000)
+        fast.callbacks["on_op_result"] = lambda op_id, kind, result: results.append((kind, result))
+        honest = SynclineClient(srv.url, srv.token(user="bob"), user="bob")
+        await fast.start()
+        await honest.start()
+        try:
+            fast.set("rec/notes/n1", {"title": "from the fast device"})
+            await fast.wait_synced(20)
+            await honest.wait_until(lambda: honest.get("rec/notes/n1").get("title") == "from the fast device", 20)
+            honest.set("rec/notes/n1", {"title": "later, honest"})
+            await honest.wait_synced(20)
+            await fast.wait_until(lambda: fast.get("rec/notes/n1").get("title") == "later, honest", 20)
+            return fast.core.clock_offset_ms
+        finally:
+            await fast.close()
+            await honest.close()
+
+    offset = asyncio.run(main())
+    assert -3_700_000 < offset < -3_500_000
+    assert [k for k, _ in results] == ["applied"], results
+    with httpx.Client(base_url=srv.url, headers=srv.headers()) as c:
+        assert _title(c) == "later, honest"
+    m = httpx.get(f"{srv.url}/metrics").text
+    assert 'syncline_ops_rejected_total{reason="clock_skew"} 1.0' in m
