@@ -32,7 +32,7 @@ from syncline.engine import protocol as P  # noqa: E402
 
 BIG = 2 ** 63
 DB_WORDS = ("sqlite", "overflow", "int32", "asyncpg", "postgres", "sqlalchemy", "no such table", "integer")
-ST = Path(sys.executable).with_name("st")
+ST = [sys.executable, "-m", "schemathesis.cli"]  # the `st` command of this interpreter's schemathesis
 CHECKS = ",".join(["not_a_server_error", "response_schema_conformance", "status_code_conformance",
                    "content_type_conformance", "response_headers_conformance", "unsupported_method"])
 
@@ -175,7 +175,7 @@ def test_a_store_failure_answers_without_the_database_words(tmp_path):
 
 def _fuzz(g: RunningGateway, tmp_path: Path) -> str:
     token = make_token(roles=("admin",), ttl_s=600)
-    cmd = [str(ST), "--no-color", "run", f"{g.url}/schema/openapi.json", "-H", f"Authorization: Bearer {token}",
+    cmd = [*ST, "--no-color", "run", f"{g.url}/schema/openapi.json", "-H", f"Authorization: Bearer {token}",
            "--checks", CHECKS, "--phases", "examples,coverage,fuzzing", "--max-examples", "20",
            "--seed", "15", "--generation-deterministic", "--workers", "1", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
