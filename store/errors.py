@@ -38,7 +38,7 @@ def map_db_error(e: BaseException) -> SynclineError:
     if (state is not None and state.startswith("22")) or isinstance(e, (OverflowError, UnicodeEncodeError)):
         # SQLSTATE class 22 (data exception: out of range, NUL byte, too long...) or the
         # SQLite driver's OverflowError: the caller's value, not the store, is at fault.
-        return InvalidValue(f"a value does not fit the event store ({state or type(e).__name__})")
+        return InvalidValue("a value does not fit the event store (a number out of range, text it cannot hold)")
     if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError, OSError,
                       asyncio.TimeoutError, ConnectionError)):
         return StoreUnavailable(f"the event store is unavailable: {type(e).__name__}: {str(e)[:200]}")

@@ -217,3 +217,30 @@ def test_the_schema_declares_bounds_and_error_bodies(sqlite_gw):
                     assert status in op["responses"], (method, path, status)
     error = d["components"]["schemas"]["ErrorBody"]
     assert set(error["required"]) == {"code", "message"}
+
+
+async def _store_last_resort(url: str) -> None:
+    from syncline.engine.errors import InvalidValue
+    from syncline.store import open_store
+
+    store = await open_store(url)
+    try:
+        for call in (lambda: store.read_log("acme", after=BIG, limit=10),
+                     lambda: store.read_stream("acme", "a/b", from_version=BIG),
+                     lambda: store.read_stream("acme", "a/b", from_version=2 ** 31) if "postgresql" in url else
+                     store.read_log("acme", after=2 ** 64, limit=10)):
+            with pytest.raises(InvalidValue) as e:
+                await call()
+            assert e.value.http_status == 400 and e.value.code == "invalid_value"
+            _no_db_words(e.value.message)
+    finally:
+        await store.close()
+
+
+def test_the_store_maps_values_it_cannot_hold_to_a_typed_400_sqlite(tmp_path):
+    """The last resort under the API's bounds: a number past a column is the caller's fault."""
+    asyncio.run(_store_last_resort(f"sqlite+aiosqlite:///{tmp_path}/lr.db"))
+
+
+def test_the_store_maps_values_it_cannot_hold_to_a_typed_400_postgres(pg_clean_url):
+    asyncio.run(_store_last_resort(pg_clean_url))
