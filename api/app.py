@@ -26,6 +26,7 @@ from . import (
     ws_native,
     ws_yjs,
 )
+from .body import BodyCheckedRequest, declare_binary_chunks, declare_errors
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Clock, Gateway
@@ -37,7 +38,14 @@ CORRELATION_HEADER = "x-correlation-id"
 
 
 def _syncline_error(request: Request, exc: SynclineError) -> Response:
-    return Response(exc.to_dict(), status_code=exc.http_status)
+    if exc.http_status >= 500:
+        # A store or driver failure: the client gets the code and a fixed text; the
+        # database's words (and the details) go to the log only (docs/_security_input.md).
+        log.error("http.server_error", path=request.url.path, code=exc.code, error=exc.message[:500])
+        gw = request.app.state.get("gateway")
+        if gw is not None:
+            gw.metrics.errors_masked.labels(exc.code).inc()
+    return Response(exc.public_dict(), status_code=exc.http_status)
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -47,11 +55,15 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     details: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         details["errors"] = exc.extra
-    return Response(error_body(code, exc.detail, **details), status_code=status)
+    # (405 carries ``Allow``: RFC 9110 requires it, and Litestar puts it on the exception)
+    return Response(error_body(code, exc.detail, **details), status_code=status, headers=exc.headers or None)
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("http.internal_error", path=request.url.path)
+    gw = request.app.state.get("gateway")
+    if gw is not None:
+        gw.metrics.errors_masked.labels("internal").inc()
     return Response(error_body("internal", "internal server error"), status_code=500)
 
 
@@ -125,10 +137,14 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         s = store if store is not None else await open_store(
             settings.database_url, poll_interval_s=settings.poll_interval_s, **audit_options(settings)
         )
-        gw = Gateway(settings, s, owns_store=owns, records=RecordsService(s, resolution or default_resolution()),
-                     clock=clock)
+        records = RecordsService(
+            s, resolution or default_resolution(), clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
+            max_clock_skew_ms=settings.max_clock_skew_ms, max_clock_counter=settings.max_clock_counter,
+            max_clock_entries=settings.max_clock_entries, causal_clocks=True)
+        gw = Gateway(settings, s, owns_store=owns, records=records, clock=clock)
         app.state.gateway = gw
         holder["gw"] = gw
+        declare_binary_chunks(app)
         await gw.start()
         log.info("gateway.started", database=settings.database_url.split("://")[0], redis=bool(settings.redis_url))
 
@@ -137,6 +153,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         if gw is not None:
             await gw.close()
 
+    for handler in _http_handlers(routes_events, routes_docs, routes_commands, routes_rooms, routes_bus,
+                                  routes_activity, routes_health):
+        declare_errors(handler)
     v1 = Router(
         path="/v1",
         guards=[require_auth],
@@ -161,5 +180,10 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
             path="/schema",
         ),
         request_max_body_size=max(settings.max_payload * 2, 1024 * 1024),
+        request_class=BodyCheckedRequest,
         debug=False,
     )
+
+
+def _http_handlers(*modules: Any) -> list[Any]:
+    return [h for m in modules for h in (*getattr(m, "V1", ()), *getattr(m, "LEGACY", ()), *getattr(m, "ROUTES", ()))]

@@ -77,6 +77,13 @@ class CriticalCommandRefused(Forbidden):
 __all__ = ["Forbidden", "TenantViolation", "WebSocketForbidden"]
 
 
+class InvalidJson(SynclineError):
+    """A request body that does not decode: not UTF-8, or nested too deeply."""
+
+    code = "invalid_json"
+    http_status = 400
+
+
 class IdempotencyKeyRequired(SynclineError):
     code = "idempotency_key_required"
     http_status = 400

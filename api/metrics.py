@@ -77,6 +77,16 @@ class Metrics:
         self.origin_refused = Counter("syncline_ws_origin_refused_total",
                                       "WebSocket handshakes refused (403) for an Origin not on the allow-list",
                                       registry=r)
+        self.ops_rejected = Counter("syncline_ops_rejected_total",
+                                    "Record ops refused, by reason (clock_skew, clock_unseen, invalid_clock...)",
+                                    ["reason"], registry=r)
+
+        self.errors_masked = Counter("syncline_errors_masked_total",
+                                     "Server-side failures answered with a generic message (the details are logged)",
+                                     ["code"], registry=r)
+        self.bodies_refused = Counter("syncline_bodies_refused_total",
+                                      "Request bodies refused before any handler ran (invalid_json, too_deep)",
+                                      ["code"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -37,6 +37,14 @@ async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> li
         if op.user and op.user != principal.user:
             raise ValidationError("an op's user must be the token's user")
         parsed.append(op)
-    outcomes = await gw.records.submit(principal.tenant, parsed)
+    results = await gw.records.submit_wire(principal.tenant, parsed)
     gw.metrics.events_appended.labels("ops").inc(len(parsed))
-    return [o.to_wire() for o in outcomes]
+    count_rejections(gw, results)
+    return results
+
+
+def count_rejections(gw: Any, results: list) -> None:
+    """``syncline_ops_rejected_total{reason}``: every refused op is counted (clock_skew...)."""
+    for r in results:
+        if r is not None and r.get("kind") == "rejected":
+            gw.metrics.ops_rejected.labels(str(r.get("reason"))).inc()

@@ -13,7 +13,7 @@ from litestar import Request, get
 from litestar.params import Parameter
 
 from syncline.engine.errors import NotFound, ValidationError
-from syncline.engine.events import check_stream
+from syncline.engine.events import POSITION_MAX, check_stream
 from syncline.engine.projections.feeds import page as feed_page
 from syncline.engine.projections.presence import PresenceChange
 from syncline.engine.session import NAME_RE as ROOM_RE
@@ -49,7 +49,7 @@ def _feed_answer(a: ActivityProjections, feed: Any, before: int | None, limit: i
 async def user_feed(
     request: Request,
     user: str,
-    before: int | None = Parameter(default=None, ge=1, description="only items before this position"),
+    before: int | None = Parameter(default=None, ge=1, le=POSITION_MAX, description="only items before this position"),
     limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
 ) -> dict:
     if not user or len(user) > USER_MAX:
@@ -63,7 +63,7 @@ async def user_feed(
 async def room_feed(
     request: Request,
     room: str,
-    before: int | None = Parameter(default=None, ge=1, description="only items before this position"),
+    before: int | None = Parameter(default=None, ge=1, le=POSITION_MAX, description="only items before this position"),
     limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
 ) -> dict:
     room = _room(room)
@@ -76,7 +76,8 @@ async def room_feed(
 async def room_history(
     request: Request,
     room: str,
-    before: int | None = Parameter(default=None, ge=1, description="only changes before this position"),
+    before: int | None = Parameter(default=None, ge=1, le=POSITION_MAX,
+                                   description="only changes before this position"),
     limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
 ) -> dict:
     room = _room(room)

@@ -13,6 +13,7 @@ from litestar import Request, get, post, put
 from litestar.params import Parameter
 
 from syncline.engine.errors import ValidationError
+from syncline.engine.events import POSITION_MAX
 from syncline.engine.records import CONFLICT_DETECTED, CONFLICT_RESOLVED, CONFLICTS_STREAM
 
 from .auth import ADMIN, READ
@@ -26,6 +27,14 @@ def _bus(request: Request):
 
         gw.bus = Bus(gw.store)
     return gw.bus
+
+
+def _text(**values: str | None) -> None:
+    """Query filters and ids are stored as text: printable, at most 255 characters
+    (a NUL would reach PostgreSQL as a driver error)."""
+    for name, value in values.items():
+        if value is not None and (len(value) > 255 or not value.isprintable()):
+            raise ValidationError(f"{name} must be printable text of at most 255 characters", reason="invalid_text")
 
 
 def _entry(e: Any) -> dict:
@@ -46,8 +55,9 @@ async def query_dead_letters(
     stream_prefix: str | None = None,
     type_: str | None = Parameter(default=None, query="type"),
     limit: int = Parameter(default=100, ge=1, le=1000),
-    offset: int = Parameter(default=0, ge=0),
+    offset: int = Parameter(default=0, ge=0, le=POSITION_MAX),
 ) -> dict:
+    _text(group=group, status=status, stream_prefix=stream_prefix, type=type_)
     tenant = await read_scope(request, resource="bus.dead-letters")
     entries = await _bus(request).dlq.query(scope=tenant, group=group, status=status, stream_prefix=stream_prefix,
                                             type=type_, limit=limit, offset=offset)
@@ -56,12 +66,14 @@ async def query_dead_letters(
 
 @get("/bus/dead-letters/{entry_id:str}", opt={"perm": ADMIN}, summary="One dead letter")
 async def get_dead_letter(request: Request, entry_id: str) -> dict:
+    _text(entry_id=entry_id)
     tenant = await read_scope(request, resource=f"bus.dead-letter:{entry_id}")
     return _entry(await _bus(request).dlq.get(entry_id, scope=tenant))
 
 
 @put("/bus/dead-letters/{entry_id:str}", opt={"perm": ADMIN}, summary="Edit the payload a requeue will deliver")
 async def edit_dead_letter(request: Request, entry_id: str, data: dict[str, Any]) -> dict:
+    _text(entry_id=entry_id)
     p = principal_of(request)
     if "data" not in data:
         raise ValidationError("send {\"data\": <new payload>}")
@@ -70,12 +82,14 @@ async def edit_dead_letter(request: Request, entry_id: str, data: dict[str, Any]
 
 @post("/bus/dead-letters/{entry_id:str}/requeue", opt={"perm": ADMIN}, status_code=200, summary="Requeue")
 async def requeue_dead_letter(request: Request, entry_id: str) -> dict:
+    _text(entry_id=entry_id)
     p = principal_of(request)
     return _entry(await _bus(request).dlq.requeue(entry_id, by=p.user, scope=p.tenant))
 
 
 @post("/bus/dead-letters/{entry_id:str}/discard", opt={"perm": ADMIN}, status_code=200, summary="Discard")
 async def discard_dead_letter(request: Request, entry_id: str, data: dict[str, Any]) -> dict:
+    _text(entry_id=entry_id)
     p = principal_of(request)
     return _entry(await _bus(request).dlq.discard(entry_id, str(data.get("reason") or ""), by=p.user, scope=p.tenant))
 

@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from syncline.engine.documents import Document, checksum
 from syncline.engine.errors import ValidationError
-from syncline.engine.events import check_stream, is_system_stream, private_to_others
+from syncline.engine.events import POSITION_MAX, VERSION_MAX, check_stream, is_system_stream, private_to_others
 from syncline.engine.syncdata import chunk_snapshot
 from syncline.store import history
 from syncline.store.sync import delta, state_snapshot
@@ -35,15 +35,20 @@ def parse_at(at: str | None) -> tuple[int | None, int | None]:
     """``?at=`` is a log position (integer) or an ISO 8601 time; returns (position, time_us)."""
     if at is None or at == "":
         return None, None
-    if at.isdigit():
+    if at.isascii() and at.isdigit():
+        if len(at) > 19 or int(at) > POSITION_MAX:
+            raise ValidationError(f"'at' positions are at most {POSITION_MAX}")
         return int(at), None
     try:
         t = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise ValidationError("'at' must be a position or an ISO 8601 time") from e
     if t.tzinfo is None:
         raise ValidationError("'at' times need a timezone (e.g. Z)")
-    return None, int(t.timestamp() * 1_000_000)
+    try:
+        return None, int(t.timestamp() * 1_000_000)
+    except (ValueError, OverflowError) as e:
+        raise ValidationError("'at' is out of range") from e
 
 
 async def _document(request: Request, doc: str, at: str | None) -> tuple[str, Document]:
@@ -82,7 +87,8 @@ async def read_doc(
     return body
 
 
-@get("/docs/{doc:str}/diff", opt={"perm": READ}, summary="Yjs delta: the update a holder of state vector `sv` lacks")
+@get("/docs/{doc:str}/diff", opt={"perm": READ}, media_type="application/octet-stream",
+     summary="Yjs delta: the update a holder of state vector `sv` lacks")
 async def doc_diff(
     request: Request, doc: str, sv: str | None = Parameter(default=None, description="base64 state vector")
 ) -> Response:
@@ -103,7 +109,8 @@ def _chunked(data: bytes, chunk: int) -> AsyncIterator[bytes]:
     return gen()
 
 
-@get("/docs/{doc:str}/snapshot", opt={"perm": READ}, summary="A document snapshot (Yjs update), streamed in chunks")
+@get("/docs/{doc:str}/snapshot", opt={"perm": READ}, media_type="application/octet-stream",
+     summary="A document snapshot (Yjs update), streamed in chunks")
 async def doc_snapshot(request: Request, doc: str, at: str | None = Parameter(default=None)) -> Stream:
     """The whole state as one Yjs update, its sha256 in ``X-Syncline-Checksum``, the
     position it covers in ``X-Syncline-Position``; streamed in chunks of
@@ -144,7 +151,7 @@ async def sync_deltas(
     request: Request,
     stream: list[str] | None = Parameter(default=None),
     prefix: list[str] | None = Parameter(default=None),
-    after: int | None = Parameter(default=None, ge=0),
+    after: int | None = Parameter(default=None, ge=0, le=POSITION_MAX),
     cursor: str | None = Parameter(default=None),
     limit: int = Parameter(default=500, ge=1, le=5000),
 ) -> dict:
@@ -161,8 +168,8 @@ async def snapshots(
     request: Request,
     stream: list[str] | None = Parameter(default=None),
     prefix: list[str] | None = Parameter(default=None),
-    at: int | None = Parameter(default=None, ge=0),
-    chunk: int | None = Parameter(default=None, ge=0, description="chunk index; omit for the manifest"),
+    at: int | None = Parameter(default=None, ge=0, le=POSITION_MAX),
+    chunk: int | None = Parameter(default=None, ge=0, le=VERSION_MAX, description="chunk index; omit for the manifest"),
 ) -> Response:
     """Without ``chunk``: the manifest ``{position, checksum, total, chunk_bytes}``. With
     ``chunk=i``: that chunk's bytes (msgpack of ``[position, content]`` split in pieces;

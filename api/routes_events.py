@@ -11,6 +11,8 @@ from litestar.params import Parameter
 from syncline.engine.documents import CRDT_UPDATE
 from syncline.engine.errors import ValidationError
 from syncline.engine.events import (
+    POSITION_MAX,
+    VERSION_MAX,
     StreamWrite,
     check_stream,
     is_dm_stream,
@@ -31,7 +33,7 @@ from .deps import (
     write_scope,
 )
 from .errors import CriticalCommandRefused, Forbidden
-from .wire import build_filter, events_wire, from_jsonable, new_events, suggest_poll_interval
+from .wire import build_filter, check_event_clock, events_wire, from_jsonable, new_events, suggest_poll_interval
 
 LIMIT_MAX = 1000
 
@@ -82,11 +84,17 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     p = principal_of(request)
     stream = check_stream(stream.lstrip("/"))
     tenant = await write_scope(request, data.tenant)
+    ev = data.expected_version
+    if ev is not None and (type(ev) is not int or not 0 <= ev <= VERSION_MAX):
+        raise ValidationError(f"expected_version is 0..{VERSION_MAX}", field="expected_version")
     check_stream_access(p, stream)
     if is_system_stream(stream):
         raise Forbidden("system streams are written by the server only", stream=stream)
     if is_dm_stream(stream):
         raise Forbidden("inboxes are written through the native protocol's dm message", stream=stream)
+    if stream.startswith("rec/"):
+        # Raw record.patched events would skip reconcile and its clock checks.
+        raise Forbidden("records are written through ops: POST /v1/ops", stream=stream, reason="records_via_ops")
     # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
     items = [{name: getattr(e, name, default) for name, default in
               (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
@@ -96,6 +104,11 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
             raise CriticalCommandRefused(
                 f"{it['type']!r} is a critical command type: POST /v1/commands/{it['type']}", type=it["type"]
             )
+    s_ = gw.settings
+    now_ms = int(gw.clock.time() * 1000)
+    for it in items:
+        check_event_clock(it["clock"], now_ms=now_ms, max_skew_ms=s_.max_clock_skew_ms,
+                          max_counter=s_.max_clock_counter, max_entries=s_.max_clock_entries)
     for it in items:
         it["data"] = from_jsonable(it["data"])
     _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)
@@ -122,7 +135,7 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
 async def read_stream(
     request: Request,
     stream: str,
-    from_version: int = Parameter(default=1, ge=1),
+    from_version: int = Parameter(default=1, ge=1, le=VERSION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     gw = gateway_of(request)
@@ -171,7 +184,7 @@ async def _read_log(request: Request, after: int, limit: int, stream, prefix, ty
 @get("/log", opt={"perm": READ}, summary="Read the tenant's log after a position, with filters and paging")
 async def read_log(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
     stream: list[str] | None = Parameter(default=None, description="exact stream names"),
     prefix: list[str] | None = Parameter(default=None, description="stream prefixes, e.g. doc/"),
@@ -185,7 +198,7 @@ async def read_log(
 @get("/deltas", opt={"perm": READ}, summary="Everything after a position for a set of streams")
 async def deltas(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=LIMIT_MAX, ge=1, le=LIMIT_MAX),
     stream: list[str] | None = Parameter(default=None),
     prefix: list[str] | None = Parameter(default=None),
@@ -209,7 +222,7 @@ async def _poll(request: Request, after: int, limit: int) -> dict:
 @get("/events/poll", opt={"perm": READ}, summary="Polling fallback: a batch, the next cursor, a suggested interval")
 async def poll_v1(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     return await _poll(request, after, limit)
@@ -218,7 +231,7 @@ async def poll_v1(
 @get("/events/poll", opt={"perm": READ}, summary="Polling fallback (the seed's path; same as /v1/events/poll)")
 async def poll_legacy(
     request: Request,
-    after: int = Parameter(default=0, ge=0),
+    after: int = Parameter(default=0, ge=0, le=POSITION_MAX),
     limit: int = Parameter(default=100, ge=1, le=LIMIT_MAX),
 ) -> dict:
     return await _poll(request, after, limit)

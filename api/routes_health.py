@@ -60,7 +60,7 @@ async def readyz(request: Request) -> Response:
     return Response({"status": status, "dependencies": deps, "degradations": degradations}, status_code=code)
 
 
-@get("/metrics", summary="Prometheus metrics")
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain")
 async def metrics(request: Request) -> Response:
     gw = request.app.state.gateway
     gw.metrics.ws_connections.labels("native")  # make sure the series exist

@@ -168,6 +168,16 @@ class Settings:
     security_window_s: float = field(default_factory=lambda: _float("SYNCLINE_SECURITY_WINDOW_S", 60.0))
     security_aggregate_max: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_AGGREGATE_MAX", 10_000))
     security_samples: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_SAMPLES", 3))
+    # Client clocks (docs/_security_input.md): an op whose HLC is more than this far ahead
+    # of the server's clock is refused (``clock_skew``), like CockroachDB's max offset; its
+    # vector clock may name at most ``max_clock_entries`` nodes, each counter at most
+    # ``max_clock_counter`` (2^53 - 1: exact in every JSON client), and claim no write of
+    # another node that the record has not accepted (``clock_unseen``).
+    max_clock_skew_ms: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_SKEW_MS", 300_000))
+    max_clock_counter: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_COUNTER", (1 << 53) - 1))
+    max_clock_entries: int = field(default_factory=lambda: _int("SYNCLINE_MAX_CLOCK_ENTRIES", 1024))
+    # Request bodies nesting deeper than this (arrays and objects) are refused: 400 invalid_json.
+    max_json_depth: int = field(default_factory=lambda: _int("SYNCLINE_MAX_JSON_DEPTH", 64))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")
     # -- transport security (docs/_security_tokens.md) --
     # TLS for HTTP and WebSockets (`syncline serve --tls-cert --tls-key`): PEM files.

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from syncline.engine.errors import ValidationError
+from syncline.engine.clocks import HLCTimestamp, InvalidClock, VectorClock
+from syncline.engine.errors import ClockSkew, ValidationError
 from syncline.engine.events import Actor, NewEvent, RecordedEvent, Retention, check_type
 from syncline.engine.filters import EventFilter
 
@@ -93,8 +94,8 @@ def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = 
         if not isinstance(clock, dict):
             raise ValidationError("clock must be an object")
         ev_id = it.get("id")
-        if ev_id is not None and (not isinstance(ev_id, str) or len(ev_id) > 64):
-            raise ValidationError("id must be a string of at most 64 characters")
+        if ev_id is not None and (not isinstance(ev_id, str) or len(ev_id) > 36 or not ev_id.isprintable()):
+            raise ValidationError("id must be a printable string of at most 36 characters (the events.id column)")
         schema = it.get("schema", 1)
         if not isinstance(schema, int) or schema < 1:
             raise ValidationError("schema must be a positive integer")
@@ -102,6 +103,25 @@ def new_events(items: Sequence[Any], principal, *, correlation_id: str | None = 
                             actor=Actor(principal.user, client), clock=clock, meta=meta,
                             retention=retention, id=ev_id))
     return out
+
+
+def check_event_clock(clock: Any, *, now_ms: int, max_skew_ms: int, max_counter: int, max_entries: int) -> None:
+    """An appended event's client ``clock`` ({"hlc": ..., "vc": {...}, ...}) is relayed to
+    every subscriber, whose client kit moves its own HLC past it: it must be a valid clock
+    within the same bounds as an op's (ClockSkew, InvalidClock otherwise)."""
+    if not clock:
+        return
+    if len(clock) > 16:
+        raise InvalidClock("an event clock has at most 16 keys")
+    if "hlc" in clock:
+        hlc = HLCTimestamp.decode(clock["hlc"])
+        if hlc.wall_ms - now_ms > max_skew_ms:
+            raise ClockSkew(f"the event's clock is {hlc.wall_ms - now_ms} ms ahead of the server's "
+                            f"(limit {max_skew_ms} ms)", server_ms=now_ms, limit_ms=max_skew_ms)
+    if "vc" in clock:
+        vc = VectorClock.from_dict(clock["vc"])
+        if len(vc) > max_entries or any(n > max_counter for _, n in vc.items()):
+            raise InvalidClock(f"a vector clock names at most {max_entries} nodes, counters at most {max_counter}")
 
 
 def build_filter(

@@ -59,6 +59,7 @@ from .errors import (
 from .gateway import Gateway
 from .hub import room_channel, user_channel
 from .logging import clear, log
+from .ops import count_rejections
 from .settings import Settings
 from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
@@ -321,7 +322,7 @@ class NativeConnection:
             elif kind is StoreMessage:
                 await self.perform(session.message_failed(e, err))
             else:
-                self.send({"t": P.ERROR, "code": err.code, "message": err.message})
+                self.send({"t": P.ERROR, "code": err.code, "message": err.public_message})
 
     async def _store_message(self, e: StoreMessage) -> None:
         gw, p, session = self.gw, self.principal, self.session
@@ -343,10 +344,11 @@ class NativeConnection:
         gw, p = self.gw, self.principal
         results: list[dict | None] = [None] * e.size
         if e.records:
-            outcomes = await gw.records.submit(p.tenant, [op for _, op in e.records])
+            outcomes = await gw.records.submit_wire(p.tenant, [op for _, op in e.records])
             for (i, _), o in zip(e.records, outcomes):
-                results[i] = o.to_wire()
+                results[i] = o
             gw.metrics.events_appended.labels("ops").inc(len(e.records))
+            count_rejections(gw, outcomes)
         for d in e.docs:  # (validated by the session)
             r = await gw.store.append(p.tenant, d.stream, [NewEvent(
                 CRDT_UPDATE, data=d.update, actor=Actor(p.user, d.client), meta={"op": d.op_id})],

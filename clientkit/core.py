@@ -161,6 +161,7 @@ class SessionCore:
         "_last_rx", "_last_ping", "_rooms", "_presence", "_others", "_snap", "_snap_attempt", "_snap_id",
         "_ping_n", "persist_replica", "persist_interval_ms", "_saved_at", "_saved_position",
         "handshake_timeout_ms", "_handshake_due", "_resub_due", "_resub_n",
+        "clock_offset_ms", "max_remote_lead_ms", "_restamped",
     )
 
     def __init__(
@@ -186,6 +187,7 @@ class SessionCore:
         persist_replica: bool = True,
         persist_interval_ms: int = 1_000,
         handshake_timeout_ms: int | None = 10_000,
+        max_remote_lead_ms: int | None = 300_000,
     ) -> None:
         self.queue = queue if queue is not None else MemoryOpQueue()
         # A Random holds 2.5 KB of state: cores share one unless the caller injects theirs.
@@ -245,6 +247,14 @@ class SessionCore:
         # many times in a row it failed (for the backoff).
         self._resub_due: int | None = None
         self._resub_n = 0
+        # Clock skew (docs/clientkit.md): the server's clock minus ours, learned from a
+        # ``clock_skew`` rejection (its ``server_ms``), added to ``now_ms`` for new stamps;
+        # a remote HLC further ahead of our clock than ``max_remote_lead_ms`` is not
+        # followed (a poisoned event clock cannot push our stamps out of the server's
+        # bound); the ops stamped again once (a second clock_skew is surfaced as rejected).
+        self.clock_offset_ms = 0
+        self.max_remote_lead_ms = max_remote_lead_ms
+        self._restamped: set[str] | None = None
         if len(self.queue):
             # Ops queued by an earlier run (the process was killed or closed): readable again.
             after = 0
@@ -428,7 +438,29 @@ class SessionCore:
         return f"{self.client_id}.{self._op_n + 1}"
 
     def _next_hlc(self, now_ms: int) -> HLCTimestamp:
-        return hlc_send(self._hlc, now_ms, self.client_id)
+        return hlc_send(self._hlc, now_ms + self.clock_offset_ms, self.client_id)
+
+    def _restamp(self, op_id: str, server_ms: Any) -> bool:
+        """The server refused ``op_id`` with ``clock_skew``: adopt its clock and stamp the op
+        again (once per op). False when it may not be stamped again (then it is rejected)."""
+        if type(server_ms) is not int or (self._restamped is not None and op_id in self._restamped):
+            return False
+        self.clock_offset_ms = server_ms - self._now
+        if self._hlc is not None and self._hlc.wall_ms > server_ms:
+            # Our HLC ran ahead with the bad clock: start again from the server's time.
+            # (Our own later writes still win over our earlier ones: the vector clocks say so.)
+            self._hlc = None
+        hlc = self._next_hlc(self._now)
+        q = self.queue.restamp(op_id, hlc.encode(), {"hlc": hlc.encode()})
+        if q is None:
+            return False
+        self._hlc = hlc
+        if self._restamped is None:
+            self._restamped = set()
+        self._restamped.add(op_id)
+        self.replica.forget(op_id)
+        self.replica.local(q.to_op())
+        return True
 
     def _local_clock(self, stream: str) -> VectorClock:
         own = self._clocks.get(stream) if self._clocks is not None else None
@@ -555,9 +587,10 @@ class SessionCore:
                         _HLCS[latest] = remote
                 if remote is not None:
                     try:
-                        self._hlc = hlc_receive(self._hlc, remote, self._now, self.client_id)
+                        self._hlc = hlc_receive(self._hlc, remote, self._now + self.clock_offset_ms, self.client_id,
+                                                self.max_remote_lead_ms)
                     except Exception:
-                        pass
+                        pass  # (ClockDriftError: a clock too far ahead is not followed)
         self.position = max(pos, int(msg["next"]), last)
         head = msg.get("head")
         self.head = max(self.head, self.position, int(head) if isinstance(head, int) else 0)
@@ -583,11 +616,15 @@ class SessionCore:
             kind = r.get("kind", "")
             if type(kind) is not str:
                 kind = str(kind)
+            if kind == "rejected" and r.get("reason") == "clock_skew" and self._restamp(op_id, r.get("server_ms")):
+                continue  # stamped again from the server's clock: it goes again (unanswered)
             done.append(op_id)
             if kind not in ACCEPTED:
                 self.replica.forget(op_id)  # rejected: the optimistic value goes away
             out.append(OpResult(op_id, kind, dict(r)))
         self.queue.ack(done)
+        if self._restamped:
+            self._restamped.difference_update(done)
         if entry is not None and len(done) < len(entry[0]):
             # A partial answer: whatever was not answered goes again from the queue.
             self._inflight.clear()

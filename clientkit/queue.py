@@ -80,6 +80,7 @@ class OpQueue(Protocol):
     def append_many(self, ops: Sequence[Op], meta: Mapping[str, Any] | None = None) -> list[QueuedOp]: ...
     def peek(self, after_seq: int = 0, limit: int = 500) -> list[QueuedOp]: ...
     def ack(self, op_ids: Iterable[str]) -> int: ...
+    def restamp(self, op_id: str, hlc: str, meta: Mapping[str, Any] | None = None) -> QueuedOp | None: ...
     def clear(self) -> int: ...
     def __len__(self) -> int: ...
     def get_meta(self, key: str, default: Any = None) -> Any: ...
@@ -138,6 +139,19 @@ class MemoryOpQueue:
             # Acks arrive in order from the front, so this is usually a short slice.
             self._seqs = [s for s in self._seqs if s in self._ops]
         return n
+
+    def restamp(self, op_id: str, hlc: str, meta: Mapping[str, Any] | None = None) -> QueuedOp | None:
+        """Give a queued op a new HLC (encoded), in place (same seq, op id and clock);
+        None when the op is not queued. ``meta`` is written with it."""
+        seq = self._by_id.get(op_id)
+        if seq is None:
+            return None
+        q = self._ops[seq]
+        q = self._ops[seq] = QueuedOp(q.seq, q.op_id, q.client, q.user, q.kind, q.stream, hlc, q.vc, q.payload,
+                                      q.base)
+        if meta:
+            self.set_meta(meta)
+        return q
 
     def clear(self) -> int:
         n = len(self._ops)
@@ -279,6 +293,24 @@ class SqliteOpQueue:
                 raise
             self._size -= n
             return n
+
+    def restamp(self, op_id: str, hlc: str, meta: Mapping[str, Any] | None = None) -> QueuedOp | None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("UPDATE ops SET hlc=? WHERE op_id=?", (hlc, op_id))
+                r = db.execute("SELECT seq, op_id, client, user, kind, stream, hlc, vc, payload, base FROM ops"
+                               " WHERE op_id=?", (op_id,)).fetchone()
+                if r is not None and meta:
+                    self._put_meta(meta)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if r is None:
+            return None
+        return QueuedOp(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _unpack(r[7]), _unpack(r[8]), r[9])
 
     def clear(self) -> int:
         with self._lock:

@@ -26,6 +26,20 @@ class SynclineError(Exception):
             body["details"] = self.details
         return body
 
+    @property
+    def public_message(self) -> str:
+        """What a client may read: the message of a 4xx error; for a server-side failure
+        (5xx: a store or driver error) a fixed text, never the database's words."""
+        if self.http_status < 500:
+            return self.message
+        return _PUBLIC_MESSAGES.get(self.code, "internal server error")
+
+    def public_dict(self) -> dict[str, Any]:
+        """``to_dict`` for a client: 5xx errors keep their code, lose message and details."""
+        if self.http_status < 500:
+            return self.to_dict()
+        return {"code": self.code, "message": self.public_message}
+
 
 class ValidationError(SynclineError):
     """The caller sent something malformed; nothing was written."""
@@ -53,6 +67,19 @@ class PayloadTooLarge(ValidationError):
 
 class UnencodablePayload(ValidationError):
     code = "unencodable_payload"
+
+
+class InvalidValue(ValidationError):
+    """A value the store cannot hold (a number past its column, a NUL character, too
+    long for its column): the caller's data, so a 400, never the driver's words."""
+
+    code = "invalid_value"
+
+
+class ClockSkew(ValidationError):
+    """A client clock (HLC) is further ahead of the server's than the configured bound."""
+
+    code = "clock_skew"
 
 
 class ConcurrencyError(SynclineError):
@@ -136,3 +163,9 @@ class TokenSubjectMismatch(Forbidden):
     the connection keeps its current token (and ends at that token's ``exp``)."""
 
     code = "token_subject_mismatch"
+
+
+_PUBLIC_MESSAGES = {
+    "store_unavailable": "the event store is unavailable; retry later",
+    "integrity_violation": "the stored data failed an integrity check",
+}

@@ -18,6 +18,10 @@ STREAM_RE = re.compile(r"^\$?[a-z][a-z0-9_-]{0,63}(/[A-Za-z0-9._:@~+=-]{1,200}){
 TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,6}\Z")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STREAM_MAX = 255
+# What the store's columns hold: log positions are BIGINT (and SQLite INTEGER), stream
+# versions INTEGER (int32 on PostgreSQL). Numbers from clients are bounded by these.
+POSITION_MAX = (1 << 63) - 1
+VERSION_MAX = (1 << 31) - 1
 SYSTEM_PREFIX = "$"
 
 

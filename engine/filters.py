@@ -46,6 +46,9 @@ class Predicate:
             return False
 
 
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     stream_prefixes: tuple[str, ...] = ()
@@ -57,6 +60,11 @@ class EventFilter:
     _literal_types: frozenset | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
+        for text in (*self.stream_prefixes, *self.streams, *self.types):
+            # (a NUL or a lone surrogate cannot even reach PostgreSQL: refuse it here, typed)
+            if type(text) is not str or len(text) > 255 or _BAD_CHARS.search(text):
+                raise ValidationError(f"invalid stream, prefix or type filter {str(text)[:40]!r}",
+                                      reason="invalid_filter")
         object.__setattr__(self, "_stream_set", frozenset(self.streams))
         if self.types and not any(c in t for t in self.types for c in "*?["):
             object.__setattr__(self, "_literal_types", frozenset(self.types))

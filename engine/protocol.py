@@ -19,6 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from .errors import ProtocolError
+from .events import POSITION_MAX
 
 SUBPROTOCOL_MSGPACK = "syncline.v1.msgpack"
 SUBPROTOCOL_JSON = "syncline.v1.json"
@@ -86,8 +87,16 @@ TOKEN_MAX = 8192  # characters of a token in ``auth``
 
 _str = lambda v: isinstance(v, str) and 0 < len(v) <= 255  # noqa: E731
 _opt_str = lambda v: v is None or _str(v)  # noqa: E731
-_pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+# Positions fit the store's BIGINT columns (engine.events.POSITION_MAX): a bigger one is an
+# invalid message (code invalid_message), never a database error.
+_pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= POSITION_MAX  # noqa: E731
 _opt_pos = lambda v: v is None or _pos(v)  # noqa: E731
+
+
+def _resume(v: Any) -> bool:
+    """``hello.resume``: {subscription id: position}, at most 64 of them."""
+    return v is None or (isinstance(v, dict) and len(v) <= 64
+                         and all(_str(k) and _pos(p) for k, p in v.items()))
 
 
 def _strs(limit: int) -> Callable[[Any], bool]:
@@ -101,7 +110,7 @@ _any = lambda v: True  # noqa: E731
 
 # Required (True) and optional (False) fields, with their checks, per message type.
 SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
-    HELLO: {"client": (False, _opt_str), "resume": (False, _opt_dict)},
+    HELLO: {"client": (False, _opt_str), "resume": (False, _resume)},
     PING: {"id": (False, _any)},
     SUB: {
         "id": (True, _str), "streams": (False, _strs(256)), "prefixes": (False, _strs(64)),

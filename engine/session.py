@@ -698,10 +698,10 @@ class ServerSession:
             raise Forbidden(f"the token lacks the {perm!r} permission", needed=perm)
 
     def _error(self, ref: Any, err: SynclineError) -> Send:
-        body: dict[str, Any] = {"t": P.ERROR, "code": err.code, "message": err.message}
+        body: dict[str, Any] = {"t": P.ERROR, "code": err.code, "message": err.public_message}
         if ref is not None:
             body["ref"] = ref
-        if err.details:
+        if err.details and err.http_status < 500:  # (a server failure's details stay in the logs)
             body["details"] = {k: v for k, v in err.details.items()
                                if isinstance(v, (str, int, float, bool, type(None)))}
         return Send(body)

@@ -53,6 +53,7 @@ from .records import (
     ResolutionConfig,
     as_stream_writes,
     fold_record_events,
+    outcome_wire,
     reconcile,
     record_snapshot,
 )
@@ -516,7 +517,7 @@ class SyncServer:
         if e.records:
             r = reconcile(self.records(tenant), [op for _, op in e.records], self.resolution, now_ms=now_ms)
             for (i, _), outcome in zip(e.records, r.outcomes):
-                results[i] = outcome.to_wire()
+                results[i] = outcome_wire(outcome, now_ms)
                 k = outcome.kind.value
                 if k == "duplicate":
                     self.stats["duplicates"] += 1

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .codec import canonical, pack, unpack
 from .errors import IntegrityViolation, ValidationError
+from .events import POSITION_MAX
 from .filters import EventFilter
 
 
@@ -41,7 +42,7 @@ def decode_cursor(cursor: str, f: EventFilter) -> int:
         version, after, fp = unpack(base64.urlsafe_b64decode(padded.encode()))
     except Exception as e:  # base64, msgpack or unpacking: all mean a cursor we did not issue
         raise InvalidCursor("the cursor is not one this server issued") from e
-    if version != 1 or not isinstance(after, int) or after < 0:
+    if version != 1 or not isinstance(after, int) or not 0 <= after <= POSITION_MAX:
         raise InvalidCursor("the cursor is not one this server issued")
     if fp != selection_fingerprint(f):
         raise InvalidCursor("the cursor belongs to a different selection of streams")

@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
-from syncline.engine.errors import StoreUnavailable, SynclineError
+from syncline.engine.errors import InvalidValue, StoreUnavailable, SynclineError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -35,6 +35,10 @@ def map_db_error(e: BaseException) -> SynclineError:
     if state is not None and (state.startswith("08") or state in UNAVAILABLE_SQLSTATES):
         reason = str(getattr(e, "orig", None) or e)[:200]  # the driver's words, not the SQL
         return StoreUnavailable(f"the database is unavailable (SQLSTATE {state}): {reason}")
+    if (state is not None and state.startswith("22")) or isinstance(e, (OverflowError, UnicodeEncodeError)):
+        # SQLSTATE class 22 (data exception: out of range, NUL byte, too long...) or the
+        # SQLite driver's OverflowError: the caller's value, not the store, is at fault.
+        return InvalidValue("a value does not fit the event store (a number out of range, text it cannot hold)")
     if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError, OSError,
                       asyncio.TimeoutError, ConnectionError)):
         return StoreUnavailable(f"the event store is unavailable: {type(e).__name__}: {str(e)[:200]}")

@@ -12,7 +12,7 @@ from .errors import InvalidResolutionConfig, MergeFunctionRejected, UnknownMerge
 from .fold import RecordsFolder, apply_record_event, fold_record_events
 from .merges import COUNTER, MAX, NO_INITIAL, UNION, MergeFunction, MergeRegistry, check_laws
 from .ops import ClientOp, Op, ResolveOp, collection_of, op_from_wire
-from .outcomes import Outcome, OutcomeKind, RejectReason
+from .outcomes import Outcome, OutcomeKind, RejectReason, outcome_wire
 from .payloads import (
     CONFLICT_DETECTED,
     CONFLICT_RESOLVED,
@@ -72,6 +72,7 @@ __all__ = [
     "MergeRegistry",
     "Op",
     "Outcome",
+    "outcome_wire",
     "OutcomeKind",
     "Reconciliation",
     "RecordState",

@@ -110,6 +110,14 @@ class ResolutionConfig:
     registry: MergeRegistry = field(default_factory=MergeRegistry.with_builtins)
     max_clock_skew_ms: int | None = None  # with reconcile(now_ms=...): reject ops this far ahead
     max_op_age_ms: int | None = None  # with reconcile(now_ms=...): reject ops this old
+    # Vector-clock bounds (None: unchecked). ``max_clock_counter``: the greatest counter an
+    # op's clock may carry; ``max_clock_entries``: how many nodes it may name;
+    # ``causal_clocks``: an op may not claim more writes of another node than the record
+    # has accepted (a client learns of others' writes from the server only). The gateway
+    # turns all three on (api/ops.py, store/records_service.py).
+    max_clock_counter: int | None = None
+    max_clock_entries: int | None = None
+    causal_clocks: bool = False
     default_collection: CollectionPolicy | None = None
 
     # collection -> (field -> (strategy, merge function or None), default or None if strict)

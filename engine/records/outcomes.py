@@ -27,6 +27,7 @@ class RejectReason(StrEnum):
     INVALID_BASE_VERSION = "invalid_base_version"
     CLOCK_SKEW = "clock_skew"  # HLC too far ahead of the server's physical clock
     STALE_OP = "stale_op"  # HLC older than the configured maximum op age
+    CLOCK_UNSEEN = "clock_unseen"  # the vector clock claims writes of another node the record never had
 
 
 class Outcome(NamedTuple):
@@ -68,3 +69,12 @@ class Outcome(NamedTuple):
 
 def rejected(op_id: str, stream: str, reason: RejectReason, detail: str = "") -> Outcome:
     return Outcome(OutcomeKind.REJECTED, op_id, stream, reason=reason, detail=detail)
+
+
+def outcome_wire(outcome: Outcome, now_ms: int | None) -> dict[str, Any]:
+    """``outcome.to_wire()``; a ``clock_skew`` rejection also carries the server's time
+    (``server_ms``), so that the client can correct its clock and stamp the op again."""
+    body = outcome.to_wire()
+    if now_ms is not None and outcome.reason is RejectReason.CLOCK_SKEW:
+        body["server_ms"] = now_ms
+    return body

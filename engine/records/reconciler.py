@@ -5,8 +5,11 @@ events and outcomes. Replicas that accept the same ops in any order, with any
 duplicates, end with the same record data (see state.py and kernel.py for why).
 
 Rejections depend only on the op, the config and ``now_ms``, never on the state,
-so a rejection cannot make replicas diverge. They are not remembered: resubmitting
-a rejected op is judged again, with the same answer while the config is the same.
+so a rejection cannot make replicas diverge. (One exception, off by default:
+``config.causal_clocks`` compares an op's clock with its record's. Only the server
+reconciles with it on: replicas fold the server's log, never reconcile.) They are not
+remembered: resubmitting a rejected op is judged again, with the same answer while the
+config is the same.
 """
 from __future__ import annotations
 
@@ -131,6 +134,14 @@ def _reconcile(state: RecordsState, ops: Iterable[Op], config: ResolutionConfig,
             continue
         try:
             changes = _validate(op, config, now_ms)
+            if config.causal_clocks:
+                # What the record has accepted so far (this batch's earlier ops included).
+                if w is not None:
+                    m = w[1]
+                    known = m._c if m._c is not None else m._base._c
+                else:
+                    known = rec[2]._c if rec is not None else {}
+                _check_causal(op, known)
         except _Reject as rej:
             append_outcome(rejected(op_id, stream, rej.reason, rej.detail))
             continue
@@ -191,6 +202,17 @@ def _reconcile(state: RecordsState, ops: Iterable[Op], config: ResolutionConfig,
     return Reconciliation(RecordsState(MappingProxyType(records)), events, outcomes)
 
 
+def _check_causal(op: Op, known: Any) -> None:
+    """Refuse a clock that claims writes of another node the record never accepted: such a
+    counter (up to the counter limit) would make every later write of that node look
+    concurrent or older, and its next tick could pass the limit and be refused for good."""
+    client = op.client
+    for node, n in op.clock._c.items():
+        if n > known.get(node, 0) and node != client:
+            raise _Reject(RejectReason.CLOCK_UNSEEN,
+                          f"the clock claims {n} writes of {node[:64]!r}; the record has {known.get(node, 0)}")
+
+
 @lru_cache(maxsize=1 << 16)
 def _record_collection(stream: str) -> str | None:
     # Pure, and streams repeat across batches: a bounded cache saves the regex.
@@ -214,10 +236,19 @@ def _validate(op: Op, config: ResolutionConfig, now_ms: int | None) -> list[Chan
         raise _Reject(RejectReason.INVALID_CLOCK, "the clock lacks the client's own tick")
     if type(op.base_version) is not int or op.base_version < 0:
         raise _Reject(RejectReason.INVALID_BASE_VERSION)
+    if config.max_clock_entries is not None and len(op.clock._c) > config.max_clock_entries:
+        raise _Reject(RejectReason.INVALID_CLOCK,
+                      f"the clock names {len(op.clock._c)} nodes (limit {config.max_clock_entries})")
+    top = config.max_clock_counter
+    if top is not None:
+        for node, n in op.clock._c.items():
+            if n > top:
+                raise _Reject(RejectReason.INVALID_CLOCK, f"clock counter {n} of {node[:64]!r} exceeds {top}")
     if now_ms is not None:
         skew = config.max_clock_skew_ms
         if skew is not None and op.hlc.wall_ms - now_ms > skew:
-            raise _Reject(RejectReason.CLOCK_SKEW, f"{op.hlc.wall_ms - now_ms} ms ahead")
+            raise _Reject(RejectReason.CLOCK_SKEW,
+                          f"the op's clock is {op.hlc.wall_ms - now_ms} ms ahead of the server's (limit {skew} ms)")
         age = config.max_op_age_ms
         if age is not None and now_ms - op.hlc.wall_ms > age:
             raise _Reject(RejectReason.STALE_OP, f"{now_ms - op.hlc.wall_ms} ms old")

@@ -54,6 +54,10 @@ class RunningGateway:
         self.app = create_app(settings, clock=clock)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit TCP_NODELAY. uvloop leaves Nagle on for a socket handed to
+        # it (it sets NODELAY on the ones it creates): every keep-alive request then waited
+        # ~40 ms for the client's delayed ACK.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
