@@ -1,7 +1,9 @@
 """JWT verification (PyJWT) and permissions from claims.
 
-A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``.
-Permissions are the union of what the roles grant and the explicit ``perms``.
+A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``
+and ``scopes``. Permissions are the union of what the roles grant and the explicit
+``perms``; ``scopes`` narrows them to streams by pattern (engine/access.py, the one rule
+every path applies; docs/_security_access.md).
 HS256 with ``SYNCLINE_JWT_SECRET`` by default; RS256/ES256 with
 ``SYNCLINE_JWT_PUBLIC_KEY`` (PEM) when ``SYNCLINE_JWT_ALGORITHM`` says so.
 """
@@ -13,14 +15,15 @@ from typing import Any, Mapping
 
 import jwt
 
-from syncline.engine.errors import InvalidTenant
+from syncline.engine.access import SYSTEM_READ, Scopes, parse_scopes
+from syncline.engine.errors import InvalidTenant, ValidationError
 from syncline.engine.events import check_tenant
 
 from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing
 from .settings import Settings
 
 READ, WRITE, ADMIN, CROSS_TENANT = "read", "write", "admin", "cross_tenant_read"
-KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT})
+KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ})
 
 ROLE_PERMS: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
@@ -30,8 +33,10 @@ ROLE_PERMS: Mapping[str, frozenset[str]] = {
     "writer": frozenset({READ, WRITE}),
     "editor": frozenset({READ, WRITE}),
     "service": frozenset({READ, WRITE}),
-    "admin": frozenset({READ, WRITE, ADMIN}),
-    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT}),
+    # Reads everything, system streams ($audit, $security, $conflicts, $dlq/...) included; writes nothing.
+    "auditor": frozenset({READ, SYSTEM_READ}),
+    "admin": frozenset({READ, WRITE, ADMIN, SYSTEM_READ}),
+    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ}),
 }
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -45,6 +50,7 @@ class Principal:
     perms: frozenset[str]
     exp: int
     client: str = ""
+    scopes: Scopes | None = None  # None: the whole tenant (engine/access.py)
 
     def can(self, perm: str) -> bool:
         return perm in self.perms
@@ -106,8 +112,12 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         raise TokenMalformed("claim 'roles' must be a list of strings")
     if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
         raise TokenMalformed("claim 'perms' must be a list of strings")
+    try:
+        scopes = parse_scopes(claims.get("scopes"))
+    except ValidationError as e:
+        raise TokenMalformed(f"claim 'scopes': {e.message}") from e
     role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms))
-    return Principal(user, tenant, role_set, granted, int(claims["exp"]))
+    return Principal(user, tenant, role_set, granted, int(claims["exp"]), scopes=scopes)
 
 
 # Every WebSocket connection keeps its Principal for its whole life, and almost all of them

@@ -30,6 +30,7 @@ from heapq import heappop, heappush
 from typing import Any, Iterator, Protocol, Sequence
 
 from . import protocol as P
+from .access import Scopes
 from .documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
 from .errors import ProtocolError, SynclineError
 from .events import (
@@ -122,6 +123,7 @@ class Principal:
     user: str
     roles: tuple[str, ...] = ()
     perms: frozenset[str] = frozenset({"read", "write"})
+    scopes: Scopes | None = None  # engine/access.py: None is the whole tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,8 @@ class SyncServer:
         check_tenant(principal.tenant)
         cid = self._next_conn
         self._next_conn += 1
-        session = ServerSession(Identity(principal.tenant, principal.user, principal.perms), self.session_config,
+        session = ServerSession(Identity(principal.tenant, principal.user, principal.perms, principal.scopes),
+                                self.session_config,
                                 session_id=f"s{cid}", now_ms=now_ms, encode_events=self._encode)
         conn = _Conn(cid, principal, session)
         self._conns[cid] = conn
@@ -381,6 +384,7 @@ class SyncServer:
                                                       state=e.state), out)
             elif kind is TakeSnapshot:
                 position, content = self._snapshot(conn.principal.tenant, e.streams, e.prefixes)
+                content = {k: v for k, v in content.items() if session.may_read(k)}  # (the access rule)
                 checksum = snapshot_checksum(position, content)
                 chunks = chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes)
                 more = session.snapshot_ready(e.ref, chunks, position)
@@ -576,7 +580,8 @@ class SyncServer:
         else:
             targets = self._users.get((tenant, e.stream[len(DM_PREFIX):]), ())
         for cid in targets:
-            if cid != conn.id:
+            target = self._conns.get(cid)
+            if cid != conn.id and (target is None or target.session.admits(e.msg)):
                 out.append((cid, e.msg))
 
     def _to_room(self, key: tuple[str, str], sender: int, msg: dict, out: Out) -> None:

@@ -27,6 +27,7 @@ class RejectReason(StrEnum):
     INVALID_BASE_VERSION = "invalid_base_version"
     CLOCK_SKEW = "clock_skew"  # HLC too far ahead of the server's physical clock
     STALE_OP = "stale_op"  # HLC older than the configured maximum op age
+    OUT_OF_SCOPE = "out_of_scope"  # the token's scopes do not allow writing this stream (engine/access.py)
 
 
 class Outcome(NamedTuple):
