@@ -35,6 +35,8 @@ CORRELATION_HEADER = "x-correlation-id"
 
 
 def _syncline_error(request: Request, exc: SynclineError) -> Response:
+    if exc.http_status == 403:  # refusals of the access rule (engine/access.py) and of permissions
+        request.app.state.gateway.metrics.access_refused.labels("rest", exc.code).inc()
     return Response(exc.to_dict(), status_code=exc.http_status)
 
 
