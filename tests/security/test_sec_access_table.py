@@ -571,3 +571,21 @@ def test_refusals_and_hidden_events_are_counted(world):
     metrics = world.http.get("/metrics").text
     assert 'syncline_access_refused_total{code="system_stream_forbidden",path="rest"}' in metrics
     assert 'syncline_access_hidden_events_total{path="rest"}' in metrics
+
+
+def test_cli_mints_scoped_tokens_the_gateway_enforces(world, monkeypatch):
+    from click.testing import CliRunner
+
+    from syncline.cli import main
+
+    monkeypatch.setenv("SYNCLINE_JWT_SECRET", world.g.settings.jwt_secret)
+    out = CliRunner().invoke(main, ["token", "--tenant", TENANT, "--user", "sam", "--scope", "read:doc/handbook*",
+                                    "--scope", "write:room/support"])
+    assert out.exit_code == 0, out.output
+    auth = {"Authorization": f"Bearer {out.output.strip()}"}
+    assert world.http.get("/v1/streams/doc/secret", headers=auth).json()["code"] == "out_of_scope"
+    assert world.http.get("/v1/streams/doc/handbook-intro", headers=auth).status_code == 200
+    streams = {e["stream"] for e in world.http.get("/v1/log", params={"limit": 1000}, headers=auth).json()["events"]}
+    assert streams and all(in_scope(s) for s in streams)
+    bad = CliRunner().invoke(main, ["token", "--tenant", TENANT, "--user", "sam", "--scope", "admin:doc/*"])
+    assert bad.exit_code != 0 and "--scope" in bad.output
