@@ -24,7 +24,8 @@ class Who:
         self.scopes = parse_scopes(scopes) if scopes is not None else None
 
 
-segment = st.text(alphabet="abcdxyz0123456789-._", min_size=1, max_size=6).filter(lambda s: s[0].isalpha())
+segment = st.builds(lambda a, b: a + b, st.sampled_from("abcdxyz"),
+                    st.text(alphabet="abcdxyz0123456789-._", max_size=5))
 streams = st.one_of(
     st.builds(lambda a, b: f"{a}/{b}", st.sampled_from(["doc", "room", "rec", "dm", "notes", "cmd"]), segment),
     st.builds(lambda a, b, c: f"{a}/{b}/{c}", st.sampled_from(["doc", "rec"]), segment, segment),
