@@ -262,8 +262,9 @@ class ServerSession:
 
     def welcome(self, *, head: int, rooms: Sequence[str] = ()) -> list[Effect]:
         """The first message, once the shell knows the head and the rooms the client is
-        still a member of (membership survives reconnects)."""
-        self.rooms.update(rooms)
+        still a member of (membership survives reconnects). A token whose scopes do not
+        cover a room's stream does not inherit it (engine/access.py)."""
+        self.rooms.update(r for r in rooms if self.who.scopes is None or access.can_read(self.who, f"room/{r}"))
         c, w = self.config, self.who
         extra = {} if w.scopes is None else {"scopes": w.scopes.wire()}
         return [Send(P.message(

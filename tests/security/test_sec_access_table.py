@@ -589,3 +589,33 @@ def test_cli_mints_scoped_tokens_the_gateway_enforces(world, monkeypatch):
     assert streams and all(in_scope(s) for s in streams)
     bad = CliRunner().invoke(main, ["token", "--tenant", TENANT, "--user", "sam", "--scope", "admin:doc/*"])
     assert bad.exit_code != 0 and "--scope" in bad.output
+
+
+async def test_a_narrower_token_does_not_inherit_rooms_out_of_its_scopes(world):
+    """Room membership survives reconnects; reconnecting with a scoped token that does
+    not cover a room neither lists it in ``welcome`` nor delivers its messages."""
+    wide = make_token(tenant=TENANT, user="sam", roles=["member"])
+    c = await NativeClient.connect(world.g.ws_url, wide, query="client=cx")
+    await c.expect(P.WELCOME)
+    for room in ("sales", "support"):
+        await c.send(P.JOIN, room=room)
+        await c.expect(P.JOINED)
+    await c.close()
+    c = await NativeClient.connect(world.g.ws_url, token("scoped"), query="client=cx")
+    try:
+        welcome = await c.expect(P.WELCOME)
+        assert welcome["rooms"] == ["support"]
+        bob = await NativeClient.connect(world.g.ws_url, token("admin"))
+        await bob.expect(P.WELCOME)
+        for room in ("sales", "support"):
+            await bob.send(P.JOIN, room=room)
+            await bob.expect(P.JOINED)
+            await bob.send(P.SAY, room=room, data={"in": room}, id=f"say-{room}")
+            await bob.expect(P.SENT)
+        await bob.close()
+        got = await c.expect(P.MSG)
+        assert got["room"] == "support"
+        with pytest.raises(TimeoutError):
+            await c.expect(P.MSG, timeout=1.0)
+    finally:
+        await c.close()
