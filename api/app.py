@@ -38,6 +38,8 @@ CORRELATION_HEADER = "x-correlation-id"
 
 
 def _syncline_error(request: Request, exc: SynclineError) -> Response:
+    if exc.http_status == 403:  # refusals of the access rule (engine/access.py) and of permissions
+        request.app.state.gateway.metrics.access_refused.labels("rest", exc.code).inc()
     if exc.http_status >= 500:
         # A store or driver failure: the client gets the code and a fixed text; the
         # database's words (and the details) go to the log only (docs/_security_input.md).

@@ -1,7 +1,9 @@
 """JWT verification (PyJWT) and permissions from claims.
 
-A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``.
-Permissions are the union of what the roles grant and the explicit ``perms``.
+A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``
+and ``scopes``. Permissions are the union of what the roles grant and the explicit
+``perms``; ``scopes`` narrows them to streams by pattern (engine/access.py, the one rule
+every path applies; docs/_security_access.md).
 HS256 with ``SYNCLINE_JWT_SECRET`` by default; RS256/ES256 with
 ``SYNCLINE_JWT_PUBLIC_KEY`` (PEM) when ``SYNCLINE_JWT_ALGORITHM`` says so.
 """
@@ -13,7 +15,8 @@ from typing import Any, Mapping
 
 import jwt
 
-from syncline.engine.errors import InvalidTenant
+from syncline.engine.access import SYSTEM_READ, Scopes, parse_scopes
+from syncline.engine.errors import InvalidTenant, ValidationError
 from syncline.engine.events import check_tenant
 
 from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, TokenMissing, TokenRevoked
@@ -21,7 +24,7 @@ from .revocations import Revocations
 from .settings import Settings, check_jwt_secret
 
 READ, WRITE, ADMIN, CROSS_TENANT = "read", "write", "admin", "cross_tenant_read"
-KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT})
+KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ})
 
 ROLE_PERMS: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
@@ -31,8 +34,10 @@ ROLE_PERMS: Mapping[str, frozenset[str]] = {
     "writer": frozenset({READ, WRITE}),
     "editor": frozenset({READ, WRITE}),
     "service": frozenset({READ, WRITE}),
-    "admin": frozenset({READ, WRITE, ADMIN}),
-    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT}),
+    # Reads everything, system streams ($audit, $security, $conflicts, $dlq/...) included; writes nothing.
+    "auditor": frozenset({READ, SYSTEM_READ}),
+    "admin": frozenset({READ, WRITE, ADMIN, SYSTEM_READ}),
+    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ}),
 }
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -48,6 +53,7 @@ class Principal:
     client: str = ""
     jti: str = ""  # the token's id (``jti`` claim), for revocation by id
     iat: float | None = None  # when it was issued (``iat``), for "every token of U issued before T"
+    scopes: Scopes | None = None  # None: the whole tenant (engine/access.py)
 
     def can(self, perm: str) -> bool:
         return perm in self.perms
@@ -116,6 +122,10 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         raise TokenMalformed("claim 'roles' must be a list of strings")
     if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
         raise TokenMalformed("claim 'perms' must be a list of strings")
+    try:
+        scopes = parse_scopes(claims.get("scopes"))
+    except ValidationError as e:
+        raise TokenMalformed(f"claim 'scopes': {e.message}") from e
     role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms))
     jti, iat = claims.get("jti"), claims.get("iat")
     if jti is not None and (not isinstance(jti, str) or len(jti) > 200):
@@ -123,7 +133,7 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     if iat is not None and (not isinstance(iat, (int, float)) or isinstance(iat, bool)):
         raise TokenMalformed("claim 'iat' must be a number")
     return Principal(user, tenant, role_set, granted, int(claims["exp"]), jti=jti or "",
-                     iat=float(iat) if iat is not None else None)
+                     iat=float(iat) if iat is not None else None, scopes=scopes)
 
 
 # Every WebSocket connection keeps its Principal for its whole life, and almost all of them

@@ -7,9 +7,10 @@ from typing import Any
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
 
-from syncline.engine.events import check_tenant, is_system_stream, private_to_others
+from syncline.engine import access
+from syncline.engine.events import check_tenant
 
-from .auth import ADMIN, CROSS_TENANT, READ, Principal, bearer_token
+from .auth import CROSS_TENANT, READ, Principal, bearer_token
 from .errors import (
     Forbidden,
     IdempotencyKeyRequired,
@@ -82,17 +83,22 @@ async def write_scope(request: Request, body_tenant: Any = None) -> str:
 
 
 def check_stream_access(p: Principal, stream: str) -> None:
-    if is_system_stream(stream) and not p.can(ADMIN):
-        raise Forbidden("system streams need the 'admin' permission", stream=stream)
-    if private_to_others(stream, p.user) and not p.can(ADMIN):
-        raise Forbidden("a user's inbox (dm/<user>) is readable by that user only", stream=stream)
+    """Refuse reading ``stream`` unless the access rule allows it (engine/access.py:
+    system streams, other users' inboxes, token scopes)."""
+    access.check_read(p, stream)
 
 
-def visible_events(p: Principal, events: Any) -> Any:
-    """Drop other users' inboxes (``dm/<user>``) from what a non-admin reads."""
-    if p.can(ADMIN) or not any(private_to_others(e.stream, p.user) for e in events):
-        return events
-    return tuple(e for e in events if not private_to_others(e.stream, p.user))
+def check_stream_write(p: Principal, stream: str) -> None:
+    access.check_write(p, stream)
+
+
+def visible_events(p: Principal, events: Any, request: Request | None = None, path: str = "rest") -> Any:
+    """``events`` without those ``p`` may not read (system streams without ``system_read``,
+    other users' inboxes, streams outside the token's scopes); counted in /metrics."""
+    shown = access.visible(p, events)
+    if request is not None and len(shown) != len(events):
+        gateway_of(request).metrics.access_hidden.labels(path).inc(len(events) - len(shown))
+    return shown
 
 
 def idempotency_key(request: Request, *, required: bool = False) -> str | None:

@@ -63,6 +63,13 @@ class Metrics:
         self.ban_redis_fallback = Counter("syncline_ban_redis_fallback_total",
                                           "Shared-ban Redis operations that failed (local ban list used alone)",
                                           ["op"], registry=r)
+        # (engine/access.py; docs/_security_access.md)
+        self.access_refused = Counter("syncline_access_refused_total",
+                                      "Reads and writes refused by the access rule (system streams, inboxes, "
+                                      "token scopes)", ["path", "code"], registry=r)
+        self.access_hidden = Counter("syncline_access_hidden_events_total",
+                                     "Events left out of a read because the caller may not read their stream",
+                                     ["path"], registry=r)
 
         self.revocations = Counter("syncline_token_revocations_total",
                                    "Token revocations applied by this gateway (recorded here or read from the log)",

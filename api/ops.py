@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from syncline.engine import access
 from syncline.engine.errors import ValidationError
 from syncline.engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
 
@@ -36,6 +37,7 @@ async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> li
             raise ValidationError("ops apply to record streams (rec/<collection>/<id>)")
         if op.user and op.user != principal.user:
             raise ValidationError("an op's user must be the token's user")
+        access.check_write(principal, op.stream)  # token scopes: the whole batch is refused, nothing written
         parsed.append(op)
     results = await gw.records.submit_wire(principal.tenant, parsed)
     gw.metrics.events_appended.labels("ops").inc(len(parsed))

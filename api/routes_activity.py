@@ -4,7 +4,10 @@ per user and per room, a room's presence history, and per-stream statistics.
 Every answer carries ``position`` (every event up to it is folded in) and ``caught_up``
 (false while the gateway is still folding the log after a start or a database outage).
 Feeds and histories are newest first; pass ``next_before`` back as ``before`` for the
-next page. Any token with ``read`` in the tenant may read any of its users' feeds."""
+next page. Any token with ``read`` in the tenant may read any of its users' feeds; the
+items are filtered by the access rule (engine/access.py): another user's inbox and
+streams outside a scoped token's scopes are left out, and a room's views need read
+access to ``room/<room>``."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 from litestar import Request, get
 from litestar.params import Parameter
 
+from syncline.engine import access
 from syncline.engine.errors import NotFound, ValidationError
 from syncline.engine.events import POSITION_MAX, check_stream
 from syncline.engine.projections.feeds import page as feed_page
@@ -40,9 +44,12 @@ def _room(room: str) -> str:
     return room
 
 
-def _feed_answer(a: ActivityProjections, feed: Any, before: int | None, limit: int) -> dict:
+def _feed_answer(request: Request, a: ActivityProjections, feed: Any, before: int | None, limit: int) -> dict:
     items, cursor = feed_page(feed, before=before, limit=limit)
-    return {"items": [i._asdict() for i in items], "next_before": cursor, **_freshness(a)}
+    shown = access.visible(principal_of(request), items)
+    if len(shown) != len(items):
+        gateway_of(request).metrics.access_hidden.labels("feed").inc(len(items) - len(shown))
+    return {"items": [i._asdict() for i in shown], "next_before": cursor, **_freshness(a)}
 
 
 @get("/feeds/users/{user:str}", opt={"perm": READ}, summary="A user's activity feed, newest first")
@@ -56,7 +63,7 @@ async def user_feed(
         raise ValidationError(f"a user name is 1-{USER_MAX} characters", reason="invalid_user")
     tenant = await read_scope(request, resource=f"feed:user:{user}")
     a = _projections(request)
-    return {"user": user, **_feed_answer(a, a.feeds().by_user.get((tenant, user)), before, limit)}
+    return {"user": user, **_feed_answer(request, a, a.feeds().by_user.get((tenant, user)), before, limit)}
 
 
 @get("/feeds/rooms/{room:str}", opt={"perm": READ}, summary="A room's activity feed, newest first")
@@ -67,9 +74,10 @@ async def room_feed(
     limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
 ) -> dict:
     room = _room(room)
+    check_stream_access(principal_of(request), f"room/{room}")  # (token scopes)
     tenant = await read_scope(request, resource=f"feed:room:{room}")
     a = _projections(request)
-    return {"room": room, **_feed_answer(a, a.feeds().by_room.get((tenant, room)), before, limit)}
+    return {"room": room, **_feed_answer(request, a, a.feeds().by_room.get((tenant, room)), before, limit)}
 
 
 @get("/rooms/{room:str}/history", opt={"perm": READ}, summary="A room's joins and leaves, newest first")
@@ -81,6 +89,7 @@ async def room_history(
     limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
 ) -> dict:
     room = _room(room)
+    check_stream_access(principal_of(request), f"room/{room}")  # (token scopes)
     tenant = await read_scope(request, resource=f"room:{room}:history")
     a = _projections(request)
     state = a.presence()

@@ -12,6 +12,7 @@ from typing import Any
 from litestar import Request, get, post, put
 from litestar.params import Parameter
 
+from syncline.engine import access
 from syncline.engine.errors import ValidationError
 from syncline.engine.events import POSITION_MAX
 from syncline.engine.records import CONFLICT_DETECTED, CONFLICT_RESOLVED, CONFLICTS_STREAM
@@ -21,6 +22,10 @@ from .deps import gateway_of, principal_of, read_scope
 
 
 def _bus(request: Request):
+    """The bus, for a caller allowed its tenant-wide, system-stream views: ``admin`` (the
+    route's permission) and ``system_read``; a scoped token needs a scope covering ``$dlq/*``."""
+    p = principal_of(request)
+    access.check_read(p, "$dlq/*")
     gw = gateway_of(request)
     if gw.bus is None:
         from syncline.bus import Bus
@@ -106,7 +111,11 @@ async def list_conflicts(request: Request, stream: str | None = None) -> dict:
             open_[cid] = {**data, "position": e.position, "time": e.to_wire()["time"]}
         elif e.type == CONFLICT_RESOLVED and cid:
             open_.pop(cid, None)
-    items = [c for c in open_.values() if stream is None or c.get("stream") == stream]
+    # A view of record state (as GET /v1/records shows a record's conflicts): each conflict is
+    # shown to whoever may read its record's stream, though $conflicts itself is a system stream.
+    p = principal_of(request)
+    items = [c for c in open_.values() if (stream is None or c.get("stream") == stream)
+             and isinstance(c.get("stream"), str) and access.can_read(p, c["stream"])]
     return {"conflicts": items}
 
 

@@ -27,7 +27,15 @@ from syncline.engine.errors import NotFound, ValidationError
 from syncline.engine.events import Actor, NewEvent, Retention, StreamWrite, check_type
 
 from .auth import READ, WRITE
-from .deps import gateway_of, idempotency_key, principal_of, read_scope, write_scope
+from .deps import (
+    check_stream_access,
+    check_stream_write,
+    gateway_of,
+    idempotency_key,
+    principal_of,
+    read_scope,
+    write_scope,
+)
 from .gateway import AUDIT_STREAM
 from .logging import log
 
@@ -48,6 +56,7 @@ async def submit_command(request: Request, type_: str, data: dict[str, Any]) -> 
     tenant = await write_scope(request, data.get("tenant") if isinstance(data, dict) else None)
     command_id = str(uuid.uuid5(_NS, f"{tenant}\x00{key}"))
     stream = f"cmd/{command_id}"
+    check_stream_write(p, stream)  # (token scopes: e.g. write:cmd/*)
     cid = request.state.get("correlation_id")
     payload = {k: v for k, v in data.items() if k != "tenant"}
     result = await gw.store.append_many(
@@ -113,6 +122,7 @@ async def command_status(request: Request, command_id: str) -> dict:
         uuid.UUID(command_id)
     except ValueError as e:
         raise ValidationError("command ids are UUIDs") from e
+    check_stream_access(principal_of(request), f"cmd/{command_id}")  # (token scopes)
     tenant = await read_scope(request, resource=f"command:{command_id}")
     events = await gw.store.read_stream(tenant, f"cmd/{command_id}")
     if not events:

@@ -11,16 +11,16 @@ from litestar import Request, Response, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from syncline.engine import access
 from syncline.engine.documents import Document, checksum
 from syncline.engine.errors import ValidationError
-from syncline.engine.events import POSITION_MAX, VERSION_MAX, check_stream, is_system_stream, private_to_others
+from syncline.engine.events import POSITION_MAX, VERSION_MAX, check_stream
 from syncline.engine.syncdata import chunk_snapshot
 from syncline.store import history
 from syncline.store.sync import delta, state_snapshot
 
-from .auth import ADMIN, READ
-from .deps import gateway_of, principal_of, read_scope, visible_events
-from .errors import Forbidden
+from .auth import READ
+from .deps import check_stream_access, gateway_of, principal_of, read_scope, visible_events
 from .wire import events_wire
 from .ws_yjs import DOC_RE
 
@@ -54,6 +54,7 @@ def parse_at(at: str | None) -> tuple[int | None, int | None]:
 async def _document(request: Request, doc: str, at: str | None) -> tuple[str, Document]:
     gw = gateway_of(request)
     doc = _doc_name(doc)
+    check_stream_access(principal_of(request), f"doc/{doc}")  # (token scopes)
     tenant = await read_scope(request, resource=f"doc:{doc}")
     position, time_us = parse_at(at)
     if position is None and time_us is None and tenant == principal_of(request).tenant:
@@ -136,13 +137,7 @@ def _selection(request: Request, stream: list[str] | None, prefix: list[str] | N
     streams, prefixes = list(stream or ()), list(prefix or ())
     for s in streams:
         check_stream(s)
-    if not principal_of(request).can(ADMIN) and (
-        any(is_system_stream(s) for s in streams) or any(p.startswith("$") for p in prefixes)
-    ):
-        raise Forbidden("system streams need the 'admin' permission")
-    p = principal_of(request)
-    if not p.can(ADMIN) and any(private_to_others(s, p.user) for s in streams):
-        raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
+    access.check_selection(principal_of(request), streams, prefixes)  # the rest is filtered after the read
     return streams, prefixes
 
 
@@ -159,7 +154,7 @@ async def sync_deltas(
     tenant = await read_scope(request, resource="deltas")
     d = await delta(gateway_of(request).store, tenant, streams=streams, prefixes=prefixes, after=after,
                     cursor=cursor, limit=limit)
-    return {"events": events_wire(visible_events(principal_of(request), d.events)), "cursor": d.cursor,
+    return {"events": events_wire(visible_events(principal_of(request), d.events, request)), "cursor": d.cursor,
             "next_after": d.next_after, "head": d.head, "done": d.done}
 
 
@@ -179,8 +174,10 @@ async def snapshots(
     tenant = await read_scope(request, resource="snapshot")
     if at is None:
         at = await gw.store.head_position()  # pin the position so every chunk request agrees
+    p = principal_of(request)
     snap = await state_snapshot(gw.store, tenant, streams=streams, prefixes=prefixes, at=at,
-                                registry=gw.records.config.registry)
+                                registry=gw.records.config.registry,
+                                readable=None if access.reads_everything(p) else (lambda s: access.can_read(p, s)))
     chunks = chunk_snapshot(snap.position, snap.content, snap.checksum, gw.settings.snapshot_chunk_bytes)
     if chunk is None:
         return Response({"position": snap.position, "checksum": snap.checksum, "total": len(chunks),
@@ -200,6 +197,7 @@ async def read_record(
 ) -> dict:
     gw = gateway_of(request)
     stream = check_stream(f"rec/{collection}/{record_id}")
+    check_stream_access(principal_of(request), stream)  # (token scopes)
     tenant = await read_scope(request, resource=f"record:{stream}")
     position, time_us = parse_at(at)
     rec = await history.record_at(gw.store, tenant, stream, position=position, time_us=time_us,

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from litestar import WebSocket, websocket
 
 from syncline.engine import protocol as P
+from syncline.engine.access import reads_everything
 from syncline.engine.documents import CRDT_UPDATE
 from syncline.engine.errors import ProtocolError, StoreUnavailable, SynclineError
 from syncline.engine.events import Actor, NewEvent
@@ -65,6 +66,8 @@ from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
 ENDPOINT = "native"
+# Error codes of the access rule (engine/access.py), counted in syncline_access_refused_total.
+ACCESS_CODES = frozenset({"forbidden", "out_of_scope", "system_stream_forbidden"})
 MESSAGES_IN_FLIGHT = 256  # say/dm appends one connection may have uncommitted at once
 
 
@@ -92,7 +95,8 @@ class NativeConnection:
         self.subprotocol = subprotocol
         self.conn_id = new_conn_id()
         self.session = ServerSession(
-            Identity(principal.tenant, principal.user, frozenset(principal.perms)), session_config(gw.settings),
+            Identity(principal.tenant, principal.user, frozenset(principal.perms), principal.scopes),
+            session_config(gw.settings),
             session_id=self.conn_id, client=client, now_ms=self._ms(), encode_events=events_wire,
             expires_ms=self._expires_ms(principal))
         self.member = (principal.tenant, principal.user, self.session.client)
@@ -131,7 +135,7 @@ class NativeConnection:
             gw.metrics.auth_refreshes.labels(err.code).inc()
             await self.perform(session.auth_failed(e.ref, err))
             return
-        who = Identity(p.tenant, p.user, frozenset(p.perms))
+        who = Identity(p.tenant, p.user, frozenset(p.perms), p.scopes)  # (the new token's scopes apply from now)
         effects = session.reauthed(e.ref, who, self._expires_ms(p), self._ms(), exp=p.exp)
         if session.who is who:
             self.principal = p
@@ -181,6 +185,9 @@ class NativeConnection:
         if isinstance(msg, dict):
             if msg.get("conn") == self.conn_id and msg.get("t") in (P.MSG, P.PRESENCE):
                 return  # no echo of one's own broadcast or presence
+            if not self.session.admits(msg):  # a scoped token: not in its scopes
+                self.gw.metrics.access_hidden.labels("ws_live").inc()
+                return
             self.send(msg)
 
     def spawn(self, coro) -> asyncio.Task:
@@ -258,6 +265,12 @@ class NativeConnection:
             if kind is Send:
                 if e.msg.get("t") == P.WARN and e.msg.get("code") == "rate_limited":
                     self.gw.metrics.rate_limited.labels("warn").inc()
+                elif e.msg.get("t") == P.ERROR and e.msg.get("code") in ACCESS_CODES:
+                    self.gw.metrics.access_refused.labels(ENDPOINT, e.msg["code"]).inc()
+                elif e.msg.get("t") == P.OPACKS:
+                    for r in e.msg.get("results") or ():
+                        if isinstance(r, dict) and r.get("reason") == "out_of_scope":
+                            self.gw.metrics.access_refused.labels(ENDPOINT, "out_of_scope").inc()
                 self.send(e.msg, urgent=True if e.urgent else None)
             elif kind in (ReadLog, WaitLog, CountBehind):
                 old = self._reads.get(e.sub)
@@ -308,7 +321,8 @@ class NativeConnection:
                 from syncline.store.sync import state_snapshot
 
                 snap = await state_snapshot(gw.store, p.tenant, streams=e.streams, prefixes=e.prefixes,
-                                            registry=gw.records.config.registry)
+                                            registry=gw.records.config.registry,
+                                            readable=None if reads_everything(p) else session.may_read)
                 chunks = chunk_snapshot(snap.position, snap.content, snap.checksum, self.s.snapshot_chunk_bytes)
                 await self.perform(session.snapshot_ready(e.ref, chunks, snap.position))
             elif kind is Ban:
@@ -367,7 +381,10 @@ class NativeConnection:
             if type(e) is ReadLog:
                 page = await self._through_outages(
                     lambda: store.read_log(tenant, after=e.after, limit=e.limit, filter=e.filter))
+                hidden = session.stats["events_hidden"]
                 effects = session.log_read(e.sub, e.gen, page.events, page.next_after, page.head, self._ms())
+                if session.stats["events_hidden"] != hidden:
+                    self.gw.metrics.access_hidden.labels(ENDPOINT).inc(session.stats["events_hidden"] - hidden)
             elif type(e) is WaitLog:
                 await store.doorbell.wait(e.after, self.s.poll_interval_s)
                 effects = session.log_grew(e.sub, e.gen, self._ms())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket, websocket
 
+from syncline.engine.access import can_write, read_refusal
 from syncline.engine.awareness import AwarenessRegistry
 from syncline.engine.doccache import DocumentCache
 from syncline.engine.docfollow import FollowedDocument
@@ -41,7 +42,7 @@ from syncline.engine.yprotocol import (
 from syncline.engine.yupdates import EMPTY_UPDATE, InvalidUpdate
 from syncline.store import history
 
-from .auth import READ, WRITE, Principal
+from .auth import READ, Principal
 from .errors import (
     WS_FORBIDDEN,
     WS_GOING_AWAY,
@@ -416,7 +417,8 @@ class YjsConnection:
         self.room = room
         self.conn_id = new_conn_id()
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
-        self.writable = principal.can(WRITE)
+        # (engine/access.py: the write permission, and with scopes a write: scope on doc/<doc>)
+        self.writable = can_write(principal, room.stream)
 
     async def shutdown(self, reason: str) -> None:
         self.outbox.close(WS_GOING_AWAY, reason)
@@ -476,7 +478,9 @@ class YjsConnection:
                 self.outbox.close(WS_PROTOCOL, e.code)
                 return
             if not self.writable:
-                self.outbox.put(encode_permission_denied("read-only: this token has no write permission"))
+                # Like Hocuspocus' readOnly: the socket keeps syncing, the update is refused and counted.
+                self.gw.metrics.access_refused.labels(ENDPOINT, "read_only").inc()
+                self.outbox.put(encode_permission_denied("read-only: this token may not write this document"))
                 return
             if self.principal.exp <= self.gw.clock.time():  # (the expiry task may not have run yet)
                 self.token_ended("token_expired")
@@ -531,6 +535,11 @@ async def yjs_ws(socket: WebSocket, doc: str) -> None:
         return
     if not DOC_RE.match(doc):
         await refuse(gw, socket, ENDPOINT, WS_PROTOCOL, "invalid_doc")
+        return
+    refusal = read_refusal(principal, f"doc/{doc}")  # token scopes (engine/access.py)
+    if refusal is not None:
+        gw.metrics.access_refused.labels(ENDPOINT, refusal.code).inc()
+        await refuse(gw, socket, ENDPOINT, WS_FORBIDDEN, refusal.code)
         return
     if gw.shutting_down:
         await refuse(gw, socket, ENDPOINT, WS_GOING_AWAY, "shutting down")

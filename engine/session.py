@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from . import access
 from . import protocol as P
 from .errors import (
     Forbidden,
@@ -32,7 +33,7 @@ from .errors import (
     ValidationError,
     WebSocketForbidden,
 )
-from .events import DM_PREFIX, RecordedEvent, check_stream, dm_stream, is_system_stream, private_to_others
+from .events import RecordedEvent, check_stream, dm_stream
 from .filters import EventFilter
 from .ratelimit import SlidingWindow, Verdict
 from .records import op_from_wire
@@ -199,6 +200,7 @@ class Identity:
     tenant: str
     user: str
     perms: frozenset[str] = frozenset({READ, WRITE})
+    scopes: access.Scopes | None = None  # None: the whole tenant (engine/access.py)
 
     def can(self, perm: str) -> bool:
         return perm in self.perms
@@ -239,7 +241,7 @@ def check_room(room: Any) -> str:
 class _Sub:
     id: str
     filter: EventFilter | None
-    system_ok: bool
+    sees_all: bool  # nothing of the tenant is hidden from this caller (access.reads_everything)
     cursor: int  # read up to here
     sent_next: int  # ``next`` of the last batch sent
     acked: int
@@ -247,9 +249,6 @@ class _Sub:
     inflight: deque[int] = field(default_factory=deque)  # ``next`` of each unacked batch
     busy: bool = False  # a ReadLog / WaitLog / CountBehind is outstanding
     progress_ms: int = 0  # last time an ack moved (or batches started going out)
-    # Whether what the filter lets through can hold other users' inboxes (dm/…): then
-    # every page is scanned for them. A filter naming only other prefixes cannot.
-    may_see_inboxes: bool = True
 
 
 class ServerSession:
@@ -272,20 +271,22 @@ class ServerSession:
         self._gen = 0
         self._pending_results: dict[str, list[dict | None]] = {}  # ops answered here, per batch id
         self._encode = encode_events or (lambda evs: [e.to_wire() for e in evs])
-        self.stats = {"events_sent": 0, "rewinds": 0, "refreshes": 0}
+        self.stats = {"events_sent": 0, "rewinds": 0, "refreshes": 0, "events_hidden": 0}
 
     # -- opening ----------------------------------------------------------------
 
     def welcome(self, *, head: int, rooms: Sequence[str] = ()) -> list[Effect]:
         """The first message, once the shell knows the head and the rooms the client is
-        still a member of (membership survives reconnects)."""
-        self.rooms.update(rooms)
+        still a member of (membership survives reconnects). A token whose scopes do not
+        cover a room's stream does not inherit it (engine/access.py)."""
+        self.rooms.update(r for r in rooms if self.who.scopes is None or access.can_read(self.who, f"room/{r}"))
         c, w = self.config, self.who
+        extra = {} if w.scopes is None else {"scopes": w.scopes.wire()}
         return [Send(P.message(
             P.WELCOME, session=self.session_id, tenant=w.tenant, user=w.user, head=head, client=self.client,
             perms=sorted(w.perms), rooms=sorted(self.rooms), heartbeat_s=c.heartbeat_ms / 1000,
             stale_s=c.stale_ms / 1000, batch_window_ms=c.batch_window_ms, max_behind=c.max_behind,
-            rate_limit={"messages": c.rate_limit_messages, "window_s": c.rate_limit_window_ms / 1000},
+            rate_limit={"messages": c.rate_limit_messages, "window_s": c.rate_limit_window_ms / 1000}, **extra,
         ))]
 
     # -- input ------------------------------------------------------------------
@@ -403,12 +404,11 @@ class ServerSession:
         if self.expires_ms is not None and now_ms >= self.expires_ms:
             return self._token_ended("token_expired", "the token has expired")
         sub.busy = False
-        user = self.who.user
-        if not sub.system_ok:
-            if sub.filter is None and any(is_system_stream(e.stream) for e in events):
-                events = [e for e in events if not is_system_stream(e.stream)]
-            if sub.may_see_inboxes and any(private_to_others(e.stream, user) for e in events):
-                events = [e for e in events if not private_to_others(e.stream, user)]
+        if not sub.sees_all:  # every filter, none included: the access rule decides what is shown
+            shown = access.visible(self.who, events)
+            if len(shown) != len(events):
+                self.stats["events_hidden"] += len(events) - len(shown)
+                events = shown
         moved = next_after > sub.cursor
         sub.cursor = max(sub.cursor, next_after)
         if events:
@@ -524,20 +524,13 @@ class ServerSession:
             streams.append(f"room/{check_room(r)}")
         if msg.get("inbox"):
             streams.append(dm_stream(self.who.user))
-        system_ok = self.who.can(ADMIN)
-        if not system_ok:
-            if any(is_system_stream(s) for s in streams) or any(x.startswith("$") for x in prefixes):
-                raise Forbidden("system streams need the 'admin' permission")
-            if any(private_to_others(s, self.who.user) for s in streams):
-                raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
+        access.check_selection(self.who, streams, prefixes)  # named streams; the rest is filtered per page
         after = msg.get("after")
         if after is None:
             after = self.resume.get(sub_id, 0)
         f = EventFilter(stream_prefixes=tuple(prefixes), streams=tuple(streams), types=tuple(msg.get("types") or ()))
-        sub = _Sub(sub_id, None if f.is_empty else f, system_ok, after, after, after, self._next_gen(),
-                   progress_ms=now_ms,
-                   may_see_inboxes=not (f.streams or f.stream_prefixes)
-                   or any(DM_PREFIX.startswith(x) or x.startswith(DM_PREFIX) for x in prefixes))
+        sub = _Sub(sub_id, None if f.is_empty else f, access.reads_everything(self.who), after, after, after,
+                   self._next_gen(), progress_ms=now_ms)
         self.subs[sub_id] = sub  # (replaces one with the same id: its reads are ignored from now on)
         sub.busy = True
         return [CountBehind(sub.id, sub.gen, after, self.config.max_behind, sub.filter)]
@@ -592,6 +585,10 @@ class ServerSession:
                 results[i] = rejected(op.op_id, op.stream, RejectReason.INVALID_OP,
                                       "op user is not the caller").to_wire()
                 continue
+            refusal = access.write_refusal(self.who, op.stream)  # token scopes
+            if refusal is not None:
+                results[i] = rejected(op.op_id, op.stream, RejectReason.OUT_OF_SCOPE, refusal.message).to_wire()
+                continue
             records.append((i, op))
         if not records and not docs:
             return [Send(P.message(P.OPACKS, id=msg["id"], results=results))]
@@ -609,6 +606,10 @@ class ServerSession:
                 raise ValidationError("a doc op carries a Yjs update (bytes)")
         except ValidationError as e:
             return {"kind": "rejected", "op": oid, "reason": RejectReason.INVALID_OP.value, "detail": str(e)[:200]}
+        refusal = access.write_refusal(self.who, stream)  # token scopes
+        if refusal is not None:
+            return {"kind": "rejected", "op": oid, "stream": stream, "reason": RejectReason.OUT_OF_SCOPE.value,
+                    "detail": refusal.message}
         if oid in seen:
             return {"kind": "duplicate", "op": oid, "stream": stream, "original": {"kind": "applied", "op": oid}}
         try:
@@ -623,16 +624,13 @@ class ServerSession:
     def _on_snap(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         self._require(READ)
         streams, prefixes = tuple(msg.get("streams") or ()), tuple(msg.get("prefixes") or ())
-        if not self.who.can(ADMIN):
-            if any(is_system_stream(s) for s in streams) or any(x.startswith("$") for x in prefixes):
-                raise Forbidden("system streams need the 'admin' permission")
-            if any(private_to_others(s, self.who.user) for s in streams):
-                raise Forbidden("a user's inbox (dm/<user>) is readable by that user only")
+        access.check_selection(self.who, streams, prefixes)  # the shell leaves out what may_read refuses
         return [TakeSnapshot(msg["id"], streams, prefixes)]
 
     def _on_join(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         self._require(READ)
         room = check_room(msg["room"])
+        access.check_read(self.who, f"room/{room}")  # token scopes
         if room not in self.rooms and len(self.rooms) >= self.config.rooms_max:
             raise ValidationError(f"at most {self.config.rooms_max} rooms per connection")
         self.rooms.add(room)
@@ -648,12 +646,15 @@ class ServerSession:
         room = check_room(msg["room"])
         if room not in self.rooms:
             raise Forbidden("join the room before sending to it", room=room)
+        access.check_write(self.who, f"room/{room}")  # token scopes (read-only in this room)
         return [self._message(msg, f"room/{room}", ROOM_MESSAGE, {"room": room})]
 
     def _on_dm(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         self._require(WRITE)
         to = msg["to"]
-        return [self._message(msg, check_stream(dm_stream(to)), DM_MESSAGE, {"to": to})]
+        stream = check_stream(dm_stream(to))
+        access.check_write(self.who, stream)  # token scopes
+        return [self._message(msg, stream, DM_MESSAGE, {"to": to})]
 
     def _message(self, msg: dict, stream: str, type_: str, extra: dict) -> StoreMessage:
         ref = msg.get("id")
@@ -673,6 +674,24 @@ class ServerSession:
 
     def _on_command(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         raise WebSocketForbidden("critical commands are REST only: POST /v1/commands/{type}")
+
+    # -- access -------------------------------------------------------------------------
+
+    def may_read(self, stream: str) -> bool:
+        """Whether this connection may read ``stream`` (engine/access.py); the shells filter
+        snapshots with it."""
+        return access.can_read(self.who, stream)
+
+    def admits(self, msg: dict[str, Any]) -> bool:
+        """Whether a live message from the hub (a room or direct message, presence) may go
+        to this connection. Without scopes, always (rooms were checked at ``join``, and
+        one's own inbox is one's own); a scoped token needs read access to the stream."""
+        if self.who.scopes is None:
+            return True
+        if msg.get("direct"):
+            return access.can_read(self.who, dm_stream(self.who.user))
+        room = msg.get("room")
+        return not isinstance(room, str) or access.can_read(self.who, f"room/{room}")
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from heapq import heappop, heappush
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from . import protocol as P
+from .access import Scopes
 from .documents import CRDT_UPDATE, DOC_STREAM_PREFIX, Document
 from .errors import ProtocolError, SynclineError
 from .events import (
@@ -130,6 +131,7 @@ class Principal:
     roles: tuple[str, ...] = ()
     perms: frozenset[str] = frozenset({"read", "write"})
     expires_ms: int | None = None  # the token's exp on the simulation's clock: the session ends then
+    scopes: Scopes | None = None  # engine/access.py: None is the whole tenant
 
 
 class AuthUnsupported(SynclineError):
@@ -265,7 +267,8 @@ class SyncServer:
         check_tenant(principal.tenant)
         cid = self._next_conn
         self._next_conn += 1
-        session = ServerSession(Identity(principal.tenant, principal.user, principal.perms), self.session_config,
+        session = ServerSession(Identity(principal.tenant, principal.user, principal.perms, principal.scopes),
+                                self.session_config,
                                 session_id=f"s{cid}", now_ms=now_ms, encode_events=self._encode,
                                 expires_ms=principal.expires_ms)
         conn = _Conn(cid, principal, session)
@@ -410,6 +413,7 @@ class SyncServer:
                                                       state=e.state), out)
             elif kind is TakeSnapshot:
                 position, content = self._snapshot(conn.principal.tenant, e.streams, e.prefixes)
+                content = {k: v for k, v in content.items() if session.may_read(k)}  # (the access rule)
                 checksum = snapshot_checksum(position, content)
                 chunks = chunk_snapshot(position, content, checksum, self.config.snapshot_chunk_bytes)
                 more = session.snapshot_ready(e.ref, chunks, position)
@@ -421,11 +425,12 @@ class SyncServer:
                 except SynclineError as err:
                     more = session.auth_failed(e.ref, err)
                 else:
-                    ident = Identity(who.tenant, who.user, who.perms)
+                    ident = Identity(who.tenant, who.user, who.perms, who.scopes)
                     more = session.reauthed(e.ref, ident, who.expires_ms, now_ms,
                                             exp=(who.expires_ms or 0) // 1000)
                     if session.who is ident:
-                        conn.principal = replace(conn.principal, perms=who.perms, expires_ms=who.expires_ms)
+                        conn.principal = replace(conn.principal, perms=who.perms, expires_ms=who.expires_ms,
+                                                 scopes=who.scopes)
             elif kind is Close:
                 if out and out[-1][0] == conn.id and out[-1][1].get("t") == P.BYE:
                     out[-1] = (conn.id, {**out[-1][1], "close": e.code})
@@ -622,7 +627,8 @@ class SyncServer:
         else:
             targets = self._users.get((tenant, e.stream[len(DM_PREFIX):]), ())
         for cid in targets:
-            if cid != conn.id:
+            target = self._conns.get(cid)
+            if cid != conn.id and (target is None or target.session.admits(e.msg)):
                 out.append((cid, e.msg))
 
     def _to_room(self, key: tuple[str, str], sender: int, msg: dict, out: Out) -> None:

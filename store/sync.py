@@ -3,7 +3,7 @@ snapshots of a set of streams at one position (with checksum, chunkable)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from syncline.engine.documents import CRDT_UPDATE, Document
 from syncline.engine.errors import ValidationError
@@ -67,12 +67,14 @@ async def state_snapshot(
     prefixes=(),
     at: int | None = None,
     registry: MergeRegistry | None = None,
+    readable: Callable[[str], bool] | None = None,
 ) -> StateSnapshot:
     """The state of every selected stream at one position (the head by default).
 
     ``rec/`` streams give their field values, field state, version and open conflicts; ``doc/``
     streams their full Yjs state; other streams their events. Everything folded is at
-    or below ``position``, so a client may continue with a delta after it.
+    or below ``position``, so a client may continue with a delta after it. With
+    ``readable``, streams it refuses are left out (engine/access.py: what the caller may read).
     """
     f = selection(streams, prefixes)
     position = at if at is not None else await store.head_position()
@@ -83,7 +85,9 @@ async def state_snapshot(
     after = 0
     while after < position:
         page = await store.read_log(tenant, after=after, limit=2000, filter=f)
-        events = [e for e in page.events if e.position <= position]
+        in_range = events = [e for e in page.events if e.position <= position]
+        if readable is not None:
+            events = [e for e in events if readable(e.stream)]
         recs = [e for e in events if e.stream.startswith("rec/") and e.type == RECORD_PATCHED]
         if recs:
             folder.fold(recs)
@@ -96,7 +100,7 @@ async def state_snapshot(
                 doc.apply_update(e.data, position=e.position, version=e.version, time_us=e.time_us)
             elif not e.stream.startswith(("rec/", "doc/")):
                 others.setdefault(e.stream, []).append(e.to_wire())
-        if not page.events or len(events) < len(page.events):
+        if not page.events or len(in_range) < len(page.events):
             break
         after = page.next_after
     content: dict[str, Any] = {}

@@ -16,20 +16,25 @@ import click
 import jwt
 
 from syncline.api.settings import Settings, check_jwt_secret
-from syncline.engine.errors import SynclineError
+from syncline.engine.access import parse_scopes
+from syncline.engine.errors import SynclineError, ValidationError
 from syncline.engine.events import check_tenant
 
 
 def mint(
-    settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None
+    settings: Settings, tenant: str, user: str, roles: list[str], ttl_s: int, perms: list[str] | None = None,
+    scopes: list[str] | None = None,
 ) -> str:
     check_tenant(tenant)
     check_jwt_secret(settings.jwt_secret)
     now = int(time.time())
-    claims = {"sub": user, "tenant": tenant, "roles": roles, "exp": now + ttl_s, "iat": now,
-              "jti": uuid.uuid4().hex}
+    claims: dict = {"sub": user, "tenant": tenant, "roles": roles, "exp": now + ttl_s, "iat": now,
+                    "jti": uuid.uuid4().hex}
     if perms:
         claims["perms"] = perms
+    if scopes:
+        parse_scopes(scopes)  # the gateway would refuse the token (token_malformed): refuse to mint it
+        claims["scopes"] = scopes
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
@@ -55,10 +60,14 @@ def _time(value: str) -> float:
 @click.option("--user", default=None, help="User id (the `sub` claim).")
 @click.option("--role", "roles", multiple=True, default=("member",), show_default=True)
 @click.option("--perm", "perms", multiple=True, help="Explicit permissions (the optional `perms` claim).")
+@click.option("--scope", "scopes", multiple=True,
+              help="Narrow the token to streams by pattern: read:<pattern> or write:<pattern> (write implies "
+                   "read; * matches any characters), e.g. --scope 'read:doc/handbook-*' --scope write:room/support. "
+                   "Repeatable; without it the token covers its whole tenant.")
 @click.option("--ttl", "ttl_s", default=86400, show_default=True, help="Lifetime in seconds.")
 @click.pass_context
 def token(ctx: click.Context, tenant: str | None, user: str | None, roles: tuple[str, ...], perms: tuple[str, ...],
-          ttl_s: int) -> None:
+          scopes: tuple[str, ...], ttl_s: int) -> None:
     """Print a signed development token (HS256 with SYNCLINE_JWT_SECRET), with `jti` and `iat`.
 
     `syncline token revoke` revokes tokens (see its --help)."""
@@ -67,7 +76,9 @@ def token(ctx: click.Context, tenant: str | None, user: str | None, roles: tuple
     if not tenant or not user:
         raise click.UsageError("minting a token needs --tenant and --user")
     try:
-        click.echo(mint(Settings(), tenant, user, list(roles), ttl_s, list(perms) or None))
+        click.echo(mint(Settings(), tenant, user, list(roles), ttl_s, list(perms) or None, list(scopes) or None))
+    except ValidationError as e:
+        raise click.BadParameter(e.message, param_hint="--scope") from e
     except SynclineError as e:
         raise click.ClickException(f"{e.code}: {e.message}") from None
 

@@ -28,6 +28,7 @@ class RejectReason(StrEnum):
     CLOCK_SKEW = "clock_skew"  # HLC too far ahead of the server's physical clock
     STALE_OP = "stale_op"  # HLC older than the configured maximum op age
     CLOCK_UNSEEN = "clock_unseen"  # the vector clock claims writes of another node the record never had
+    OUT_OF_SCOPE = "out_of_scope"  # the token's scopes do not allow writing this stream (engine/access.py)
 
 
 class Outcome(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 from syncline.api import auth
-from syncline.api.auth import ADMIN, CROSS_TENANT, READ, WRITE, principal_from_claims
+from syncline.api.auth import ADMIN, CROSS_TENANT, READ, SYSTEM_READ, WRITE, principal_from_claims
 
 
 def claims(user="alice", roles=("member",), perms=()):
@@ -15,7 +15,7 @@ def claims(user="alice", roles=("member",), perms=()):
 def test_equal_claims_share_their_sets_whatever_the_order_and_repeats():
     a = principal_from_claims(claims("a", ["member", "admin"], ["cross_tenant_read"]))
     b = principal_from_claims(claims("b", ["admin", "member", "admin"], ["cross_tenant_read", "nonsense"]))
-    assert a.roles == {"member", "admin"} and a.perms == {READ, WRITE, ADMIN, CROSS_TENANT}
+    assert a.roles == {"member", "admin"} and a.perms == {READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ}
     assert a.roles is b.roles and a.perms is b.perms
 
 
@@ -33,7 +33,7 @@ def test_the_cache_stays_bounded_and_long_role_lists_are_not_cached():
     assert info.currsize == info.maxsize
     many = [f"r{i}" for i in range(auth._INTERN_MAX_ROLES)] + ["admin"]
     x, y = principal_from_claims(claims(roles=many)), principal_from_claims(claims(roles=many))
-    assert x.roles == set(many) and x.perms == {READ, WRITE, ADMIN}
+    assert x.roles == set(many) and x.perms == {READ, WRITE, ADMIN, SYSTEM_READ}
     assert x.roles is not y.roles  # built per token: the cache never holds unbounded keys
 
 
