@@ -133,3 +133,24 @@ def test_the_simulator_without_authenticate_refuses_auth_and_revokes():
     out = server.revoke(a, 2)
     assert out[0][1]["code"] == "token_revoked" and out[0][1]["close"] == 4401
     assert server.connections() == []
+
+
+def test_an_in_band_refresh_keeps_the_new_tokens_scopes():
+    """A scoped token refreshed by another scoped token stays scoped: the refreshed session
+    must not fall back to the whole tenant (an Identity without scopes)."""
+    from syncline.engine.access import parse_scopes
+
+    narrow = parse_scopes(["read:feed/a*"])
+
+    def authenticate(token: str, now_ms: int) -> Principal:
+        return Principal("acme", "alice", expires_ms=90_000, scopes=narrow)
+
+    server = _server(authenticate)
+    server.log.append("acme", [StreamWrite("feed/a1", (NewEvent("t.e", {"n": 1}),)),
+                               StreamWrite("feed/b1", (NewEvent("t.e", {"n": 2}),))], 1)
+    a, _ = server.connect(Principal("acme", "alice", expires_ms=10_000, scopes=narrow), 0)
+    out = server.receive(a, {"t": "auth", "id": "r", "token": "refreshed"}, 5_000)
+    assert out == [(a, {"t": "authed", "id": "r", "exp": 90})]
+    out = server.receive(a, {"t": "sub", "id": "s", "after": 0}, 5_001)
+    streams = [e["stream"] for _, m in out if m["t"] == "events" for e in m["events"]]
+    assert streams == ["feed/a1"]  # feed/b1 stays out of reach after the refresh
