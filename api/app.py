@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
                         *routes_activity.V1],
     )
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
-    return Litestar(
+    app = Litestar(
         route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
@@ -157,3 +157,5 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         request_max_body_size=max(settings.max_payload * 2, 1024 * 1024),
         debug=False,
     )
+    app.state.settings = settings  # (server/serving.py reads the transport limits from it)
+    return app

@@ -14,9 +14,9 @@ from litestar import Litestar
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from syncline.api.settings import WS_IMPLEMENTATIONS, default_ws
+from syncline.api.settings import WS_IMPLEMENTATIONS, Settings, default_ws
 
-from .lean_ws import LeanWebSocketProtocol
+from .lean_ws import LeanWebSocketProtocol, WsLimits
 
 
 class CoalescingTransport:
@@ -117,6 +117,21 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
     ``lean``."""
     ws = ws or default_ws()
     ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
+    s: Settings | None = app.state.get("settings")
+    if s is None:
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
+                                timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None)
+        return GatewayServer(config, app)
+    # The limits (docs/_security_limits.md): the lean implementation applies all of them;
+    # uvicorn's own take the message size and the keepalive.
+    lean = ws == "lean"
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
-                            timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None)
+                            timeout_graceful_shutdown=10, fd=fd, ws_max_size=s.ws_max_message_bytes,
+                            ws_ping_interval=None if lean else (s.ws_ping_interval_s or None),
+                            ws_ping_timeout=None if lean else (s.ws_idle_timeout_s or None))
+    config.lean_limits = WsLimits(  # type: ignore[attr-defined]
+        preauth_max=s.ws_preauth_max_bytes, message_timeout_s=s.ws_message_timeout_s,
+        handshake_timeout_s=s.ws_handshake_timeout_s, close_timeout_s=s.ws_close_timeout_s,
+        close_discard_max=s.ws_close_discard_bytes, ping_interval_s=s.ws_ping_interval_s,
+        idle_timeout_s=s.ws_idle_timeout_s)
     return GatewayServer(config, app)
