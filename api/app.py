@@ -27,6 +27,7 @@ from . import (
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Gateway
+from .limits import limits_middleware
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
 from .settings import Settings
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        middleware=[correlation_middleware],
+        middleware=[correlation_middleware, limits_middleware],
         exception_handlers={
             SynclineError: _syncline_error,
             HTTPException: _http_error,

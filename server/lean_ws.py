@@ -38,6 +38,8 @@ from urllib.parse import unquote
 
 from uvicorn.protocols.utils import ClientDisconnected, is_ssl
 
+from syncline.api.metrics import TRANSPORT_LIMIT_HITS
+
 from .frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -77,6 +79,10 @@ class WsLimits:
 
 
 DEFAULT_LIMITS = WsLimits()
+
+
+def _hit(limit: str) -> None:
+    TRANSPORT_LIMIT_HITS[limit] = TRANSPORT_LIMIT_HITS.get(limit, 0) + 1
 
 # Close codes a peer may send (RFC 6455 §7.4); 1005, 1006 and 1015 are never on the wire.
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
@@ -242,6 +248,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 with memoryview(data) as view:
                     used, completed = self._frames(view, used)
             except ProtocolViolation as e:
+                if e.code == 1009:
+                    _hit("message_size")
                 self._fail(e.code, e.reason)
                 return
             if self.state == CLOSED:
@@ -261,6 +269,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         else:
             del buf[:used]
         if self.state == CONNECTING and self.buf is not None and len(self.buf) > self.limits.preauth_max:
+            _hit("preauth_size")
             self._reject("400 Bad Request")  # (before the app accepted: before authentication)
             return
         if self.state == OPEN and (self.buf is not None or self.frags is not None):
@@ -332,6 +341,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     def _handshake_timeout(self) -> None:
         self.timer = None
         if self.state == CONNECTING:  # the app neither accepted nor refused in time
+            _hit("handshake_timeout")
             self._reject("503 Service Unavailable")
 
     def _reject(self, status: str) -> None:
@@ -441,6 +451,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     def _partial_timeout(self) -> None:
         self.partial_timer = None
         if self.state == OPEN and (self.buf is not None or self.frags is not None):
+            _hit("message_timeout")
             self._fail(CLOSE_POLICY, "message incomplete for too long")
 
     def _cancel_partial(self) -> None:
@@ -477,6 +488,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         if count:
             self.drained += len(data)
             if self.drained > self.limits.close_discard_max:
+                _hit("close_discard")
                 self._cancel_timer()
                 self._close_now()
                 return
@@ -632,6 +644,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         limits = self.limits
         quiet = self.loop.time() - self.last_in
         if limits.idle_timeout_s and quiet >= limits.idle_timeout_s:
+            _hit("idle_timeout")
             self._fail(CLOSE_IDLE, "stale")
             return
         if limits.ping_interval_s and quiet >= limits.ping_interval_s - 0.001:
