@@ -73,7 +73,7 @@ class WsLimits:
     message_timeout_s: float = 30.0  # one frame or fragmented message may stay incomplete this long
     handshake_timeout_s: float = 10.0  # the app accepts or refuses within this, else 503 and close
     close_timeout_s: float = CLOSE_TIMEOUT_S  # after our close frame, for the peer's
-    close_discard_max: int = 64 * 1024  # bytes read (and dropped) after our close frame, at most
+    close_discard_max: int = 1 << 20  # bytes read (and dropped) after our close frame, at most
     ping_interval_s: float = 0.0  # a ping after this long without traffic (0: none)
     idle_timeout_s: float = 0.0  # close (4408) after this long without any frame in (0: never)
 
@@ -250,7 +250,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             except ProtocolViolation as e:
                 if e.code == 1009:
                     _hit("message_size")
-                self._fail(e.code, e.reason)
+                self._fail(e.code, e.reason, garbled=True)
                 return
             if self.state == CLOSED:
                 self.buf = None
@@ -437,10 +437,20 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self._cancel_partial()
         self.transport.close()
 
-    def _fail(self, code: int, reason: str) -> None:
-        """Close without waiting for the peer: a close frame with ``code``, then the socket."""
+    def _fail(self, code: int, reason: str, *, garbled: bool = False) -> None:
+        """Close for a reason of ours: a close frame with ``code``; then, as after the app's
+        close, what the peer still sends is read and dropped (so its kernel does not reset
+        the connection before it has read our close frame) until its close frame, the close
+        timeout or the discard budget. ``garbled``: the framing cannot be trusted any more
+        (a protocol violation): everything that follows is dropped unparsed."""
         if self.state == OPEN:
             self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+            self._deliver_disconnect(code, reason)
+            if garbled:
+                self.buf = None
+                self.skip = 1 << 62
+            self._closing()
+            return
         self._deliver_disconnect(code, reason)
         self.state = CLOSED
         self.buf = self.frags = None
