@@ -130,7 +130,7 @@ def limits_middleware(app: ASGIApp) -> ASGIApp:
             return
         if kind == "http":
             path = scope.get("path") or ""
-            if not path.startswith(("/v1/", "/api/")):
+            if not path.startswith(("/v1/", "/api/")) or gw.settings.rest_rate_requests <= 0:
                 await app(scope, receive, send)
                 return
             p = _principal(gw, scope, False)
@@ -187,4 +187,6 @@ class YjsRate:
         self.bytes = TokenBucket(settings.yjs_rate_bytes_per_s, settings.yjs_rate_bytes_burst, now)
 
     def allow(self, now: float, size: int) -> bool:
-        return self.messages.take(now) and self.bytes.take(now, size)
+        """(A burst of 0 turns that bucket off.)"""
+        return ((self.messages.burst <= 0 or self.messages.take(now))
+                and (self.bytes.burst <= 0 or self.bytes.take(now, size)))

@@ -259,7 +259,8 @@ class NativeConnection:
             elif kind is LeaveRoom:
                 await self._leave(e.room)
             elif kind is SetPresence:
-                if e.state is not None and _encoded_size(e.state) > self.s.presence_state_max_bytes:
+                limit = self.s.presence_state_max_bytes
+                if limit and e.state is not None and _encoded_size(e.state) > limit:
                     gw.metrics.limits_hit.labels("presence_state").inc()
                     self.send({"t": P.ERROR, "code": "presence_too_large", "details": {"room": e.room},
                                "message": f"a presence state is at most {self.s.presence_state_max_bytes} bytes"})

@@ -451,7 +451,8 @@ class YjsConnection:
                 log.info("yjs.protocol_error", code=e.code, error=e.message)
                 self.outbox.close(WS_PROTOCOL, e.code)
                 return
-            if isinstance(msg, AwarenessMessage) and len(frame) > gw.settings.presence_state_max_bytes:
+            limit = gw.settings.presence_state_max_bytes
+            if limit and isinstance(msg, AwarenessMessage) and len(frame) > limit:
                 gw.metrics.limits_hit.labels("presence_state").inc()
                 log.info("yjs.awareness_too_large", size=len(frame), doc=room.doc)
                 self.outbox.close(WS_PROTOCOL, "presence_too_large")
