@@ -11,8 +11,10 @@ frames +94 MB (and the sockets stayed open); 3 members x 45 rooms x 3.9 MB of pr
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
 
+import httpx
 import msgpack
 import pytest
 import websockets
@@ -231,6 +233,12 @@ async def test_a_tenants_documents_have_a_quota(serve):
         await ws.send(encode_sync_update(next(big_updates(1, 600_000))))  # (more than what is left)
         await asyncio.wait_for(ws.wait_closed(), 10)
         assert ws.close_code == 4413
+    # REST writes to doc/ streams count against the same quota
+    body = {"events": [{"type": "crdt.update",
+                        "data": {"$b64": base64.b64encode(next(big_updates(1, 600_000))).decode()}}]}
+    r = httpx.post(f"{srv.url}/v1/streams/doc/rest", json=body, headers={"Authorization": f"Bearer {token('w')}"},
+                   timeout=30)
+    assert r.status_code == 413 and r.json()["code"] == "doc_quota_exceeded"
     async with websockets.connect(f"{srv.ws}/v1/yjs/other?token={token('w', tenant='globex')}",
                                   compression=None) as ws:
         await ws.recv()
