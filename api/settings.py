@@ -105,6 +105,8 @@ class Settings:
     ws_handshake_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_HANDSHAKE_TIMEOUT_S", 10.0))
     ws_close_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_CLOSE_TIMEOUT_S", 2.0))
     ws_close_discard_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_CLOSE_DISCARD_BYTES", 1 << 20))
+    # Received messages waiting for the app: reading pauses past this many bytes (TCP pushes back).
+    ws_inbox_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_INBOX_MAX_BYTES", 8 << 20))
     ws_ping_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_PING_INTERVAL_S", 30.0))
     ws_idle_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_IDLE_TIMEOUT_S", 90.0))
     # Open WebSocket connections (native and Yjs together) per (tenant, user) and per client IP.

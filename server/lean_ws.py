@@ -75,6 +75,7 @@ class WsLimits:
     close_timeout_s: float = CLOSE_TIMEOUT_S  # after our close frame, for the peer's
     close_discard_max: int = 1 << 20  # bytes read (and dropped) after our close frame, at most
     ping_interval_s: float = 0.0  # a ping after this long without traffic (0: none)
+    inbox_max_bytes: int = 8 << 20  # reading pauses while this much waits for the app (or ws_max_queue messages)
     idle_timeout_s: float = 0.0  # close (4408) after this long without any frame in (0: never)
 
 
@@ -125,7 +126,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         "config", "app", "server_state", "app_state", "loop", "transport", "scope", "state",
         "buf", "frags", "inbox", "waiter", "read_paused",
         "write_paused", "drain", "key", "timer", "ping_payload", "disconnect_code",
-        "limits", "partial_timer", "last_in", "skip", "drained",
+        "limits", "partial_timer", "last_in", "skip", "drained", "queued",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
@@ -156,6 +157,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self.last_in = 0.0  # loop time of the last bytes received (the idle close)
         self.skip = 0  # CLOSING: payload bytes of the frame being discarded still to come
         self.drained = 0  # CLOSING: bytes read and dropped after our close frame
+        self.queued = 0  # bytes of the messages waiting in ``inbox``
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -196,8 +198,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         a peer that does not read are piling up (its pings would only add pongs). While
         closing, always read: the peer's close frame is awaited."""
         state = self.state
-        pause = state == OPEN and (self.write_paused or (
-            self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue))
+        pause = state == OPEN and (self.write_paused or (self.inbox is not None and (
+            len(self.inbox) >= self.config.ws_max_queue or self.queued > self.limits.inbox_max_bytes)))
         if pause != self.read_paused and state != CLOSED:
             self.read_paused = pause
             if pause:
@@ -277,7 +279,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 self.partial_timer = self.loop.call_later(self.limits.message_timeout_s, self._partial_timeout)
         elif self.partial_timer is not None:
             self._cancel_partial()
-        if self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue:
+        if self.inbox is not None and (len(self.inbox) >= self.config.ws_max_queue
+                                       or self.queued > self.limits.inbox_max_bytes):
             self._flow()
 
     # -- the opening handshake -------------------------------------------------
@@ -396,11 +399,13 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     def _message(self, text: bool, payload: bytes) -> None:
         if text:
             try:
-                self._deliver({"type": "websocket.receive", "text": payload.decode()})
+                queued = self._deliver({"type": "websocket.receive", "text": payload.decode()})
             except UnicodeDecodeError:
                 raise ProtocolViolation(1007, "invalid UTF-8") from None
         else:
-            self._deliver({"type": "websocket.receive", "bytes": payload})
+            queued = self._deliver({"type": "websocket.receive", "bytes": payload})
+        if queued:
+            self.queued += len(payload)
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
@@ -479,6 +484,14 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self.frags = None
         self._cancel_timer()
         self._cancel_partial()
+        # Nothing more is written: half-close now, so the peer reads our close frame and an
+        # end of stream even if we reset the connection later (a peer still sending when
+        # its socket is closed gets a reset, and a reset drops what it had not read yet).
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            pass
         self.timer = self.loop.call_later(self.limits.close_timeout_s, self._close_now)
         buf, self.buf = self.buf, None
         if buf:
@@ -498,9 +511,10 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         if count:
             self.drained += len(data)
             if self.drained > self.limits.close_discard_max:
-                _hit("close_discard")
-                self._cancel_timer()
-                self._close_now()
+                # Enough: read no more (TCP pushes back on the peer); the close timeout ends it.
+                if self.drained - len(data) <= self.limits.close_discard_max:
+                    _hit("close_discard")
+                    self.transport.pause_reading()
                 return
         at = 0
         skip = self.skip
@@ -546,16 +560,18 @@ class LeanWebSocketProtocol(asyncio.Protocol):
 
     # -- ASGI receive ------------------------------------------------------------
 
-    def _deliver(self, message: dict) -> None:
+    def _deliver(self, message: dict) -> bool:
+        """Hand ``message`` to the app's pending receive, else queue it (True)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
             if not waiter.done():  # else the receiving task was cancelled: queue it
                 waiter.set_result(message)
-                return
+                return False
         if self.inbox is None:
             self.inbox = deque()
         self.inbox.append(message)
+        return True
 
     def _deliver_disconnect(self, code: int, reason: str = "") -> None:
         if self.disconnect_code is None and self.scope is not None:
@@ -567,11 +583,15 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         fut = self.loop.create_future()
         inbox = self.inbox
         if inbox:
-            fut.set_result(inbox.popleft())
+            message = inbox.popleft()
+            fut.set_result(message)
+            if self.queued:
+                data = message.get("bytes") or message.get("text") or b""
+                self.queued = max(0, self.queued - len(data)) if inbox else 0
             if not inbox:
                 self.inbox = None
-                if self.read_paused:
-                    self._flow()
+            if self.read_paused:
+                self._flow()
         elif self.disconnect_code is not None:
             fut.set_result({"type": "websocket.disconnect", "code": self.disconnect_code, "reason": ""})
         else:

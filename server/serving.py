@@ -133,5 +133,5 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
         preauth_max=s.ws_preauth_max_bytes, message_timeout_s=s.ws_message_timeout_s,
         handshake_timeout_s=s.ws_handshake_timeout_s, close_timeout_s=s.ws_close_timeout_s,
         close_discard_max=s.ws_close_discard_bytes, ping_interval_s=s.ws_ping_interval_s,
-        idle_timeout_s=s.ws_idle_timeout_s)
+        idle_timeout_s=s.ws_idle_timeout_s, inbox_max_bytes=s.ws_inbox_max_bytes)
     return GatewayServer(config, app)

@@ -195,9 +195,13 @@ async def test_one_yjs_writer_is_stopped_by_its_byte_rate(serve):
             except websockets.ConnectionClosed:
                 pass
             assert ws.close_code == 4429
-    assert sent < 60
+    accepted = srv.metric("syncline_yjs_updates_total")
+    print(f"\nwriter: sent {sent}, accepted {accepted:.0f} updates of 0.9 MiB")
+    assert sent < 60 and accepted <= 20  # the 16 MiB burst, and what 1 MiB/s added meanwhile
     report(peak, base)
-    assert peak.peak - base < 120 * MB, (base, peak.peak)
+    # (each accepted update is held by the document, its append, the log follower's and the
+    # activity projections' reads of it: a few times 16 MiB at the peak)
+    assert peak.peak - base < 160 * MB, (base, peak.peak)
     assert srv.metric("syncline_limits_hit_total", limit="yjs_rate") == 1
     with pytest.raises(websockets.ConnectionClosed) as e:  # banned for a while, on the Yjs endpoint too
         async with websockets.connect(f"{srv.ws}/v1/yjs/big?token={token('writer')}") as ws:
