@@ -20,18 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from syncline.engine.errors import SynclineError
+from .errors import QuotaExceeded
 
 if TYPE_CHECKING:
     from .gateway import Gateway
-
-
-class QuotaExceeded(SynclineError):
-    """The tenant's Yjs documents hold as many bytes as its quota allows."""
-
-    code = "doc_quota_exceeded"
-    http_status = 413
-    ws_close = 4413
 
 
 class DocQuota:

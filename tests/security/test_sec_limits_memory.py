@@ -243,6 +243,16 @@ async def test_a_tenants_documents_have_a_quota(serve):
     r = httpx.post(f"{srv.url}/v1/streams/doc/rest", json=body, headers={"Authorization": f"Bearer {token('w')}"},
                    timeout=30)
     assert r.status_code == 413 and r.json()["code"] == "doc_quota_exceeded"
+    # and so do the native protocol's doc ops: the op is rejected
+    async with websockets.connect(f"{srv.ws}/v1/ws?token={token('w')}", subprotocols=[P.SUBPROTOCOL_MSGPACK],
+                                  compression=None) as ws:
+        assert msgpack.unpackb(await ws.recv())["t"] == P.WELCOME
+        update = next(big_updates(1, 600_000))
+        await ws.send(msgpack.packb({"t": P.OPS, "id": "b1", "ops": [
+            {"kind": "doc", "op": "o1", "stream": "doc/native", "update": update}]}))
+        while (m := msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10)))["t"] != P.OPACKS:
+            pass
+        assert m["results"][0]["kind"] == "rejected" and m["results"][0]["reason"] == "doc_quota_exceeded"
     async with websockets.connect(f"{srv.ws}/v1/yjs/other?token={token('w', tenant='globex')}",
                                   compression=None) as ws:
         await ws.recv()
