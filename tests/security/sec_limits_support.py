@@ -149,23 +149,6 @@ class PeakRss:
         self.peak = max(self.peak, rss_bytes(self.pid))
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A masked client frame."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = bytes((b0, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    mask = os.urandom(4)
-    # (masking with numpy-free XOR: fast enough for the sizes these tests send)
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big") \
-        if n else b""
-    return head + mask + body
-
-
 def frame_header(opcode: int, length: int, *, fin: bool = True) -> bytes:
     """The header (with an all-zero mask) of a frame whose payload follows separately:
     with a zero mask the payload goes as it is."""
