@@ -30,6 +30,7 @@ from .body import BodyCheckedRequest, declare_binary_chunks, declare_errors
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Clock, Gateway
+from .limits import limits_middleware
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
 from .settings import Settings, check_startup_secrets
@@ -160,11 +161,11 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         declare_errors(handler)
     v1 = Router(path="/v1", guards=[require_auth], route_handlers=[h for m in v1_modules for h in m.V1])
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
-    return Litestar(
+    app = Litestar(
         route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        middleware=[correlation_middleware],
+        middleware=[correlation_middleware, limits_middleware],
         exception_handlers={
             SynclineError: _syncline_error,
             HTTPException: _http_error,
@@ -180,6 +181,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         request_class=BodyCheckedRequest,
         debug=False,
     )
+    app.state.settings = settings  # (server/serving.py reads the transport limits from it)
+    return app
 
 
 def _http_handlers(*modules: Any) -> list[Any]:

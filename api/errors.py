@@ -23,6 +23,7 @@ WS_FORBIDDEN = P.CLOSE_FORBIDDEN
 WS_STALE = P.CLOSE_STALE
 WS_RATE_LIMITED = P.CLOSE_RATE_LIMITED
 WS_UNAVAILABLE = P.CLOSE_DISABLED
+WS_QUOTA_EXCEEDED = 4413  # Yjs: the tenant's document quota is used up (docs/_security_limits.md)
 
 
 class Unauthenticated(SynclineError):
@@ -82,6 +83,12 @@ class InvalidJson(SynclineError):
 
     code = "invalid_json"
     http_status = 400
+class QuotaExceeded(SynclineError):
+    """The tenant's Yjs documents hold as many stored bytes as its quota allows (api/quota.py)."""
+
+    code = "doc_quota_exceeded"
+    http_status = 413
+    ws_close = WS_QUOTA_EXCEEDED
 
 
 class IdempotencyKeyRequired(SynclineError):

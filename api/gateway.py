@@ -19,9 +19,11 @@ from .activity import ActivityProjections
 from .auth import Principal, TokenVerifier
 from .follower import LogFollower
 from .hub import Hub, room_channel
+from .limits import ConnectionCaps, rest_windows
 from .logging import log, security_log
 from .metrics import Metrics
 from .presence import PresenceRegistry
+from .quota import DocQuota
 from .ratelimit import BanList, SharedBanList
 from .revocations import REVOCATION_FILTER, REVOCATIONS_STREAM, TOKEN_REVOKED, Revocation, revocation_from
 from .security_events import SecurityAggregator, clip, iso
@@ -80,6 +82,10 @@ class Gateway:
         self.bans: BanList = (SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url
                               else BanList())
         self.connections: dict[str, Closable] = {}
+        # Limits (api/limits.py, api/quota.py; docs/_security_limits.md)
+        self.conn_caps = ConnectionCaps(settings.ws_max_connections_per_user, settings.ws_max_connections_per_ip)
+        self.rest_windows = rest_windows(settings, self.metrics)
+        self.quota = DocQuota(self, settings.doc_quota_bytes_per_tenant)
         self.shutting_down = False
         self.started_at = self.clock.time()
         self.bus: Bus | None = None  # made on first use (api/routes_bus.py)
@@ -134,6 +140,7 @@ class Gateway:
         await self.yjs.close()
         await self.hub.close()
         await self.bans.close()
+        await self.rest_windows.close()
         if self.redis_presence is not None:
             await self.redis_presence.close()
         if self.owns_store:

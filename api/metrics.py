@@ -4,7 +4,24 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "TRANSPORT_LIMIT_HITS"]
+
+# Limits the WebSocket transport (server/lean_ws.py) enforced, by name: process-wide
+# counts (the transport has no gateway), exported by every app's registry as
+# ``syncline_ws_transport_limits_total{limit}``.
+TRANSPORT_LIMIT_HITS: dict[str, int] = {}
+
+
+class _TransportLimits:
+    def collect(self):  # (prometheus_client's collector protocol)
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("syncline_ws_transport_limits", "WebSocket transport limits hit: "
+                                     "message_size, preauth_size, message_timeout, handshake_timeout, "
+                                     "close_discard", labels=["limit"])
+        for name, n in sorted(TRANSPORT_LIMIT_HITS.items()):
+            family.add_metric([name], n)
+        yield family
 
 
 class Metrics:
@@ -94,6 +111,12 @@ class Metrics:
         self.bodies_refused = Counter("syncline_bodies_refused_total",
                                       "Request bodies refused before any handler ran (invalid_json, too_deep)",
                                       ["code"], registry=r)
+        self.limits_hit = Counter(
+            "syncline_limits_hit_total",
+            "Limits hit (docs/_security_limits.md): connections_per_user, connections_per_ip, presence_state, "
+            "rooms_per_connection, yjs_rate, doc_quota, rest_rate, ws_message_size, ...", ["limit"], registry=r)
+
+        r.register(_TransportLimits())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

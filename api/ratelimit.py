@@ -18,11 +18,11 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote
 
-from syncline.engine.ratelimit import SlidingWindow, Verdict
+from syncline.engine.ratelimit import FixedWindows, SlidingWindow, Verdict
 
 from .logging import log
 
-__all__ = ["BanList", "SharedBanList", "SlidingWindow", "Verdict"]
+__all__ = ["BanList", "SharedBanList", "SlidingWindow", "Verdict", "Windows", "SharedWindows"]
 
 
 class BanList:
@@ -179,6 +179,97 @@ class SharedBanList(BanList):
                 await self._writer
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._redis is not None:
+            try:
+                await self._redis.aclose(close_connection_pool=True)
+            except Exception:
+                pass
+
+
+class Windows:
+    """Request counts per key in fixed windows of ``window_s`` (engine.ratelimit.FixedWindows),
+    in this process. ``hit`` returns ``(allowed, retry_after_s)``. Windows are aligned on
+    the wall clock, so gateways sharing Redis (:class:`SharedWindows`) count the same ones."""
+
+    def __init__(self, limit: int, window_s: float, *, max_keys: int = 100_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.local = FixedWindows(limit, window_s, max_keys)
+
+    async def hit(self, key: tuple[str, ...], now: float) -> tuple[bool, float]:
+        count = self.local.hit(key, now)
+        return count <= self.limit, self.local.retry_after(now)
+
+    async def close(self) -> None:
+        pass
+
+
+WINDOW_PREFIX = "syncline:rl:"
+
+
+def window_key(key: tuple[str, ...], window: int) -> str:
+    return WINDOW_PREFIX + ":".join(quote(part, safe="") for part in key) + f":{window}"
+
+
+class SharedWindows(Windows):
+    """:class:`Windows` counted in Redis, so every gateway sees one count per key and window:
+    ``INCR`` of ``syncline:rl:<key parts>:<window index>`` with an expiry of two windows,
+    one pipelined round trip per hit. When Redis does not answer within ``timeout_s`` the
+    local count decides, the failure is counted (``syncline_ban_redis_fallback_total{op="window"}``)
+    and Redis is left alone for ``cooldown_s``."""
+
+    def __init__(self, redis_url: str, limit: int, window_s: float, *, metrics: Any = None,
+                 timeout_s: float = 0.25, cooldown_s: float = 1.0, max_keys: int = 100_000) -> None:
+        super().__init__(limit, window_s, max_keys=max_keys)
+        self.redis_url = redis_url
+        self.timeout_s = timeout_s
+        self.cooldown_s = cooldown_s
+        self.fallbacks = 0
+        self._metrics = metrics
+        self._redis: Any = None
+        self._skip_until = 0.0
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.redis_url, max_connections=16, timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
+                socket_timeout=max(self.timeout_s, 1.0), retry=Retry(NoBackoff(), 0))
+            self._redis = aioredis.Redis(connection_pool=pool)
+        return self._redis
+
+    async def hit(self, key: tuple[str, ...], now: float) -> tuple[bool, float]:
+        local_ok, retry = await super().hit(key, now)
+        if time.monotonic() < self._skip_until:
+            self._fallback(None)
+            return local_ok, retry
+        window = self.local.window(now)
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            k = window_key(key, window)
+            pipe.incr(k)
+            pipe.pexpire(k, max(1, int(self.window_s * 2000)))
+            count, _ = await asyncio.wait_for(pipe.execute(), self.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._fallback(e)
+            return local_ok, retry
+        return int(count) <= self.limit, retry
+
+    def _fallback(self, error: BaseException | None) -> None:
+        self.fallbacks += 1
+        if self._metrics is not None:
+            self._metrics.ban_redis_fallback.labels("window").inc()
+        if error is not None:
+            if time.monotonic() >= self._skip_until:
+                log.warning("windows.redis_unavailable", error=repr(error))
+            self._skip_until = time.monotonic() + self.cooldown_s
+
+    async def close(self) -> None:
         if self._redis is not None:
             try:
                 await self._redis.aclose(close_connection_pool=True)

@@ -112,7 +112,9 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
                           max_counter=s_.max_clock_counter, max_entries=s_.max_clock_entries)
     for it in items:
         it["data"] = from_jsonable(it["data"])
-    _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)
+    doc_updates = _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)
+    if doc_updates:  # the tenant's document quota (api/quota.py): 413 doc_quota_exceeded
+        await gw.quota.check(tenant, sum(len(u) for u in doc_updates))
     events = new_events(items, p, correlation_id=request.state.get("correlation_id"))
     result = await gw.store.append_many(
         tenant, [StreamWrite(stream, tuple(events), data.expected_version)], idempotency_key=idempotency_key(request)

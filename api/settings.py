@@ -119,7 +119,7 @@ class Settings:
     # Without ack progress for this long, a subscription rewinds to its last ack and sends again.
     ack_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_ACK_TIMEOUT_S", 10.0))
     event_batch_max: int = field(default_factory=lambda: _int("SYNCLINE_EVENT_BATCH_MAX", 500))
-    rate_limit_messages: int = field(default_factory=lambda: _int("SYNCLINE_RATE_LIMIT_MESSAGES", 100))
+    rate_limit_messages: int = field(default_factory=lambda: _int("SYNCLINE_RATE_LIMIT_MESSAGES", 1200))
     rate_limit_window_s: float = field(default_factory=lambda: _float("SYNCLINE_RATE_LIMIT_WINDOW_S", 60.0))
     rate_limit_ban_s: float = field(default_factory=lambda: _float("SYNCLINE_RATE_LIMIT_BAN_S", 60.0))
     presence_ttl_s: float = field(default_factory=lambda: _float("SYNCLINE_PRESENCE_TTL_S", 30.0))
@@ -189,3 +189,38 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _csv("SYNCLINE_WS_ALLOWED_ORIGINS"))
     # Strict-Transport-Security max-age, sent on HTTPS responses only (0: not sent).
     hsts_max_age_s: int = field(default_factory=lambda: _int("SYNCLINE_HSTS_MAX_AGE_S", 31_536_000))
+    # -- limits (issue 15, docs/_security_limits.md): every bound a setting; 0 disables a cap.
+    # WebSocket transport (server/lean_ws.py): the largest message, counted over its
+    # fragments; what a client may send before the app accepts it (before authentication);
+    # how long one frame or fragmented message may stay incomplete; how long the app may take
+    # to accept or refuse; how long we wait for the peer's close frame after ours (reading and
+    # discarding, at most ws_close_discard_bytes); keepalive pings and the idle close.
+    ws_max_message_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_MAX_MESSAGE_BYTES", 8 << 20))
+    ws_preauth_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_PREAUTH_MAX_BYTES", 64 << 10))
+    ws_message_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_MESSAGE_TIMEOUT_S", 30.0))
+    ws_handshake_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_HANDSHAKE_TIMEOUT_S", 10.0))
+    ws_close_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_CLOSE_TIMEOUT_S", 2.0))
+    ws_close_discard_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_CLOSE_DISCARD_BYTES", 1 << 20))
+    # Received messages waiting for the app: reading pauses past this many bytes (TCP pushes back).
+    ws_inbox_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_WS_INBOX_MAX_BYTES", 8 << 20))
+    ws_ping_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_PING_INTERVAL_S", 30.0))
+    ws_idle_timeout_s: float = field(default_factory=lambda: _float("SYNCLINE_WS_IDLE_TIMEOUT_S", 90.0))
+    # Open WebSocket connections (native and Yjs together) per (tenant, user) and per client IP.
+    ws_max_connections_per_user: int = field(
+        default_factory=lambda: _int("SYNCLINE_WS_MAX_CONNECTIONS_PER_USER", 100))
+    ws_max_connections_per_ip: int = field(default_factory=lambda: _int("SYNCLINE_WS_MAX_CONNECTIONS_PER_IP", 1000))
+    # Presence: the encoded size of one presence / awareness state, and rooms per native connection.
+    presence_state_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_PRESENCE_STATE_MAX_BYTES", 16 << 10))
+    rooms_max_per_connection: int = field(default_factory=lambda: _int("SYNCLINE_ROOMS_MAX_PER_CONNECTION", 128))
+    # Yjs writes per connection: token buckets (sustained rate per second, burst) for
+    # messages and for update bytes; past either the connection closes with 4429.
+    yjs_rate_messages_per_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_RATE_MESSAGES_PER_S", 50.0))
+    yjs_rate_messages_burst: int = field(default_factory=lambda: _int("SYNCLINE_YJS_RATE_MESSAGES_BURST", 1000))
+    yjs_rate_bytes_per_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_RATE_BYTES_PER_S", 1 << 20))
+    yjs_rate_bytes_burst: int = field(default_factory=lambda: _int("SYNCLINE_YJS_RATE_BYTES_BURST", 16 << 20))
+    # Stored bytes of a tenant's Yjs documents (their crdt.update events); 0: no quota.
+    doc_quota_bytes_per_tenant: int = field(
+        default_factory=lambda: _int("SYNCLINE_DOC_QUOTA_BYTES_PER_TENANT", 1 << 30))
+    # REST requests per (tenant, user) — per client IP without a valid token — in a window.
+    rest_rate_requests: int = field(default_factory=lambda: _int("SYNCLINE_REST_RATE_REQUESTS", 1200))
+    rest_rate_window_s: float = field(default_factory=lambda: _float("SYNCLINE_REST_RATE_WINDOW_S", 60.0))

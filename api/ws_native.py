@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+import msgpack
 from litestar import WebSocket, websocket
 
 from syncline.engine import protocol as P
@@ -61,6 +62,7 @@ from .gateway import Gateway
 from .hub import room_channel, user_channel
 from .logging import clear, log
 from .ops import count_rejections
+from .quota import QuotaExceeded
 from .settings import Settings
 from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
@@ -78,7 +80,7 @@ def session_config(s: Settings) -> SessionConfig:
         window_batches_max=s.unacked_batches_max, ack_timeout_ms=int(s.ack_timeout_s * 1000),
         max_behind=s.max_behind, rate_limit_messages=s.rate_limit_messages,
         rate_limit_window_ms=int(s.rate_limit_window_s * 1000), rate_limit_ban_ms=int(s.rate_limit_ban_s * 1000),
-        presence_ttl_ms=int(s.presence_ttl_s * 1000),
+        presence_ttl_ms=int(s.presence_ttl_s * 1000), rooms_max=s.rooms_max_per_connection,
     )
 
 
@@ -271,6 +273,8 @@ class NativeConnection:
                     for r in e.msg.get("results") or ():
                         if isinstance(r, dict) and r.get("reason") == "out_of_scope":
                             self.gw.metrics.access_refused.labels(ENDPOINT, "out_of_scope").inc()
+                elif e.msg.get("t") == P.ERROR and str(e.msg.get("message", "")).endswith("rooms per connection"):
+                    self.gw.metrics.limits_hit.labels("rooms_per_connection").inc()
                 self.send(e.msg, urgent=True if e.urgent else None)
             elif kind in (ReadLog, WaitLog, CountBehind):
                 old = self._reads.get(e.sub)
@@ -311,6 +315,12 @@ class NativeConnection:
             elif kind is LeaveRoom:
                 await self._leave(e.room)
             elif kind is SetPresence:
+                limit = self.s.presence_state_max_bytes
+                if limit and e.state is not None and _encoded_size(e.state) > limit:
+                    gw.metrics.limits_hit.labels("presence_state").inc()
+                    self.send({"t": P.ERROR, "code": "presence_too_large", "details": {"room": e.room},
+                               "message": f"a presence state is at most {self.s.presence_state_max_bytes} bytes"})
+                    return
                 self._set_presence(e.room, e.state)
             elif kind is Rebind:
                 self._detach()
@@ -364,6 +374,11 @@ class NativeConnection:
             gw.metrics.events_appended.labels("ops").inc(len(e.records))
             count_rejections(gw, outcomes)
         for d in e.docs:  # (validated by the session)
+            try:
+                await gw.quota.check(p.tenant, len(d.update))
+            except QuotaExceeded as q:
+                results[d.index] = {"kind": "rejected", "op": d.op_id, "reason": q.code, "detail": q.message[:200]}
+                continue
             r = await gw.store.append(p.tenant, d.stream, [NewEvent(
                 CRDT_UPDATE, data=d.update, actor=Actor(p.user, d.client), meta={"op": d.op_id})],
                 idempotency_key=f"op:{d.op_id}")
@@ -465,6 +480,14 @@ class NativeConnection:
         gw.hub.publish(room_channel(p.tenant, room),
                        P.message(P.PRESENCE, room=room, user=p.user, conn=self.conn_id, state=state,
                                  ttl_s=self.s.presence_ttl_s))
+
+
+def _encoded_size(state: Any) -> int:
+    """The size of a presence state as msgpack (what it costs to hold and to fan out)."""
+    try:
+        return len(msgpack.packb(state, default=str))
+    except Exception:
+        return 1 << 62  # unencodable: refused as too large
 
 
 def _decode(frame: bytes | str, subprotocol: str) -> dict:

@@ -48,12 +48,15 @@ from .errors import (
     WS_GOING_AWAY,
     WS_PROTOCOL,
     WS_UNAUTHENTICATED,
+    WS_RATE_LIMITED,
     WS_UNAVAILABLE,
     Unauthenticated,
     ws_close_code,
 )
 from .hub import doc_channel
+from .limits import YjsRate
 from .logging import clear, log
+from .quota import QuotaExceeded
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, query_params, refuse
 
 if TYPE_CHECKING:
@@ -210,6 +213,7 @@ class DocRooms:
         stream = event.stream
         if not stream.startswith("doc/"):
             return
+        self.gw.quota.seen(event)
         key = (event.tenant, stream[4:])
         room = self.rooms.get(key)
         if room is not None:
@@ -408,7 +412,7 @@ class DocRooms:
 
 class YjsConnection:
     # One per open socket, kept for its whole life: slots, not a __dict__.
-    __slots__ = ("gw", "socket", "principal", "room", "conn_id", "outbox", "writable")
+    __slots__ = ("gw", "socket", "principal", "room", "conn_id", "outbox", "writable", "rate")
 
     def __init__(self, gw: Gateway, socket: WebSocket, principal: Principal, room: DocRoom) -> None:
         self.gw = gw
@@ -419,6 +423,7 @@ class YjsConnection:
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
         # (engine/access.py: the write permission, and with scopes a write: scope on doc/<doc>)
         self.writable = can_write(principal, room.stream)
+        self.rate: YjsRate | None = None  # (made on the first message)
 
     async def shutdown(self, reason: str) -> None:
         self.outbox.close(WS_GOING_AWAY, reason)
@@ -446,6 +451,8 @@ class YjsConnection:
                 self.outbox.close(WS_PROTOCOL, "y-websocket frames are binary")
                 return
             received.inc()
+            if not self._within_limits(frame):
+                return
             try:
                 msg = decode_message(frame)
             except UnknownMessageType:
@@ -454,9 +461,32 @@ class YjsConnection:
                 log.info("yjs.protocol_error", code=e.code, error=e.message)
                 self.outbox.close(WS_PROTOCOL, e.code)
                 return
+            limit = gw.settings.presence_state_max_bytes
+            if limit and isinstance(msg, AwarenessMessage) and len(frame) > limit:
+                gw.metrics.limits_hit.labels("presence_state").inc()
+                log.info("yjs.awareness_too_large", size=len(frame), doc=room.doc)
+                self.outbox.close(WS_PROTOCOL, "presence_too_large")
+                return
             await self.handle(msg)
             if self.outbox.closed:
                 return
+
+    def _within_limits(self, frame: bytes) -> bool:
+        """The connection's message and byte rates (api/limits.py YjsRate); past either:
+        close 4429, and the user is refused for ``rate_limit_ban_s`` (as on /v1/ws)."""
+        gw = self.gw
+        now = gw.clock.monotonic()
+        if self.rate is None:
+            self.rate = YjsRate(gw.settings, now)
+        if self.rate.allow(now, len(frame)):
+            return True
+        gw.metrics.limits_hit.labels("yjs_rate").inc()
+        gw.metrics.rate_limited.labels("disconnect").inc()
+        p = self.principal
+        gw.bans.ban((p.tenant, p.user), now + gw.settings.rate_limit_ban_s)
+        log.warning("yjs.rate_limited_disconnect", doc=self.room.doc, ban_s=gw.settings.rate_limit_ban_s)
+        self.outbox.close(WS_RATE_LIMITED, "rate_limited")
+        return False
 
     async def handle(self, msg: Any) -> None:
         room = self.room
@@ -499,6 +529,12 @@ class YjsConnection:
             pass
 
     async def apply(self, update: bytes) -> None:
+        try:
+            await self.gw.quota.check(self.room.tenant, len(update))
+        except QuotaExceeded as e:
+            log.info("yjs.quota_exceeded", doc=self.room.doc, **e.details)
+            self.outbox.close(e.ws_close, e.code)
+            return
         await self.gw.yjs.submit(self.room, update, self)
 
     def _relay(self, msg: dict) -> None:

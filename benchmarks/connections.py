@@ -155,7 +155,9 @@ def traced(n: int, ws: str, top: int = 60) -> None:
     from fanout import SECRET, free_port
 
     os.environ.update(SYNCLINE_JWT_SECRET=SECRET, SYNCLINE_LOG_FORMAT="json", SYNCLINE_PRUNE_INTERVAL_S="0",
-                      SYNCLINE_RATE_LIMIT_MESSAGES="100000000")
+                      SYNCLINE_RATE_LIMIT_MESSAGES="100000000",
+                      # 10,000 sockets of one user from one address: the caps are lifted
+                      SYNCLINE_WS_MAX_CONNECTIONS_PER_USER="0", SYNCLINE_WS_MAX_CONNECTIONS_PER_IP="0")
     import logging
 
     from syncline.api.app import create_app

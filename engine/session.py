@@ -35,7 +35,7 @@ from .errors import (
 )
 from .events import RecordedEvent, check_stream, dm_stream
 from .filters import EventFilter
-from .ratelimit import SlidingWindow, Verdict
+from .ratelimit import DEFAULT_RATE_LIMIT_MESSAGES, UNCOUNTED, SlidingWindow, Verdict
 from .records import op_from_wire
 from .records.outcomes import RejectReason, rejected
 from .yupdates import check_update
@@ -215,7 +215,7 @@ class SessionConfig:
     window_batches_max: int = 8
     ack_timeout_ms: int = 10_000
     max_behind: int = 10_000
-    rate_limit_messages: int = 100
+    rate_limit_messages: int = DEFAULT_RATE_LIMIT_MESSAGES
     rate_limit_window_ms: int = 60_000
     rate_limit_ban_ms: int = 60_000
     presence_ttl_ms: int = 30_000
@@ -298,9 +298,10 @@ class ServerSession:
         if self.expires_ms is not None and now_ms >= self.expires_ms:
             return self._token_ended("token_expired", "the token has expired")
         self.last_seen_ms = now_ms
-        verdict = self.limiter.hit(now_ms / 1000)
-        if verdict is not Verdict.OK:
-            return self._rate_limited(verdict, now_ms)
+        if msg["t"] not in UNCOUNTED:  # protocol upkeep (acks, pings, hello/resume) is never limited
+            verdict = self.limiter.hit(now_ms / 1000)
+            if verdict is not Verdict.OK:
+                return self._rate_limited(verdict, now_ms)
         try:
             tenant = msg.get("tenant")
             if tenant is not None and tenant != self.who.tenant:

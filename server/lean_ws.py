@@ -32,10 +32,13 @@ import logging
 import random
 import struct
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from uvicorn.protocols.utils import ClientDisconnected, is_ssl
+
+from syncline.api.metrics import TRANSPORT_LIMIT_HITS
 
 from .frames import (
     OP_BINARY,
@@ -55,7 +58,32 @@ from .frames import (
 logger = logging.getLogger("uvicorn.error")
 
 HANDSHAKE_MAX = 64 * 1024  # bytes of upgrade request; uvicorn's HTTP parser has already read it
-CLOSE_TIMEOUT_S = 10.0  # how long to wait for the peer's close frame after ours
+CLOSE_TIMEOUT_S = 2.0  # how long to wait for the peer's close frame after ours (default)
+CLOSE_IDLE = 4408  # the idle close: nothing received for ``idle_timeout_s`` (docs/protocol.md: stale)
+CLOSE_POLICY = 1008  # a message left incomplete for longer than ``message_timeout_s``
+
+
+@dataclass(frozen=True, slots=True)
+class WsLimits:
+    """Bounds on what a peer can make a connection hold or wait for (api/settings.py
+    ``ws_*``; docs/_security_limits.md). ``ws_max_size`` (uvicorn's) stays the largest
+    message once accepted, counted over all its fragments."""
+
+    preauth_max: int = 64 * 1024  # bytes buffered before the app accepts (before authentication)
+    message_timeout_s: float = 30.0  # one frame or fragmented message may stay incomplete this long
+    handshake_timeout_s: float = 10.0  # the app accepts or refuses within this, else 503 and close
+    close_timeout_s: float = CLOSE_TIMEOUT_S  # after our close frame, for the peer's
+    close_discard_max: int = 1 << 20  # bytes read (and dropped) after our close frame, at most
+    ping_interval_s: float = 0.0  # a ping after this long without traffic (0: none)
+    inbox_max_bytes: int = 8 << 20  # reading pauses while this much waits for the app (or ws_max_queue messages)
+    idle_timeout_s: float = 0.0  # close (4408) after this long without any frame in (0: never)
+
+
+DEFAULT_LIMITS = WsLimits()
+
+
+def _hit(limit: str) -> None:
+    TRANSPORT_LIMIT_HITS[limit] = TRANSPORT_LIMIT_HITS.get(limit, 0) + 1
 
 # Close codes a peer may send (RFC 6455 §7.4); 1005, 1006 and 1015 are never on the wire.
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
@@ -98,6 +126,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         "config", "app", "server_state", "app_state", "loop", "transport", "scope", "state",
         "buf", "frags", "inbox", "waiter", "read_paused",
         "write_paused", "drain", "key", "timer", "ping_payload", "disconnect_code",
+        "limits", "partial_timer", "last_in", "skip", "drained", "queued",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
@@ -123,6 +152,12 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None  # keepalive ping, pong deadline or close timeout
         self.ping_payload: bytes | None = None
         self.disconnect_code: int | None = None  # set once websocket.disconnect was delivered
+        self.limits: WsLimits = getattr(config, "lean_limits", None) or DEFAULT_LIMITS
+        self.partial_timer: asyncio.TimerHandle | None = None  # while a message is incomplete
+        self.last_in = 0.0  # loop time of the last bytes received (the idle close)
+        self.skip = 0  # CLOSING: payload bytes of the frame being discarded still to come
+        self.drained = 0  # CLOSING: bytes read and dropped after our close frame
+        self.queued = 0  # bytes of the messages waiting in ``inbox``
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -133,6 +168,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
         self._cancel_timer()
+        self._cancel_partial()
         self.buf = self.frags = None
         self._deliver_disconnect(1006)
         self.state = CLOSED
@@ -162,8 +198,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         a peer that does not read are piling up (its pings would only add pongs). While
         closing, always read: the peer's close frame is awaited."""
         state = self.state
-        pause = state == OPEN and (self.write_paused or (
-            self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue))
+        pause = state == OPEN and (self.write_paused or (self.inbox is not None and (
+            len(self.inbox) >= self.config.ws_max_queue or self.queued > self.limits.inbox_max_bytes)))
         if pause != self.read_paused and state != CLOSED:
             self.read_paused = pause
             if pause:
@@ -174,6 +210,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server shutdown: close 1012 (service restart); the app sees the disconnect."""
         self._cancel_timer()
+        self._cancel_partial()
         if self.state == OPEN:
             self._deliver_disconnect(1012)
             self.transport.write(encode_frame(OP_CLOSE, close_payload(1012)))
@@ -187,6 +224,10 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         state = self.state
         if state == CLOSED:
             return
+        if state == CLOSING:  # our close frame is out: nothing is kept, only its answer awaited
+            self._discard(data)
+            return
+        self.last_in = self.loop.time()
         buf = self.buf
         if buf is not None:
             buf += data
@@ -207,23 +248,39 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             # before the 101, and a close frame cannot be sent before it either.)
             try:
                 with memoryview(data) as view:
-                    used = self._frames(view, used)
+                    used, completed = self._frames(view, used)
             except ProtocolViolation as e:
-                self._fail(e.code, e.reason)
+                if e.code == 1009:
+                    _hit("message_size")
+                self._fail(e.code, e.reason, garbled=True)
                 return
             if self.state == CLOSED:
                 self.buf = None
                 return
+            if self.state == CLOSING:  # the app closed while these frames came in
+                rest = bytes(data[used:])
+                self.buf = None
+                self._discard(rest, count=False)
+                return
+            if completed and self.partial_timer is not None:
+                self._cancel_partial()  # progress: the next incomplete message gets its own time
         if used >= len(data):
             self.buf = None
         elif buf is None:
             self.buf = bytearray(data[used:])
         else:
             del buf[:used]
-        if self.state == CONNECTING and self.buf is not None and len(self.buf) > HANDSHAKE_MAX:
-            self._reject("400 Bad Request")
+        if self.state == CONNECTING and self.buf is not None and len(self.buf) > self.limits.preauth_max:
+            _hit("preauth_size")
+            self._reject("400 Bad Request")  # (before the app accepted: before authentication)
             return
-        if self.inbox is not None and len(self.inbox) >= self.config.ws_max_queue:
+        if self.state == OPEN and (self.buf is not None or self.frags is not None):
+            if self.partial_timer is None and self.limits.message_timeout_s:
+                self.partial_timer = self.loop.call_later(self.limits.message_timeout_s, self._partial_timeout)
+        elif self.partial_timer is not None:
+            self._cancel_partial()
+        if self.inbox is not None and (len(self.inbox) >= self.config.ws_max_queue
+                                       or self.queued > self.limits.inbox_max_bytes):
             self._flow()
 
     # -- the opening handshake -------------------------------------------------
@@ -276,14 +333,23 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         self.state = CONNECTING
+        if self.limits.handshake_timeout_s:
+            self.timer = self.loop.call_later(self.limits.handshake_timeout_s, self._handshake_timeout)
         self._deliver({"type": "websocket.connect"})
         task = self.loop.create_task(self._run_asgi())
         self.server_state.tasks.add(task)
         task.add_done_callback(self.server_state.tasks.discard)
         return True
 
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.state == CONNECTING:  # the app neither accepted nor refused in time
+            _hit("handshake_timeout")
+            self._reject("503 Service Unavailable")
+
     def _reject(self, status: str) -> None:
         """Answer the upgrade request with an HTTP error and close."""
+        self._cancel_timer()
         self.transport.write(_http_response(status, []))
         self._deliver_disconnect(1006)
         self.state = CLOSED
@@ -308,11 +374,13 @@ class LeanWebSocketProtocol(asyncio.Protocol):
 
     # -- frames in -------------------------------------------------------------
 
-    def _frames(self, data: Any, at: int) -> int:
+    def _frames(self, data: Any, at: int) -> tuple[int, int]:
         """Handle every complete frame in ``data`` from offset ``at``; return where the
-        first incomplete one starts (framing: server/frames.py)."""
+        first incomplete one starts (framing: server/frames.py), and how many data
+        messages completed."""
         max_size = self.config.ws_max_size
-        while self.state != CLOSED:
+        completed = 0
+        while self.state == OPEN or self.state == CONNECTING:
             frags = self.frags
             frame = next_frame(data, at, max_size, frags.size if frags is not None else 0)
             if frame is None:
@@ -322,19 +390,22 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 self._control(opcode, payload)
                 continue
             self.frags, message = reassemble(frags, opcode, fin, payload)
-            if message is not None and self.state == OPEN:
-                # (past our close frame, or not accepted yet: nothing more reaches the app)
-                self._message(*message)
-        return at
+            if message is not None:
+                completed += 1
+                if self.state == OPEN:  # (not accepted yet: nothing reaches the app)
+                    self._message(*message)
+        return at, completed
 
     def _message(self, text: bool, payload: bytes) -> None:
         if text:
             try:
-                self._deliver({"type": "websocket.receive", "text": payload.decode()})
+                queued = self._deliver({"type": "websocket.receive", "text": payload.decode()})
             except UnicodeDecodeError:
                 raise ProtocolViolation(1007, "invalid UTF-8") from None
         else:
-            self._deliver({"type": "websocket.receive", "bytes": payload})
+            queued = self._deliver({"type": "websocket.receive", "bytes": payload})
+        if queued:
+            self.queued += len(payload)
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
@@ -366,31 +437,141 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             self.transport.write(encode_frame(OP_CLOSE, close_payload(code)))
         self._deliver_disconnect(code, reason)
         self.state = CLOSED
+        self.buf = self.frags = None
         self._cancel_timer()
+        self._cancel_partial()
         self.transport.close()
 
-    def _fail(self, code: int, reason: str) -> None:
-        """Close without waiting for the peer: a close frame with ``code``, then the socket."""
+    def _fail(self, code: int, reason: str, *, garbled: bool = False) -> None:
+        """Close for a reason of ours: a close frame with ``code``; then, as after the app's
+        close, what the peer still sends is read and dropped (so its kernel does not reset
+        the connection before it has read our close frame) until its close frame, the close
+        timeout or the discard budget. ``garbled``: the framing cannot be trusted any more
+        (a protocol violation): everything that follows is dropped unparsed."""
         if self.state == OPEN:
             self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+            self._deliver_disconnect(code, reason)
+            if garbled:
+                self.buf = None
+                self.skip = 1 << 62
+            self._closing()
+            return
         self._deliver_disconnect(code, reason)
         self.state = CLOSED
         self.buf = self.frags = None
         self._cancel_timer()
+        self._cancel_partial()
         self.transport.close()
+
+    def _partial_timeout(self) -> None:
+        self.partial_timer = None
+        if self.state == OPEN and (self.buf is not None or self.frags is not None):
+            _hit("message_timeout")
+            self._fail(CLOSE_POLICY, "message incomplete for too long")
+
+    def _cancel_partial(self) -> None:
+        if self.partial_timer is not None:
+            self.partial_timer.cancel()
+            self.partial_timer = None
+
+    # -- after our close frame: discard, keep nothing -----------------------------
+
+    def _closing(self) -> None:
+        """Our close frame is written: drop what is buffered (a half-received frame is
+        skipped, not completed), wait at most ``close_timeout_s`` for the peer's close
+        frame, reading at most ``close_discard_max`` more bytes."""
+        self.state = CLOSING
+        self.frags = None
+        self._cancel_timer()
+        self._cancel_partial()
+        # Nothing more is written: half-close now, so the peer reads our close frame and an
+        # end of stream even if we reset the connection later (a peer still sending when
+        # its socket is closed gets a reset, and a reset drops what it had not read yet).
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            pass
+        self.timer = self.loop.call_later(self.limits.close_timeout_s, self._close_now)
+        buf, self.buf = self.buf, None
+        if buf:
+            self._discard(bytes(buf), count=False)
+        if self.read_paused and self.state == CLOSING:  # keep reading until the peer's close frame arrives
+            self._flow()
+
+    def _close_now(self) -> None:
+        self.timer = None
+        self.state = CLOSED
+        self.buf = None
+        self.transport.close()
+
+    def _discard(self, data: Any, *, count: bool = True) -> None:
+        """CLOSING: skip frames without keeping their payloads; a close frame ends it.
+        Only a frame header or a close frame (at most 14 + 125 bytes) is ever kept."""
+        if count:
+            self.drained += len(data)
+            if self.drained > self.limits.close_discard_max:
+                # Enough: read no more (TCP pushes back on the peer); the close timeout ends it.
+                if self.drained - len(data) <= self.limits.close_discard_max:
+                    _hit("close_discard")
+                    self.transport.pause_reading()
+                return
+        at = 0
+        skip = self.skip
+        if skip:
+            n = min(skip, len(data))
+            self.skip = skip - n
+            at = n
+            if at >= len(data):
+                return
+        if self.buf:
+            data = bytes(self.buf) + bytes(data[at:])
+            at = 0
+        n = len(data)
+        while n - at >= 2:
+            b0, b1 = data[at], data[at + 1]
+            length, head = b1 & 0x7F, 2 + (4 if b1 & 0x80 else 0)
+            if length == 126:
+                head += 2
+            elif length == 127:
+                head += 8
+            if n - at < head:
+                break
+            if length >= 126:
+                length = int.from_bytes(data[at + 2:at + (4 if length == 126 else 10)], "big")
+            if b0 & 0x0F == OP_CLOSE:
+                if length > 125 or not b1 & 0x80:
+                    self._cancel_timer()
+                    self._close_now()
+                    return
+                if n - at < head + length:
+                    break
+                self._cancel_timer()
+                self.buf = None
+                self.state = CLOSED  # the closing handshake is complete
+                self.transport.close()
+                return
+            if n - at - head < length:
+                self.skip = length - (n - at - head)
+                at = n
+                break
+            at += head + length
+        self.buf = bytearray(data[at:]) if at < n else None
 
     # -- ASGI receive ------------------------------------------------------------
 
-    def _deliver(self, message: dict) -> None:
+    def _deliver(self, message: dict) -> bool:
+        """Hand ``message`` to the app's pending receive, else queue it (True)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
             if not waiter.done():  # else the receiving task was cancelled: queue it
                 waiter.set_result(message)
-                return
+                return False
         if self.inbox is None:
             self.inbox = deque()
         self.inbox.append(message)
+        return True
 
     def _deliver_disconnect(self, code: int, reason: str = "") -> None:
         if self.disconnect_code is None and self.scope is not None:
@@ -402,11 +583,15 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         fut = self.loop.create_future()
         inbox = self.inbox
         if inbox:
-            fut.set_result(inbox.popleft())
+            message = inbox.popleft()
+            fut.set_result(message)
+            if self.queued:
+                data = message.get("bytes") or message.get("text") or b""
+                self.queued = max(0, self.queued - len(data)) if inbox else 0
             if not inbox:
                 self.inbox = None
-                if self.read_paused:
-                    self._flow()
+            if self.read_paused:
+                self._flow()
         elif self.disconnect_code is not None:
             fut.set_result({"type": "websocket.disconnect", "code": self.disconnect_code, "reason": ""})
         else:
@@ -434,12 +619,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             elif kind == "websocket.close":
                 code, reason = message.get("code", 1000), message.get("reason") or ""
                 self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
-                self.state = CLOSING
                 self._deliver_disconnect(code, reason)
-                self._cancel_timer()
-                self.timer = self.loop.call_later(CLOSE_TIMEOUT_S, self.transport.close)
-                if self.read_paused:  # keep reading until the peer's close frame arrives
-                    self._flow()
+                self._closing()
             else:
                 raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'.")
         elif state == CONNECTING:
@@ -464,6 +645,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             headers.append((b"sec-websocket-protocol", subprotocol.encode()))
         self.key = None
         self.state = OPEN
+        self._cancel_timer()  # (the handshake timeout)
+        self.last_in = self.loop.time()
         self.transport.write(_http_response("101 Switching Protocols", headers))
         self._schedule_ping()
         if self.buf:  # frames the client sent before the 101
@@ -472,9 +655,34 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     # -- keepalive and timers --------------------------------------------------------
 
     def _schedule_ping(self) -> None:
+        limits = self.limits
+        if limits.ping_interval_s or limits.idle_timeout_s:
+            if self.state == OPEN:
+                self.timer = self.loop.call_later(
+                    min(x for x in (limits.ping_interval_s, limits.idle_timeout_s) if x), self._keepalive)
+            return
         interval = self.config.ws_ping_interval
         if interval and self.state == OPEN:
             self.timer = self.loop.call_later(interval, self._ping)
+
+    def _keepalive(self) -> None:
+        """Ping a peer quiet for ``ping_interval_s``; close one quiet for ``idle_timeout_s``
+        (any frame in counts, pongs included)."""
+        self.timer = None
+        if self.state != OPEN:
+            return
+        limits = self.limits
+        quiet = self.loop.time() - self.last_in
+        if limits.idle_timeout_s and quiet >= limits.idle_timeout_s:
+            _hit("idle_timeout")
+            self._fail(CLOSE_IDLE, "stale")
+            return
+        if limits.ping_interval_s and quiet >= limits.ping_interval_s - 0.001:
+            self.transport.write(encode_frame(OP_PING, b""))
+        waits = [limits.ping_interval_s] if limits.ping_interval_s else []
+        if limits.idle_timeout_s:
+            waits.append(max(0.001, limits.idle_timeout_s - quiet))
+        self.timer = self.loop.call_later(min(waits), self._keepalive)
 
     def _ping(self) -> None:
         self.timer = None

@@ -14,10 +14,10 @@ from litestar import Litestar
 from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from syncline.api.settings import WS_IMPLEMENTATIONS, default_ws
+from syncline.api.settings import WS_IMPLEMENTATIONS, Settings, default_ws
 from syncline.api.transport import Edge  # the Origin allow-list and the security headers
 
-from .lean_ws import LeanWebSocketProtocol
+from .lean_ws import LeanWebSocketProtocol, WsLimits
 
 
 class CoalescingTransport:
@@ -149,8 +149,22 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
         raise ValueError("TLS needs both a certificate and a key file (--tls-cert and --tls-key)")
     ws = ws or default_ws()
     ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
-    config = uvicorn.Config(Edge(app), host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
-                            interface="asgi3", timeout_graceful_shutdown=10, fd=fd, ws_ping_interval=None,
-                            server_header=False, http=nodelay_http_protocol(),
-                            ssl_certfile=tls_cert or None, ssl_keyfile=tls_key or None)
+    common: dict[str, Any] = dict(host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
+                                  interface="asgi3", timeout_graceful_shutdown=10, fd=fd, server_header=False,
+                                  http=nodelay_http_protocol(), ssl_certfile=tls_cert or None,
+                                  ssl_keyfile=tls_key or None)
+    s: Settings | None = app.state.get("settings")
+    if s is None:
+        return GatewayServer(uvicorn.Config(Edge(app), ws_ping_interval=None, **common), app)
+    # The limits (docs/_security_limits.md): the lean implementation applies all of them;
+    # uvicorn's own take the message size and the keepalive.
+    lean = ws == "lean"
+    config = uvicorn.Config(Edge(app), ws_max_size=s.ws_max_message_bytes,
+                            ws_ping_interval=None if lean else (s.ws_ping_interval_s or None),
+                            ws_ping_timeout=None if lean else (s.ws_idle_timeout_s or None), **common)
+    config.lean_limits = WsLimits(  # type: ignore[attr-defined]
+        preauth_max=s.ws_preauth_max_bytes, message_timeout_s=s.ws_message_timeout_s,
+        handshake_timeout_s=s.ws_handshake_timeout_s, close_timeout_s=s.ws_close_timeout_s,
+        close_discard_max=s.ws_close_discard_bytes, ping_interval_s=s.ws_ping_interval_s,
+        idle_timeout_s=s.ws_idle_timeout_s, inbox_max_bytes=s.ws_inbox_max_bytes)
     return GatewayServer(config, app)

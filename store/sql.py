@@ -359,6 +359,17 @@ class SqlEventStore(StoreBase):
         return [(r[0], r[1]) for r in rows]
 
     @db_errors
+    async def doc_bytes(self, tenant: str) -> int:
+        """Stored payload bytes of the tenant's Yjs document updates (``crdt.update`` on
+        ``doc/…``): what the per-tenant document quota counts (api/quota.py)."""
+        check_tenant(tenant)
+        q = select(func.coalesce(func.sum(func.length(events.c.payload)), 0)).where(
+            events.c.tenant == tenant, events.c.stream.like(prefix_to_like(DOC_PREFIX), escape="\\"),
+            events.c.type == "crdt.update")
+        async with self._r.connect() as conn:
+            return int((await conn.execute(q)).scalar() or 0)
+
+    @db_errors
     async def verify(self, tenant: str | None = None, stream: str | None = None) -> VerifyReport:
         """Walk the hash chain of every stream (or one tenant, or one stream)."""
         if tenant is not None:

@@ -135,13 +135,16 @@ async def test_rate_limit_warns_then_disconnects_then_refuses_for_a_while(gatewa
     srv = gateway(rate_limit_messages=5, rate_limit_window_s=60, rate_limit_ban_s=30)
     cl = await NativeClient.connect(srv.ws_url, srv.token())
     await cl.expect(P.WELCOME)
-    for i in range(5):
+    for i in range(20):  # protocol upkeep (pings) never counts against the limit
         await cl.send(P.PING, id=i)
         assert (await cl.expect(P.PONG))["id"] == i
-    await cl.send(P.PING, id=99)
+    for i in range(5):  # application messages do
+        await cl.send(P.LEAVE, room=f"r{i}")
+        assert (await cl.expect(P.LEFT))["room"] == f"r{i}"
+    await cl.send(P.LEAVE, room="r99")
     warn = await cl.expect(P.WARN)
     assert warn["code"] == "rate_limited" and warn["retry_after_s"] > 0
-    await cl.send(P.PING, id=100)
+    await cl.send(P.LEAVE, room="r100")
     code, seen = await cl.closed()
     assert code == 4429
     assert seen[-1]["t"] == P.BYE and seen[-1]["code"] == "rate_limited"

@@ -21,12 +21,12 @@ LIMITS = {"rate_limit_messages": 5, "rate_limit_window_s": 60, "rate_limit_ban_s
 async def flood_until_banned(g, user: str = "alice") -> None:
     cl = await NativeClient.connect(g.ws_url, g.token(user=user))
     await cl.expect(P.WELCOME)
-    for i in range(5):
-        await cl.send(P.PING, id=i)
-        assert (await cl.expect(P.PONG))["id"] == i
-    await cl.send(P.PING, id=99)
+    for i in range(5):  # (application messages: pings are never counted)
+        await cl.send(P.LEAVE, room=f"r{i}")
+        assert (await cl.expect(P.LEFT))["room"] == f"r{i}"
+    await cl.send(P.LEAVE, room="r99")
     assert (await cl.expect(P.WARN))["code"] == "rate_limited"
-    await cl.send(P.PING, id=100)
+    await cl.send(P.LEAVE, room="r100")
     code, seen = await cl.closed()
     assert code == P.CLOSE_RATE_LIMITED and seen[-1]["code"] == "rate_limited"
 
