@@ -43,7 +43,7 @@ def _syncline_error(request: Request, exc: SynclineError) -> Response:
         request.app.state.gateway.metrics.access_refused.labels("rest", exc.code).inc()
     if exc.http_status >= 500:
         # A store or driver failure: the client gets the code and a fixed text; the
-        # database's words (and the details) go to the log only (docs/_security_input.md).
+        # database's words (and the details) go to the log only (docs/security.md#bad-input-and-clocks).
         log.error("http.server_error", path=request.url.path, code=exc.code, error=exc.message[:500])
         gw = request.app.state.get("gateway")
         if gw is not None:

@@ -3,7 +3,7 @@
 A token carries ``sub`` (user), ``tenant``, ``roles``, ``exp`` and optionally ``perms``
 and ``scopes``. Permissions are the union of what the roles grant and the explicit
 ``perms``; ``scopes`` narrows them to streams by pattern (engine/access.py, the one rule
-every path applies; docs/_security_access.md).
+every path applies; docs/security.md#access).
 HS256 with ``SYNCLINE_JWT_SECRET`` by default; RS256/ES256 with
 ``SYNCLINE_JWT_PUBLIC_KEY`` (PEM) when ``SYNCLINE_JWT_ALGORITHM`` says so.
 """

@@ -23,7 +23,7 @@ WS_FORBIDDEN = P.CLOSE_FORBIDDEN
 WS_STALE = P.CLOSE_STALE
 WS_RATE_LIMITED = P.CLOSE_RATE_LIMITED
 WS_UNAVAILABLE = P.CLOSE_DISABLED
-WS_QUOTA_EXCEEDED = 4413  # Yjs: the tenant's document quota is used up (docs/_security_limits.md)
+WS_QUOTA_EXCEEDED = 4413  # Yjs: the tenant's document quota is used up (docs/security.md#limits)
 
 
 class Unauthenticated(SynclineError):
@@ -58,7 +58,7 @@ class TokenRevoked(Unauthenticated):
 
 class InsecureSecret(SynclineError):
     """The JWT secret is too short, empty, or the development one on a public bind: the
-    gateway refuses to start (docs/_security_tokens.md)."""
+    gateway refuses to start (docs/security.md#tokens-and-transport)."""
 
     code = "insecure_secret"
     http_status = 500

@@ -82,7 +82,7 @@ class Gateway:
         self.bans: BanList = (SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url
                               else BanList())
         self.connections: dict[str, Closable] = {}
-        # Limits (api/limits.py, api/quota.py; docs/_security_limits.md)
+        # Limits (api/limits.py, api/quota.py; docs/security.md#limits)
         self.conn_caps = ConnectionCaps(settings.ws_max_connections_per_user, settings.ws_max_connections_per_ip)
         self.rest_windows = rest_windows(settings, self.metrics)
         self.quota = DocQuota(self, settings.doc_quota_bytes_per_tenant)

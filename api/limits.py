@@ -1,4 +1,4 @@
-"""Limits enforced before a request or a WebSocket reaches its handler (docs/_security_limits.md).
+"""Limits enforced before a request or a WebSocket reaches its handler (docs/security.md#limits).
 
 One ASGI middleware (:func:`limits_middleware`):
 

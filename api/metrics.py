@@ -80,7 +80,7 @@ class Metrics:
         self.ban_redis_fallback = Counter("syncline_ban_redis_fallback_total",
                                           "Shared-ban Redis operations that failed (local ban list used alone)",
                                           ["op"], registry=r)
-        # (engine/access.py; docs/_security_access.md)
+        # (engine/access.py; docs/security.md#access)
         self.access_refused = Counter("syncline_access_refused_total",
                                       "Reads and writes refused by the access rule (system streams, inboxes, "
                                       "token scopes)", ["path", "code"], registry=r)
@@ -113,7 +113,7 @@ class Metrics:
                                       ["code"], registry=r)
         self.limits_hit = Counter(
             "syncline_limits_hit_total",
-            "Limits hit (docs/_security_limits.md): connections_per_user, connections_per_ip, presence_state, "
+            "Limits hit (docs/security.md#limits): connections_per_user, connections_per_ip, presence_state, "
             "rooms_per_connection, yjs_rate, doc_quota, rest_rate, ws_message_size, ...", ["limit"], registry=r)
 
         r.register(_TransportLimits())

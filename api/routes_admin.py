@@ -1,4 +1,4 @@
-"""Admin routes for the token lifecycle: ``POST /v1/admin/revocations`` (docs/_security_tokens.md).
+"""Admin routes for the token lifecycle: ``POST /v1/admin/revocations`` (docs/security.md#tokens-and-transport).
 
 A revocation is recorded as a ``token.revoked`` event on the caller's tenant's
 ``$revocations`` stream (critical), applied at once on this gateway and by every other

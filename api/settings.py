@@ -151,7 +151,7 @@ class Settings:
         default_factory=lambda: os.environ.get("SYNCLINE_ACTIVITY_PROJECTIONS", "1") not in ("0", "false", "no"))
     feed_keep: int = field(default_factory=lambda: _int("SYNCLINE_FEED_KEEP", 1000))
     ws_impl: str = field(default_factory=default_ws)
-    # -- signed audit checkpoints (store/audit.py, docs/_security_audit.md). The Ed25519
+    # -- signed audit checkpoints (store/audit.py, docs/security.md#audit-trail-and-refused-attempts). The Ed25519
     # private key lives outside the database: a file (wins) or the value itself (PEM, or
     # 32 raw bytes in hex/base64). Verifiers need only public keys (comma-separated files
     # or values; several during a key rotation). A checkpoint is signed at least every
@@ -168,7 +168,7 @@ class Settings:
     security_window_s: float = field(default_factory=lambda: _float("SYNCLINE_SECURITY_WINDOW_S", 60.0))
     security_aggregate_max: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_AGGREGATE_MAX", 10_000))
     security_samples: int = field(default_factory=lambda: _int("SYNCLINE_SECURITY_SAMPLES", 3))
-    # Client clocks (docs/_security_input.md): an op whose HLC is more than this far ahead
+    # Client clocks (docs/security.md#bad-input-and-clocks): an op whose HLC is more than this far ahead
     # of the server's clock is refused (``clock_skew``), like CockroachDB's max offset; its
     # vector clock may name at most ``max_clock_entries`` nodes, each counter at most
     # ``max_clock_counter`` (2^53 - 1: exact in every JSON client), and claim no write of
@@ -179,7 +179,7 @@ class Settings:
     # Request bodies nesting deeper than this (arrays and objects) are refused: 400 invalid_json.
     max_json_depth: int = field(default_factory=lambda: _int("SYNCLINE_MAX_JSON_DEPTH", 64))
     log_json: bool = field(default_factory=lambda: os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")
-    # -- transport security (docs/_security_tokens.md) --
+    # -- transport security (docs/security.md#tokens-and-transport) --
     # TLS for HTTP and WebSockets (`syncline serve --tls-cert --tls-key`): PEM files.
     tls_cert_file: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_TLS_CERT") or None)
     tls_key_file: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_TLS_KEY") or None)
@@ -189,7 +189,7 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _csv("SYNCLINE_WS_ALLOWED_ORIGINS"))
     # Strict-Transport-Security max-age, sent on HTTPS responses only (0: not sent).
     hsts_max_age_s: int = field(default_factory=lambda: _int("SYNCLINE_HSTS_MAX_AGE_S", 31_536_000))
-    # -- limits (issue 15, docs/_security_limits.md): every bound a setting; 0 disables a cap.
+    # -- limits (issue 15, docs/security.md#limits): every bound a setting; 0 disables a cap.
     # WebSocket transport (server/lean_ws.py): the largest message, counted over its
     # fragments; what a client may send before the app accepts it (before authentication);
     # how long one frame or fragmented message may stay incomplete; how long the app may take

@@ -1,4 +1,4 @@
-"""Transport hardening at the ASGI edge (docs/_security_tokens.md), in :class:`Edge`, the
+"""Transport hardening at the ASGI edge (docs/security.md#tokens-and-transport), in :class:`Edge`, the
 app uvicorn runs (server/serving.py wraps the gateway in it):
 
 - WebSocket ``Origin`` allow-list: a handshake whose ``Origin`` is not on

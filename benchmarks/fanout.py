@@ -140,7 +140,7 @@ class Server:
                    # readers here never send (no heartbeats): not stale in a long flat-out case
                    SYNCLINE_STALE_AFTER_S="3600",
                    # one user holds every reader, and the writer sends flat out: the per-user
-                   # and per-IP caps and the Yjs rate (docs/_security_limits.md) are lifted
+                   # and per-IP caps and the Yjs rate (docs/security.md#limits) are lifted
                    SYNCLINE_WS_MAX_CONNECTIONS_PER_USER="0", SYNCLINE_WS_MAX_CONNECTIONS_PER_IP="0",
                    SYNCLINE_YJS_RATE_MESSAGES_BURST="0", SYNCLINE_YJS_RATE_BYTES_BURST="0")
         env.update(self.env)

@@ -122,7 +122,8 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class AuditProblem:
-    """One thing ``verify`` found wrong. ``kind`` is stable (docs/_security_audit.md lists them)."""
+    """One thing ``verify`` found wrong. ``kind`` is stable (listed in
+    docs/security.md#audit-trail-and-refused-attempts)."""
 
     kind: str
     detail: str

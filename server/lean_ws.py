@@ -66,7 +66,7 @@ CLOSE_POLICY = 1008  # a message left incomplete for longer than ``message_timeo
 @dataclass(frozen=True, slots=True)
 class WsLimits:
     """Bounds on what a peer can make a connection hold or wait for (api/settings.py
-    ``ws_*``; docs/_security_limits.md). ``ws_max_size`` (uvicorn's) stays the largest
+    ``ws_*``; docs/security.md#limits). ``ws_max_size`` (uvicorn's) stays the largest
     message once accepted, counted over all its fragments."""
 
     preauth_max: int = 64 * 1024  # bytes buffered before the app accepts (before authentication)

@@ -156,7 +156,7 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
     s: Settings | None = app.state.get("settings")
     if s is None:
         return GatewayServer(uvicorn.Config(Edge(app), ws_ping_interval=None, **common), app)
-    # The limits (docs/_security_limits.md): the lean implementation applies all of them;
+    # The limits (docs/security.md#limits): the lean implementation applies all of them;
     # uvicorn's own take the message size and the keepalive.
     lean = ws == "lean"
     config = uvicorn.Config(Edge(app), ws_max_size=s.ws_max_message_bytes,

@@ -3,7 +3,7 @@
 Minted tokens carry ``jti`` (a random id) and ``iat`` (when they were issued), so they
 can be revoked one by one (``--jti``) or all of a user's issued before a time
 (``--user U --before T``). A revocation is an event in the log (``$revocations``, kept
-forever) that every running gateway follows (docs/_security_tokens.md).
+forever) that every running gateway follows (docs/security.md#tokens-and-transport).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// A y-websocket 3 client that follows docs/_security_tokens.md: the server closes the socket
+// A y-websocket 3 client that follows docs/security.md#tokens-and-transport: the server closes the socket
 // at the token's exp (4401 token_expired, a terminal close for y-websocket 3), and the app
 // sets a new token in `params` and connects again.
 // usage: node sec_yjs_refresh.mjs '{"url", "doc", "token", "fresh", "timeoutMs"}'

@@ -42,7 +42,7 @@ perm_sets = st.sets(st.sampled_from([READ, WRITE, ADMIN, SYSTEM_READ]))
 
 
 def oracle_read(user, perms, scopes, stream):
-    """The rule as docs/_security_access.md states it, written independently."""
+    """The rule as docs/security.md#access states it, written independently."""
     if stream.startswith("$") and SYSTEM_READ not in perms:
         return False
     if stream.startswith("dm/") and stream != f"dm/{user}" and ADMIN not in perms:

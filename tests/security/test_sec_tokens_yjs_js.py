@@ -1,6 +1,6 @@
 """Issue 15, item 5: a real y-websocket client (JavaScript, from npm) is closed at its
 token's ``exp`` (4401 token_expired) and reconnects with a new token in ``params``, as
-docs/_security_tokens.md tells; its edits before and after both reach the log."""
+docs/security.md#tokens-and-transport tells; its edits before and after both reach the log."""
 from __future__ import annotations
 
 import asyncio
