@@ -71,6 +71,7 @@ class ExpiryWatch:
             delay = TICK_MAX_S if not self.heap else max(0.0, min(TICK_MAX_S, self.heap[0][0] - now))
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(delay):  # (not wait_for: see store/doorbell.py)
+                    await self._wake.wait()
+            except TimeoutError:
                 pass

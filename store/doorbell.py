@@ -32,8 +32,13 @@ class LocalDoorbell:
         f = asyncio.get_running_loop().create_future()
         self._waiters.add(f)
         try:
-            return await asyncio.wait_for(f, timeout)
-        except asyncio.TimeoutError:
+            # (asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result of
+            # a future that completes in the same turn as a cancel of the caller, and the
+            # cancel is lost: a tail cancelled as the bell rang kept running, and the
+            # gateway's shutdown waited for it.)
+            async with asyncio.timeout(timeout):
+                return await f
+        except TimeoutError:
             return False
         finally:
             self._waiters.discard(f)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from syncline.engine.events import NewEvent
 from syncline.store import open_store
 
@@ -60,3 +62,28 @@ async def test_dead_redis_degrades_to_polling(sqlite_url):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_wait_cancelled_in_the_turn_the_bell_rings_ends_cancelled():
+    """On Python 3.11 ``asyncio.wait_for`` returned the result of a future completed in
+    the same turn as a cancel, and the cancel was lost: a tail cancelled just as the bell
+    rang kept looping, and the gateway's shutdown hung on it (15 s per test gateway)."""
+    from syncline.store.doorbell import LocalDoorbell
+
+    bell = LocalDoorbell()
+    waits = 0
+
+    async def tail() -> None:
+        nonlocal waits
+        while True:
+            waits += 1
+            await bell.wait(bell.latest, 60)
+
+    task = asyncio.create_task(tail())
+    while not bell._waiters:  # (it has reached its wait)
+        await asyncio.sleep(0)
+    bell.ring_nowait(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert waits == 1
