@@ -21,8 +21,10 @@ persistence), one event per save, from 1 and 32 threads (it is synchronous), two
 - its read: the notification log in pages (``Application.notification_log.select``),
   each notification decoded with the application's mapper into a domain event.
 
-Ratios divide our c32 figure by the library's best write figure on the same backend
-(the best of both ways and both thread counts). Every case is the median of ``--runs``
+``*_ratio_vs_eventsourcing`` divides our c32 figure by ``Application.save``'s best
+figure on the same backend (the better of 1 and 32 threads): the anchor the project
+decided on. ``*_ratio_vs_eventsourcing_recorder`` divides it by the best of all four
+(``insert_events`` included), the most generous measure of the library. Every case is the median of ``--runs``
 repetitions. Without ``--pg-url`` a throwaway PostgreSQL is started with initdb/pg_ctl
 on a free loopback port and stopped at the end. Prints a table, saves
 benchmarks/out/store_append.png, and prints one JSON object as the last line.
@@ -448,12 +450,14 @@ def summarize(results: dict[tuple[str, str], Result], backends: list[str]) -> di
             r = results.get((b, case))
             return r.eps if r else 0.0
 
-        anchor = max(eps(c) for c in ("es-app-t1", "es-app-t32", "es-rec-t1", "es-rec-t32"))
+        anchor = max(eps(c) for c in ("es-app-t1", "es-app-t32"))  # (Application.save: the decided anchor)
+        generous = max(anchor, eps("es-rec-t1"), eps("es-rec-t32"))
         for case in ("c1", "c32", "c256", "batch"):
             out[f"{b}_{case}_eps"] = round(eps(case))
         out[f"{b}_read_eps"] = round(eps("read"))
         out[f"{b}_ratio_vs_eventsourcing"] = round(eps("c32") / anchor, 2) if anchor else None
         out[f"{b}_eventsourcing_best_eps"] = round(anchor)
+        out[f"{b}_ratio_vs_eventsourcing_recorder"] = round(eps("c32") / generous, 2) if generous else None
         for case in ("es-app-t1", "es-app-t32", "es-rec-t1", "es-rec-t32", "es-read", "es-read-raw"):
             out[f"{b}_{case.replace('-', '_')}_eps"] = round(eps(case))
         r_es = eps("es-read")
@@ -482,7 +486,9 @@ def print_table(results: dict[tuple[str, str], Result], backends: list[str], sum
         best = summary[f"{b}_eventsourcing_best_eps"]
         console.print(
             f"{b}: c32 {summary[f'{b}_c32_eps']:,} ev/s = {summary[f'{b}_ratio_vs_eventsourcing']}× the library's "
-            f"best one-event-per-save figure ({best:,} ev/s); read {summary[f'{b}_read_eps']:,} ev/s = "
+            f"Application.save, best of 1 and 32 threads ({best:,} ev/s; "
+            f"{summary[f'{b}_ratio_vs_eventsourcing_recorder']}× its bare recorder); "
+            f"read {summary[f'{b}_read_eps']:,} ev/s = "
             f"{summary[f'{b}_read_ratio_vs_eventsourcing']}× its decoded notification log"
         )
 
