@@ -39,13 +39,13 @@ CORRELATION_HEADER = "x-correlation-id"
 
 
 def _syncline_error(request: Request, exc: SynclineError) -> Response:
-    if exc.http_status == 403:  # refusals of the access rule (engine/access.py) and of permissions
-        request.app.state.gateway.metrics.access_refused.labels("rest", exc.code).inc()
+    gw = request.app.state.get("gateway")  # (None while the app starts)
+    if exc.http_status == 403 and gw is not None:  # refusals of the access rule (engine/access.py), permissions
+        gw.metrics.access_refused.labels("rest", exc.code).inc()
     if exc.http_status >= 500:
         # A store or driver failure: the client gets the code and a fixed text; the
         # database's words (and the details) go to the log only (docs/security.md#bad-input-and-clocks).
         log.error("http.server_error", path=request.url.path, code=exc.code, error=exc.message[:500])
-        gw = request.app.state.get("gateway")
         if gw is not None:
             gw.metrics.errors_masked.labels(exc.code).inc()
     return Response(exc.public_dict(), status_code=exc.http_status)
