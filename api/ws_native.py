@@ -273,7 +273,7 @@ class NativeConnection:
                     for r in e.msg.get("results") or ():
                         if isinstance(r, dict) and r.get("reason") == "out_of_scope":
                             self.gw.metrics.access_refused.labels(ENDPOINT, "out_of_scope").inc()
-                elif e.msg.get("t") == P.ERROR and str(e.msg.get("message", "")).endswith("rooms per connection"):
+                elif e.msg.get("t") == P.ERROR and e.msg.get("code") == "too_many_rooms":
                     self.gw.metrics.limits_hit.labels("rooms_per_connection").inc()
                 self.send(e.msg, urgent=True if e.urgent else None)
             elif kind in (ReadLog, WaitLog, CountBehind):

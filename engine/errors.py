@@ -48,6 +48,12 @@ class ValidationError(SynclineError):
     http_status = 400
 
 
+class TooManyRooms(ValidationError):
+    """A connection asked to join more rooms than ``rooms_max`` (SYNCLINE_ROOMS_MAX_PER_CONNECTION)."""
+
+    code = "too_many_rooms"
+
+
 class InvalidStreamName(ValidationError):
     code = "invalid_stream"
 

@@ -30,6 +30,7 @@ from .errors import (
     SynclineError,
     TenantViolation,
     TokenSubjectMismatch,
+    TooManyRooms,
     ValidationError,
     WebSocketForbidden,
 )
@@ -633,7 +634,7 @@ class ServerSession:
         room = check_room(msg["room"])
         access.check_read(self.who, f"room/{room}")  # token scopes
         if room not in self.rooms and len(self.rooms) >= self.config.rooms_max:
-            raise ValidationError(f"at most {self.config.rooms_max} rooms per connection")
+            raise TooManyRooms(f"at most {self.config.rooms_max} rooms per connection", max=self.config.rooms_max)
         self.rooms.add(room)
         return [JoinRoom(room)]
 

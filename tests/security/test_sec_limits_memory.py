@@ -161,8 +161,8 @@ async def test_presence_state_size_and_rooms_per_connection(serve):
             m = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
             joined += m["t"] == P.JOINED
             if m["t"] == P.ERROR:
-                errors.append(m["message"])
-        assert joined == 128 and errors == ["at most 128 rooms per connection"] * 2
+                errors.append((m["code"], m["message"]))
+        assert joined == 128 and errors == [("too_many_rooms", "at most 128 rooms per connection")] * 2
     assert srv.metric("syncline_limits_hit_total", limit="rooms_per_connection") == 2
 
 
