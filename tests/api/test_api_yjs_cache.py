@@ -7,6 +7,7 @@ import asyncio
 
 import pycrdt
 from test_api_yjs import texts, wait_until, yclient
+from waiting import until
 
 from syncline.store import history
 
@@ -24,10 +25,11 @@ async def test_idle_document_stays_loaded_then_unloads_after_a_snapshot(gateway)
     assert loaded(srv, "idle")  # the last connection left, the document did not
     await wait_until(lambda: not loaded(srv, "idle"), timeout=20)
     # the snapshot is saved by a task started as the document is unloaded
-    async with asyncio.timeout(10):
-        while (snap := await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                srv.gw.store.load_snapshot("acme", "doc/idle", history.DOC_SNAPSHOT_KIND), srv.loop))) is None:
-            await asyncio.sleep(0.05)
+    async def saved():
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+            srv.gw.store.load_snapshot("acme", "doc/idle", history.DOC_SNAPSHOT_KIND), srv.loop))
+
+    snap = await until(saved, 10, "the snapshot to be saved", interval=0.05)
     doc = pycrdt.Doc()
     doc.apply_update(snap[1] if isinstance(snap, tuple) else snap.state)
     assert texts(doc) == "kept"

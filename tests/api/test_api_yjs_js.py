@@ -46,7 +46,6 @@ async def test_js_and_python_clients_converge(srv, js_dir):
     async with yclient(srv, "interop", py, user="alice"):
         py.get("text", type=pycrdt.Text).insert(0, "py")
         py.get("items", type=pycrdt.Array).append(0)
-        await asyncio.sleep(0.1)
         js = asyncio.create_task(run_js(
             js_dir, url=url, doc="interop", token=srv.token(user="bob"), waitText="py",
             edits={"appendText": "+js", "map": {"from": "js"}, "push": [1, 2]}, untilSuffix="+py2"))
@@ -65,7 +64,6 @@ async def test_js_read_only_client_cannot_write(srv, js_dir):
     py = pycrdt.Doc()
     async with yclient(srv, "ro-js", py, user="alice"):
         py.get("text", type=pycrdt.Text).insert(0, "base")
-        await asyncio.sleep(0.1)
         state = await run_js(js_dir, url=f"{srv.ws_url}/v1/yjs", doc="ro-js",
                              token=srv.token(user="v", roles=["viewer"]),
                              waitText="base", edits={"appendText": "EVIL"}, waitDenied=True)

@@ -35,20 +35,6 @@ def report(peak: PeakRss, base: int) -> None:
     print(f"\n{name}: RSS before {base / MB:.1f} MiB, peak {peak.peak / MB:.1f} MiB (+{(peak.peak - base) / MB:.1f})")
 
 
-@pytest.fixture
-def serve(tmp_path):
-    started: list[Serve] = []
-
-    def start(**env) -> Serve:
-        s = Serve(tmp_path / f"s{len(started)}", **env).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
 async def warm(srv: Serve) -> None:
     """One Yjs and one native connection first, so the baseline includes what any first
     connection loads (codecs, pycrdt, the document machinery)."""

@@ -11,23 +11,9 @@ import asyncio
 import httpx
 import pytest
 import websockets
-from sec_limits_support import RawWs, Serve, token
+from sec_limits_support import RawWs, token
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def serve(tmp_path):
-    started: list[Serve] = []
-
-    def start(**env) -> Serve:
-        s = Serve(tmp_path / f"s{len(started)}", **env).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def auth(user: str = "alice", **kw) -> dict[str, str]:

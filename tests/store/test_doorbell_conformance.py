@@ -45,7 +45,7 @@ async def test_an_append_wakes_a_waiter_past_its_position(stores):
     _, writer, reader = stores
     head = await reader.head_position()
     waiter = asyncio.create_task(reader.doorbell.wait(head, 10))
-    await asyncio.sleep(0.1)
+    await until(lambda: reader.doorbell._waiters, 10, "the wait to be parked")
     assert not waiter.done()
     await writer.append("acme", "bell/1", [NewEvent("bell.rang", {})])
     assert await asyncio.wait_for(waiter, 5) is True

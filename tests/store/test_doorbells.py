@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import pytest
+from waiting import until
 
 from syncline.engine.events import NewEvent
 from syncline.store import open_store
@@ -21,7 +22,9 @@ async def _wake_latency(writer, reader_store) -> float:
                 return
 
     task = asyncio.create_task(tail())
-    await asyncio.sleep(0.2)  # let the tail reach its wait (it polls only every 30 s here)
+    # (every doorbell is a LocalDoorbell: a parked wait is one of its waiters; the tail
+    # polls only every 30 s here)
+    await until(lambda: reader_store.doorbell._waiters, 10, "the tail to wait on the doorbell")
     t0 = time.monotonic()
     await writer.append("acme", "bell/1", [NewEvent("bell.rang", {})])
     await asyncio.wait_for(got.wait(), 10)
