@@ -19,6 +19,7 @@ from . import (
     routes_admin,
     routes_bus,
     routes_commands,
+    routes_config,
     routes_docs,
     routes_events,
     routes_health,
@@ -27,6 +28,7 @@ from . import (
     ws_yjs,
 )
 from .body import BodyCheckedRequest, declare_binary_chunks, declare_errors
+from .config_file import resolution_from_settings
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Clock, Gateway
@@ -127,12 +129,15 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
                clock: Clock | None = None) -> Litestar:
     """The gateway app. ``store``: an open event store (the caller closes it); by default
     one is opened from ``settings.database_url`` at startup and closed at shutdown.
-    ``resolution``: the records' :class:`~engine.records.ResolutionConfig` (default: every
-    collection, every field last-writer-wins). ``clock``: where the gateway reads the time
+    ``resolution``: the records' :class:`~engine.records.ResolutionConfig`; when it is not
+    given, the ``[resolution]`` rules of the configuration file (``settings.resolution_rules``,
+    api/config_file.py), else every collection, every field last-writer-wins. The rules in
+    force are published at ``GET /v1/config/resolution``. ``clock``: where the gateway reads the time
     (default: the system's; tests pass one they move by hand instead of sleeping)."""
     settings = settings or Settings()
     check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
     configure_logging(settings.log_json)
+    resolution = resolution or resolution_from_settings(settings) or default_resolution()
     holder: dict[str, Gateway] = {}
 
     async def on_startup(app: Litestar) -> None:
@@ -141,7 +146,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
             settings.database_url, poll_interval_s=settings.poll_interval_s, **audit_options(settings)
         )
         records = RecordsService(
-            s, resolution or default_resolution(), clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
+            s, resolution, clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
             max_clock_skew_ms=settings.max_clock_skew_ms, max_clock_counter=settings.max_clock_counter,
             max_clock_entries=settings.max_clock_entries, causal_clocks=True)
         gw = Gateway(settings, s, owns_store=owns, records=records, clock=clock)
@@ -156,7 +161,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         if gw is not None:
             await gw.close()
 
-    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin)
+    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin,
+                  routes_config)
     for handler in _http_handlers(*v1_modules, routes_health):  # (every route: a new module cannot be missed)
         declare_errors(handler)
     v1 = Router(path="/v1", guards=[require_auth], route_handlers=[h for m in v1_modules for h in m.V1])

@@ -15,7 +15,18 @@ from typing import Any, Mapping
 
 import jwt
 
-from syncline.engine.access import SYSTEM_READ, Scopes, parse_scopes
+from syncline.engine.access import (  # noqa: F401  (READ ... KNOWN_PERMS: re-exported, the routes import them here)
+    ADMIN,
+    CROSS_TENANT,
+    DEFAULT_ROLE_TABLE,
+    KNOWN_PERMS,
+    READ,
+    SYSTEM_READ,
+    WRITE,
+    RoleTable,
+    Scopes,
+    parse_scopes,
+)
 from syncline.engine.errors import InvalidTenant, ValidationError
 from syncline.engine.events import check_tenant
 
@@ -23,22 +34,9 @@ from .errors import Forbidden, TokenBadSignature, TokenExpired, TokenMalformed, 
 from .revocations import Revocations
 from .settings import Settings, check_jwt_secret
 
-READ, WRITE, ADMIN, CROSS_TENANT = "read", "write", "admin", "cross_tenant_read"
-KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ})
-
-ROLE_PERMS: Mapping[str, frozenset[str]] = {
-    "viewer": frozenset({READ}),
-    "reader": frozenset({READ}),
-    "read-only": frozenset({READ}),
-    "member": frozenset({READ, WRITE}),
-    "writer": frozenset({READ, WRITE}),
-    "editor": frozenset({READ, WRITE}),
-    "service": frozenset({READ, WRITE}),
-    # Reads everything, system streams ($audit, $security, $conflicts, $dlq/...) included; writes nothing.
-    "auditor": frozenset({READ, SYSTEM_READ}),
-    "admin": frozenset({READ, WRITE, ADMIN, SYSTEM_READ}),
-    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ}),
-}
+# Permissions and the default roles live in engine/access.py; syncline.toml's [roles] table
+# changes them (Settings.roles, docs/configuration.md#roles).
+ROLE_PERMS: RoleTable = DEFAULT_ROLE_TABLE
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
@@ -67,6 +65,7 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self.algorithm = settings.jwt_algorithm
         self.leeway = settings.jwt_leeway_s
+        self.roles: RoleTable = getattr(settings, "roles", None) or DEFAULT_ROLE_TABLE
         # Revoked token ids and per-user "issued before" cut-offs, fed from the log's
         # ``$revocations`` streams by the gateway (api/revocations.py).
         self.revocations = Revocations()
@@ -103,13 +102,15 @@ class TokenVerifier:
             raise TokenBadSignature(f"tokens must be signed with {self.algorithm}") from e
         except jwt.PyJWTError as e:
             raise TokenMalformed(f"malformed token: {e}") from e
-        principal = principal_from_claims(claims)
+        principal = principal_from_claims(claims, self.roles)
         if self.revocations.revoked(principal):
             raise TokenRevoked("the token was revoked")
         return principal
 
 
-def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+def principal_from_claims(claims: Mapping[str, Any], roles: RoleTable = DEFAULT_ROLE_TABLE) -> Principal:
+    """The principal a verified token's claims describe; ``roles``: what each role grants."""
+    table = roles
     user, tenant = claims.get("sub"), claims.get("tenant")
     roles, perms = claims.get("roles", []), claims.get("perms", [])
     if not isinstance(user, str) or not user or len(user) > 200:
@@ -126,7 +127,7 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         scopes = parse_scopes(claims.get("scopes"))
     except ValidationError as e:
         raise TokenMalformed(f"claim 'scopes': {e.message}") from e
-    role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms))
+    role_set, granted = _role_and_perm_sets(tuple(roles), tuple(perms), table)
     jti, iat = claims.get("jti"), claims.get("iat")
     if jti is not None and (not isinstance(jti, str) or len(jti) > 200):
         raise TokenMalformed("claim 'jti' must be a string of at most 200 characters")
@@ -142,22 +143,25 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
 _INTERN_MAX_ROLES = 32
 
 
-def _role_and_perm_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+def _role_and_perm_sets(roles: tuple[str, ...], perms: tuple[str, ...], table: RoleTable
+                        ) -> tuple[frozenset[str], frozenset[str]]:
     if len(roles) + len(perms) > _INTERN_MAX_ROLES:
-        return _build_sets(roles, perms)
+        return _build_sets(roles, perms, table)
     # Normalized key: order and repeats in the claims do not change the sets.
-    return _interned_sets(tuple(sorted(set(roles))), tuple(sorted({p for p in perms if p in KNOWN_PERMS})))
+    return _interned_sets(tuple(sorted(set(roles))), tuple(sorted({p for p in perms if p in KNOWN_PERMS})), table)
 
 
 @lru_cache(maxsize=256)
-def _interned_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
-    return _build_sets(roles, perms)
+def _interned_sets(roles: tuple[str, ...], perms: tuple[str, ...], table: RoleTable
+                   ) -> tuple[frozenset[str], frozenset[str]]:
+    return _build_sets(roles, perms, table)
 
 
-def _build_sets(roles: tuple[str, ...], perms: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+def _build_sets(roles: tuple[str, ...], perms: tuple[str, ...], table: RoleTable
+                ) -> tuple[frozenset[str], frozenset[str]]:
     granted: set[str] = set()
     for r in roles:
-        granted |= ROLE_PERMS.get(r, frozenset())
+        granted |= table.get(r, frozenset())
     granted |= {p for p in perms if p in KNOWN_PERMS}
     # Permissions are a subset of KNOWN_PERMS: a handful of distinct sets, shared by every role list.
     perm_set = frozenset(granted)

@@ -1,4 +1,8 @@
-"""Settings from the environment (``SYNCLINE_*``), with defaults for the embedded setup."""
+"""Settings from the environment (``SYNCLINE_*``), with defaults for the embedded setup.
+
+A configuration file (``syncline.toml``, api/config_file.py) sets the same fields, the
+environment overriding it: build them with ``config_file.load_settings`` to honour both.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -6,6 +10,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from syncline.engine.access import DEFAULT_ROLE_TABLE, RoleTable
 
 DEFAULT_DB = "sqlite+aiosqlite:///var/syncline.db"
 # WebSocket implementations `syncline serve --ws` accepts: ours (server/lean_ws.py) and uvicorn's.
@@ -224,3 +231,9 @@ class Settings:
     # REST requests per (tenant, user) — per client IP without a valid token — in a window.
     rest_rate_requests: int = field(default_factory=lambda: _int("SYNCLINE_REST_RATE_REQUESTS", 1200))
     rest_rate_window_s: float = field(default_factory=lambda: _float("SYNCLINE_REST_RATE_WINDOW_S", 60.0))
+    # -- what only the configuration file sets (api/config_file.py, docs/configuration.md) --
+    # Role -> permissions (``[roles]``): the default table unless the file changes it.
+    roles: RoleTable = field(default_factory=lambda: DEFAULT_ROLE_TABLE)
+    # The ``[resolution]`` rules (engine/records/rules.py); None: every field LWW, any collection.
+    resolution_rules: dict[str, Any] | None = None
+    config_file: str | None = None  # the file these settings were read from

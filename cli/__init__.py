@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import admin, audit, bus, history, simulate, token
+from .commands import admin, audit, bus, config, history, simulate, token
 
 
 @click.group()
@@ -12,7 +12,7 @@ def main() -> None:
     """Syncline: an event-sourced CRDT sync engine."""
 
 
-for module in (admin, audit, bus, history, simulate, token):
+for module in (admin, audit, bus, config, history, simulate, token):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -32,12 +32,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 from .errors import Forbidden, ValidationError
 from .events import DM_PREFIX, SYSTEM_PREFIX, is_system_stream, private_to_others
 
 READ, WRITE, ADMIN, SYSTEM_READ = "read", "write", "admin", "system_read"
+CROSS_TENANT = "cross_tenant_read"  # with X-Justification, read another tenant (audited; api/deps.py)
+# Every permission a role or a token's ``perms`` claim can grant; anything else is ignored in
+# tokens and refused in a configuration file.
+KNOWN_PERMS = frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ})
 SCOPE_ACCESS = (READ, WRITE)
 SCOPES_MAX = 64
 PATTERN_MAX = 255
@@ -261,3 +265,78 @@ def check_write(who: Caller, stream: str) -> None:
     refusal = write_refusal(who, stream)
     if refusal is not None:
         raise refusal
+
+
+# -------------------------------------------------------------------- roles
+#
+# A token's ``roles`` claim grants the union of its roles' permissions. The table below is
+# the default; ``[roles]`` in syncline.toml changes a role's permissions or adds roles
+# (docs/configuration.md#roles). A role a token names that the table lacks grants nothing.
+
+DEFAULT_ROLES: dict[str, frozenset[str]] = {
+    "viewer": frozenset({READ}),
+    "reader": frozenset({READ}),
+    "read-only": frozenset({READ}),
+    "member": frozenset({READ, WRITE}),
+    "writer": frozenset({READ, WRITE}),
+    "editor": frozenset({READ, WRITE}),
+    "service": frozenset({READ, WRITE}),
+    # Reads everything, system streams ($audit, $security, $conflicts, $dlq/...) included; writes nothing.
+    "auditor": frozenset({READ, SYSTEM_READ}),
+    "admin": frozenset({READ, WRITE, ADMIN, SYSTEM_READ}),
+    "super-admin": frozenset({READ, WRITE, ADMIN, CROSS_TENANT, SYSTEM_READ}),
+}
+ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+
+
+class RoleTable(Mapping[str, frozenset[str]]):
+    """Role name -> permissions, immutable and hashable (the token path caches per table)."""
+
+    __slots__ = ("_roles", "_hash")
+
+    def __init__(self, roles: Mapping[str, Iterable[str]]) -> None:
+        self._roles = {name: frozenset(perms) for name, perms in sorted(roles.items())}
+        self._hash = hash(tuple((n, tuple(sorted(p))) for n, p in self._roles.items()))
+
+    def __getitem__(self, name: str) -> frozenset[str]:
+        return self._roles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles)
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoleTable) and self._roles == other._roles
+
+    def __repr__(self) -> str:
+        return f"RoleTable({ {n: sorted(p) for n, p in self._roles.items()} })"
+
+
+def role_table(overrides: Mapping[str, Any] | None = None, *, replace: bool = False) -> RoleTable:
+    """The default roles with ``overrides`` (role -> list of permissions) applied: a named
+    role gets exactly the listed permissions, new names are added; with ``replace`` only the
+    given roles exist. Raises :class:`ValidationError` (``key`` = ``roles.<name>``) for an
+    invalid role name or an unknown permission."""
+    table: dict[str, Any] = {} if replace else dict(DEFAULT_ROLES)
+    for name, perms in (overrides or {}).items():
+        key = f"roles.{name}"
+        if not isinstance(name, str) or not ROLE_RE.match(name):
+            raise ValidationError(f"{key}: invalid role name {name!r}", key=key, reason="invalid_role")
+        if not isinstance(perms, (list, tuple)) or not all(isinstance(p, str) for p in perms):
+            raise ValidationError(f"{key}: a role's permissions are a list of strings", key=key,
+                                  reason="invalid_role")
+        unknown = sorted(set(perms) - KNOWN_PERMS)
+        if unknown:
+            raise ValidationError(
+                f"{key}: unknown permission {unknown[0]!r} (known: {', '.join(sorted(KNOWN_PERMS))})",
+                key=key, reason="unknown_permission", permission=unknown[0])
+        table[name] = frozenset(perms)
+    return RoleTable(table)
+
+
+DEFAULT_ROLE_TABLE = RoleTable(DEFAULT_ROLES)

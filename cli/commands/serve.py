@@ -7,10 +7,13 @@ from pathlib import Path
 
 import click
 
-from syncline.api.settings import WS_IMPLEMENTATIONS, Settings
+from syncline.api.settings import WS_IMPLEMENTATIONS
 
 
 @click.command()
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Configuration file, syncline.toml (default SYNCLINE_CONFIG); environment variables and "
+                   "these options override it (docs/configuration.md).")
 @click.option("--host", default=None, help="Bind address (default SYNCLINE_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default SYNCLINE_PORT or 8000).")
 @click.option("--db", "database_url", default=None, help="Store URL (default sqlite+aiosqlite:///var/syncline.db).")
@@ -22,14 +25,18 @@ from syncline.api.settings import WS_IMPLEMENTATIONS, Settings
               help="PEM certificate (chain) file: serve HTTPS and WSS (default SYNCLINE_TLS_CERT).")
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="PEM private key file for --tls-cert (default SYNCLINE_TLS_KEY).")
-def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
+def serve(config_file: str | None, host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
           ws: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """Run the gateway (REST, WebSocket, Yjs) in one process."""
     from syncline.api.app import create_app
+    from syncline.api.config_file import ConfigError, load_settings
     from syncline.api.errors import InsecureSecret
     from syncline.server import make_server
 
-    settings = Settings()
+    try:
+        settings = load_settings(config_file)
+    except ConfigError as e:
+        raise click.ClickException("invalid configuration:\n" + "\n".join(str(p) for p in e.problems)) from None
     if host:
         settings.host = host
     if port is not None:

@@ -38,6 +38,46 @@ def mint(
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
+def _settings(config_file: str | None) -> Settings:
+    """The settings of ``--config`` / SYNCLINE_CONFIG (the roles and the secret may come from it)."""
+    from syncline.api.config_file import ConfigError, load_settings
+
+    try:
+        return load_settings(config_file)
+    except ConfigError as e:
+        raise click.ClickException("invalid configuration:\n" + "\n".join(str(p) for p in e.problems)) from None
+
+
+def _roles_source(config_file: str | None) -> str:
+    from syncline.api.config_file import config_path
+
+    path = config_path(config_file)
+    return f" (from {path})" if path else " (the defaults; a configuration file's [roles] may add others)"
+
+
+def valid_roles(config_file: str | None = None) -> list[str]:
+    """The roles a token may carry: the configuration's [roles] table, or the defaults."""
+    from syncline.api.config_file import ConfigError, config_path, load_file
+    from syncline.engine.access import DEFAULT_ROLE_TABLE, role_table
+
+    path = config_path(config_file)
+    if path is None:
+        return list(DEFAULT_ROLE_TABLE)
+    try:
+        return list(role_table(load_file(path).roles))
+    except (ConfigError, OSError):
+        return list(DEFAULT_ROLE_TABLE)
+
+
+class RoleOption(click.Option):
+    """``--role``, whose help lists the valid roles (read when the help is shown, so it
+    follows SYNCLINE_CONFIG's [roles] table)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = f"A role (repeatable). Valid roles: {', '.join(valid_roles())}{_roles_source(None)}."
+        return super().get_help_record(ctx)
+
+
 def _time(value: str) -> float:
     """Seconds since the epoch, or an ISO 8601 time (UTC when it names no zone)."""
     try:
@@ -58,7 +98,9 @@ def _time(value: str) -> float:
 @click.group(invoke_without_command=True)
 @click.option("--tenant", default=None, help="Tenant id the token is scoped to.")
 @click.option("--user", default=None, help="User id (the `sub` claim).")
-@click.option("--role", "roles", multiple=True, default=("member",), show_default=True)
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="Configuration file whose [roles] table applies (default SYNCLINE_CONFIG).")
+@click.option("--role", "roles", multiple=True, default=("member",), show_default=True, cls=RoleOption)
 @click.option("--perm", "perms", multiple=True, help="Explicit permissions (the optional `perms` claim).")
 @click.option("--scope", "scopes", multiple=True,
               help="Narrow the token to streams by pattern: read:<pattern> or write:<pattern> (write implies "
@@ -66,8 +108,8 @@ def _time(value: str) -> float:
                    "Repeatable; without it the token covers its whole tenant.")
 @click.option("--ttl", "ttl_s", default=86400, show_default=True, help="Lifetime in seconds.")
 @click.pass_context
-def token(ctx: click.Context, tenant: str | None, user: str | None, roles: tuple[str, ...], perms: tuple[str, ...],
-          scopes: tuple[str, ...], ttl_s: int) -> None:
+def token(ctx: click.Context, config_file: str | None, tenant: str | None, user: str | None,
+          roles: tuple[str, ...], perms: tuple[str, ...], scopes: tuple[str, ...], ttl_s: int) -> None:
     """Print a signed development token (HS256 with SYNCLINE_JWT_SECRET), with `jti` and `iat`.
 
     `syncline token revoke` revokes tokens (see its --help)."""
@@ -75,8 +117,13 @@ def token(ctx: click.Context, tenant: str | None, user: str | None, roles: tuple
         return
     if not tenant or not user:
         raise click.UsageError("minting a token needs --tenant and --user")
+    settings = _settings(config_file)
+    unknown = [r for r in roles if r not in settings.roles]
+    if unknown:
+        raise click.BadParameter(f"unknown role {unknown[0]!r}; valid roles: {', '.join(settings.roles)}"
+                                 f"{_roles_source(config_file)}", param_hint="--role")
     try:
-        click.echo(mint(Settings(), tenant, user, list(roles), ttl_s, list(perms) or None, list(scopes) or None))
+        click.echo(mint(settings, tenant, user, list(roles), ttl_s, list(perms) or None, list(scopes) or None))
     except ValidationError as e:
         raise click.BadParameter(e.message, param_hint="--scope") from e
     except SynclineError as e:

@@ -22,6 +22,7 @@ from .payloads import (
     as_stream_writes,
 )
 from .reconciler import Reconciliation, reconcile
+from .rules import config_from_rules, custom_merge, custom_refs, register_custom_merges, rules_of, same_rules
 from .snapshots import (
     InvalidRecordState,
     decode_record_state,
@@ -95,4 +96,10 @@ __all__ = [
     "merged",
     "op_from_wire",
     "reconcile",
+    "config_from_rules",
+    "custom_merge",
+    "custom_refs",
+    "register_custom_merges",
+    "rules_of",
+    "same_rules",
 ]
