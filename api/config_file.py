@@ -206,7 +206,8 @@ def key_lines(text: str) -> dict[str, int]:
     for n, line in enumerate(text.splitlines(), 1):
         if m := HEADER_RE.match(line):
             table = _parts(m.group(1))
-            lines.setdefault(".".join(table), n)
+            for i in range(1, len(table) + 1):  # [a.b.c] also opens a and a.b
+                lines.setdefault(".".join(table[:i]), n)
         elif m := ASSIGN_RE.match(line):
             path = table + _parts(m.group(1))
             for i in range(len(table) + 1, len(path) + 1):  # a.b = 1 also defines a
@@ -422,10 +423,11 @@ def config_path(given: str | None = None, env: Mapping[str, str] | None = None) 
     return given or env.get(CONFIG_ENV) or None
 
 
-def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(path: str | None = None) -> Settings:
     """Settings from the defaults, the file (``path`` or ``SYNCLINE_CONFIG``) and the
-    environment, the environment winning. Raises :class:`ConfigError` for a bad file."""
-    env = os.environ if env is None else env
+    environment (``os.environ``), the environment winning. Raises :class:`ConfigError`
+    for a bad file."""
+    env = os.environ
     path = config_path(path, env)
     if path is None:
         return Settings()
@@ -472,13 +474,13 @@ def mask(key: Key, value: Any) -> Any:
     return value
 
 
-def effective(path: str | None = None, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def effective(path: str | None = None) -> list[dict[str, Any]]:
     """Each setting's effective value (masked) and where it came from: ``env SYNCLINE_X``,
     ``file PATH:LINE`` or ``default``; then the roles and the resolution rules."""
-    env = os.environ if env is None else env
+    env = os.environ
     path = config_path(path, env)
     cfg = load_file(path) if path else None
-    settings = load_settings(path, env) if path else Settings()
+    settings = load_settings(path)
     rows: list[dict[str, Any]] = []
     for key in KEYS:
         value = getattr(settings, key.field)

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from syncline.engine import protocol as P
+from syncline.engine.errors import SynclineError
 from syncline.engine.records import Conflict, ResolutionConfig
 
 from . import core as C
+from . import rules as R
 from .core import SessionCore, State
 from .docs import DocReplica
 from .errors import ConnectionClosed, TransportError
@@ -72,10 +74,23 @@ class SynclineClient:
         rng: random.Random | None = None,
         token_provider: TokenProvider | None = None,
         refresh_before_s: float = 60.0,
+        load_rules: bool | None = None,
         **core_options: Any,
     ) -> None:
         if queue is None:
             queue = SqliteOpQueue(queue_path, queue_limit) if queue_path else MemoryOpQueue(queue_limit)
+        # The server's resolution rules (GET /v1/config/resolution, clientkit/rules.py) are loaded
+        # before the first sync whenever there is a server URL; ``config`` is then only checked
+        # against them (a difference is ResolutionMismatch). Until they load, the rules an earlier
+        # run loaded (kept in the queue) apply, so an offline restart predicts as before.
+        self.load_rules_from_server = bool(base_url) if load_rules is None else load_rules
+        self.local_config = config
+        self.rules: dict[str, Any] | None = None
+        if config is None and self.load_rules_from_server and (saved := R.stored_rules(queue)) is not None:
+            try:
+                config = R.config_from_published(saved)
+            except SynclineError as e:
+                log.warning("the stored resolution rules cannot be used (%s); waiting for the server's", e.message)
         self.base_url = base_url
         self.token = token
         self.queue = queue
@@ -93,7 +108,7 @@ class SynclineClient:
         self.docs: dict[str, DocReplica] = {}
         self.stats = {"connects": 0, "ws_connects": 0, "poll_connects": 0, "events": 0, "acked": 0,
                       "conflicts": 0, "snapshots": 0, "corrupt_snapshots": 0, "duplicates": 0,
-                      "token_refreshes": 0, "token_refresh_failures": 0}
+                      "token_refreshes": 0, "token_refresh_failures": 0, "rules_loads": 0, "rules_failures": 0}
         self._send_q: asyncio.Queue | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
@@ -110,8 +125,48 @@ class SynclineClient:
         self._auth_seq = 0
         self._wall = time.time
 
+    # -------------------------------------------------------------- resolution rules
+    async def load_rules(self) -> ResolutionConfig:
+        """Fetch the server's resolution rules and use them in the replica. Raises
+        TransportError (unreachable: retried before the next connection),
+        ResolutionMismatch (``config=`` disagrees) or MergeNotImportable."""
+        rules = await R.fetch_rules(self.base_url, self.token)
+        config = R.config_from_published(rules)
+        if self.local_config is not None:
+            R.check_agrees(self.local_config, rules)
+            config = self.local_config
+        replica = self.core.replica
+        replica.config, replica.registry = config, config.registry
+        self.rules = rules
+        self.stats["rules_loads"] += 1
+        R.store_rules(self.queue, rules)
+        return config
+
+    async def _ensure_rules(self) -> bool:
+        """Before a connection: whether the rules are loaded (or not wanted). A failure is
+        logged, counted (stats ``rules_failures``) and reported to ``on_error``."""
+        if not self.load_rules_from_server or self.rules is not None:
+            return True
+        try:
+            await self.load_rules()
+            return True
+        except SynclineError as e:
+            self.stats["rules_failures"] += 1
+            log.warning("resolution rules not loaded: %s", e.message)
+            if not isinstance(e, TransportError):
+                self._emit("on_error", e)
+            return False
+
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Start syncing. With a server URL, the resolution rules are loaded first: a
+        ResolutionMismatch or MergeNotImportable is raised here; an unreachable server
+        is not an error (the client works offline and loads them before connecting)."""
+        if self.load_rules_from_server:
+            try:
+                await self.load_rules()
+            except TransportError as e:
+                log.info("resolution rules not loaded yet (%s): retried before connecting", e.message)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -309,6 +364,9 @@ class SynclineClient:
         """One connection: open, run reader/writer/ticker until it ends, tell the core."""
         if self.token_provider is not None and self._refresh_due() <= self._wall():
             await self._refresh_token()  # (reconnecting with an expired token would be refused)
+        if not await self._ensure_rules():  # (syncing with other rules than the server's would diverge)
+            self._apply(self.core.disconnected(self._clock(), "resolution rules not loaded"))
+            return
         try:
             open_ = self.connector.open
             conn = await open_(self.core.client_id)
