@@ -29,7 +29,7 @@ from syncline.engine.access import KNOWN_PERMS, role_table
 from syncline.engine.errors import SynclineError
 from syncline.engine.records import MergeRegistry, config_from_rules, custom_refs, register_custom_merges
 
-from .settings import WS_IMPLEMENTATIONS, Settings
+from .settings import DEV_SECRET_FILE, WS_IMPLEMENTATIONS, Settings
 
 CONFIG_ENV = "SYNCLINE_CONFIG"
 
@@ -423,16 +423,19 @@ def config_path(given: str | None = None, env: Mapping[str, str] | None = None) 
     return given or env.get(CONFIG_ENV) or None
 
 
-def load_settings(path: str | None = None) -> Settings:
+def load_settings(path: str | None = None, *, dev_secret: bool = True) -> Settings:
     """Settings from the defaults, the file (``path`` or ``SYNCLINE_CONFIG``) and the
     environment (``os.environ``), the environment winning. Raises :class:`ConfigError`
-    for a bad file."""
+    for a bad file. ``dev_secret=False``: no JWT secret anywhere leaves it empty instead
+    of creating the development secret (``config show`` only reads)."""
     env = os.environ
     path = config_path(path, env)
-    if path is None:
-        return Settings()
-    cfg = load_file(path)
+    cfg = load_file(path) if path is not None else FileConfig("")
     from_file = {k.field: cfg.values[k.field] for k in KEYS if k.field in cfg.values and k.env_var not in env}
+    if not dev_secret and "SYNCLINE_JWT_SECRET" not in env:
+        from_file.setdefault("jwt_secret", "")
+    if path is None:
+        return Settings(**from_file)
     settings = Settings(**from_file)  # (fields not given read the environment, then their defaults)
     if cfg.roles is not None:
         settings.roles = role_table(cfg.roles)
@@ -480,10 +483,14 @@ def effective(path: str | None = None) -> list[dict[str, Any]]:
     env = os.environ
     path = config_path(path, env)
     cfg = load_file(path) if path else None
-    settings = load_settings(path)
+    settings = load_settings(path, dev_secret=False)
     rows: list[dict[str, Any]] = []
     for key in KEYS:
         value = getattr(settings, key.field)
+        if key.field == "jwt_secret" and value == "" and key.env_var not in env:
+            value = f"(none: the development secret, {DEV_SECRET_FILE})"
+            rows.append({"key": key.dotted, "value": value, "source": "default", "env": key.env_var})
+            continue
         if key.kind == "log_format":
             value = "json" if value else "text"
         elif key.kind == "list":

@@ -241,3 +241,12 @@ def test_effective_without_a_file_is_defaults_and_env(monkeypatch):
     assert rows["limits.max_payload"] == {"key": "limits.max_payload", "value": 77,
                                           "source": "env SYNCLINE_MAX_PAYLOAD", "env": "SYNCLINE_MAX_PAYLOAD"}
     assert rows["limits.rest_rate_requests"]["source"] == "default"
+
+
+def test_show_creates_no_development_secret(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SYNCLINE_JWT_SECRET", raising=False)
+    monkeypatch.delenv("SYNCLINE_CONFIG", raising=False)
+    rows = {r["key"]: r for r in effective(None)}
+    assert rows["auth.jwt_secret"]["value"].startswith("(none: the development secret")
+    assert not (tmp_path / "var").exists()

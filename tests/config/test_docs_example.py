@@ -81,3 +81,23 @@ async def test_a_client_config_that_disagrees_is_refused(configured_server):
         await client.start()
     assert e.value.code == "resolution_mismatch"
     client.queue.close()
+
+
+async def test_the_rules_are_kept_for_an_offline_restart(configured_server, tmp_path):
+    server = configured_server(DOCS_CONFIG)
+    queue = tmp_path / "dave.queue.db"
+    dave = SynclineClient(server.url, token("dave"), user="dave", queue_path=queue)
+    await dave.start()
+    assert dave.stats["rules_loads"] == 1
+    await dave.close()
+    server.stop()
+    # The server is gone: the restarted client predicts with the rules it loaded last time.
+    again = SynclineClient(server.url, token("dave"), user="dave", queue_path=queue)
+    rule = again.core.replica.config.field_rule("tasks", "due")
+    assert rule is not None and rule[1].name == "syncline_example_merges:earliest"
+    await again.start()  # (unreachable: not an error, it works offline)
+    again.set(STREAM, {"due": "2026-01-20"})
+    again.set(STREAM, {"due": "2026-03-01"})
+    assert again.get(STREAM)["due"] == "2026-01-20"  # merged locally: the earliest, not the last written
+    assert again.rules is None and again.stats["rules_failures"] == 0
+    await again.close()

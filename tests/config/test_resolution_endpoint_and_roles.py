@@ -8,7 +8,7 @@ import httpx
 import pytest
 from config_support import token
 
-from syncline.engine.records import config_from_rules
+from syncline.engine.records import InvalidResolutionConfig, config_from_rules
 
 CONFIG = """
 [roles]
@@ -73,7 +73,7 @@ def test_the_published_rules_rebuild_the_server_config(server):
     assert cfg.field_rule("tasks", "due")[1].name == "syncline_example_merges:earliest"
     assert cfg.field_rule("tasks", "other") is None  # strict collection
     assert cfg.field_rule("notes", "likes")[1].name == "counter"
-    with pytest.raises(Exception, match="no merge function"):
+    with pytest.raises(InvalidResolutionConfig, match="no merge function"):
         config_from_rules(rules)  # (without the custom function registered, they cannot be built)
 
 
