@@ -29,6 +29,7 @@ FAULT_COLOURS = {
     "consumer crash": "tab:brown",
     "server restart": "black",
 }
+SCATTER_MAX = 20_000  # points on the convergence plot (and in plots.json)
 FAULT_GID = "fault:"  # gid prefix of the artists that mark faults (tests look for them)
 
 
@@ -74,8 +75,12 @@ def _series(result: Result) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     conv = m.get("convergence_by_creation") or []
     if conv:
-        out["convergence"] = {"title": "convergence time per op, by when it was created", "ylabel": "ms",
-                              "kind": "scatter", "data": {"ops": [[t / 1000, ms] for t, ms in conv]}}
+        # A point per op, up to SCATTER_MAX (a thousand clients make 100,000 ops): beyond
+        # that every k-th op, in creation order, and the title says so.
+        step = -(-len(conv) // SCATTER_MAX)
+        title = "convergence time per op, by when it was created" + (f" (every {step}th op)" if step > 1 else "")
+        out["convergence"] = {"title": title, "ylabel": "ms", "kind": "scatter",
+                              "data": {"ops": [[t / 1000, ms] for t, ms in conv[::step]]}}
     if result.ops_created:
         qd = m.get("queue_depth", [])
         out["queue_depth"] = {"title": "queued ops over time (all clients)", "ylabel": "ops", "kind": "line",
@@ -141,7 +146,7 @@ def write_report(result: Result, out_dir: Path) -> Path:
         plots.append(f"{name}.png")
     windows = [{"kind": k, "start_s": s / 1000, "end_s": e / 1000, "clients": c}
                for k, s, e, c in m.get("fault_windows") or []]
-    (out_dir / "plots.json").write_text(json.dumps({"plots": series, "faults": windows}, indent=1) + "\n")
+    (out_dir / "plots.json").write_text(json.dumps({"plots": series, "faults": windows}, separators=(",", ":")) + "\n")
     missing = sorted({"convergence", "queue_depth", "conflicts", "messages", "room_members", "room_messages"}
                      - set(series))
 

@@ -22,6 +22,14 @@ def _fault_kinds(fig) -> set[str]:
             if str(a.get_gid() or "").startswith(FAULT_GID)}
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def flash_crowd():
     result, _ = run(scenarios.get("flash-crowd"), Params(clients=30, seed=1))
@@ -84,3 +92,32 @@ def test_the_progress_line_ends_at_the_reported_virtual_time(flash_crowd):
     assert result.virtual_ms == flash_crowd.virtual_ms < 30_000
     assert seen[-1] == (result.virtual_ms, result.virtual_ms)
     assert all(t <= result.virtual_ms for t, _ in seen)
+
+
+def test_simulate_prints_the_same_virtual_time_on_its_progress_line_and_in_its_report(tmp_path):
+    import re
+
+    from click.testing import CliRunner
+
+    from syncline.cli import main
+
+    out = CliRunner().invoke(main, ["simulate", "--scenario", "flash-crowd", "--clients", "20", "--seed", "1",
+                                    "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    progress = re.findall(r"t=(\d+\.\d)s", out.output)
+    (reported,) = re.findall(r"virtual time \(s\)\s*│\s*(\d+\.\d)", out.output)
+    assert progress and progress[-1] == reported
+    assert f"virtual {int(float(reported) * 1000)} ms" in (tmp_path / "report.md").read_text()
+
+
+def test_the_convergence_plot_is_bounded(flash_crowd):
+    """A thousand clients make 100,000 ops: the plot (and plots.json) keeps SCATTER_MAX points."""
+    import dataclasses
+
+    from syncline.simulations import report
+
+    many = [(i, i % 997) for i in range(3 * report.SCATTER_MAX + 5)]
+    big = dataclasses.replace(flash_crowd, metrics={**flash_crowd.metrics, "convergence_by_creation": many})
+    fig = figures(big)["convergence"]
+    assert 0 < _plotted_points(fig) <= report.SCATTER_MAX
+    assert "every 4th op" in fig.axes[0].get_title()
