@@ -1,4 +1,4 @@
-"""Presence in Redis, so every gateway sees every member of a room (DESIGN.md §8).
+"""Presence in Redis, so every gateway sees every member of a room (docs/design.md, "Scale-out topology").
 
 Per (tenant, room), three sorted sets scored by expiry time (wall clock, seconds) and a hash:
 

@@ -15,7 +15,7 @@ from syncline.engine import access
 from syncline.engine.documents import Document, checksum
 from syncline.engine.errors import ValidationError
 from syncline.engine.events import POSITION_MAX, VERSION_MAX, check_stream
-from syncline.engine.syncdata import chunk_snapshot
+from syncline.engine.syncdata import chunk_snapshot, chunk_snapshot_json
 from syncline.store import history
 from syncline.store.sync import delta, state_snapshot
 
@@ -166,9 +166,15 @@ async def snapshots(
     at: int | None = Parameter(default=None, ge=0, le=POSITION_MAX),
     chunk: int | None = Parameter(default=None, ge=0, le=VERSION_MAX, description="chunk index; omit for the manifest"),
 ) -> Response:
-    """Without ``chunk``: the manifest ``{position, checksum, total, chunk_bytes}``. With
-    ``chunk=i``: that chunk's bytes (msgpack of ``[position, content]`` split in pieces;
-    see engine.syncdata.assemble_snapshot). Continue with deltas after ``position``."""
+    """Without ``chunk``: the manifest ``{position, checksum, total, chunk_bytes, format}``.
+    With ``chunk=i``: that chunk. By default (and with ``Accept: application/octet-stream``
+    or ``application/msgpack``) its bytes: msgpack of ``[position, content]`` split in
+    pieces (engine.syncdata.assemble_snapshot). With ``Accept: application/json``, a JSON
+    object ``{index, total, checksum, position, data}`` whose ``data`` is a piece of the
+    JSON text of ``[position, content]``, bytes as ``{"$b64": ...}``
+    (engine.syncdata.assemble_json_snapshot); the manifest then counts JSON chunks, so
+    ask for the manifest and the chunks with the same Accept. Continue with deltas
+    after ``position``."""
     gw = gateway_of(request)
     streams, prefixes = _selection(request, stream, prefix)
     tenant = await read_scope(request, resource="snapshot")
@@ -178,16 +184,31 @@ async def snapshots(
     snap = await state_snapshot(gw.store, tenant, streams=streams, prefixes=prefixes, at=at,
                                 registry=gw.records.config.registry,
                                 readable=None if access.reads_everything(p) else (lambda s: access.can_read(p, s)))
-    chunks = chunk_snapshot(snap.position, snap.content, snap.checksum, gw.settings.snapshot_chunk_bytes)
+    as_json = _wants_json(request)
+    size = gw.settings.snapshot_chunk_bytes
+    chunks = (chunk_snapshot_json if as_json else chunk_snapshot)(snap.position, snap.content, snap.checksum, size)
     if chunk is None:
         return Response({"position": snap.position, "checksum": snap.checksum, "total": len(chunks),
-                         "chunk_bytes": gw.settings.snapshot_chunk_bytes})
+                         "chunk_bytes": size, "format": "json" if as_json else "msgpack"},
+                        headers={"Vary": "Accept"})
     if chunk >= len(chunks):
         raise ValidationError(f"chunk {chunk} out of range (total {len(chunks)})")
     c = chunks[chunk]
-    return Response(c.data, media_type="application/octet-stream", headers={
-        "X-Syncline-Checksum": c.checksum, "X-Syncline-Position": str(snap.position),
-        "X-Syncline-Chunk": f"{c.index}/{c.total}"})
+    headers = {"X-Syncline-Checksum": c.checksum, "X-Syncline-Position": str(snap.position),
+               "X-Syncline-Chunk": f"{c.index}/{c.total}", "Vary": "Accept"}
+    if as_json:
+        return Response({"index": c.index, "total": c.total, "checksum": c.checksum, "position": snap.position,
+                         "data": c.data}, media_type="application/json", headers=headers)
+    return Response(c.data, media_type="application/octet-stream", headers=headers)
+
+
+# Media types a snapshot chunk is sent as; the first is the default (also for */* and
+# for types we do not serve, so an old client that sends no Accept keeps its bytes).
+_CHUNK_TYPES = ["application/octet-stream", "application/msgpack", "application/x-msgpack", "application/json"]
+
+
+def _wants_json(request: Request) -> bool:
+    return request.accept.best_match(_CHUNK_TYPES, default=_CHUNK_TYPES[0]) == "application/json"
 
 
 @get("/records/{collection:str}/{record_id:str}", opt={"perm": READ},
@@ -202,7 +223,10 @@ async def read_record(
     position, time_us = parse_at(at)
     rec = await history.record_at(gw.store, tenant, stream, position=position, time_us=time_us,
                                   registry=gw.records.config.registry)
-    if rec is None:
+    if not rec.version and not rec.fields:
+        # Never written (or not yet, at ``at``): 200 with ``exists: false``, like a document
+        # never written (its empty state), so a client can poll a record before it exists;
+        # bad names, missing permissions and other tenants still answer 4xx with a code.
         return {"stream": stream, "exists": False, "values": {}, "conflicts": []}
     conflicts = []
     for c in rec.conflicts():

@@ -433,7 +433,7 @@ class NativeConnection:
 
     async def _through_outages(self, read):
         """Run a store read, waiting out a database that is restarting or unreachable: the
-        log is the queue, so a subscription just waits at its cursor (DESIGN.md §4)."""
+        log is the queue, so a subscription just waits at its cursor (docs/design.md, "The log is the queue")."""
         delay = 0.1
         while True:
             try:

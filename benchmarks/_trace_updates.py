@@ -1,7 +1,17 @@
 """Yjs updates built from editing traces, for benchmarks (issue 19 D).
 
-Traces (``../shared/data/traces/``, format in the README there) give positions in
-characters of the text as it is at that moment. pycrdt's ``Text`` counts UTF-8 bytes
+Where the traces come from (:func:`open_trace`): real editing traces (josephg/editing-traces,
+CC BY 4.0) are read from ``$SYNCLINE_TRACES_DIR``, by default ``../shared/data/traces/``
+beside the checkout, where the project's machines keep them; nothing is downloaded. A
+clone without them (or ``SYNCLINE_TRACES_DIR`` pointing at a folder without them) gets a
+trace generated from a fixed seed instead (:func:`generate_trace`), the same size as the
+real one, and every benchmark says which it used: ``automerge-paper.json.gz`` or
+``generated(seed=1)`` on its table and in its JSON line (``"trace"``). Figures from a
+generated trace are comparable with each other, not with figures from the real one.
+
+A trace is ``{"startContent", "endContent", "txns": [{"patches": [[position, deleted,
+inserted], ...]}, ...]}``: applying every patch in order to ``startContent`` gives
+``endContent``. Positions are in characters of the text as it is at that moment. pycrdt's ``Text`` counts UTF-8 bytes
 (pycrdt 0.14.13: ``len`` of "é漢😀x" is 10; ``insert(2, "A")`` lands after "é";
 ``insert(1, "A")``, inside "é", appends at the end instead). So every edit here goes
 through :class:`CharText`, a plain-string mirror of the text that converts character
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
@@ -25,9 +36,81 @@ NON_ASCII = str.maketrans({"e": "é", "o": "ø", "a": "ä", "s": "ß", "t": "€
 Patch = tuple[int, int, str]  # (character position, characters deleted, text inserted)
 
 
+TRACES_ENV = "SYNCLINE_TRACES_DIR"
+DEFAULT_TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+# The real traces' sizes (keystrokes), which a generated stand-in copies, and its seed.
+TRACE_KEYSTROKES = {"automerge-paper.json.gz": 259_778, "friendsforever_flat.json.gz": 26_078}
+GENERATED_SEEDS = {"automerge-paper.json.gz": 1, "friendsforever_flat.json.gz": 2}
+
+
+def traces_dir() -> Path:
+    """Where real traces are looked for: ``$SYNCLINE_TRACES_DIR``, else ``../shared/data/traces``."""
+    env = os.environ.get(TRACES_ENV)
+    return Path(env) if env else DEFAULT_TRACES_DIR
+
+
 def load_trace(path: Path) -> dict:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return json.load(f)
+
+
+def open_trace(name: str) -> tuple[dict, str]:
+    """The trace ``name`` (a file name in :func:`traces_dir`, or a path to one) and its
+    label: the file name when it is there, else ``generated(seed=S)``, a generated trace
+    of the real one's size."""
+    bare = not Path(name).is_absolute() and len(Path(name).parts) == 1
+    path = traces_dir() / name if bare else Path(name)
+    if path.is_file():
+        return load_trace(path), path.name
+    if not bare or name not in TRACE_KEYSTROKES:
+        # A path or a name the user gave: say so rather than stand something else in for it.
+        raise FileNotFoundError(f"no trace at {path}")
+    seed = GENERATED_SEEDS[name]
+    return generate_trace(seed, TRACE_KEYSTROKES[name]), f"generated(seed={seed})"
+
+
+# The generator's typist: mostly types at the cursor, sometimes deletes what it just typed,
+# moves the cursor elsewhere or pastes a phrase, as a person writing prose does.
+_WORDS = ("the", "log", "event", "sync", "offline", "merge", "a", "of", "to", "and", "is", "client", "server",
+          "document", "record", "we", "it", "on", "in", "conflict", "clock", "replica", "state", "order")
+
+
+def generate_trace(seed: int, keystrokes: int) -> dict:
+    """A synthetic editing trace in the real traces' format, the same for the same seed:
+    ``keystrokes`` patches of one character typed at a cursor (about 85%), a backspace
+    (10%), or a word pasted or deleted after a jump of the cursor (5%). Its
+    ``endContent`` is computed by applying the patches, so it checks like a real trace."""
+    rnd = random.Random(seed)
+    text = CharText()
+    length = cursor = 0
+    pending = ""  # the rest of the word being typed
+    patches: list[list] = []
+    while len(patches) < keystrokes:
+        r = rnd.random()
+        if r < 0.85 or length == 0:
+            if not pending:
+                pending = rnd.choice(_WORDS) + (".\n" if rnd.random() < 0.05 else " ")
+            ch, pending = pending[0], pending[1:]
+            patch = [cursor, 0, ch]
+            cursor += 1
+        elif r < 0.95 and cursor > 0:
+            patch = [cursor - 1, 1, ""]
+            cursor -= 1
+        else:
+            cursor = rnd.randint(0, length)
+            if rnd.random() < 0.5 or cursor == length:
+                word = rnd.choice(_WORDS) + " "
+                patch = [cursor, 0, word]
+                cursor += len(word)
+            else:
+                n = min(rnd.randint(1, 8), length - cursor)
+                patch = [cursor, n, ""]
+            pending = ""
+        text.edit(patch[0], patch[1], patch[2])
+        length += len(patch[2]) - patch[1]
+        patches.append(patch)
+    return {"startContent": "", "endContent": str(text), "txns": [{"patches": [p]} for p in patches],
+            "generated": {"seed": seed, "keystrokes": keystrokes}}
 
 
 def patches_of(trace: dict, limit: int | None = None, *, non_ascii: bool = False) -> list[Patch]:

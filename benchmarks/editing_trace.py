@@ -1,9 +1,14 @@
 """Real editing traces through the gateway's document path, stored in the log.
 
     python benchmarks/editing_trace.py [PATH] [--quick] [--store URL] [--non-ascii] [--reps N]
+                                       [--traces-dir DIR] [--keystrokes N]
 
-Traces are read from ../shared/data/traces/ (format in the README there; nothing is
-downloaded). Each keystroke (one patch of the trace) becomes one Yjs update, made by a
+Traces (automerge-paper and friendsforever, from josephg/editing-traces) are read from
+``--traces-dir`` or ``$SYNCLINE_TRACES_DIR`` (default ``../shared/data/traces/``); where
+one is missing, a trace of the same size generated from a fixed seed stands in, and the
+table and the JSON line (``trace``, ``concurrent_trace``) say which was used
+(benchmarks/_trace_updates.py, ``open_trace``). ``--keystrokes N`` keeps only each
+trace's first N keystrokes (a smoke run). Each keystroke (one patch of the trace) becomes one Yjs update, made by a
 pycrdt Doc; the trace's character positions are converted to the UTF-8 byte offsets
 pycrdt's ``Text`` uses (benchmarks/_trace_updates.py). The server path is what the
 gateway does with a writer's updates (api/ws_yjs.py): ``Document.admit`` on a document
@@ -60,9 +65,10 @@ for p in (ROOT, Path(__file__).resolve().parent):
 import pycrdt  # noqa: E402
 from _trace_updates import (  # noqa: E402
     TEXT,
+    TRACES_ENV,
     agent_bursts,
     end_content,
-    load_trace,
+    open_trace,
     patches_of,
     replay,
     shuffled_with_duplicates,
@@ -78,9 +84,8 @@ from syncline.engine.events import NewEvent  # noqa: E402
 from syncline.engine.filters import EventFilter  # noqa: E402
 from syncline.engine.yupdates import InvalidUpdate, check_update  # noqa: E402
 
-TRACES = ROOT.parent / "shared" / "data" / "traces"
-DEFAULT_TRACE = TRACES / "automerge-paper.json.gz"
-CONCURRENT_TRACE = TRACES / "friendsforever_flat.json.gz"
+DEFAULT_TRACE = "automerge-paper.json.gz"  # names in the traces folder (open_trace)
+CONCURRENT_TRACE = "friendsforever_flat.json.gz"
 QUICK_KEYSTROKES = 20_000  # with PATH and --quick
 TENANT = "bench"
 SNAPSHOT_KIND = "ydoc"
@@ -321,16 +326,23 @@ def median(xs: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("path", nargs="?", default=None, help=f"trace (default {DEFAULT_TRACE.name})")
+    parser.add_argument("path", nargs="?", default=None, help=f"trace (default {DEFAULT_TRACE})")
     parser.add_argument("--quick", action="store_true",
-                        help=f"parts 1 and 3 on {CONCURRENT_TRACE.name}, "
+                        help=f"parts 1 and 3 on {CONCURRENT_TRACE}, "
                         f"or PATH's first {QUICK_KEYSTROKES:,} keystrokes")
     parser.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file per measurement)")
     parser.add_argument("--non-ascii", action="store_true",
                         help="swap some letters of the traces for 2- to 4-byte UTF-8 characters")
     parser.add_argument("--reps", type=int, default=None,
                         help="repetitions of the out-of-order and replace-heavy measurements (default 3; 1 quick)")
+    parser.add_argument("--traces-dir", default=None,
+                        help=f"folder with the real traces (default ${TRACES_ENV} or ../shared/data/traces); "
+                        "a trace missing there is generated from a fixed seed")
+    parser.add_argument("--keystrokes", type=int, default=None,
+                        help="keep only each trace's first N keystrokes (a smoke run; figures not comparable)")
     args = parser.parse_args(argv)
+    if args.traces_dir is not None:
+        os.environ[TRACES_ENV] = args.traces_dir
     quick = args.quick
     na = args.non_ascii
     reps = args.reps or (1 if quick else 3)
@@ -339,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Part 1's keystrokes, and the reference text they must make.
     if args.path is None:
-        path = CONCURRENT_TRACE if quick else DEFAULT_TRACE
+        trace, label = open_trace(CONCURRENT_TRACE if quick else DEFAULT_TRACE)
         limit = None
     else:
-        path = Path(args.path)
+        trace, label = open_trace(str(Path(args.path).resolve()))
         limit = QUICK_KEYSTROKES if quick else None
-    trace = load_trace(path)
+    if args.keystrokes is not None:
+        limit = min(limit or args.keystrokes, args.keystrokes)
+    console.print(f"trace: {label}")
     start = start_content(trace, non_ascii=na)
     patches = patches_of(trace, limit, non_ascii=na)
     if limit is not None and len(patches) >= limit:
@@ -360,10 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     n = len(updates)
 
     # Part 2's bursts (3 agents on friendsforever, whole).
-    ctrace = load_trace(CONCURRENT_TRACE)
+    ctrace, clabel = open_trace(CONCURRENT_TRACE)
+    console.print(f"concurrent trace: {clabel}")
     cstart = start_content(ctrace, non_ascii=na)
-    bursts, _ = agent_bursts(patches_of(ctrace, non_ascii=na), AGENTS, TURN, cstart)
-    cexpected = end_content(ctrace, non_ascii=na)
+    cpatches = patches_of(ctrace, args.keystrokes, non_ascii=na)
+    bursts, cexpected = agent_bursts(cpatches, AGENTS, TURN, cstart)
+    if args.keystrokes is None:
+        cexpected = end_content(ctrace, non_ascii=na)  # (agent_bursts checked its text against the mirror)
     burst_order = [u for b in reversed(bursts) for u in b]
     rnd = random.Random(SEED)
     shuffled = shuffled_with_duplicates([u for b in bursts for u in b], rnd, DUPLICATES)
@@ -432,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     shuffled_ratio = median(ooo["shuffled"]["ratios"])
     ooo_ok = all(ooo[k]["text"] for k in ooo)
 
-    label = f"{path.name}{' (letters swapped for multi-byte characters)' if na else ''}"
-    table = Table(title=f"editing trace: {label}, {n:,} keystrokes{' (quick)' if quick else ''}")
+    title = f"{label}{' (letters swapped for multi-byte characters)' if na else ''}"
+    table = Table(title=f"editing trace: {title}, {n:,} keystrokes{' (quick)' if quick else ''}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("[bold]1. in order[/bold]", "")
@@ -451,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("load by full replay (ms)", f"{r['full_s'] * 1000:.1f}")
     table.add_row("load from snapshot (ms)", f"{r['snap_s'] * 1000:.2f}")
     table.add_row("snapshot speedup", f"{speedup:.0f}x")
-    table.add_row(f"[bold]2. out of order[/bold] ({CONCURRENT_TRACE.name}, {AGENTS} agents, "
+    table.add_row(f"[bold]2. out of order[/bold] ({clabel}, {AGENTS} agents, "
                   f"turns of {TURN}; medians of {reps})", "")
     table.add_row("burst sizes (updates per agent)", ", ".join(f"{len(b):,}" for b in bursts))
     for key, what in (("bursts", "bursts, last agent first"),
@@ -468,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"{what}: most parts waiting (limit {GATEWAY_LIMITS.max_parts:,} by default)",
                       f"{o['peak']:,}")
         table.add_row(f"{what}: not appended (nothing new) / refused", f"{o['not_new']:,} / {o['refused']:,}")
-    table.add_row(f"[bold]3. replace-heavy[/bold] ({path.name}, every {REPLACE_EVERY}th keystroke; "
+    table.add_row(f"[bold]3. replace-heavy[/bold] ({label}, every {REPLACE_EVERY}th keystroke; "
                   f"medians of {reps})", "")
     table.add_row("replaces", f"{n_replaces:,} of {len(rupdates):,}")
     table.add_row("server path, keystrokes as typed (µs/update)", f"{plain_med:.1f}")
@@ -487,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     q = "quick_" if quick else ""
     print(json.dumps({
         "quick": quick,
-        "trace": path.name,
+        "trace": label,
+        "concurrent_trace": clabel,
+        "keystrokes_limit": args.keystrokes,
         "non_ascii": na,
         "keystrokes": n,
         "ooo_bursts_updates": ooo["bursts"]["n"],

@@ -31,7 +31,12 @@ client runs in this process). Servers run in their own processes. Cases that do 
 finish (a stalled reader, a gateway that fails) are reported INCOMPLETE with the
 reason, and their figures are left out (null) rather than the run hanging.
 
-    python benchmarks/fanout.py [--quick] [--trace PATH] [--reps N] [--non-ascii]
+    python benchmarks/fanout.py [--quick] [--trace NAME|PATH] [--traces-dir DIR] [--reps N] [--non-ascii]
+
+The trace is automerge-paper (josephg/editing-traces) from ``--traces-dir`` or
+``$SYNCLINE_TRACES_DIR`` (default ``../shared/data/traces/``); where it is missing, a
+trace of the same size generated from a fixed seed stands in (benchmarks/_trace_updates.py,
+``open_trace``), and the run says which: the first line and ``trace`` in the JSON.
 
 ``--quick``: 2,000 updates flat out, 500 paced, one repetition; the reader counts (and
 so every key) are the same as in a full run, and ``quick``, ``updates``,
@@ -47,7 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import json
 import os
 import platform
@@ -66,8 +70,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
-DEFAULT_TRACE = ROOT.parent / "shared/data/traces/automerge-paper.json.gz"
+from _trace_updates import TRACES_ENV, open_trace  # noqa: E402
+
+DEFAULT_TRACE = "automerge-paper.json.gz"  # a name in the traces folder, or a path (open_trace)
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 WINDOW = 256
 STALL_S = 30.0  # no reader progress for this long: the case ends, reported INCOMPLETE
@@ -428,8 +436,8 @@ def state_clock(state_vector: bytes, client_id: int) -> int:
     return 0
 
 
-def keystroke_load(path: Path, n: int, *, non_ascii: bool = False) -> Load:
-    """One Yjs update per keystroke (patch) of the trace, in order.
+def keystroke_load(trace: dict, n: int, *, non_ascii: bool = False) -> Load:
+    """One Yjs update per keystroke (patch) of the trace (``open_trace``), in order.
 
     The trace's positions are characters; pycrdt's ``Text`` indices are UTF-8 bytes, so
     each position is converted against a mirror of the text (:func:`utf8_index`), and the
@@ -437,8 +445,6 @@ def keystroke_load(path: Path, n: int, *, non_ascii: bool = False) -> Load:
     letters for multi-byte characters (NON_ASCII) to exercise that conversion."""
     import pycrdt
 
-    with gzip.open(path) as f:
-        trace = json.loads(f.read())
     doc = pycrdt.Doc()
     text = doc.get("text", type=pycrdt.Text)
     updates: list[bytes] = []
@@ -469,9 +475,9 @@ def keystroke_load(path: Path, n: int, *, non_ascii: bool = False) -> Load:
     return done()
 
 
-def keystroke_updates(path: Path, n: int, *, non_ascii: bool = False) -> list[bytes]:
+def keystroke_updates(trace: dict, n: int, *, non_ascii: bool = False) -> list[bytes]:
     """One Yjs update per keystroke (patch) of the trace, in order."""
-    return keystroke_load(path, n, non_ascii=non_ascii).updates
+    return keystroke_load(trace, n, non_ascii=non_ascii).updates
 
 
 def var_uint(n: int) -> bytes:
@@ -958,9 +964,10 @@ async def bench(args) -> dict:
     readers_list = [1, 10, 50]
     only = set(args.only.split(",")) if args.only else None
     t = time.perf_counter()
-    load = keystroke_load(Path(args.trace), n_updates, non_ascii=args.non_ascii)
+    trace, trace_label = open_trace(args.trace)
+    load = keystroke_load(trace, n_updates, non_ascii=args.non_ascii)
     updates = load.updates
-    console.print(f"{len(updates)} keystroke updates from {Path(args.trace).name}"
+    console.print(f"{len(updates)} keystroke updates from {trace_label}"
                   f"{' (letters swapped for multi-byte characters)' if args.non_ascii else ''} in "
                   f"{time.perf_counter() - t:.2f} s (mean {statistics.mean(map(len, updates)):.0f} bytes); "
                   f"load avg {os.getloadavg()}")
@@ -1089,6 +1096,7 @@ async def bench(args) -> dict:
         plot(results, paced, OUT / "fanout.png")
     two_all = [r for rs in two.values() for r in rs]
     summary = {
+        "trace": trace_label,
         "yjs_n10_updates_per_s": rnd(ups(best)),
         "anchor_n10_updates_per_s": rnd(ups(anchor)),
         "ratio_vs_anchor_n10": ratio(ups(best), ups(anchor)),
@@ -1165,7 +1173,11 @@ def plot(results: list[Result], paced: list[Result], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--trace", default=str(DEFAULT_TRACE))
+    p.add_argument("--trace", default=DEFAULT_TRACE,
+                   help="a trace name in the traces folder or a path (default %(default)s)")
+    p.add_argument("--traces-dir", default=None,
+                   help=f"folder with the real traces (default ${TRACES_ENV} or ../shared/data/traces); "
+                   "a missing one is generated from a fixed seed")
     p.add_argument("--reps", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated cases to run (debugging): syncline/lean, node, "
                    "syncline/websockets, syncline/websockets-sansio, anchor, pg-redis")
@@ -1173,6 +1185,8 @@ def main() -> None:
                    help="swap some letters of the trace for 2- to 4-byte UTF-8 characters")
     p.add_argument("--serve-anchor", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.traces_dir is not None:
+        os.environ[TRACES_ENV] = args.traces_dir
     if args.serve_anchor:
         serve_anchor(args.serve_anchor)
         return

@@ -1,5 +1,5 @@
-"""The event bus: the log is the bus (DESIGN.md §4). Publishing is appending; every
-subscription is a cursor over the log.
+"""The event bus: the log is the bus (docs/design.md, "The log is the queue").
+Publishing is appending; every subscription is a cursor over the log.
 
     bus = Bus(store)
     sub = await bus.subscribe(handler, tenant="acme").start()              # broadcast

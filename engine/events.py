@@ -1,4 +1,4 @@
-"""The event envelope (DESIGN.md §3): what is appended and what is read back.
+"""The event envelope (docs/design.md, "The event log"): what is appended and what is read back.
 
 ``NewEvent`` is what a caller asks to append; the store assigns id (when absent),
 version, position, time and the hash chain, and returns ``RecordedEvent``.

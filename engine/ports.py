@@ -1,4 +1,4 @@
-"""Ports: the contracts adapters in store/ implement (DESIGN.md §2).
+"""Ports: the contracts adapters in store/ implement (docs/design.md, "Layers").
 
 The engine never calls them itself (it does no I/O); they live here so that
 store/, api/, clientkit/ and simulations/ all agree on one shape. The gateway takes its

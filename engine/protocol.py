@@ -193,6 +193,12 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+# Public names for the JSON form of msgpack values (bytes as ``{"$b64": ...}``), which
+# other JSON surfaces reuse (the REST snapshot chunks: engine/syncdata.py).
+to_json_value = _to_json
+from_json_value = _from_json
+
+
 def encode_frame(msg: dict[str, Any], subprotocol: str = SUBPROTOCOL_MSGPACK) -> bytes | str:
     """bytes for a binary frame (msgpack) or str for a text frame (JSON)."""
     if subprotocol == SUBPROTOCOL_JSON:

@@ -166,6 +166,9 @@ class Simulation:
         self.metrics: dict[str, Any] = {
             "messages_per_s": {}, "queue_depth": [], "outcomes": {}, "refreshes": 0, "snapshots": 0,
             "reconnects": 0, "crashes": 0, "server_restarts": 0, "partitions": 0, "room_msgs": 0,
+            # For the plots (simulations/report.py): what went wrong when, outcomes and room
+            # traffic per virtual second, room membership per sample.
+            "fault_windows": [], "outcomes_per_s": {}, "room_msgs_per_s": {}, "room_members": [],
         }
         self._mps = self.metrics["messages_per_s"]
         self.quiet_since: int | None = None
@@ -211,12 +214,20 @@ class Simulation:
             self._at(int(rng.uniform(0, first)), WAKE, c.idx)
             out = c.core.connect(self.now_ms)
             self._route_client(c, out)
+        windows = self.metrics["fault_windows"]
+
+        def window(kind: str, start: int, end: int, clients: int) -> None:
+            # When a fault held, for the plots. At ``d`` the network goes quiet: cuts
+            # heal and crashed clients restart, so no window outlasts it.
+            windows.append((kind, start, max(start, min(end, d)), clients))
+
         if sc.offline.fraction:
             k = max(1, int(n * sc.offline.fraction))
             for i in sorted(rng.sample(range(n), k)):
                 start = sc.offline.start_ms + rng.randint(0, 1_000)
                 self._at(start, FAULT, ("cut", (i,)))
                 self._at(min(start + sc.offline.length_ms, d), FAULT, ("heal", (i,)))
+                window("offline", start, start + sc.offline.length_ms, 1)
         for _ in range(f.partitions):
             start = int(rng.uniform(0.1, 0.6) * d)
             length = rng.randint(*f.partition_ms)
@@ -224,17 +235,24 @@ class Simulation:
             self._at(start, FAULT, ("cut", members))
             self._at(min(start + length, d), FAULT, ("heal", members))
             self.metrics["partitions"] += 1
+            window("partition", start, start + length, len(members))
         for _ in range(f.crashes):
             i = rng.randrange(n)
             start = int(rng.uniform(0.1, 0.8) * d)
+            down = rng.randint(*f.crash_down_ms)
             self._at(start, FAULT, ("crash", i))
-            self._at(start + rng.randint(*f.crash_down_ms), FAULT, ("restart", i))
+            self._at(start + down, FAULT, ("restart", i))
+            window("client crash", start, start + down, 1)
         for _ in range(f.server_restarts):
-            self._at(int(rng.uniform(0.2, 0.8) * d), FAULT, ("server_restart", None))
+            at = int(rng.uniform(0.2, 0.8) * d)
+            self._at(at, FAULT, ("server_restart", None))
+            window("server restart", at, at, n)
         if self.consumers is not None:
             self._at(int(0.5 * d), FAULT, ("consumer_crash", 0))
             self._at(int(0.7 * d), FAULT, ("consumer_recover", 0))
             self._at(250, CONSUME, None)
+            window("consumer crash", int(0.5 * d), int(0.7 * d), 1)
+        windows.sort(key=lambda w: (w[1], w[0]))
         self._at(d, FAULT, ("quiet", None))
         self._at(SERVER_TICK_MS, SERVER_TICK, None)
         self._at(SAMPLE_MS, SAMPLE, None)
@@ -315,11 +333,17 @@ class Simulation:
             else:
                 self.checkers.final()
         if self.progress is not None:
-            self.progress(deadline, deadline)
+            # The run's end, not the deadline it had to beat: the progress line and the
+            # report then say the same virtual time (a run that quiesces at 27 s of a
+            # 200 s allowance ends at t=27s).
+            self.progress(self.now_ms, self.now_ms)
         self.metrics["server"] = dict(self.server.stats)
         self.metrics["network"] = {"messages": self.net.messages, "lost": self.net.lost,
                                    "duplicated": self.net.duplicated, "resets": self.net.resets}
         self.metrics["convergence_ms"] = sorted(self.converged_ms.values())
+        created = self.created_ms
+        self.metrics["convergence_by_creation"] = sorted(
+            (created[op], at - created[op]) for op, at in self.applied_ms.items() if op in created)
         self.metrics["checks"] = dict(self.checkers.counts)
         if self.consumers is not None:
             self.metrics["consumers"] = self.consumers.summary()
@@ -378,6 +402,9 @@ class Simulation:
             return self._fault(*a)
         if kind == SAMPLE:
             self.metrics["queue_depth"].append((self.now_ms, sum(c.pending for c in self.clients)))
+            if self.scenario.workload == "room":
+                self.metrics["room_members"].append(
+                    (self.now_ms, sum(1 for c in self.clients if c.alive and "lobby" in c.core.rooms)))
             self._at(self.now_ms + SAMPLE_MS, SAMPLE, None)
             if self.now_ms >= self.duration_ms:
                 self._check_quiescence()
@@ -482,6 +509,8 @@ class Simulation:
             detail = str(msg["head"])
         elif t == "msg":
             self.metrics["room_msgs"] += 1
+            per_s = self.metrics["room_msgs_per_s"]
+            per_s[self.now_ms // 1000] = per_s.get(self.now_ms // 1000, 0) + 1
             detail = str(msg.get("from"))
         else:
             detail = ""
@@ -597,6 +626,8 @@ class Simulation:
         coll = stream.split("/")[1] if stream.startswith("rec/") else ("doc" if is_doc else "?")
         by = self.metrics["outcomes"].setdefault(coll, {})
         by[effective] = by.get(effective, 0) + 1
+        per_s = self.metrics["outcomes_per_s"].setdefault(effective, {})
+        per_s[self.now_ms // 1000] = per_s.get(self.now_ms // 1000, 0) + 1
         self.checkers.on_result(c, o.op_id, kind, stream, is_doc)
 
     def _count_msg(self) -> None:

@@ -3,7 +3,7 @@
 Rings are published after commit; a listener task turns messages from other
 processes into local rings. Redis is optional and degradable: if it is down,
 ``ring`` logs and carries on, the listener retries with backoff, and tails fall
-back to polling the store — later, never wrong (DESIGN.md §4).
+back to polling the store — later, never wrong (docs/design.md, "The log is the queue").
 """
 from __future__ import annotations
 

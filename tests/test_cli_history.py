@@ -113,3 +113,38 @@ def test_replay_rebuilds_every_projection_and_stops_where_asked(tmp_path):
 
     table = runner.invoke(main, ["replay", "--db", url, "--all-tenants"])
     assert table.exit_code == 0 and "2 records in 1 tenants" in table.output
+
+
+def test_replay_show_prints_the_values_the_projections_hold(tmp_path):
+    """The README says replay "prints what they hold": with --show, the values themselves."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/log.db"
+    filled = _fill(url)
+    runner = CliRunner()
+    out = runner.invoke(main, ["replay", "--db", url, "--all-tenants", "--show", "--json"])
+    assert out.exit_code == 0, out.output
+    held = json.loads(out.output.strip().splitlines()[-1])["holds"]
+    values = {(r["tenant"], r["stream"]): r["values"] for r in held["records"]["items"]}
+    assert values == {("acme", "rec/tasks/0"): {"title": "t2"}, ("acme", "rec/tasks/1"): {"title": "t3"}}
+    (doc,) = held["documents"]["items"]
+    assert (doc["stream"], doc["content"]) == ("doc/notes", {"text": filled["text"]})
+    (room,) = held["presence"]["items"]
+    assert (room["room"], room["present"]) == ("lobby", ["bob"])
+    versions = {(s["tenant"], s["stream"]): s["version"] for s in held["stats"]["items"]}
+    assert versions[("acme", "doc/notes")] == 5 and versions[("globex", "order/1")] == 1
+
+    # As it was at position 5: the document's first five keystrokes, no records yet.
+    early = json.loads(runner.invoke(main, ["replay", "--db", url, "--all-tenants", "--until", "5", "--show",
+                                            "--json"]).output.splitlines()[-1])["holds"]
+    assert early["records"]["items"] == [] and early["documents"]["items"][0]["content"] == {"text": filled["text"]}
+
+    # --limit bounds each projection and says how many were left out.
+    one = json.loads(runner.invoke(main, ["replay", "--db", url, "--all-tenants", "--show", "--limit", "1",
+                                          "--json"]).output.splitlines()[-1])["holds"]
+    assert len(one["records"]["items"]) == 1 and one["records"]["more"] == 1
+
+    table = runner.invoke(main, ["replay", "--db", url, "--tenant", "acme", "--show", "--limit", "1"])
+    assert table.exit_code == 0, table.output
+    assert '{"title":"t2"}' in table.output and filled["text"] in table.output
+    assert "1 more records" in table.output
+    plain = runner.invoke(main, ["replay", "--db", url, "--tenant", "acme"])
+    assert '{"title":"t2"}' not in plain.output  # the summary alone without --show

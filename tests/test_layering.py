@@ -1,4 +1,4 @@
-"""Dependencies point inward (DESIGN.md §2): checked on the source, so a violation fails CI."""
+"""Dependencies point inward (docs/design.md, "Layers"): checked on the source, so a violation fails CI."""
 from __future__ import annotations
 
 import ast

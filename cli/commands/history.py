@@ -3,8 +3,9 @@
 ``export`` writes events in log order as JSON Lines (one event per line, the REST
 API's event shape; bytes such as Yjs updates as base64 strings, as the REST API sends
 them). ``replay`` rebuilds the built-in projections from position 0, up to a position
-if asked (the state of everything as it was then), and prints what they hold. Both
-show a progress bar on stderr; the data goes to stdout or a file.
+if asked (the state of everything as it was then), and prints what they hold: a
+summary by default, the values themselves with ``--show`` (cli/commands/replay_show.py).
+Both show a progress bar on stderr; the data goes to stdout or a file.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from syncline.store import open_store
 from syncline.store.projector import Projector
 
 from .admin import _run
+from .replay_show import holdings, print_holdings
 
 err = Console(stderr=True)
 PAGE = 2000
@@ -119,9 +121,16 @@ def export(database_url, tenant, all_tenants, prefix, types, after, until, out_p
 @click.option("--tenant", default=None, help="Replay this tenant's events.")
 @click.option("--all-tenants", is_flag=True, help="Replay every tenant's events.")
 @click.option("--until", default=None, type=click.IntRange(min=0), help="Stop at this position (default: the head).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def replay(database_url, tenant, all_tenants, until, as_json) -> None:
-    """Rebuild the projections (records, documents, feeds, presence, stats) from position 0."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary (and with --show the values) as one JSON object.")
+@click.option("--show", is_flag=True,
+              help="Also print what the projections hold: record values and conflicts, document content, "
+                   "who is in each room, each feed's newest item, each stream's version.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="With --show: at most this many entries per projection (the rest is counted).")
+def replay(database_url, tenant, all_tenants, until, as_json, show, limit) -> None:
+    """Rebuild the projections (records, documents, feeds, presence, stats) from position 0
+    and print what they hold (a summary; the values with --show)."""
     scope = _scope(tenant, all_tenants)
 
     async def go() -> tuple[Projector, float]:
@@ -144,8 +153,9 @@ def replay(database_url, tenant, all_tenants, until, as_json) -> None:
 
     projector, seconds = _run(go())
     summary = _summary(projector, seconds)
+    held = holdings(projector, limit) if show else None
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**summary, "holds": held} if held is not None else summary, ensure_ascii=False))
         return
     table = Table("projection", "holds", title=f"replayed to position {projector.position:,} "
                                                f"in {seconds:.2f} s ({summary['events_per_s']:,} events/s)")
@@ -154,7 +164,10 @@ def replay(database_url, tenant, all_tenants, until, as_json) -> None:
     table.add_row("feeds", f"{summary['user_feeds']:,} user feeds, {summary['room_feeds']:,} room feeds")
     table.add_row("presence", f"{summary['rooms_with_history']:,} rooms, {summary['present']:,} users present")
     table.add_row("stats", f"{summary['streams']:,} streams, {summary['events']:,} events")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if held is not None:
+        print_holdings(console, held)
 
 
 def _summary(p: Projector, seconds: float) -> dict[str, Any]:

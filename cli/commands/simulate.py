@@ -50,7 +50,7 @@ def simulate(scenario_name: str, clients: int, seed: int, duration_s: float | No
         task = progress.add_task(f"{sc.name} seed={seed}", total=1, vt="")
 
         def on_progress(t: int, total: int) -> None:
-            progress.update(task, completed=t, total=total, vt=f"t={t / 1000:.0f}s")
+            progress.update(task, completed=t, total=total, vt=f"t={t / 1000:.1f}s")
 
         sim = Simulation(sc, params, progress=on_progress)
         try:

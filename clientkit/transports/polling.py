@@ -1,7 +1,7 @@
 """HTTP polling transport: the native protocol's messages, carried over REST.
 
-Used when the WebSocket cannot be opened or keeps failing (DESIGN.md §5: "when
-realtime is gone, clients poll"). It presents the same ``Connection`` interface, so
+Used when the WebSocket cannot be opened or keeps failing (docs/design.md,
+"Interaction classes": when realtime is unavailable, clients poll). It presents the same ``Connection`` interface, so
 the session core does not know the difference:
 
 - ``sub``   -> ``GET /v1/events/poll?after=`` in a loop; answers are ``events`` messages

@@ -1,4 +1,4 @@
-"""The event store contract (DESIGN.md §3), run against every adapter."""
+"""The event store contract (docs/design.md, "The event log"), run against every adapter."""
 from __future__ import annotations
 
 import asyncio
