@@ -17,11 +17,13 @@ from syncline.store.records_service import RecordsService
 from . import (
     routes_activity,
     routes_admin,
+    routes_app,
     routes_bus,
     routes_commands,
     routes_docs,
     routes_events,
     routes_health,
+    routes_ops,
     routes_rooms,
     ws_native,
     ws_yjs,
@@ -156,13 +158,16 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         if gw is not None:
             await gw.close()
 
-    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin)
-    for handler in _http_handlers(*v1_modules, routes_health):  # (every route: a new module cannot be missed)
+    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin,
+                  routes_ops)
+    # (every route: a new module cannot be missed)
+    for handler in _http_handlers(*v1_modules, routes_health, routes_app):
         declare_errors(handler)
     v1 = Router(path="/v1", guards=[require_auth], route_handlers=[h for m in v1_modules for h in m.V1])
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
     app = Litestar(
-        route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
+        route_handlers=[*routes_health.ROUTES, *routes_app.ROUTES, routes_app.app_router(), v1, legacy,
+                        ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         middleware=[correlation_middleware, limits_middleware],
