@@ -1,9 +1,9 @@
-// The operations page: every two seconds it reads GET /v1/ops/stats (system_read: admin or
+// The operations page: every two seconds (?refresh=ms) it reads GET /v1/ops/stats (system_read: admin or
 // auditor), the open conflicts and, for an admin, the dead letters; it charts the last
 // few minutes in plain SVG and offers requeue / discard on each dead letter.
 import { api, el, page } from './common.js'
 
-const REFRESH_MS = 2000
+const REFRESH_MS = Math.max(250, Number(new URLSearchParams(location.search).get('refresh')) || 2000) // ?refresh=ms
 const KEEP = 90 // points per chart (three minutes)
 const SVG = 'http://www.w3.org/2000/svg'
 
@@ -151,7 +151,7 @@ function start (main, token, claims) {
   let timer = null
   const loop = async () => { await refresh(); timer = setTimeout(loop, REFRESH_MS) }
   loop()
-  window.syncline = { ops: { refresh, stop: () => clearTimeout(timer) } }
+  window.syncline = { ops: { refresh, stop: () => clearTimeout(timer), points: () => history.native.length } }
 }
 
 page('Operations', start, { role: 'admin' })
