@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     (default: the system's; tests pass one they move by hand instead of sleeping)."""
     settings = settings or Settings()
     check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
+    resolution = resolution or default_resolution(settings.records_manual_fields)
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
 
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
             settings.database_url, poll_interval_s=settings.poll_interval_s, **audit_options(settings)
         )
         records = RecordsService(
-            s, resolution or default_resolution(), clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
+            s, resolution, clock_ms=lambda: int(holder["gw"].clock.time() * 1000),
             max_clock_skew_ms=settings.max_clock_skew_ms, max_clock_counter=settings.max_clock_counter,
             max_clock_entries=settings.max_clock_entries, causal_clocks=True)
         gw = Gateway(settings, s, owns_store=owns, records=records, clock=clock)
