@@ -28,7 +28,8 @@ export class PollingConnection {
     this.probe = probe;
     this.probeIntervalMs = probeIntervalMs;
     this.path = path;
-    this.onmessage = null;
+    this.handler = null;
+    this.early = []; // messages made before the caller set `onmessage` (the welcome)
     this.onclose = null;
     this.closed = false;
     this.sub = null; // {id, cursor, prefixes}
@@ -41,8 +42,26 @@ export class PollingConnection {
     queueMicrotask(() => this.deliver(message(T.WELCOME, { session: "poll", tenant: "poll", user: "poll", head })));
   }
 
+  // The caller sets `onmessage` after `open()` resolves, some awaits after the welcome was
+  // made: hold messages until then, and hand them over on a later microtask, after the
+  // caller's own setup (its `connected()`), as a WebSocket's first frame would arrive.
+  get onmessage() {
+    return this.handler;
+  }
+
+  set onmessage(fn) {
+    this.handler = fn;
+    if (fn && this.early.length) {
+      queueMicrotask(() => {
+        while (this.handler && this.early.length && !this.closed) this.handler(this.early.shift());
+      });
+    }
+  }
+
   deliver(msg) {
-    if (!this.closed && this.onmessage) this.onmessage(msg);
+    if (this.closed) return;
+    if (this.handler && !this.early.length) this.handler(msg);
+    else this.early.push(msg);
   }
 
   async request(method, path, body = undefined) {
