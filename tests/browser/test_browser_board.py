@@ -66,24 +66,25 @@ def test_offline_ops_queue_in_indexeddb_survive_a_reload_and_reconcile(pages, se
     ctx = pages.context()
     page = pages.open("/app/board.html", user=user, context=ctx)
     _online(page)
-    first = _add(page, "Write the release notes")
+    notes, ship = f"Write the release notes {unique}", f"Ship it offline {unique}"
+    first = _add(page, notes)
     expect(page.locator("#pending-count")).to_have_text("all saved")
     page.wait_for_function("navigator.serviceWorker.controller !== null")  # the page is cached for offline use
 
     ctx.set_offline(True)
     expect(page.locator("#status")).not_to_have_text("online")
-    second = _add(page, "Ship it offline")
-    _task(page, "Write the release notes").locator(".move-right").click()
+    second = _add(page, ship)
+    _task(page, notes).locator(".move-right").click()
     expect(page.locator("#pending-count")).to_have_text("2 pending")
-    expect(_task(page, "Ship it offline").locator(".pending-tag")).to_be_visible()
-    expect(page.locator(".column[data-column=doing] .task")).to_have_count(1)
+    expect(_task(page, ship).locator(".pending-tag")).to_be_visible()
+    expect(page.locator(f".column[data-column=doing] .task[data-id='{first}']")).to_have_count(1)
     db = f"syncline-board:acme:{user}"
     assert page.evaluate(QUEUED_IN_INDEXEDDB, db) == 2
 
     page.reload()  # still offline: the page comes from the service worker, the queue from IndexedDB
     expect(page.locator("#pending-count")).to_have_text("2 pending")
-    expect(_task(page, "Ship it offline").locator(".pending-tag")).to_be_visible()
-    expect(page.locator(".column[data-column=doing] .task .title")).to_have_text("Write the release notes")
+    expect(_task(page, ship).locator(".pending-tag")).to_be_visible()
+    expect(page.locator(f".column[data-column=doing] .task[data-id='{first}'] .title")).to_have_text(notes)
     assert page.evaluate(QUEUED_IN_INDEXEDDB, db) == 2
     assert _record(server, second)["values"] == {}  # nothing reached the server yet
 
@@ -92,12 +93,12 @@ def test_offline_ops_queue_in_indexeddb_survive_a_reload_and_reconcile(pages, se
     expect(page.locator("#pending-count")).to_have_text("all saved")
     expect(page.locator(".task.pending")).to_have_count(0)
     assert page.evaluate(QUEUED_IN_INDEXEDDB, db) == 0
-    assert _record(server, second)["values"]["title"] == "Ship it offline"
+    assert _record(server, second)["values"]["title"] == ship
     assert _record(server, first)["values"]["column"] == "doing"
     # and another device sees both
     other = pages.open("/app/board.html", user=user)
-    expect(other.locator(".column[data-column=doing] .task .title")).to_have_text("Write the release notes")
-    expect(_task(other, "Ship it offline")).to_have_count(1)
+    expect(other.locator(f".column[data-column=doing] .task[data-id='{first}'] .title")).to_have_text(notes)
+    expect(_task(other, ship)).to_have_count(1)
 
 
 def test_a_manual_conflict_is_decided_in_one_page_and_both_show_it(pages, server, unique):
@@ -106,6 +107,7 @@ def test_a_manual_conflict_is_decided_in_one_page_and_both_show_it(pages, server
     bob = pages.open("/app/board.html", user="bob", context=bob_ctx)
     _online(alice)
     _online(bob)
+    expect(alice.locator("#presence")).to_contain_text("bob")  # (room presence, over the WebSocket)
     title = f"Plan {unique}"
     task = _add(alice, title)
     expect(_task(bob, title)).to_have_count(1)

@@ -61,8 +61,8 @@ def test_ops_page_shows_a_dead_letter_and_requeues_it(browser, serve, tmp_path):
         # someone in a room and on a document, so the charts have something to show
         editor = pages.open("/app/editor.html?doc=runbook", user="dana")
         expect(editor.locator("#status")).to_have_text("online")
-        editor.locator(".cm-content").click()
-        editor.keyboard.type("Restart the billing worker.")
+        board = pages.open("/app/board.html", user="bo")
+        expect(board.locator("#status")).to_have_text("online")
         ops = pages.open("/app/ops.html?refresh=300", user="olivia", roles=("admin",))
         row = ops.locator(f"tr.dlq-entry[data-id='{entry['id']}']")
         expect(row).to_contain_text("invoice.issued inv/2")
@@ -72,7 +72,11 @@ def test_ops_page_shows_a_dead_letter_and_requeues_it(browser, serve, tmp_path):
         expect(ops.locator("#card-docs")).to_contain_text("runbook")
         expect(ops.locator("#card-state")).to_contain_text("up sqlite")
         expect(ops.locator("#card-connections .legend.s1")).to_have_text("yjs: 1")
-        ops.wait_for_function("window.syncline.ops.points() >= 6")  # a few points on the charts
+        expect(ops.locator("#card-rooms")).to_contain_text("board")
+        editor.locator(".cm-content").click()
+        for line in ("Restart the billing worker. ", "Then requeue the invoice."):  # some events/s to chart
+            editor.keyboard.type(line, delay=20)
+        ops.wait_for_function("window.syncline.ops.points() >= 10")
         screenshot(ops, "ops")
 
         row.locator("button.requeue").click()

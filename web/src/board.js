@@ -23,6 +23,7 @@ async function start (main, token, claims) {
   const transport = el('span', { id: 'transport', class: 'hint' })
   const pendingCount = el('span', { id: 'pending-count', class: 'hint' })
   const offlineToggle = el('button', { id: 'work-offline' }, 'Work offline')
+  const presence = el('span', { id: 'presence', class: 'presence' })
   const input = el('input', { id: 'new-title', placeholder: 'A new task…', size: 40 })
   const form = el('form', { id: 'new-task', onsubmit: (e) => { e.preventDefault(); add() } },
     input, el('button', { type: 'submit' }, 'Add'))
@@ -30,7 +31,7 @@ async function start (main, token, claims) {
   const columns = Object.fromEntries(COLUMNS.map(([key, label]) =>
     [key, el('section', { class: 'column', 'data-column': key }, el('h3', {}, label), el('div', { class: 'tasks' }))]))
   main.replaceChildren(
-    el('div', { class: 'toolbar' }, el('strong', {}, 'Task board'), badge, transport, pendingCount, offlineToggle),
+    el('div', { class: 'toolbar' }, el('strong', {}, 'Task board'), badge, transport, pendingCount, offlineToggle, presence),
     form, conflictsBox, el('div', { class: 'board' }, ...Object.values(columns)))
 
   // one queue per tenant and user in this browser profile
@@ -110,6 +111,16 @@ async function start (main, token, claims) {
   client.on('opResult', render)
   client.on('conflict', render)
   client.on('snapshot', render)
+  // who else has the board open (room presence: over the WebSocket only)
+  const ROOM = 'board'
+  const showPresence = () => {
+    const others = Object.keys(client.others(ROOM) || {}).filter((u) => u !== claims.sub)
+    presence.textContent = others.length ? `also here: ${others.join(', ')}` : ''
+  }
+  client.on('presence', showPresence)
+  client.on('message', showPresence) // (joined: the members already there)
+  client.on('status', showPresence)
+  client.join(ROOM)
 
   let paused = false
   offlineToggle.addEventListener('click', () => {

@@ -27,6 +27,10 @@ function lineChart (host, series) {
     const step = w / Math.max(1, KEEP - 1)
     const offset = (KEEP - values.length) * step
     const pts = values.map((v, j) => `${(offset + j * step).toFixed(1)},${(h - (v / top) * (h - 12)).toFixed(1)}`)
+    if (pts.length > 1) {
+      const first = pts[0].split(',')[0]; const last = pts[pts.length - 1].split(',')[0]
+      chart.append(svg('polygon', { points: `${first},${h} ${pts.join(' ')} ${last},${h}`, class: `area s${i % 4}` }))
+    }
     chart.append(svg('polyline', { points: pts.join(' '), class: `series s${i % 4}` }))
     const legend = svg('text', { x: 60 + i * 90, y: h + 12, class: `legend s${i % 4}` })
     legend.textContent = `${name}: ${values.length ? Math.round(values[values.length - 1] * 100) / 100 : '–'}`
