@@ -256,3 +256,27 @@ export function canonical(t) {
   writeCanonical(w, t);
   return w.buf.slice(0, w.n);
 }
+
+function writePlain(w, v) {
+  if (v === null || v === undefined || typeof v !== "object" || v instanceof Uint8Array || Array.isArray(v)) {
+    if (Array.isArray(v)) {
+      header(w, v.length, 0x90, 15, 0xdc, 0xdd);
+      for (const x of v) writePlain(w, x);
+      return;
+    }
+    return writeCanonical(w, v);
+  }
+  const keys = Object.keys(v);
+  header(w, keys.length, 0x80, 15, 0xde, 0xdf);
+  for (const k of keys) {
+    writeCanonical(w, k);
+    writePlain(w, v[k]);
+  }
+}
+
+/** Plain values -> msgpack (maps as maps; non-integer numbers as float64). */
+export function encode(value) {
+  const w = new Writer();
+  writePlain(w, value);
+  return w.buf.slice(0, w.n);
+}
