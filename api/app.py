@@ -20,6 +20,7 @@ from . import (
     routes_app,
     routes_bus,
     routes_commands,
+    routes_config,
     routes_docs,
     routes_events,
     routes_health,
@@ -160,7 +161,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
             await gw.close()
 
     v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin,
-                  routes_ops)
+                  routes_ops, routes_config)
     # (every route: a new module cannot be missed)
     for handler in _http_handlers(*v1_modules, routes_health, routes_app):
         declare_errors(handler)

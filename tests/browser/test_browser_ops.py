@@ -1,6 +1,6 @@
 """The operations page (/app/ops.html) in Chromium: live figures from GET /v1/ops/stats, a
 dead letter made by the test (a real consumer group whose handler fails), and its
-requeue button; the stats route's permissions over REST."""
+requeue button; an auditor sees the figures only, a member is told what is needed."""
 from __future__ import annotations
 
 import asyncio
@@ -93,18 +93,3 @@ def test_ops_page_shows_a_dead_letter_and_requeues_it(browser, serve, tmp_path):
         expect(member.locator("#ops-error")).to_contain_text("needs an admin or auditor token")
     finally:
         pages.close()
-
-
-def test_ops_stats_route_needs_system_read_and_stays_in_the_tenant(server):
-    url = f"{server.url}/v1/ops/stats"
-    member = httpx.get(url, headers={"Authorization": f"Bearer {token('mo')}"}, timeout=10)
-    assert member.status_code == 403 and member.json()["code"] == "forbidden"
-    assert httpx.get(url, timeout=10).status_code == 401
-    other = httpx.get(url, headers={"Authorization": f"Bearer {token('eve', tenant='globex', roles=('admin',))}",
-                                    "X-Tenant": TENANT}, timeout=10)
-    assert other.status_code == 403 and other.json()["code"] == "tenant_violation"
-    mine = httpx.get(url, headers={"Authorization": f"Bearer {token('audrey', roles=('auditor',))}"}, timeout=10)
-    assert mine.status_code == 200
-    body = mine.json()
-    assert body["tenant"] == TENANT and body["store"]["state"] == "up"
-    assert set(body["connections"]) == {"native", "yjs", "total"}
