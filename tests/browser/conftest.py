@@ -1,8 +1,8 @@
 """Browser tests: the pages under /app/ in real Chromium (Debian's ``chromium``, driven by
 Playwright), against a real ``syncline serve`` on a SQLite file over a real socket.
 
-One browser for the whole session (starting Chromium is the slow part); every test
-makes its own contexts (separate profiles: storage, IndexedDB, offline mode). The server
+One browser per test module (starting Chromium is the slow part); every test makes
+its own contexts (separate profiles: storage, IndexedDB, offline mode). The server
 is shared by the tests that do not need their own (``server``); documents and records
 are named per test so they do not meet.
 
@@ -29,8 +29,11 @@ def _chromium_or_skip() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Not for the session: the sync Playwright API leaves
+    its event loop marked running on this thread while it is open, and the async tests
+    that follow in the run (pytest-asyncio, asyncio.run) would find it there."""
     executable = _chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
