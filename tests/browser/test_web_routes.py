@@ -4,7 +4,11 @@ secret, ``GET /v1/ops/stats`` needs system_read and stays in the tenant, and
 from __future__ import annotations
 
 import httpx
+import pytest
 from security.sec_limits_support import TENANT, token
+
+from syncline.api.ops import default_resolution
+from syncline.engine.errors import ValidationError
 
 BODY = {"tenant": "acme", "user": "dev", "role": "admin"}
 
@@ -48,9 +52,10 @@ def test_resolution_config_is_published_with_the_manual_board_title(server, serv
     assert body["collections"]["board"]["fields"]["title"] == {"strategy": "manual", "merge": None}
     assert body["default_collection"]["default"] == {"strategy": "lww", "merge": None}
     assert httpx.get(f"{server.url}/v1/config/resolution", timeout=10).status_code == 401
-    # SYNCLINE_RECORDS_MANUAL_FIELDS names them; empty: every field last-writer-wins
-    lww = serve(records_manual_fields="")
-    assert httpx.get(f"{lww.url}/v1/config/resolution", headers=auth, timeout=10).json()["collections"] == {}
+    # SYNCLINE_RECORDS_MANUAL_FIELDS names them (empty: every field last-writer-wins)
+    assert default_resolution(()).collections == {}
+    with pytest.raises(ValidationError):
+        default_resolution(("title",))  # not collection.field: the server refuses to start
     notes = serve(records_manual_fields="notes.title,notes.body")
     fields = httpx.get(f"{notes.url}/v1/config/resolution", headers=auth, timeout=10).json()["collections"]["notes"]
     assert set(fields["fields"]) == {"title", "body"}
