@@ -28,7 +28,8 @@ export class PollingConnection {
     this.probe = probe;
     this.probeIntervalMs = probeIntervalMs;
     this.path = path;
-    this.onmessage = null;
+    this.handler = null;
+    this.inbox = []; // messages that arrived before the caller set `onmessage`
     this.onclose = null;
     this.closed = false;
     this.sub = null; // {id, cursor, prefixes}
@@ -37,12 +38,23 @@ export class PollingConnection {
     this.polls = 0;
     this.lastInterval = null; // the last wait, in ms (the adaptive interval)
     this.nextProbe = Date.now() + probeIntervalMs;
-    // The welcome, once the caller has set its callbacks.
-    queueMicrotask(() => this.deliver(message(T.WELCOME, { session: "poll", tenant: "poll", user: "poll", head })));
+    // The welcome: kept until the caller sets `onmessage`.
+    this.deliver(message(T.WELCOME, { session: "poll", tenant: "poll", user: "poll", head }));
+  }
+
+  get onmessage() {
+    return this.handler;
+  }
+
+  set onmessage(fn) {
+    this.handler = fn;
+    while (fn && this.inbox.length && !this.closed) fn(this.inbox.shift());
   }
 
   deliver(msg) {
-    if (!this.closed && this.onmessage) this.onmessage(msg);
+    if (this.closed) return;
+    if (this.handler) this.handler(msg);
+    else this.inbox.push(msg);
   }
 
   async request(method, path, body = undefined) {
