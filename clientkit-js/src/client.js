@@ -84,6 +84,7 @@ export class SynclineClient {
     this.loadConfig = loadConfig;
     this.core = new SessionCore({ user, queue, config, registry, ...coreOptions });
     this.listeners = new Map();
+    this.waiters = new Set();
     this.conn = null;
     this.transport = "none";
     this.stats = { connects: 0, wsConnects: 0, pollConnects: 0, events: 0, acked: 0, conflicts: 0, snapshots: 0,
@@ -237,8 +238,7 @@ export class SynclineClient {
   }
 
   emit(name, detail) {
-    const fns = this.listeners.get(name);
-    if (!fns) return;
+    const fns = this.listeners.get(name) || [];
     for (const fn of fns) {
       try {
         fn(detail);
@@ -246,26 +246,24 @@ export class SynclineClient {
         console.error(`syncline listener ${name} failed`, e); // a listener never breaks the session
       }
     }
+    for (const w of [...this.waiters]) w();
   }
 
-  /** Resolve when `predicate()` holds, checked after every change (no polling loop of ours). */
+  /** Resolve when `predicate()` holds, checked after everything the client emits (no polling loop). */
   waitFor(predicate, timeoutMs = 10_000) {
     if (predicate()) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const names = ["status", "change", "progress", "opResult", "snapshot", "transport"];
-      const offs = [];
+      const waiter = () => {
+        if (!predicate()) return;
+        clearTimeout(timer);
+        this.waiters.delete(waiter);
+        resolve();
+      };
       const timer = setTimeout(() => {
-        offs.forEach((f) => f());
+        this.waiters.delete(waiter);
         reject(new Error("condition not reached in time"));
       }, timeoutMs);
-      const check = () => {
-        if (predicate()) {
-          clearTimeout(timer);
-          offs.forEach((f) => f());
-          resolve();
-        }
-      };
-      for (const n of names) offs.push(this.on(n, check));
+      this.waiters.add(waiter);
     });
   }
 

@@ -32,9 +32,14 @@ function env(extra = {}) {
 }
 
 /** Mint a token with `syncline token` (HS256 with the test secret). */
-export function mintToken(user = "alice", { tenant = "acme", ttl = 3600, role = "member" } = {}) {
-  return execFileSync(PYTHON, ["-m", "syncline.cli", "token", "--tenant", tenant, "--user", user, "--role", role, "--ttl", String(ttl)],
+const minted = new Map();
+export function mintToken(user = "alice", { tenant = "acme", ttl = 3600, role = "member", fresh = false } = {}) {
+  const key = `${user}/${tenant}/${ttl}/${role}`;
+  if (!fresh && minted.has(key)) return minted.get(key);
+  const token = execFileSync(PYTHON, ["-m", "syncline.cli", "token", "--tenant", tenant, "--user", user, "--role", role, "--ttl", String(ttl)],
     { cwd: ROOT, env: env(), encoding: "utf8" }).trim();
+  minted.set(key, token);
+  return token;
 }
 
 export async function waitFor(predicate, timeoutMs = 10_000, what = "a condition") {
@@ -48,8 +53,10 @@ export async function waitFor(predicate, timeoutMs = 10_000, what = "a condition
 
 /** `python -m syncline.cli serve` on a SQLite file in a temporary directory. */
 export class Server {
-  constructor({ env: extra = {} } = {}) {
+  /** @param {object} o {env, script}: script = a path under the repo run instead of `syncline serve` */
+  constructor({ env: extra = {}, script = null } = {}) {
     this.extra = extra;
+    this.script = script;
     this.dir = mkdtempSync(join(tmpdir(), "ckjs-"));
     this.proc = null;
   }
@@ -57,8 +64,10 @@ export class Server {
   async start() {
     this.port = await freePort();
     this.url = `http://127.0.0.1:${this.port}`;
-    this.proc = spawn(PYTHON, ["-m", "syncline.cli", "serve", "--port", String(this.port), "--db",
-      `sqlite+aiosqlite:///${join(this.dir, "syncline.db")}`], { cwd: ROOT, env: env(this.extra), stdio: ["ignore", "ignore", "pipe"] });
+    const db = `sqlite+aiosqlite:///${join(this.dir, "syncline.db")}`;
+    const args = this.script ? [join(ROOT, this.script), "--port", String(this.port), "--db", db]
+      : ["-m", "syncline.cli", "serve", "--port", String(this.port), "--db", db];
+    this.proc = spawn(PYTHON, args, { cwd: ROOT, env: env(this.extra), stdio: ["ignore", "ignore", "pipe"] });
     this.stderr = "";
     this.proc.stderr.on("data", (d) => { this.stderr = (this.stderr + d).slice(-4000); });
     const exited = new Promise((r) => this.proc.once("exit", (code) => r(code)));

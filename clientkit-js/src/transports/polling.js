@@ -29,7 +29,7 @@ export class PollingConnection {
     this.probeIntervalMs = probeIntervalMs;
     this.path = path;
     this.handler = null;
-    this.early = []; // messages made before the caller set `onmessage` (the welcome)
+    this.inbox = []; // messages that arrived before the caller set `onmessage`
     this.onclose = null;
     this.closed = false;
     this.sub = null; // {id, cursor, prefixes}
@@ -38,30 +38,23 @@ export class PollingConnection {
     this.polls = 0;
     this.lastInterval = null; // the last wait, in ms (the adaptive interval)
     this.nextProbe = Date.now() + probeIntervalMs;
-    // The welcome, once the caller has set its callbacks.
-    queueMicrotask(() => this.deliver(message(T.WELCOME, { session: "poll", tenant: "poll", user: "poll", head })));
+    // The welcome: kept until the caller sets `onmessage`.
+    this.deliver(message(T.WELCOME, { session: "poll", tenant: "poll", user: "poll", head }));
   }
 
-  // The caller sets `onmessage` after `open()` resolves, some awaits after the welcome was
-  // made: hold messages until then, and hand them over on a later microtask, after the
-  // caller's own setup (its `connected()`), as a WebSocket's first frame would arrive.
   get onmessage() {
     return this.handler;
   }
 
   set onmessage(fn) {
     this.handler = fn;
-    if (fn && this.early.length) {
-      queueMicrotask(() => {
-        while (this.handler && this.early.length && !this.closed) this.handler(this.early.shift());
-      });
-    }
+    while (fn && this.inbox.length && !this.closed) fn(this.inbox.shift());
   }
 
   deliver(msg) {
     if (this.closed) return;
-    if (this.handler && !this.early.length) this.handler(msg);
-    else this.early.push(msg);
+    if (this.handler) this.handler(msg);
+    else this.inbox.push(msg);
   }
 
   async request(method, path, body = undefined) {

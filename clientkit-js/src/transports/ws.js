@@ -18,7 +18,8 @@ export class WsConnection {
   constructor(ws) {
     this.kind = "ws";
     this.ws = ws;
-    this.onmessage = null;
+    this.handler = null;
+    this.inbox = []; // messages that arrived before the caller set `onmessage`
     this.onclose = null;
     this.skipped = 0; // server frames that did not decode (dropped)
     this.closed = false;
@@ -31,10 +32,20 @@ export class WsConnection {
         this.skipped += 1;
         return;
       }
-      if (this.onmessage) this.onmessage(msg);
+      if (this.handler) this.handler(msg);
+      else this.inbox.push(msg);
     };
     ws.onclose = (ev) => this.ended(ev.code, ev.reason || "", false);
     ws.onerror = () => {}; // a close event follows
+  }
+
+  get onmessage() {
+    return this.handler;
+  }
+
+  set onmessage(fn) {
+    this.handler = fn;
+    while (fn && this.inbox.length) fn(this.inbox.shift());
   }
 
   ended(code, reason, byClient) {
