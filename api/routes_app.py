@@ -6,8 +6,9 @@ package-data), so ``syncline serve`` needs nothing but Python to serve them.
 
 ``POST /dev/token`` mints a token for the login form, only while the server signs with
 the development secret (``var/dev-jwt-secret``, used when ``SYNCLINE_JWT_SECRET`` is not
-set) and only for a loopback client: the development secret may only serve a loopback
-address anyway (api/settings.py ``check_startup_secrets``). With a real secret it answers
+set) and only for a loopback client that no proxy relayed (no ``Forwarded`` or
+``X-Forwarded-For``): the development secret may only serve a loopback address anyway
+(api/settings.py ``check_startup_secrets``), and a local reverse proxy must not open it. With a real secret it answers
 403 ``dev_login_disabled``; the pages then take a token from ``#token=…`` or a paste box.
 """
 from __future__ import annotations
@@ -30,13 +31,16 @@ from .settings import is_dev_secret, is_loopback
 STATIC_DIR = Path(__file__).with_name("static") / "app"
 DEV_ROLES = ("member", "viewer", "auditor", "admin")
 DEV_TOKEN_TTL_S = 8 * 3600
+# A request relayed by a proxy comes from loopback too: with any of these it is refused.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def _dev_login_allowed(request: Request) -> bool:
     settings = request.app.state.settings
     client = request.client.host if request.client else ""
     return (settings.jwt_algorithm == "HS256" and is_dev_secret(settings.jwt_secret)
-            and is_loopback(settings.host) and is_loopback(client or ""))
+            and is_loopback(settings.host) and is_loopback(client or "")
+            and not any(h in request.headers for h in PROXY_HEADERS))
 
 
 @post("/dev/token", status_code=200, summary="Development login: a token signed with the development secret")

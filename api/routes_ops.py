@@ -21,8 +21,10 @@ from litestar import Request, get
 from syncline.engine.access import SYSTEM_READ
 
 from .deps import gateway_of, read_scope
+from .ws_yjs import YjsConnection
 
 DLQ_STATUSES = ("dead", "requeued", "redelivering", "resolved", "discarded")
+DLQ_COUNT_MAX = 1000  # dead letters counted per status (the page shows "1000" for "at least 1000")
 ROOMS_SHOWN = 50  # the busiest rooms and documents only: the answer stays small with many rooms
 
 
@@ -36,7 +38,7 @@ def _connections(gw: Any, tenant: str) -> dict[str, int]:
     for conn in list(gw.connections.values()):
         principal = getattr(conn, "principal", None)
         if principal is not None and principal.tenant == tenant:
-            kinds["yjs" if type(conn).__name__ == "YjsConnection" else "native"] += 1
+            kinds["yjs" if isinstance(conn, YjsConnection) else "native"] += 1
     return {"native": kinds["native"], "yjs": kinds["yjs"], "total": sum(kinds.values())}
 
 
@@ -72,7 +74,8 @@ async def ops_stats(request: Request) -> dict:
     gw = gateway_of(request)
     tenant = await read_scope(request, resource="ops.stats")
     bus = _bus(request)
-    dead = {status: len(await bus.dlq.query(scope=tenant, status=status, limit=1000)) for status in DLQ_STATUSES}
+    dead = {status: len(await bus.dlq.query(scope=tenant, status=status, limit=DLQ_COUNT_MAX))
+            for status in DLQ_STATUSES}
     groups = [{"group": g["group"], "lag": g["lag"], "partitions": g["partitions"], "members": len(g["members"]),
                "low_watermark": g["low_watermark"]} for g in await bus.groups(tenant)]
     return {

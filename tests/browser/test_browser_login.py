@@ -26,6 +26,12 @@ def test_dev_login_form_mints_a_token_with_the_development_secret(browser, tmp_p
         assert r.status_code == 400 and r.json()["code"] == "invalid"
         r = httpx.post(f"{server.url}/dev/token", json={**BODY, "tenant": "no/slash"}, timeout=10)
         assert r.status_code == 400
+        for proxied in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}):
+            r = httpx.post(f"{server.url}/dev/token", json=BODY, headers=proxied, timeout=10)
+            assert r.status_code == 403 and r.json()["code"] == "dev_login_disabled", proxied
+        minted = httpx.post(f"{server.url}/dev/token", json=BODY, timeout=10).json()["token"]
+        r = httpx.get(f"{server.url}/v1/ops/stats", headers={"Authorization": f"Bearer {minted}"}, timeout=10)
+        assert r.status_code == 200  # a real token of this server, with the role asked for
 
         page = pages.context().new_page()
         page.goto(f"{server.url}/app/ops.html")
