@@ -133,6 +133,8 @@ def test_a_manual_conflict_is_decided_in_one_page_and_both_show_it(pages, server
         expect(box.locator(f"button.choose[data-value='Plan A {unique}']")).to_contain_text("(alice)")
         expect(box.locator(f"button.choose[data-value='Plan B {unique}']")).to_contain_text("(bob)")
     screenshot(bob, "board")
+    ops = pages.open("/app/ops.html?refresh=300", user="audrey", roles=("auditor",))  # the operations page lists it
+    expect(ops.locator("#card-conflicts")).to_contain_text(f"rec/board/{task} · title")
 
     alice.locator(f".conflict[data-id='{task}'] button.choose[data-value='Plan B {unique}']").click()
     for page in (alice, bob):
@@ -140,6 +142,7 @@ def test_a_manual_conflict_is_decided_in_one_page_and_both_show_it(pages, server
         expect(page.locator(f".task[data-id='{task}'] .title")).to_have_text(f"Plan B {unique}")
     assert _record(server, task)["values"]["title"] == f"Plan B {unique}"
     assert _record(server, task)["conflicts"] == []
+    expect(ops.locator("#card-conflicts")).not_to_contain_text(f"rec/board/{task}")
 
 
 def test_with_websockets_blocked_the_board_polls_and_gets_changes_from_elsewhere(pages, unique):
