@@ -88,11 +88,12 @@ def test_history_slider_loads_the_document_at_a_position(pages, unique):
     # every keystroke may be its own update: wait for the log to hold the whole text, then load the stops
     a.wait_for_function("""async () => {
         await window.syncline.editor.loadPositions();
-        return Number(document.querySelector('#history').max) > 0
+        return window.syncline.editor.stops() >= 3
     }""", polling=200)
     expect(a.locator("#history-label")).to_have_text("live")
     slider = a.locator("#history")
-    stops = int(slider.get_attribute("max"))
+    stops = a.evaluate("window.syncline.editor.stops()")
+    assert int(slider.get_attribute("max")) == stops
     slider.fill("1")  # the first update: a prefix of the text, shown read-only
     expect(a.locator("#history-text")).to_be_visible()
     first = a.locator("#history-text").inner_text()

@@ -16,7 +16,8 @@ function start (main, token, claims) {
   const docName = params.get('doc') || 'welcome'
   const badge = el('span', { id: 'status', class: 'badge offline' }, 'offline')
   const peers = el('span', { id: 'peers', class: 'peers' })
-  const slider = el('input', { id: 'history', type: 'range', min: 0, max: 0, value: 0, disabled: true })
+  // (max = value: the thumb at the right end, "live", until the stops are loaded)
+  const slider = el('input', { id: 'history', type: 'range', min: 0, max: 1, value: 1, disabled: true })
   const sliderLabel = el('span', { id: 'history-label' }, 'live')
   const past = el('pre', { id: 'history-text', class: 'past', hidden: true })
   const editorHost = el('div', { id: 'editor', class: 'editor' })
@@ -68,11 +69,14 @@ function start (main, token, claims) {
       if (!r.more) break
       from = r.next_version
     }
+    const wasLive = Number(slider.value) >= Number(slider.max)
     positions = found
-    slider.max = String(positions.length)
-    slider.value = String(positions.length)
+    slider.max = String(Math.max(1, positions.length))
     slider.disabled = positions.length === 0
-    showLive()
+    if (wasLive) { // (someone browsing the past stays where they are)
+      slider.value = slider.max
+      showLive()
+    }
   }
   function showLive () {
     sliderLabel.textContent = 'live'
@@ -91,10 +95,20 @@ function start (main, token, claims) {
     past.hidden = false
     editorHost.classList.add('dimmed')
   })
-  provider.once('sync', () => loadPositions().catch((e) => { sliderLabel.textContent = e.message }))
+  // The stops are reloaded when the slider is touched after the document changed.
+  let stale = true
+  ydoc.on('update', () => { stale = true })
+  const refreshStops = () => {
+    if (!stale) return
+    stale = false
+    loadPositions().catch((e) => { sliderLabel.textContent = e.message })
+  }
+  slider.addEventListener('pointerdown', refreshStops)
+  slider.addEventListener('focus', refreshStops)
+  provider.once('sync', refreshStops)
 
   // for the tests and the curious: window.syncline.editor
-  window.syncline = { editor: { ydoc, ytext, provider, view, loadPositions } }
+  window.syncline = { editor: { ydoc, ytext, provider, view, loadPositions, stops: () => positions.length } }
 }
 
 page('Editor', start)
