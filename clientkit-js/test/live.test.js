@@ -137,6 +137,18 @@ test("token refresh in-band: a short token is replaced before it expires and the
   assert.equal(a.stats.connects, 1, "no reconnection: the session outlived its first token");
 });
 
+test("an expired token is replaced from getToken before connecting", async () => {
+  const expired = mintToken("alice", { tenant: "t8", ttl: 1 });
+  await waitFor(() => Date.now() / 1000 > tokenExpiry(expired) + 1, 10_000, "the token to expire");
+  const fresh = mintToken("alice", { tenant: "t8", ttl: 3600 });
+  const a = await client(server, "alice", "t8", { token: expired, getToken: async () => fresh });
+  a.start();
+  await a.set("rec/tasks/1", { ok: true });
+  await a.waitSynced();
+  assert.equal(a.token, fresh);
+  assert.equal(a.stats.connects, 1, "no refused attempt first");
+});
+
 test("manual conflict: both versions reach both clients; one resolves, both show the decision", async () => {
   const a = await client(notes, "alice", "t6");
   const b = await client(notes, "bob", "t6");
