@@ -12,7 +12,7 @@
  *   client.start();
  *   await client.set("rec/tasks/1", { title: "hello" });   // durable in IndexedDB; works offline
  */
-import { SessionCore, State } from "./core.js";
+import { normalizeConflict, SessionCore, State } from "./core.js";
 import { MemoryStore, OpQueue, DEFAULT_LIMIT } from "./queue.js";
 import { FallbackConnector } from "./transports/fallback.js";
 import { ResolutionConfig } from "./resolution.js";
@@ -188,15 +188,26 @@ export class SynclineClient {
    * (`versions[i].stamp.op`), or `{value}` for a value of one's own, or `{deleted: true}`.
    * Sends the `resolve` op the server expects; resolves once it is durable locally.
    */
-  resolve(conflictId, choice) {
+  resolve(conflictId, choice, { conflict = null } = {}) {
     const now = this.clock();
+    const c = this.core.replica.conflict(conflictId) || (conflict ? normalizeConflict(conflict) : null);
     const outs = typeof choice === "string"
-      ? this.core.resolve(conflictId, choice, now)
-      : this.core.resolve(conflictId, "custom", now, { custom: true, value: choice.value, deleted: Boolean(choice.deleted) });
+      ? this.core.resolve(conflictId, choice, now, { conflict: c })
+      : this.core.resolve(conflictId, "custom", now, { custom: true, value: choice.value, deleted: Boolean(choice.deleted), conflict: c });
     this.apply(outs);
-    const c = this.core.replica.conflict(conflictId);
     this.emit("change", { streams: c ? [c.stream] : [], local: true });
     return this.queue.flush();
+  }
+
+  /**
+   * The tenant's open conflicts from the server (`GET /v1/conflicts`, optionally for one
+   * stream), in the replica's shape; any of them can be passed to `resolve` as `{conflict}`.
+   */
+  async fetchConflicts(stream = null) {
+    const q = stream ? `?stream=${encodeURIComponent(stream)}` : "";
+    const r = await this.fetch(`${this.url.replace(/\/+$/, "")}/v1/conflicts${q}`, { headers: { Authorization: `Bearer ${this.token}` } });
+    if (r.status !== 200) throw new Error(`GET /v1/conflicts answered HTTP ${r.status}`);
+    return (await r.json()).conflicts.map(normalizeConflict);
   }
 
   join(room) { this.apply(this.core.join(room)); }
@@ -261,7 +272,7 @@ export class SynclineClient {
       };
       const timer = setTimeout(() => {
         this.waiters.delete(waiter);
-        reject(new Error("condition not reached in time"));
+        reject(new Error(`condition not reached in time: ${String(predicate).slice(0, 120)}`));
       }, timeoutMs);
       this.waiters.add(waiter);
     });
@@ -435,7 +446,7 @@ export class SynclineClient {
     this.refreshTimer = setTimeout(async () => {
       const conn = this.conn;
       if (await this.refreshToken()) {
-        if (conn && conn === this.conn) {
+        if (conn && conn === this.conn && conn.kind === "ws") { // (polling sends the new token with its next request)
           this.authN += 1;
           this.apply(this.core.auth(this.token, `auth-${this.authN}`));
         }

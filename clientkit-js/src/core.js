@@ -275,10 +275,12 @@ export class SessionCore {
    * any other (queued, idempotent); its clock covers every version, so it supersedes them
    * on every replica.
    */
-  resolve(conflictId, choice, nowMs, { value = undefined, custom = false, deleted = false } = {}) {
+  resolve(conflictId, choice, nowMs, { value = undefined, custom = false, deleted = false, conflict = null } = {}) {
     this.now = Math.max(this.now, nowMs);
-    const c = this.replica.conflict(conflictId);
-    if (c === null) throw new UnknownConflict(`no open conflict ${conflictId} in the local replica`);
+    // The replica's conflict, or one listed by `GET /v1/conflicts` (a record this client
+    // does not follow): both carry every version with its op id and clock.
+    const c = this.replica.conflict(conflictId) || (conflict ? normalizeConflict(conflict) : null);
+    if (c === null || c.id !== conflictId) throw new UnknownConflict(`no open conflict ${conflictId} in the local replica`);
     let v = value;
     let del = deleted;
     if (!custom) {
@@ -458,7 +460,9 @@ export class SessionCore {
       const kind = String(r.kind ?? "");
       if (kind === "rejected" && r.reason === "clock_skew" && this.restamp(r.op, r.server_ms)) continue; // goes again
       done.push(r.op);
-      if (!ACCEPTED.has(kind)) this.replica.forget(r.op); // rejected: the optimistic value goes away
+      // Rejected: the optimistic value goes away. Accepted on a stream this client does not
+      // subscribe to: its event never comes back to take it out of the overlay.
+      if (!ACCEPTED.has(kind) || !this.follows(this.replica.pending.get(r.op)?.stream)) this.replica.forget(r.op);
       out.push({ type: "opResult", opId: r.op, kind, result: r });
     }
     this.queue.ack(done);
@@ -583,6 +587,11 @@ export class SessionCore {
     return [{ type: "authed", msg }];
   }
 
+  /** Whether the subscription covers `stream` (its events come back to this client). */
+  follows(stream) {
+    return stream === undefined || this.prefixes.some((p) => stream.startsWith(p));
+  }
+
   subscribe() {
     this.resubDue = null;
     return [{ type: "send", msg: message(T.SUB, { id: this.subId, prefixes: this.prefixes, after: this.position }) }];
@@ -622,6 +631,20 @@ export class SessionCore {
   get(stream) {
     return this.replica.get(stream);
   }
+}
+
+/**
+ * A conflict as `GET /v1/conflicts` lists it (the `conflict.detected` payload: `{conflict,
+ * stream, field, held, versions: [{op, client, user, hlc, vc, value, deleted}]}`) in the
+ * replica's shape; a replica conflict passes through.
+ */
+export function normalizeConflict(c) {
+  if (c.id && c.versions?.every((v) => v.stamp)) return c;
+  const versions = (c.versions || []).map((v) => ({
+    stamp: { op: v.op, client: v.client, user: v.user, hlc: hlcDecode(v.hlc), clock: vcFromWire(v.vc || {}) },
+    value: v.value ?? null, deleted: Boolean(v.deleted),
+  }));
+  return { id: c.conflict, stream: c.stream, field: c.field, versions, held: versions.find((v) => v.stamp.op === c.held) || versions[0] };
 }
 
 const HANDLERS = {

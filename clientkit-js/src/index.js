@@ -1,6 +1,6 @@
 /** Syncline client kit for the browser (and Node): see README.md. */
 export { SynclineClient, tokenExpiry, fetchResolution } from "./client.js";
-export { SessionCore, State, UnknownConflict, LocalProtocolError } from "./core.js";
+export { SessionCore, State, UnknownConflict, LocalProtocolError, normalizeConflict } from "./core.js";
 export { OpQueue, MemoryStore, IndexedDbStore, QueueFull, DEFAULT_LIMIT } from "./queue.js";
 export { RecordsReplica } from "./replica.js";
 export { ResolutionConfig, InvalidResolutionConfig, collectionOf } from "./resolution.js";

@@ -137,6 +137,18 @@ test("token refresh in-band: a short token is replaced before it expires and the
   assert.equal(a.stats.connects, 1, "no reconnection: the session outlived its first token");
 });
 
+test("an expired token is replaced from getToken before connecting", async () => {
+  const expired = mintToken("alice", { tenant: "t8", ttl: 1 });
+  await waitFor(() => Date.now() / 1000 > tokenExpiry(expired) + 1, 10_000, "the token to expire");
+  const fresh = mintToken("alice", { tenant: "t8", ttl: 3600 });
+  const a = await client(server, "alice", "t8", { token: expired, getToken: async () => fresh });
+  a.start();
+  await a.set("rec/tasks/1", { ok: true });
+  await a.waitSynced();
+  assert.equal(a.token, fresh);
+  assert.equal(a.stats.connects, 1, "no refused attempt first");
+});
+
 test("manual conflict: both versions reach both clients; one resolves, both show the decision", async () => {
   const a = await client(notes, "alice", "t6");
   const b = await client(notes, "bob", "t6");
@@ -164,6 +176,26 @@ test("manual conflict: both versions reach both clients; one resolves, both show
   assert.deepEqual(a.conflicts(), []);
   assert.equal(a.get("rec/notes/1").title, "bob's title");
   assert.deepEqual((await notes.get("/v1/conflicts", tok)).body.conflicts, []);
+
+  // A client that does not follow the record resolves a conflict listed by GET /v1/conflicts.
+  a.goOffline();
+  b.goOffline();
+  await a.set("rec/notes/2", { title: "A" });
+  await b.set("rec/notes/2", { title: "B" });
+  a.goOnline();
+  b.goOnline();
+  await a.waitFor(() => a.conflicts("rec/notes/2").length === 1);
+  const carol = await client(notes, "carol", "t6", { prefixes: ["rec/elsewhere/"] });
+  carol.start();
+  const [listed] = await carol.fetchConflicts("rec/notes/2");
+  assert.deepEqual(listed.versions.map((v) => v.value).sort(), ["A", "B"]);
+  assert.throws(() => carol.resolve(listed.id, "nope.1", { conflict: listed }), (e) => e.code === "unknown_conflict");
+  assert.equal(carol.pending, 0);
+  await carol.resolve(listed.id, { value: "C" }, { conflict: listed });
+  await carol.waitFor(() => carol.pending === 0 && carol.core.replica.pending.size === 0);
+  await a.waitFor(() => a.conflicts().length === 0 && a.get("rec/notes/2").title === "C");
+  await b.waitFor(() => b.conflicts().length === 0 && b.get("rec/notes/2").title === "C");
+  assert.deepEqual(await carol.fetchConflicts(), []);
 });
 
 test("the resolution rules are taken from the config option for the overlay of merge fields", async () => {

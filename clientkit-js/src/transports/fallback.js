@@ -16,8 +16,8 @@ import { WsConnector } from "./ws.js";
 export class FallbackConnector {
   constructor(baseUrl, token, { WebSocket = globalThis.WebSocket, fetch = globalThis.fetch?.bind(globalThis), wsFailuresMax = 2,
     healthyAfterMs = 2000, probeIntervalMs = 5000, maxPollIntervalMs = 2000, openTimeoutMs = 5000, pollPath = "/v1/events/poll",
-    wsUrl = null } = {}) {
-    this.ws = new WsConnector(baseUrl, token, { WebSocket, openTimeoutMs, url: wsUrl });
+    wsUrl = null, codec = "msgpack" } = {}) {
+    this.ws = new WsConnector(baseUrl, token, { WebSocket, openTimeoutMs, url: wsUrl, codec });
     this.poll = new PollingConnector(baseUrl, token, { fetch, maxIntervalMs: maxPollIntervalMs, probe: () => this.probe(),
       probeIntervalMs, path: pollPath });
     this.wsFailures = 0;

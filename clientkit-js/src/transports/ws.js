@@ -1,11 +1,12 @@
 /**
- * WebSocket transport to `/v1/ws` (JSON subprotocol). In the browser it uses the global
+ * WebSocket transport to `/v1/ws` (msgpack subprotocol by default; `codec: "json"` for
+ * text frames). In the browser it uses the global
  * `WebSocket`; in Node pass one (`import { WebSocket } from "ws"`).
  *
  * A connection: `send(msg)`, `close()`, and two callbacks set by the caller,
  * `onmessage(msg)` and `onclose({code, reason, upgrade})`.
  */
-import { CLOSE, decodeFrame, encodeFrame, SUBPROTOCOL_JSON } from "../protocol.js";
+import { CLOSE, decodeFrame, encodeFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from "../protocol.js";
 import { TransportError } from "./errors.js";
 
 export function wsUrl(baseUrl) {
@@ -15,9 +16,10 @@ export function wsUrl(baseUrl) {
 }
 
 export class WsConnection {
-  constructor(ws) {
+  constructor(ws, codec = "msgpack") {
     this.kind = "ws";
     this.ws = ws;
+    this.codec = codec;
     this.handler = null;
     this.inbox = []; // messages that arrived before the caller set `onmessage`
     this.onclose = null;
@@ -57,7 +59,7 @@ export class WsConnection {
 
   send(msg) {
     if (this.closed || this.ws.readyState !== 1) return false;
-    this.ws.send(encodeFrame(msg));
+    this.ws.send(encodeFrame(msg, this.codec));
     return true;
   }
 
@@ -75,9 +77,10 @@ export class WsConnector {
   /**
    * @param {string} baseUrl "http(s)://host:port" ("" in a page: its own origin)
    * @param {string} token the JWT (sent as ?token=, browsers cannot set headers on a WebSocket)
-   * @param {object} [o] {WebSocket, openTimeoutMs, url}
+   * @param {object} [o] {WebSocket, openTimeoutMs, url, codec: "msgpack" | "json"}
    */
-  constructor(baseUrl, token, { WebSocket = globalThis.WebSocket, openTimeoutMs = 5000, url = null } = {}) {
+  constructor(baseUrl, token, { WebSocket = globalThis.WebSocket, openTimeoutMs = 5000, url = null, codec = "msgpack" } = {}) {
+    this.codec = codec;
     this.url = url || wsUrl(baseUrl);
     this.token = token;
     this.WebSocket = WebSocket;
@@ -96,7 +99,8 @@ export class WsConnector {
     return new Promise((resolve, reject) => {
       let ws;
       try {
-        ws = new WS(`${this.url}?${q}`, [SUBPROTOCOL_JSON]);
+        ws = new WS(`${this.url}?${q}`, [this.codec === "json" ? SUBPROTOCOL_JSON : SUBPROTOCOL_MSGPACK]);
+        ws.binaryType = "arraybuffer";
       } catch (e) {
         reject(new TransportError(`websocket failed: ${e.message}`));
         return;
@@ -112,7 +116,7 @@ export class WsConnector {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        resolve(new WsConnection(ws));
+        resolve(new WsConnection(ws, this.codec));
       };
       ws.onerror = () => {};
       ws.onclose = (ev) => {
