@@ -45,3 +45,11 @@ def test_committed_bundles_are_rebuilt_byte_for_byte(tmp_path):
     assert sorted(built) == sorted(committed)
     stale = [name for name in built if built[name] != committed[name]]
     assert not stale, f"api/static/app/ is out of date for {stale}: run `make web` and commit the result"
+
+
+def test_the_kits_dependencies_are_pinned_in_web_at_the_same_versions():
+    """The board bundles clientkit-js from its sources; its packages resolve from web/node_modules
+    (build.mjs ``nodePaths``) when clientkit-js/node_modules is absent, so web pins the same versions."""
+    kit = json.loads((ROOT / "clientkit-js" / "package.json").read_text()).get("dependencies", {})
+    web = json.loads((WEB / "package.json").read_text())["dependencies"]
+    assert {name: web.get(name) for name in kit} == kit
