@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ARGS ?=
 
-.PHONY: help setup test serve services-start services-stop constraints
+.PHONY: help setup test serve services-start services-stop constraints web
 
 help:
 	@echo "make setup            create .venv and install syncline[server,test,bench] (pinned by constraints.txt)"
@@ -10,6 +10,7 @@ help:
 	@echo "make test             start PostgreSQL + Redis, run the whole test suite, stop them"
 	@echo "make services-start   start the test PostgreSQL + Redis and leave them running (env: var/services.env)"
 	@echo "make services-stop    stop them"
+	@echo "make web              rebuild the browser pages (api/static/app/) from web/ with npm ci + esbuild; commit the result"
 	@echo "make constraints      regenerate constraints.txt from .venv after changing dependencies"
 
 setup:
@@ -20,6 +21,11 @@ serve:
 
 test:
 	bash scripts/test.sh $(ARGS)
+
+# The built pages are committed (make serve needs only Python); this rebuilds them
+# byte for byte from web/package-lock.json (tests/browser/test_web_bundles.py checks).
+web:
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
 
 services-start:
 	bash scripts/services.sh start

@@ -17,12 +17,14 @@ from syncline.store.records_service import RecordsService
 from . import (
     routes_activity,
     routes_admin,
+    routes_app,
     routes_bus,
     routes_commands,
     routes_config,
     routes_docs,
     routes_events,
     routes_health,
+    routes_ops,
     routes_rooms,
     ws_native,
     ws_yjs,
@@ -137,7 +139,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     settings = settings or Settings()
     check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
     configure_logging(settings.log_json)
-    resolution = resolution or resolution_from_settings(settings) or default_resolution()
+    resolution = (resolution or resolution_from_settings(settings)
+                  or default_resolution(settings.records_manual_fields))
     holder: dict[str, Gateway] = {}
 
     async def on_startup(app: Litestar) -> None:
@@ -162,13 +165,15 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
             await gw.close()
 
     v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin,
-                  routes_config)
-    for handler in _http_handlers(*v1_modules, routes_health):  # (every route: a new module cannot be missed)
+                  routes_ops, routes_config)
+    # (every route: a new module cannot be missed)
+    for handler in _http_handlers(*v1_modules, routes_health, routes_app):
         declare_errors(handler)
     v1 = Router(path="/v1", guards=[require_auth], route_handlers=[h for m in v1_modules for h in m.V1])
     legacy = Router(path="/api", guards=[require_auth], route_handlers=[*routes_events.LEGACY])
     app = Litestar(
-        route_handlers=[*routes_health.ROUTES, v1, legacy, ws_native.native_ws, ws_yjs.yjs_ws],
+        route_handlers=[*routes_health.ROUTES, *routes_app.ROUTES, routes_app.app_router(), v1, legacy,
+                        ws_native.native_ws, ws_yjs.yjs_ws],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         middleware=[correlation_middleware, limits_middleware],

@@ -132,6 +132,8 @@ KEYS: tuple[Key, ...] = (
     _k("activity", "projections", "bool", "fold activity feeds, presence history, stream stats",
        fld="activity_projections"),
     _k("activity", "feed_keep", "int", "items kept per feed and room history"),
+    _k("records", "manual_fields", "list", "collection.field items settled by a person when [resolution] is absent",
+       fld="records_manual_fields"),
     _k("webhook", "url", "str", "where critical events are posted", fld="webhook_url", url=True),
     _k("webhook", "secret", "str", "HMAC key signing webhook bodies", fld="webhook_secret", secret=True),
     _k("audit", "key_file", "str", "Ed25519 private key file for signed checkpoints", fld="audit_key_file"),

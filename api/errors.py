@@ -64,6 +64,13 @@ class InsecureSecret(SynclineError):
     http_status = 500
 
 
+class DevLoginDisabled(Forbidden):
+    """``POST /dev/token`` while the server signs with a real secret (or for a non-loopback
+    client): the development login mints tokens only with the development secret."""
+
+    code = "dev_login_disabled"
+
+
 class JustificationRequired(Forbidden):
     code = "justification_required"
 

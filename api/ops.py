@@ -10,7 +10,7 @@ from typing import Any
 
 from syncline.engine import access
 from syncline.engine.errors import ValidationError
-from syncline.engine.records import CollectionPolicy, ResolutionConfig, op_from_wire
+from syncline.engine.records import MANUAL, CollectionPolicy, FieldPolicy, ResolutionConfig, op_from_wire
 
 from .auth import Principal
 from .errors import TenantViolation
@@ -18,9 +18,17 @@ from .errors import TenantViolation
 OPS_MAX = 2000
 
 
-def default_resolution() -> ResolutionConfig:
-    """Any collection, every field last-writer-wins (configure collections to change that)."""
-    return ResolutionConfig({}, default_collection=CollectionPolicy())
+def default_resolution(manual_fields: tuple[str, ...] = ()) -> ResolutionConfig:
+    """Any collection, every field last-writer-wins, except the ``collection.field`` items
+    of ``manual_fields`` (``SYNCLINE_RECORDS_MANUAL_FIELDS``), settled by a person."""
+    manual: dict[str, dict[str, FieldPolicy]] = {}
+    for item in manual_fields:
+        collection, dot, name = item.partition(".")
+        if not dot or not collection or not name:
+            raise ValidationError(f"SYNCLINE_RECORDS_MANUAL_FIELDS items are collection.field, not {item!r}")
+        manual.setdefault(collection, {})[name] = MANUAL
+    return ResolutionConfig({c: CollectionPolicy(fields=f) for c, f in manual.items()},
+                            default_collection=CollectionPolicy())
 
 
 async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> list[dict]:

@@ -157,6 +157,12 @@ class Settings:
     activity_projections: bool = field(
         default_factory=lambda: os.environ.get("SYNCLINE_ACTIVITY_PROJECTIONS", "1") not in ("0", "false", "no"))
     feed_keep: int = field(default_factory=lambda: _int("SYNCLINE_FEED_KEEP", 1000))
+    # Record fields settled by a person (manual strategy) instead of last-writer-wins, as
+    # "collection.field" items: concurrent writes keep every version as an open conflict.
+    # The default makes the task board's titles (/app/board.html, rec/board/<id>) manual.
+    records_manual_fields: tuple[str, ...] = field(
+        default_factory=lambda: _csv("SYNCLINE_RECORDS_MANUAL_FIELDS") if "SYNCLINE_RECORDS_MANUAL_FIELDS" in os.environ
+        else ("board.title",))
     ws_impl: str = field(default_factory=default_ws)
     # -- signed audit checkpoints (store/audit.py, docs/security.md#audit-trail-and-refused-attempts). The Ed25519
     # private key lives outside the database: a file (wins) or the value itself (PEM, or

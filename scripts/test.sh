@@ -12,6 +12,23 @@ cd "$ROOT"
 
 bash scripts/setup.sh
 
+# The browser tests (tests/browser/) drive Debian's chromium with Playwright: install it
+# as PostgreSQL and Redis are installed (as root, non-interactively) when it is missing.
+ensure_chromium() {
+    [ -x "${SYNCLINE_CHROMIUM:-/usr/bin/chromium}" ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "test: warning: chromium is missing and cannot be installed here (needs root and apt-get):" \
+             "the browser tests will skip (and fail under CI)" >&2
+        return 0
+    fi
+    echo "test: installing chromium (apt-get install -y chromium)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || echo "test: apt-get update reported errors; trying the install anyway" >&2
+    apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null \
+        || echo "test: warning: apt-get install chromium failed: the browser tests will skip (and fail under CI)" >&2
+}
+ensure_chromium
+
 started=""
 # shellcheck disable=SC2317  # cleanup is called by the EXIT trap
 cleanup() {

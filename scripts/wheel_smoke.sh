@@ -29,6 +29,10 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
 if "syncline/py.typed" not in names:
     sys.exit("wheel-smoke: py.typed is missing from the wheel")
+missing = [f"syncline/api/static/app/{f}" for f in ("index.html", "editor.js", "board.js", "ops.js", "style.css")
+           if f"syncline/api/static/app/{f}" not in names]
+if missing:
+    sys.exit(f"wheel-smoke: the built browser pages are missing from the wheel: {missing}")
 if tops != {"syncline"}:
     sys.exit(f"wheel-smoke: the wheel installs top-level packages besides syncline: {sorted(tops)}")
 PY
@@ -57,6 +61,8 @@ for _ in $(seq 1 200); do
     kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log" >&2; say "syncline serve exited"; exit 1; }
     sleep 0.1
 done
+"$work/server/bin/python" -c "import httpx, sys; r = httpx.get('http://127.0.0.1:$port/app/editor.js'); sys.exit(r.status_code != 200 or len(r.content) < 1000)" \
+    || { say "the installed server does not serve /app/editor.js"; exit 1; }
 token="$("$work/server/bin/syncline" token --tenant acme --user alice)"
 
 say "client-kit round trip against it"
