@@ -88,4 +88,4 @@ const rows = [
 for (const [a, b, c] of rows) console.log(`${a.padEnd(22)} ${String(b).padStart(34)}  ${c}`);
 console.log(JSON.stringify({ js_drain_ops_per_s: Math.round(result.js_drain_ops_per_s), ops: result.ops, drain_s: Number(result.drain_s.toFixed(3)),
   queue_s: Number(result.queue_s.toFixed(3)), store: result.store, codec: CODEC, client_cpu_s: Number(result.client_cpu_s.toFixed(2)),
-  server_cpu_s: result.server_cpu_s }));
+  server_cpu_s: result.server_cpu_s === null ? null : Number(result.server_cpu_s.toFixed(2)) }));

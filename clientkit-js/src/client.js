@@ -44,6 +44,13 @@ export async function fetchResolution(baseUrl, token, { fetch = globalThis.fetch
   }
 }
 
+/** In a page: the window's online/offline events and navigator.onLine; elsewhere none. */
+function defaultNetwork() {
+  const g = globalThis;
+  if (typeof g.addEventListener !== "function" || !g.navigator || typeof g.navigator.onLine !== "boolean") return null;
+  return { target: g, isOnline: () => g.navigator.onLine };
+}
+
 export class SynclineClient {
   /**
    * Open the queue (loading what an earlier run left: ops, client id, replica) and build the client.
@@ -69,7 +76,8 @@ export class SynclineClient {
   constructor(o, queue) {
     const {
       url = "", token, user, getToken = null, config = null, registry = null, connector = null, WebSocket, fetch,
-      transport = {}, refreshBeforeS = 60, loadConfig = true, clock = () => Date.now(), ...coreOptions
+      transport = {}, refreshBeforeS = 60, loadConfig = true, clock = () => Date.now(), network = defaultNetwork(),
+      ...coreOptions
     } = o;
     delete coreOptions.store;
     delete coreOptions.queueLimit;
@@ -96,6 +104,9 @@ export class SynclineClient {
     this.refreshTimer = null;
     this.authN = 0;
     this.opening = false;
+    this.network = network;
+    this.netDown = false; // the browser says it is offline (navigator.onLine)
+    this.netHandlers = null;
     queue.onWriteError = (e) => this.emit("error", { code: "storage_failed", message: String(e && e.message) });
   }
 
@@ -105,8 +116,40 @@ export class SynclineClient {
   start() {
     if (this.started) return;
     this.started = true;
+    this.watchNetwork();
     if (this.loadConfig) this.refreshConfig();
-    this.apply(this.core.connect(this.clock()));
+    if (!this.netDown) this.apply(this.core.connect(this.clock()));
+  }
+
+  /**
+   * Follow the browser's own idea of the network (`online`/`offline` events,
+   * `navigator.onLine`): offline, the connection is dropped at once and no attempt is made
+   * (instead of waiting for a heartbeat to go stale, or retrying in vain); online again,
+   * it connects at once. `network: null` to not follow it.
+   */
+  watchNetwork() {
+    const n = this.network;
+    if (!n || this.netHandlers) return;
+    const offline = () => {
+      this.netDown = true;
+      this.core.autoReconnect = false;
+      if (this.conn) this.conn.close(CLOSE.NORMAL, "browser offline");
+      this.emit("network", { online: false });
+    };
+    const online = () => {
+      this.netDown = false;
+      this.emit("network", { online: true });
+      if (this.paused || this.closing) return;
+      this.core.autoReconnect = true;
+      this.apply(this.core.connect(this.clock()));
+    };
+    this.netHandlers = { offline, online };
+    n.target.addEventListener("offline", offline);
+    n.target.addEventListener("online", online);
+    if (n.isOnline() === false) {
+      this.netDown = true;
+      this.core.autoReconnect = false;
+    }
   }
 
   /** Load the server's resolution rules now (kept when the server has none to give). */
@@ -125,6 +168,10 @@ export class SynclineClient {
 
   async close() {
     this.closing = true;
+    if (this.netHandlers) {
+      this.network.target.removeEventListener("offline", this.netHandlers.offline);
+      this.network.target.removeEventListener("online", this.netHandlers.online);
+    }
     clearTimeout(this.timer);
     clearTimeout(this.refreshTimer);
     if (this.conn) this.conn.close();
@@ -142,6 +189,7 @@ export class SynclineClient {
 
   goOnline() {
     this.paused = false;
+    if (this.netDown) return; // connects when the browser is online again
     this.core.autoReconnect = true;
     this.apply(this.core.connect(this.clock()));
   }
@@ -240,7 +288,7 @@ export class SynclineClient {
    * "progress" {position, head}, "opResult" {opId, kind, result}, "conflict" {conflict},
    * "snapshot" {position, droppedOps}, "snapshotCorrupt" {attempt, error},
    * "presence" {room, user, state}, "message" {msg}, "error" {code, message, ...},
-   * "token" {exp}, "transport" {kind}, "config" {config}. Returns an unsubscribe function.
+   * "token" {exp}, "transport" {kind}, "config" {config}, "network" {online}. Returns an unsubscribe function.
    */
   on(name, fn) {
     if (!this.listeners.has(name)) this.listeners.set(name, new Set());
@@ -376,7 +424,7 @@ export class SynclineClient {
         this.apply(this.core.disconnected(this.clock(), e.message));
         return;
       }
-      if (this.closing || this.paused) {
+      if (this.closing || this.paused || this.netDown) {
         conn.close();
         this.apply(this.core.disconnected(this.clock(), "closed"));
         return;

@@ -13,10 +13,9 @@
  * Conflicts (manual fields holding concurrent versions) are reported once per conflict id.
  */
 import { EMPTY_CLOCK, vcFromWire, vcLeq } from "./clocks.js";
-import { NO_INITIAL } from "./merges.js";
+import { BUILTINS, NO_INITIAL } from "./merges.js";
 import { decodeRecordState, encodeRecordState, foldEvent, recordConflicts, recordValues, RECORD_PATCHED } from "./records.js";
 import { collectionOf, ResolutionConfig } from "./resolution.js";
-import { BUILTINS } from "./merges.js";
 
 const SNAPSHOT_STAMP = Object.freeze({ op: "snapshot", client: "~snapshot", user: "", hlc: { wall: 0, logical: 0, node: "~snapshot" }, clock: EMPTY_CLOCK });
 

@@ -137,6 +137,28 @@ test("token refresh in-band: a short token is replaced before it expires and the
   assert.equal(a.stats.connects, 1, "no reconnection: the session outlived its first token");
 });
 
+test("the browser's offline and online events drop the connection and bring it back", async () => {
+  const net = new EventTarget();
+  let up = false;
+  const a = await client(server, "alice", "t9", { network: { target: net, isOnline: () => up } });
+  a.start();
+  await a.set("rec/tasks/1", { n: 1 });
+  assert.equal(a.stats.connects, 0, "no attempt while the browser is offline");
+  up = true;
+  net.dispatchEvent(new Event("online"));
+  await a.waitSynced();
+  up = false;
+  net.dispatchEvent(new Event("offline"));
+  await a.waitFor(() => a.status === "offline");
+  await a.set("rec/tasks/1", { n: 2 });
+  assert.equal(a.pending, 1);
+  up = true;
+  net.dispatchEvent(new Event("online"));
+  await a.waitSynced();
+  assert.equal(a.stats.connects, 2);
+  assert.deepEqual(a.get("rec/tasks/1"), { n: 2 });
+});
+
 test("an expired token is replaced from getToken before connecting", async () => {
   const expired = mintToken("alice", { tenant: "t8", ttl: 1 });
   await waitFor(() => Date.now() / 1000 > tokenExpiry(expired) + 1, 10_000, "the token to expire");

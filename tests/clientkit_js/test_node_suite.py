@@ -23,6 +23,8 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=KIT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # npm ci on a fresh machine, then about a minute of Node tests
 def test_clientkit_js_node_suite() -> None:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None:

@@ -16,8 +16,16 @@ import random
 
 from syncline.engine.clocks import HLCTimestamp, VectorClock
 from syncline.engine.records import (
-    MANUAL, RECORD_PATCHED, ClientOp, CollectionPolicy, RecordsState, ResolutionConfig, encode_record_state,
-    merged, reconcile, wire_values,
+    MANUAL,
+    RECORD_PATCHED,
+    ClientOp,
+    CollectionPolicy,
+    RecordsState,
+    ResolutionConfig,
+    encode_record_state,
+    merged,
+    reconcile,
+    wire_values,
 )
 
 
@@ -29,8 +37,8 @@ def config(flip: bool) -> ResolutionConfig:
 
 
 def value(rng: random.Random, field: str, flip: bool):
-    kind = {"title": "set_union" if flip else "text", "likes": "text" if flip else "int", "tags": "text" if flip else "set",
-            "top": "int" if flip else "num"}.get(field, "text")
+    kind = {"title": "set_union" if flip else "text", "likes": "text" if flip else "int",
+            "tags": "text" if flip else "set", "top": "int" if flip else "num"}.get(field, "text")
     if kind == "int":
         return rng.randint(-3, 5)
     if kind == "set":
