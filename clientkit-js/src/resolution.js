@@ -1,16 +1,19 @@
 /**
  * The server's resolution rules (engine/records/config.py `ResolutionConfig`), read from JSON.
  *
- * The shape (what `dataclasses.asdict` gives for the Python kit's config, which is what
- * `GET /v1/config/resolution` is to serve; a `{"resolution": {...}}` wrapper is accepted):
+ * `GET /v1/config/resolution` answers `{"rules": R, "version": 1}` (engine/records/rules.py);
+ * R (also accepted bare, or wrapped as `{"resolution": R}`) is
  *
  *   {"collections": {"<collection>": {"default": P, "fields": {"<field>": P}, "strict": false}},
- *    "default_collection": {"default": P, "fields": {...}, "strict": false} | null}
+ *    "default_collection": {"default": P, "fields": {...}, "strict": false} | null,
+ *    "custom_merges": ["module:function", ...]}
  *
- *   P = {"strategy": "lww" | "manual" | "merge", "merge": "<merge function name>" | null}
+ *   P = "lww" | "manual" | "<merge function name>"   (a built-in such as "counter", or "module:function")
  *
- * The shorthands "lww", "manual" and "merge:<name>" (or {"merge": "<name>"}) are accepted
- * for P too. Without any config a replica treats every field as LWW for its optimistic
+ * The object form `{"strategy": "lww" | "manual" | "merge", "merge": name | null}` is accepted
+ * for P too. A custom merge (`module:function`) is Python code on the server: a page that
+ * uses such a collection registers a JavaScript function under the same name in the
+ * registry it passes, or the config is refused (InvalidResolutionConfig names it). Without any config a replica treats every field as LWW for its optimistic
  * overlay, as the Python kit does without one; the fold itself needs none (each patch
  * carries its fields' strategies).
  */
@@ -30,8 +33,8 @@ function policy(p, where) {
   if (p === undefined || p === null) return { strategy: "lww", merge: null };
   if (typeof p === "string") {
     if (p === "lww" || p === "manual") return { strategy: p, merge: null };
-    if (p.startsWith("merge:")) return { strategy: "merge", merge: p.slice(6) };
-    throw new InvalidResolutionConfig(`${where}: unknown strategy ${JSON.stringify(p)}`);
+    if (p.length > 0) return { strategy: "merge", merge: p };
+    throw new InvalidResolutionConfig(`${where}: an empty field policy`);
   }
   if (typeof p === "object") {
     const strategy = p.strategy ?? (p.merge ? "merge" : "lww");
@@ -60,7 +63,8 @@ function collection(c, where) {
 export class ResolutionConfig {
   /** @param {object} json the shape above; @param {MergeRegistry} registry merge functions by name */
   constructor(json = {}, registry = BUILTINS) {
-    const body = json && typeof json === "object" && json.resolution ? json.resolution : json || {};
+    const wrapped = json && typeof json === "object" ? json.rules ?? json.resolution : undefined;
+    const body = wrapped && typeof wrapped === "object" ? wrapped : json || {};
     this.registry = registry;
     this.collections = {};
     for (const [name, c] of Object.entries(body.collections || {})) this.collections[name] = collection(c, name);

@@ -37,7 +37,7 @@ test("without the route (404) or the server, the configured rules stay", async (
   assert.equal(await fetchResolution("http://x", "t", { fetch: fakeFetch(404, {}) }), null);
   assert.equal(await fetchResolution("http://x", "t", { fetch: async () => { throw new Error("offline"); } }), null);
   const c = await SynclineClient.open({ url: "http://x", token: "t", user: "alice", fetch: fakeFetch(404, {}),
-    config: { collections: { tasks: { fields: { votes: "merge:counter" } } } } });
+    config: { collections: { tasks: { fields: { votes: "counter" } } } } });
   await c.refreshConfig();
   await c.set("rec/tasks/1", { votes: 1 });
   await c.set("rec/tasks/1", { votes: 1 });

@@ -221,7 +221,7 @@ test("manual conflict: both versions reach both clients; one resolves, both show
 });
 
 test("the resolution rules are taken from the config option for the overlay of merge fields", async () => {
-  const a = await client(notes, "alice", "t7", { config: { collections: { notes: { fields: { likes: "merge:counter" } } } } });
+  const a = await client(notes, "alice", "t7", { config: { collections: { notes: { fields: { likes: "counter" } } } } });
   a.start();
   await a.set("rec/notes/1", { likes: 2 });
   await a.set("rec/notes/1", { likes: 3 });
@@ -230,4 +230,15 @@ test("the resolution rules are taken from the config option for the overlay of m
   assert.equal(a.get("rec/notes/1").likes, 5, "and the server agrees");
   assert.ok(a.core.replica.config !== null);
   assert.equal(new MemoryStore().writes, 0);
+});
+
+test("the rules the server publishes (GET /v1/config/resolution) are what the kit reads", async () => {
+  // `syncline serve` makes board.title manual by default (SYNCLINE_RECORDS_MANUAL_FIELDS).
+  const a = await client(server, "alice", "t8", { loadConfig: true });
+  a.start();
+  await a.waitSynced();
+  const config = a.core.replica.config;
+  assert.ok(config !== null, "rules loaded");
+  assert.deepEqual(config.fieldRule("board", "title"), { strategy: "manual", merge: null });
+  assert.deepEqual(config.fieldRule("board", "done"), { strategy: "lww", merge: null });
 });
