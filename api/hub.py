@@ -46,6 +46,7 @@ BATCH_MAX = 500  # messages per pipeline round trip
 BATCH_MAX_BYTES = 1024 * 1024  # payload bytes per pipeline round trip (at least one message)
 OVERFLOW_RECENT_S = 60.0  # /readyz reports an overflow this long after the last one
 DROP_REASONS = ("queue_full", "redis_down", "shutdown")
+_REDIS_UP = {"up": 1, "disabled": -1}  # syncline_redis_up: anything else (down, connecting) is 0
 
 
 class Hub:
@@ -83,6 +84,7 @@ class Hub:
             self._m_dropped = {r: metrics.hub_dropped.labels(r) for r in DROP_REASONS}
             self._m_sent = metrics.hub_published
             metrics.hub_queue_depth.set_function(lambda: len(self._queue))
+            metrics.redis_up.set_function(lambda: _REDIS_UP.get(self.redis_state, 0))
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -60,7 +60,7 @@ from .errors import (
 )
 from .gateway import Gateway
 from .hub import room_channel, user_channel
-from .logging import clear, log
+from .logging import clear, log, login_refused
 from .ops import count_rejections
 from .quota import QuotaExceeded
 from .settings import Settings
@@ -135,6 +135,7 @@ class NativeConnection:
         except Unauthenticated as err:
             gw.metrics.auth_failures.labels(err.code).inc()
             gw.metrics.auth_refreshes.labels(err.code).inc()
+            login_refused(self.socket.scope, endpoint=ENDPOINT, code=err.code, stage="in_band")
             await self.perform(session.auth_failed(e.ref, err))
             return
         who = Identity(p.tenant, p.user, frozenset(p.perms), p.scopes)  # (the new token's scopes apply from now)

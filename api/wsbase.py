@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl
 from litestar import WebSocket
 
 from .auth import Principal, bearer_token
-from .errors import WS_TRY_AGAIN, Unauthenticated
-from .logging import bind, log
+from .errors import WS_TRY_AGAIN, WS_UNAUTHENTICATED, Unauthenticated
+from .logging import bind, log, login_refused, peer_of
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -43,7 +43,13 @@ def authenticate(gw: Gateway, socket: WebSocket) -> Principal:
         return gw.verifier.verify(token)
     except Unauthenticated as e:
         gw.metrics.auth_failures.labels(e.code).inc()
+        login_refused(socket.scope, endpoint=_endpoint_of(socket.scope), code=e.code)
         raise
+
+
+def _endpoint_of(scope: Any) -> str:
+    path = scope.get("path") or ""
+    return "yjs" if path.startswith("/v1/yjs") else "native" if path.startswith("/v1/ws") else "ws"
 
 
 class Outbox:
@@ -141,6 +147,9 @@ class Outbox:
 async def refuse(gw: Gateway, socket: WebSocket, endpoint: str, code: int, reason: str) -> None:
     """Accept, then close with a 4xxx code: browsers only see close codes after a handshake."""
     subprotocols = socket.scope.get("subprotocols") or []
+    if code != WS_UNAUTHENTICATED:  # (a refused token is logged as auth.refused already)
+        peer, agent = peer_of(socket.scope)
+        log.info("ws.refused", endpoint=endpoint, close=code, reason=reason[:120], peer=peer, user_agent=agent)
     await socket.accept(subprotocols=subprotocols[0] if subprotocols else None)
     gw.metrics.ws_closes.labels(endpoint, str(code)).inc()
     await socket.close(code=code, reason=reason[:120])
