@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from .logging import log
+from .tracing import span, trace_active
 
 Deliver = Callable[[Any], None]  # must not block: it enqueues to a connection's outbox
 
@@ -320,7 +321,17 @@ class Hub:
         self._deliver_local(channel, msg)
 
     def _deliver_local(self, channel: str, msg: Any, skip: Deliver | None = None) -> None:
-        for deliver in tuple(self._subs.get(channel, ())):
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        if trace_active():  # inside a traced request or message: the fan-out is a span of its trace
+            with span("hub.fanout", attributes={"syncline.channel": channel, "syncline.subscribers": len(subs)}):
+                self._fan_out(subs, channel, msg, skip)
+            return
+        self._fan_out(subs, channel, msg, skip)
+
+    def _fan_out(self, subs: set[Deliver], channel: str, msg: Any, skip: Deliver | None) -> None:
+        for deliver in tuple(subs):
             if deliver is skip:
                 continue
             try:

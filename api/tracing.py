@@ -178,3 +178,42 @@ def traced(parent: Context | None, name: str, attributes: Mapping[str, Any] | No
     if parent is None and not _sdk and not sdk_installed():
         return _NULL
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+
+
+DELIVERY_SPANS_MAX = 8  # distinct writer traces given a delivery span per page (the rest: none)
+
+
+def delivery_spans(events: Any, name: str, attributes: Mapping[str, Any] | None = None) -> list[Any]:
+    """Started (not current) spans, one per distinct writer trace among ``events`` (their
+    ``meta.traceparent``), each a child of the writer's span: the delivery of a write, in
+    the writer's trace. The caller ends them once the page is handed to the socket.
+    Empty, and no span made, when no event carries a trace."""
+    seen: set[str] = set()
+    spans: list[Any] = []
+    for e in events:
+        meta = e.meta
+        if not meta:
+            continue
+        value = meta.get(TRACEPARENT)
+        if value is None or value in seen:
+            continue
+        seen.add(value)
+        parent = parse_traceparent(value)
+        if parent is None:
+            continue
+        spans.append(_tracer.start_span(name, context=parent, kind=trace.SpanKind.PRODUCER,
+                                        attributes={**(attributes or {}), "syncline.position": e.position}))
+        if len(spans) >= DELIVERY_SPANS_MAX:
+            break
+    return spans
+
+
+_EMPTY = Context()
+
+
+def detach_trace() -> None:
+    """Leave the current trace for the rest of this task (a task spawned inside a traced
+    message inherits its context; work it does later belongs to no trace)."""
+    from opentelemetry import context
+
+    context.attach(_EMPTY)

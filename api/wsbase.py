@@ -78,7 +78,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.frames) if self.frames is not None else 0
 
-    def put(self, frame: str | bytes) -> None:
+    def put(self, frame: str | bytes, commit_us: int | None = None) -> None:
+        """Queue a frame. ``commit_us``: the commit time of the newest event it carries;
+        when it is written, ``syncline_delivery_latency_seconds`` observes the difference."""
         if self.closed:
             return
         frames = self.frames
@@ -87,7 +89,7 @@ class Outbox:
         elif len(frames) >= OUTBOX_FRAMES_MAX:
             self.close(WS_TRY_AGAIN, "too slow: outbox full; reconnect and resume")
             return
-        frames.append(frame)
+        frames.append(frame if commit_us is None else (frame, commit_us))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -117,6 +119,14 @@ class Outbox:
                     await send({"type": "websocket.send", "bytes": frame, "text": None})
                 elif kind is str:
                     await send({"type": "websocket.send", "bytes": None, "text": frame})
+                elif len(frame) == 2:  # (frame, commit time of its newest event, µs)
+                    data, commit_us = frame
+                    if type(data) is bytes:
+                        await send({"type": "websocket.send", "bytes": data, "text": None})
+                    else:
+                        await send({"type": "websocket.send", "bytes": None, "text": data})
+                    self.metrics.delivery_latency.labels(self.endpoint).observe(
+                        max(0.0, time.time() - commit_us / 1_000_000))
                 else:  # (_CLOSE, code, reason)
                     _, code, reason = frame
                     self.metrics.ws_closes.labels(self.endpoint, str(code)).inc()

@@ -71,3 +71,11 @@ def commit_span(callers: Sequence[SpanContext | None], *, calls: int, events: in
     return _tracer.start_as_current_span(
         "store.group_commit", context=parent, links=[Link(c) for c in traced[1:16]],
         attributes={"syncline.batch.calls": calls, "syncline.batch.events": events})
+
+
+def reconcile_span(ops: int, tenant: str) -> Any:
+    """A ``records.reconcile`` span when the caller is inside a trace, else None."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    return _tracer.start_as_current_span("records.reconcile",
+                                         attributes={"syncline.ops": ops, "syncline.tenant": tenant})
