@@ -90,15 +90,17 @@ def configure_logging(json_logs: bool = True, level: int = logging.INFO) -> None
                     structlog.processors.format_exc_info, renderer],
     ))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # a plain text handler (basicConfig); a test runner's capture stays
+        if type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    asked = bool(os.environ.get("SYNCLINE_LOG_LEVEL", "").strip())
     for name, floor in _FOREIGN_LEVELS.items():
         foreign = logging.getLogger(name)
         foreign.handlers.clear()
         foreign.propagate = True
-        foreign.setLevel(max(floor, level) if name != "uvicorn.access" else _level_from_env(floor))
+        foreign.setLevel(level if asked else max(floor, level))  # an explicit SYNCLINE_LOG_LEVEL applies to all
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own config may have given them handlers
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
