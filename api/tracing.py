@@ -141,9 +141,15 @@ def current_trace_id() -> str | None:
 
 def trace_meta() -> Mapping[str, Any] | None:
     """What the store adds to the ``meta`` of the events it appends now: the current
-    span's ``traceparent`` (store/instruments.py calls it once per append)."""
+    span's ``traceparent`` (store/instruments.py calls it once per append), or None."""
     sc = trace.get_current_span().get_span_context()
-    return {TRACEPARENT: format_traceparent(sc)} if sc.is_valid else None
+    if not sc.is_valid:
+        return None
+    # With an SDK provider, an unsampled trace is one nobody will look at: its id is not
+    # stored. Without one, the only valid contexts are the clients' own.
+    if _sdk and not sc.trace_flags.sampled:
+        return None
+    return {TRACEPARENT: format_traceparent(sc)}
 
 
 def event_parent(meta: Any) -> Context | None:
