@@ -218,6 +218,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         request_max_body_size=max(settings.max_payload * 2, 1024 * 1024),
         request_class=BodyCheckedRequest,
         debug=False,
+        logging_config=None,  # (api/logging.py configures the process's logging: JSON lines)
     )
     app.state.settings = settings  # (server/serving.py reads the transport limits from it)
     return app
