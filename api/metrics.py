@@ -129,7 +129,7 @@ class Metrics:
         self.delivery_latency = Histogram(
             "syncline_delivery_latency_seconds",
             "From an event's commit (its server time) to the frame that carries it written to the socket; "
-            "native: the newest event of each page, yjs: each update relayed", ["endpoint"],
+            "native: the newest event of each page, yjs: each update, timed at its first reader", ["endpoint"],
             buckets=DELIVERY_BUCKETS, registry=r)
         self.store_latency = Histogram(
             "syncline_store_latency_seconds",
@@ -145,7 +145,7 @@ class Metrics:
                               "Redis as the hub sees it: 1 up, 0 down or connecting, -1 not configured", registry=r)
         self.traceparent_invalid = Counter(
             "syncline_traceparent_invalid_total",
-            "W3C traceparent values ignored because they were malformed (rest, ws_hello, ws_message)",
+            "W3C traceparent values ignored because they were malformed (rest, ws_upgrade, ws_hello, ws_message)",
             ["path"], registry=r)
         # every series present from the start (a scrape shows 0, not nothing); bound once
         self._store_ops = {op: self.store_latency.labels(op) for op in STORE_OPS}
