@@ -33,6 +33,21 @@ _FOREIGN_LEVELS = {"alembic": logging.WARNING, "uvicorn.access": logging.WARNING
 _configured = False
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured:
+    a CLI test runner (or pytest) swaps it for a while, and a logger bound to the swapped
+    stream would write to a closed file afterwards."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
 def service_name() -> str:
     return os.environ.get(SERVICE_ENV) or DEFAULT_SERVICE
 
@@ -79,11 +94,11 @@ def configure_logging(json_logs: bool = True, level: int = logging.INFO) -> None
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=True,
     )
     # The standard library's loggers: same fields, same renderer, one handler on the root.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -149,8 +149,16 @@ class Metrics:
             ["path"], registry=r)
         # every series present from the start (a scrape shows 0, not nothing); bound once
         self._store_ops = {op: self.store_latency.labels(op) for op in STORE_OPS}
+        self._delivery = {ep: self.delivery_latency.labels(ep) for ep in ("native", "yjs")}
 
         r.register(_TransportLimits())
+
+    def observe_delivery(self, endpoint: str, seconds: float) -> None:
+        """A frame carrying events was written (api/wsbase.py Outbox)."""
+        child = self._delivery.get(endpoint)
+        if child is None:
+            child = self._delivery[endpoint] = self.delivery_latency.labels(endpoint)
+        child.observe(seconds)
 
     def observe_store(self, op: str, seconds: float) -> None:
         """The store's latency hook (store/instruments.py)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ _MAX_LEN = 512
 
 _tracer = trace.get_tracer("syncline.api")
 _NULL = contextlib.nullcontext()
+_recheck_at = 0.0
 _sdk = False  # an SDK TracerProvider is installed (ours or the host's): sampling decides
 _setup_done = False
 
@@ -95,12 +97,17 @@ def _otlp_exporter() -> Any:
 
 
 def sdk_installed() -> bool:
-    """Whether spans are recorded (an SDK provider is installed). Once true it stays true:
-    the global provider can be set only once."""
-    global _sdk
-    if not _sdk:
-        provider = trace.get_tracer_provider()
-        _sdk = type(provider).__module__.startswith("opentelemetry.sdk")
+    """Whether spans are recorded (an SDK provider is installed). Once true it stays true
+    (the global provider can be set only once); while false it is looked up again at
+    most once a second (the lookup reads the environment: too slow for every frame)."""
+    global _sdk, _recheck_at
+    if _sdk:
+        return True
+    now = time.monotonic()
+    if now < _recheck_at:
+        return False
+    _recheck_at = now + 1.0
+    _sdk = type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.sdk")
     return _sdk
 
 
@@ -172,7 +179,7 @@ def span(name: str, *, parent: Context | None = None, attributes: Mapping[str, A
     """A context manager: a span named ``name`` made current, child of ``parent`` (or of
     the current span). No span at all (a shared null context) when there is no parent,
     no current trace and no SDK provider: the hot paths cost one context lookup then."""
-    if parent is None and not _sdk and not sdk_installed() and not trace_active():
+    if parent is None and not sdk_installed() and not trace_active():
         return _NULL
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 
@@ -181,7 +188,7 @@ def traced(parent: Context | None, name: str, attributes: Mapping[str, Any] | No
            kind: trace.SpanKind = trace.SpanKind.INTERNAL) -> Any:
     """A span child of ``parent`` only when there is one (or an SDK provider samples):
     for per-message and per-delivery spans that must cost nothing otherwise."""
-    if parent is None and not _sdk and not sdk_installed():
+    if parent is None and not sdk_installed():
         return _NULL
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 

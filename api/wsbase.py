@@ -125,8 +125,7 @@ class Outbox:
                         await send({"type": "websocket.send", "bytes": data, "text": None})
                     else:
                         await send({"type": "websocket.send", "bytes": None, "text": data})
-                    self.metrics.delivery_latency.labels(self.endpoint).observe(
-                        max(0.0, time.time() - commit_us / 1_000_000))
+                    self.metrics.observe_delivery(self.endpoint, max(0.0, time.time() - commit_us / 1_000_000))
                 else:  # (_CLOSE, code, reason)
                     _, code, reason = frame
                     self.metrics.ws_closes.labels(self.endpoint, str(code)).inc()
