@@ -43,7 +43,8 @@ TRACEPARENT = "traceparent"  # header, message field and meta key
 _TRACEPARENT_RE = re.compile(r"\A([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?\Z")
 _MAX_LEN = 512
 
-_tracer = trace.get_tracer("syncline.api")
+_tracer: Any = trace.get_tracer("syncline.api")
+_override: Any = None  # a provider given to use_tracer_provider()
 _NULL = contextlib.nullcontext()
 _recheck_at = 0.0
 _sdk = False  # an SDK TracerProvider is installed (ours or the host's): sampling decides
@@ -82,6 +83,18 @@ def setup_tracing() -> None:
     log.info("tracing.exporting", exporter=type(exporter).__module__)
 
 
+def use_tracer_provider(provider: Any | None) -> None:
+    """Make Syncline's spans with ``provider`` instead of the process-wide one (None: back
+    to the global provider). For an embedding application, or a test, that must not set
+    the global provider (it can be set only once per process)."""
+    global _tracer, _override
+    from syncline.store.instruments import use_tracer_provider as store_uses
+
+    _override = provider
+    _tracer = provider.get_tracer("syncline.api") if provider is not None else trace.get_tracer("syncline.api")
+    store_uses(provider)
+
+
 def _otlp_exporter() -> Any:
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
@@ -101,7 +114,7 @@ def sdk_installed() -> bool:
     (the global provider can be set only once); while false it is looked up again at
     most once a second (the lookup reads the environment: too slow for every frame)."""
     global _sdk, _recheck_at
-    if _sdk:
+    if _sdk or _override is not None:
         return True
     now = time.monotonic()
     if now < _recheck_at:
@@ -154,7 +167,7 @@ def trace_meta() -> Mapping[str, Any] | None:
         return None
     # With an SDK provider, an unsampled trace is one nobody will look at: its id is not
     # stored. Without one, the only valid contexts are the clients' own.
-    if _sdk and not sc.trace_flags.sampled:
+    if (_sdk or _override is not None) and not sc.trace_flags.sampled:
         return None
     return {TRACEPARENT: format_traceparent(sc)}
 

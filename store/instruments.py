@@ -30,7 +30,15 @@ from syncline.engine.events import StreamWrite
 Observe = Callable[[str, float], None]
 TraceMeta = Callable[[], Mapping[str, Any] | None]
 
-_tracer = trace.get_tracer("syncline.store")
+_tracer: Any = trace.get_tracer("syncline.store")
+
+
+def use_tracer_provider(provider: Any | None) -> None:
+    """Make the store's spans with ``provider`` (None: the global one again). For an
+    application, or a test, that must not replace the process-wide provider."""
+    global _tracer
+    _tracer = (provider.get_tracer("syncline.store") if provider is not None
+               else trace.get_tracer("syncline.store"))
 
 
 class Instrumented:

@@ -1,9 +1,11 @@
 """Fixtures of the operations tests (tracing, metrics, logs, dashboards): real gateways on
-real ports (tests/api/api_support.py), and one OpenTelemetry SDK provider for the process.
+real ports (tests/api/api_support.py), and an OpenTelemetry SDK provider for the tests
+that look at spans.
 
-The global tracer provider can be set once per process, so it is set here once, with a
-``ParentBased(ALWAYS_OFF)`` sampler: only traces a test starts itself (a sampled
-``traceparent`` it sends) are recorded, and the rest of the suite records nothing.
+The provider is given to Syncline with ``use_tracer_provider`` for the test only (the
+process-wide provider is left alone, so the rest of the suite runs as in production
+without an SDK). Its sampler is ``ParentBased(ALWAYS_OFF)``: only traces a test starts
+itself (a sampled ``traceparent`` it sends) are recorded.
 """
 from __future__ import annotations
 
@@ -11,39 +13,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
+from syncline.api import tracing
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
 
 from api_support import RunningGateway, base_settings  # noqa: E402
 
-_EXPORTER = InMemorySpanExporter()
-
-
-def _install() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    return _EXPORTER
-
-
-@pytest.fixture(scope="session")
-def _span_exporter() -> InMemorySpanExporter:
-    return _install()
-
 
 @pytest.fixture
-def spans(_span_exporter):
-    """The in-memory exporter, emptied before and after the test."""
-    _span_exporter.clear()
-    yield _span_exporter
-    _span_exporter.clear()
+def spans():
+    """An in-memory exporter behind an SDK provider Syncline uses for this test."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_provider(provider)
+    yield exporter
+    tracing.use_tracer_provider(None)
+    provider.shutdown()
 
 
 @pytest.fixture
