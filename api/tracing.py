@@ -27,6 +27,7 @@ the server says so once in its log and keeps running without export.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import time
@@ -62,8 +63,8 @@ def setup_tracing() -> None:
         return  # the host (a test, an embedding application) installed its own provider
     wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if wanted in ("", "none") and not endpoint or wanted == "none":
-        return
+    if wanted == "none" or (not wanted and not endpoint):
+        return  # nothing asked for: ids propagate, nothing is exported
     if wanted not in ("", "otlp"):
         log.warning("tracing.exporter_unsupported", exporter=wanted, supported="otlp")
         return
@@ -102,7 +103,7 @@ def _otlp_exporter() -> Any:
                ["opentelemetry.exporter.otlp.proto.http.trace_exporter"])
     for name in modules:
         try:
-            module = __import__(name, fromlist=["OTLPSpanExporter"])
+            module = importlib.import_module(name)
         except ImportError:
             continue
         return module.OTLPSpanExporter()  # (reads the OTEL_EXPORTER_OTLP_* variables)
