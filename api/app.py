@@ -8,6 +8,7 @@ from litestar import Litestar, Request, Response, Router
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
+from opentelemetry.trace import SpanKind
 
 from syncline.engine.errors import SynclineError
 from syncline.store import open_store
@@ -38,6 +39,7 @@ from .limits import limits_middleware
 from .logging import bind, clear, configure_logging, log, new_correlation_id
 from .ops import default_resolution
 from .settings import Settings, check_startup_secrets
+from .tracing import current_trace_id, parse_traceparent, setup_tracing, span
 
 CORRELATION_HEADER = "x-correlation-id"
 
@@ -74,32 +76,50 @@ def _internal_error(request: Request, exc: Exception) -> Response:
     return Response(error_body("internal", "internal server error"), status_code=500)
 
 
-def _given_correlation_id(scope: Scope) -> str | None:
-    """The client's ``X-Correlation-ID`` (or ``X-Request-ID``), read straight from the
-    scope. A local name in the middleware would stay alive for a WebSocket's whole life
-    (the middleware frame is suspended in ``await app(...)``), so nothing decoded is kept."""
-    correlation_id = request_id = b""
+def _given_headers(scope: Scope) -> tuple[str | None, bytes]:
+    """The client's ``X-Correlation-ID`` (or ``X-Request-ID``) and ``traceparent``, read
+    straight from the scope. A local name in the middleware would stay alive for a
+    WebSocket's whole life (the middleware frame is suspended in ``await app(...)``), so
+    nothing decoded is kept."""
+    correlation_id = request_id = traceparent = b""
     for name, value in scope.get("headers", ()):
         if name == b"x-correlation-id":
             correlation_id = value
         elif name == b"x-request-id":
             request_id = value
-    return (correlation_id or request_id).decode("latin-1") or None
+        elif name == b"traceparent":
+            traceparent = value
+    return (correlation_id or request_id).decode("latin-1") or None, traceparent
 
 
 def correlation_middleware(app: ASGIApp) -> ASGIApp:
     """Binds a correlation id (``X-Correlation-ID`` or a new one) to every log line of a
-    request or connection, echoes it on HTTP responses, and counts HTTP requests."""
+    request or connection, echoes it on HTTP responses, and counts HTTP requests.
+
+    A W3C ``traceparent`` header makes the request's span (``HTTP <method> <route>``) its
+    child (api/tracing.py); its trace id is on every log line of the request and in the
+    ``meta`` of every event the request appends. On a WebSocket upgrade the parsed
+    context is left in the scope (``state["trace_parent"]``) for the connection's handler:
+    a span as long as a connection would be useless."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await app(scope, receive, send)
             return
-        cid = new_correlation_id(_given_correlation_id(scope))
-        scope.setdefault("state", {})["correlation_id"] = cid
+        given, traceparent = _given_headers(scope)
+        cid = new_correlation_id(given)
+        state = scope.setdefault("state", {})
+        state["correlation_id"] = cid
         clear()
         bind(correlation_id=cid)
+        parent = None
+        if traceparent:
+            parent = parse_traceparent(traceparent.decode("latin-1"))
+            if parent is None:
+                _count_invalid_traceparent(scope, "rest" if scope["type"] == "http" else "ws_upgrade")
         if scope["type"] == "websocket":
+            if parent is not None:
+                state["trace_parent"] = parent
             await app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -112,19 +132,36 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
                 message["headers"] = list(message["headers"]) + [(CORRELATION_HEADER.encode(), cid.encode())]
             await send(message)
 
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            gw = scope["app"].state.get("gateway") if "app" in scope else None
-            route = scope.get("path_template") or "unmatched"
-            if gw is not None:
-                gw.metrics.http_requests.labels(scope["method"], route, str(status_box[0])).inc()
-                gw.metrics.http_latency.labels(scope["method"], route).observe(time.perf_counter() - started)
-            if route not in ("/healthz", "/metrics"):
-                log.info("http.request", method=scope["method"], path=scope["path"], route=route,
-                         status=status_box[0], ms=round((time.perf_counter() - started) * 1000, 2))
+        with span("HTTP " + scope["method"], parent=parent, kind=SpanKind.SERVER) as sp:
+            trace_id = current_trace_id()
+            if trace_id is not None:
+                bind(trace_id=trace_id)
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                gw = scope["app"].state.get("gateway") if "app" in scope else None
+                route = scope.get("path_template") or "unmatched"
+                if sp is not None and sp.is_recording():
+                    sp.update_name(f"HTTP {scope['method']} {route}")
+                    sp.set_attribute("http.route", route)
+                    sp.set_attribute("http.response.status_code", status_box[0])
+                if gw is not None:
+                    gw.metrics.http_requests.labels(scope["method"], route, str(status_box[0])).inc()
+                    gw.metrics.http_latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+                if route not in ("/healthz", "/metrics"):
+                    principal = state.get("principal")
+                    log.info("http.request", method=scope["method"], path=scope["path"], route=route,
+                             status=status_box[0], ms=round((time.perf_counter() - started) * 1000, 2),
+                             tenant=getattr(principal, "tenant", None), user=getattr(principal, "user", None),
+                             trace_id=trace_id)
 
     return middleware
+
+
+def _count_invalid_traceparent(scope: Scope, path: str) -> None:
+    gw = scope["app"].state.get("gateway") if "app" in scope else None
+    if gw is not None:
+        gw.metrics.traceparent_invalid.labels(path).inc()
 
 
 def create_app(settings: Settings | None = None, store: Any = None, *, resolution: Any = None,
@@ -141,6 +178,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     configure_logging(settings.log_json)
     resolution = (resolution or resolution_from_settings(settings)
                   or default_resolution(settings.records_manual_fields))
+    setup_tracing()  # (OTLP export only when the OTEL_* variables ask and the exporter is installed)
     holder: dict[str, Gateway] = {}
 
     async def on_startup(app: Litestar) -> None:
@@ -191,6 +229,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         request_max_body_size=max(settings.max_payload * 2, 1024 * 1024),
         request_class=BodyCheckedRequest,
         debug=False,
+        logging_config=None,  # (api/logging.py configures the process's logging: JSON lines)
     )
     app.state.settings = settings  # (server/serving.py reads the transport limits from it)
     return app

@@ -19,6 +19,7 @@ from .errors import (
     Unauthenticated,
 )
 from .gateway import Gateway
+from .logging import bind, login_refused
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 JUSTIFICATION_HEADER = "x-justification"
@@ -36,8 +37,10 @@ async def require_auth(connection: ASGIConnection, handler: BaseRouteHandler) ->
         principal = gw.verifier.verify(bearer_token(connection.headers))
     except Unauthenticated as e:
         gw.metrics.auth_failures.labels(e.code).inc()
+        login_refused(connection.scope, endpoint="rest", code=e.code)
         raise
     connection.state.principal = principal
+    bind(tenant=principal.tenant, user=principal.user)  # (every later line of this request)
     perm = handler.opt.get("perm", READ)
     if not principal.can(perm):
         raise Forbidden(f"the token lacks the {perm!r} permission", needed=perm)

@@ -29,6 +29,7 @@ from .revocations import REVOCATION_FILTER, REVOCATIONS_STREAM, TOKEN_REVOKED, R
 from .security_events import SecurityAggregator, clip, iso
 from .settings import Settings
 from .token_expiry import ExpiryWatch
+from .tracing import span, trace_meta
 from .ws_yjs import DocRooms
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ class Gateway:
         self.clock: Clock = clock or SystemClock()
         self.verifier = TokenVerifier(settings)
         self.metrics = Metrics()
+        # Store latency histograms and the writer's trace in each event's meta (store/instruments.py)
+        instrument = getattr(store, "instrument", None)
+        if instrument is not None:
+            instrument(observe=self.metrics.observe_store, trace_meta=trace_meta)
         self.hub = Hub(settings.redis_url, metrics=self.metrics)
         self.presence = PresenceRegistry(ttl_s=settings.presence_ttl_s, grace_s=settings.membership_grace_s)
         self.bans: BanList = (SharedBanList(settings.redis_url, metrics=self.metrics) if settings.redis_url
@@ -170,7 +175,8 @@ class Gateway:
                 # old updates never loses a document; then prunes the log and the bus ids.
                 from syncline.store.maintenance import prune_job
 
-                r = await prune_job(self.store, retention_s=self.settings.retention_s)
+                with span("prune.job"):
+                    r = await prune_job(self.store, retention_s=self.settings.retention_s)
                 self.last_prune = {"at": self.clock.time(), "events_deleted": r.events_deleted,
                                    "held_back_by_checkpoint": r.held_back_by_checkpoint}
                 if r.events_deleted:

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from .logging import log
+from .tracing import span, trace_active
 
 Deliver = Callable[[Any], None]  # must not block: it enqueues to a connection's outbox
 
@@ -46,6 +47,7 @@ BATCH_MAX = 500  # messages per pipeline round trip
 BATCH_MAX_BYTES = 1024 * 1024  # payload bytes per pipeline round trip (at least one message)
 OVERFLOW_RECENT_S = 60.0  # /readyz reports an overflow this long after the last one
 DROP_REASONS = ("queue_full", "redis_down", "shutdown")
+_REDIS_UP = {"up": 1, "disabled": -1}  # syncline_redis_up: anything else (down, connecting) is 0
 
 
 class Hub:
@@ -83,6 +85,7 @@ class Hub:
             self._m_dropped = {r: metrics.hub_dropped.labels(r) for r in DROP_REASONS}
             self._m_sent = metrics.hub_published
             metrics.hub_queue_depth.set_function(lambda: len(self._queue))
+            metrics.redis_up.set_function(lambda: _REDIS_UP.get(self.redis_state, 0))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -318,7 +321,17 @@ class Hub:
         self._deliver_local(channel, msg)
 
     def _deliver_local(self, channel: str, msg: Any, skip: Deliver | None = None) -> None:
-        for deliver in tuple(self._subs.get(channel, ())):
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        if trace_active():  # inside a traced request or message: the fan-out is a span of its trace
+            with span("hub.fanout", attributes={"syncline.channel": channel, "syncline.subscribers": len(subs)}):
+                self._fan_out(subs, channel, msg, skip)
+            return
+        self._fan_out(subs, channel, msg, skip)
+
+    def _fan_out(self, subs: set[Deliver], channel: str, msg: Any, skip: Deliver | None) -> None:
+        for deliver in tuple(subs):
             if deliver is skip:
                 continue
             try:

@@ -24,6 +24,11 @@ class _TransportLimits:
         yield family
 
 
+STORE_OPS = ("append", "commit", "read")
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -116,7 +121,48 @@ class Metrics:
             "Limits hit (docs/security.md#limits): connections_per_user, connections_per_ip, presence_state, "
             "rooms_per_connection, yjs_rate, doc_quota, rest_rate, ws_message_size, ...", ["limit"], registry=r)
 
+        # -- docs/observability.md#metrics (issue 17) ----------------------------------
+        self.events_delivered = Counter(
+            "syncline_events_delivered_total",
+            "Events written to subscribers: native WebSocket pages and poll responses (path), Yjs updates "
+            "relayed to a room's connections (yjs)", ["path"], registry=r)
+        self.delivery_latency = Histogram(
+            "syncline_delivery_latency_seconds",
+            "From an event's commit (its server time) to the frame that carries it written to the socket; "
+            "native: the newest event of each page, yjs: each update, timed at its first reader", ["endpoint"],
+            buckets=DELIVERY_BUCKETS, registry=r)
+        self.store_latency = Histogram(
+            "syncline_store_latency_seconds",
+            "Event store latency by op: append (a caller's wait, group commit included), commit (one "
+            "group-commit transaction), read (one page of the log or a stream)", ["op"],
+            buckets=STORE_BUCKETS, registry=r)
+        self.conflicts = Counter(
+            "syncline_conflicts_total",
+            "Record ops that met a concurrent write, by the field's strategy (lww, merge, manual) and outcome "
+            "(merged: settled, superseded: this write lost under LWW, kept: a manual conflict opened or grew, "
+            "resolved: a manual conflict closed)", ["strategy", "outcome"], registry=r)
+        self.redis_up = Gauge("syncline_redis_up",
+                              "Redis as the hub sees it: 1 up, 0 down or connecting, -1 not configured", registry=r)
+        self.traceparent_invalid = Counter(
+            "syncline_traceparent_invalid_total",
+            "W3C traceparent values ignored because they were malformed (rest, ws_upgrade, ws_hello, ws_message)",
+            ["path"], registry=r)
+        # every series present from the start (a scrape shows 0, not nothing); bound once
+        self._store_ops = {op: self.store_latency.labels(op) for op in STORE_OPS}
+        self._delivery = {ep: self.delivery_latency.labels(ep) for ep in ("native", "yjs")}
+
         r.register(_TransportLimits())
+
+    def observe_delivery(self, endpoint: str, seconds: float) -> None:
+        """A frame carrying events was written (api/wsbase.py Outbox)."""
+        child = self._delivery.get(endpoint)
+        if child is None:
+            child = self._delivery[endpoint] = self.delivery_latency.labels(endpoint)
+        child.observe(seconds)
+
+    def observe_store(self, op: str, seconds: float) -> None:
+        """The store's latency hook (store/instruments.py)."""
+        self._store_ops[op].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

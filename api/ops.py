@@ -50,6 +50,7 @@ async def submit_ops(gw: Any, principal: Principal, client: str, ops: Any) -> li
     results = await gw.records.submit_wire(principal.tenant, parsed)
     gw.metrics.events_appended.labels("ops").inc(len(parsed))
     count_rejections(gw, results)
+    count_conflicts(gw, parsed, results)
     return results
 
 
@@ -58,3 +59,41 @@ def count_rejections(gw: Any, results: list) -> None:
     for r in results:
         if r is not None and r.get("kind") == "rejected":
             gw.metrics.ops_rejected.labels(str(r.get("reason"))).inc()
+
+
+def count_conflicts(gw: Any, ops: list, results: list) -> None:
+    """``syncline_conflicts_total{strategy, outcome}``: ops that met a concurrent write.
+
+    - ``merged``: settled by LWW or a merge function (strategy ``lww`` or ``merge``: the
+      op's fields' strategy, ``merge`` when any of them has one);
+    - ``superseded``: under LWW, this op's write was already outdated (strategy ``lww``);
+    - ``kept``: a manual field now holds concurrent versions (strategy ``manual``);
+    - ``resolved``: a person's resolution closed a manual conflict (strategy ``manual``).
+    """
+    conflicts = gw.metrics.conflicts
+    for op, r in zip(ops, results):
+        if not isinstance(r, dict):
+            continue
+        kind = r.get("kind")
+        if kind == "conflict":
+            conflicts.labels("manual", "kept").inc()
+        elif kind == "merged":
+            if r.get("superseded"):
+                conflicts.labels("lww", "superseded").inc()
+            else:
+                conflicts.labels(_strategy_of(gw, op), "merged").inc()
+        if kind in ("applied", "merged", "conflict") and r.get("resolved"):
+            conflicts.labels("manual", "resolved").inc(len(r["resolved"]))
+
+
+def _strategy_of(gw: Any, op: Any) -> str:
+    """``merge`` when one of the op's fields has a merge function, else ``lww``."""
+    try:
+        collection = gw.records.config.collections[op.stream.split("/", 2)[1]]
+    except (KeyError, IndexError, AttributeError):
+        return "lww"
+    for name in (*getattr(op, "set", {}), *getattr(op, "delete", ())):
+        policy = collection.policy(name)
+        if policy is not None and policy.strategy == "merge":
+            return "merge"
+    return "lww"

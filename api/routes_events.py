@@ -34,6 +34,7 @@ from .deps import (
     write_scope,
 )
 from .errors import CriticalCommandRefused, Forbidden
+from .tracing import delivery_spans
 from .wire import build_filter, check_event_clock, events_wire, from_jsonable, new_events, suggest_poll_interval
 
 LIMIT_MAX = 1000
@@ -213,6 +214,11 @@ async def _poll(request: Request, after: int, limit: int) -> dict:
     s = gw.settings
     interval = suggest_poll_interval(page.events, has_more=has_more, now_us=time.time_ns() // 1000, limit=limit,
                                      min_s=s.poll_min_s, max_s=s.poll_max_s)
+    if events:
+        gw.metrics.events_delivered.labels("poll").inc(len(events))
+        # (each event's meta carries its writer's traceparent; the poll is a span of their traces)
+        for sp in delivery_spans(events, "poll.deliver", {"syncline.route": "poll"}):
+            sp.end()
     return {"events": events_wire(events), "next": page.next_after, "head": page.head, "more": has_more,
             "poll_interval_s": interval}
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import msgpack
 from litestar import WebSocket, websocket
+from opentelemetry.trace import SpanKind
 
 from syncline.engine import protocol as P
 from syncline.engine.access import reads_everything
@@ -60,10 +61,19 @@ from .errors import (
 )
 from .gateway import Gateway
 from .hub import room_channel, user_channel
-from .logging import clear, log
-from .ops import count_rejections
+from .logging import clear, log, login_refused
+from .ops import count_conflicts, count_rejections
 from .quota import QuotaExceeded
 from .settings import Settings
+from .tracing import (
+    TRACEPARENT,
+    delivery_spans,
+    detach_trace,
+    parse_traceparent,
+    sdk_installed,
+    trace_active,
+    traced,
+)
 from .wire import events_wire
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, refuse
 
@@ -104,6 +114,12 @@ class NativeConnection:
         self.member = (principal.tenant, principal.user, self.session.client)
         self.outbox = Outbox(socket, ENDPOINT, gw.metrics)
         self.pending: list[dict] = []
+        # id(events msg) -> commit time (µs) of its newest event, until its frame is queued:
+        # the outbox observes syncline_delivery_latency_seconds when the frame is written.
+        self._timed: dict[int, int] = {}
+        # The trace this connection's messages belong to unless they name their own: the
+        # upgrade's traceparent header, or the hello's field (api/tracing.py).
+        self.trace_parent: Any = (socket.scope.get("state") or {}).get("trace_parent")
         self._flush_handle: asyncio.TimerHandle | None = None
         self.rooms: set[str] = set()  # rooms whose hub channel this connection listens on
         self._deliver: Callable[[Any], None] = self._on_hub
@@ -135,6 +151,7 @@ class NativeConnection:
         except Unauthenticated as err:
             gw.metrics.auth_failures.labels(err.code).inc()
             gw.metrics.auth_refreshes.labels(err.code).inc()
+            login_refused(self.socket.scope, endpoint=ENDPOINT, code=err.code, stage="in_band")
             await self.perform(session.auth_failed(e.ref, err))
             return
         who = Identity(p.tenant, p.user, frozenset(p.perms), p.scopes)  # (the new token's scopes apply from now)
@@ -156,12 +173,15 @@ class NativeConnection:
         """Queue a message. Latency-critical ones go at once (after anything already
         waiting, to keep order); the rest wait up to the batching window."""
         if self.outbox.closed:
+            if self._timed:
+                self._timed.clear()
             return
         if urgent is None:
             urgent = msg.get("t") in P.LATENCY_CRITICAL
         if urgent or self.s.batch_window_ms <= 0:
             self.flush()
-            self.outbox.put(P.encode_frame(msg, self.subprotocol))
+            self.outbox.put(P.encode_frame(msg, self.subprotocol),
+                            self._timed.pop(id(msg), None) if self._timed else None)
             return
         self.pending.append(msg)
         if self._flush_handle is None:
@@ -172,8 +192,9 @@ class NativeConnection:
             self._flush_handle.cancel()
             self._flush_handle = None
         msgs, self.pending = self.pending, []
+        timed = self._timed
         for m in msgs:
-            self.outbox.put(P.encode_frame(m, self.subprotocol))
+            self.outbox.put(P.encode_frame(m, self.subprotocol), timed.pop(id(m), None) if timed else None)
 
     def close(self, code: int, reason: str) -> None:
         self.flush()
@@ -243,7 +264,30 @@ class NativeConnection:
             except ProtocolError as e:
                 await self.perform(self.session.invalid_frame(e))
                 return
-            await self.perform(self.session.receive(msg, self._ms(), wall_us=int(self.gw.clock.time() * 1_000_000)))
+            parent = self._message_trace(msg)
+            if parent is None and not sdk_installed():  # the untraced path: no span object
+                await self.perform(self.session.receive(msg, self._ms(),
+                                                        wall_us=int(self.gw.clock.time() * 1_000_000)))
+                continue
+            with traced(parent, "ws." + str(msg.get("t")), {"syncline.conn": self.conn_id},
+                        kind=SpanKind.SERVER):
+                await self.perform(self.session.receive(msg, self._ms(),
+                                                        wall_us=int(self.gw.clock.time() * 1_000_000)))
+
+    def _message_trace(self, msg: dict) -> Any:
+        """The trace a message belongs to: its own ``traceparent``, else the connection's
+        (a ``hello`` with one sets the connection's). Invalid values are ignored, counted."""
+        value = msg.get(TRACEPARENT)
+        if value is None:
+            return self.trace_parent
+        parent = parse_traceparent(value)
+        is_hello = msg.get("t") == P.HELLO
+        if parent is None:
+            self.gw.metrics.traceparent_invalid.labels("ws_hello" if is_hello else "ws_message").inc()
+            return self.trace_parent
+        if is_hello:
+            self.trace_parent = parent
+        return parent
 
     async def _ticker(self) -> None:
         step = max(0.02, min(self.s.stale_after_s / 4, self.s.ack_timeout_s / 2, 5.0))
@@ -373,6 +417,7 @@ class NativeConnection:
                 results[i] = o
             gw.metrics.events_appended.labels("ops").inc(len(e.records))
             count_rejections(gw, outcomes)
+            count_conflicts(gw, [op for _, op in e.records], outcomes)
         for d in e.docs:  # (validated by the session)
             try:
                 await gw.quota.check(p.tenant, len(d.update))
@@ -392,6 +437,8 @@ class NativeConnection:
 
     async def _read(self, e: Any) -> None:
         store, tenant, session = self.gw.store, self.principal.tenant, self.session
+        if trace_active():
+            detach_trace()  # a subscription's reads are not part of the message that opened it
         try:
             if type(e) is ReadLog:
                 page = await self._through_outages(
@@ -400,6 +447,17 @@ class NativeConnection:
                 effects = session.log_read(e.sub, e.gen, page.events, page.next_after, page.head, self._ms())
                 if session.stats["events_hidden"] != hidden:
                     self.gw.metrics.access_hidden.labels(ENDPOINT).inc(session.stats["events_hidden"] - hidden)
+                if page.events:
+                    self._note_delivery(page.events, effects)
+                    spans = delivery_spans(page.events, "ws.deliver", {"syncline.conn": self.conn_id,
+                                                                       "syncline.sub": e.sub})
+                    if spans:
+                        try:
+                            await self.perform(effects)
+                        finally:
+                            for sp in spans:
+                                sp.end()
+                        return
             elif type(e) is WaitLog:
                 await store.doorbell.wait(e.after, self.s.poll_interval_s)
                 effects = session.log_grew(e.sub, e.gen, self._ms())
@@ -413,6 +471,16 @@ class NativeConnection:
             effects = session.read_failed(e.sub, e.gen, err if isinstance(err, SynclineError)
                                           else SynclineError("the subscription failed"))
         await self.perform(effects)
+
+    def _note_delivery(self, events: Any, effects: list) -> None:
+        """Count the events going out, and remember each page's newest commit time until its
+        frame is written (syncline_delivery_latency_seconds{endpoint="native"})."""
+        newest_us = events[-1].time_us
+        for eff in effects:
+            if type(eff) is Send and eff.msg.get("t") == P.EVENTS:
+                self.gw.metrics.events_delivered.labels(ENDPOINT).inc(len(eff.msg.get("events") or ()))
+                if len(self._timed) < 256:
+                    self._timed[id(eff.msg)] = newest_us
 
     async def _count_behind(self, e: CountBehind) -> tuple[bool, int]:
         store, tenant = self.gw.store, self.principal.tenant

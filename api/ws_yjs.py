@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket, websocket
@@ -57,6 +58,7 @@ from .hub import doc_channel
 from .limits import YjsRate
 from .logging import clear, log
 from .quota import QuotaExceeded
+from .tracing import detach_trace, trace_active, traced
 from .wsbase import Outbox, authenticate, bind_connection, new_conn_id, query_params, refuse
 
 if TYPE_CHECKING:
@@ -90,10 +92,30 @@ class DocRoom:
         # The document and which log positions of its stream it holds (engine.docfollow).
         self.followed = FollowedDocument(document, follower_at=follower_at)
 
-    def broadcast(self, frame: bytes, skip: str | None = None) -> None:
+    def broadcast(self, frame: bytes, skip: str | None = None, commit_us: int | None = None) -> int:
+        """Queue ``frame`` for every connection but ``skip``; returns how many. With
+        ``commit_us`` the first reader's frame is timed when written (one sample per
+        update of ``syncline_delivery_latency_seconds{endpoint="yjs"}``, not one per reader)."""
+        n = 0
         for cid, c in self.conns.items():
             if cid != skip:
-                c.outbox.put(frame)
+                if commit_us is not None:
+                    c.outbox.put(frame, commit_us)
+                    commit_us = None
+                else:
+                    c.outbox.put(frame)
+                n += 1
+        return n
+
+
+def _batch_trace(batch: list) -> Any:
+    """The trace of the first writer in ``batch`` whose WebSocket upgrade carried a
+    ``traceparent`` header (api/app.py leaves it in the scope), or None."""
+    for _, conn in batch:
+        state = conn.socket.scope.get("state")
+        if state and "trace_parent" in state:
+            return state["trace_parent"]
+    return None
 
 
 async def load_document(store: Any, tenant: str, stream: str) -> Document:
@@ -238,7 +260,9 @@ class DocRooms:
         except SynclineError as e:
             log.warning("yjs.log_update_unusable", stream=room.stream, position=event.position, code=e.code)
             return
-        room.broadcast(encode_sync_update(event.data))
+        delivered = room.broadcast(encode_sync_update(event.data), commit_us=event.time_us)
+        if delivered:
+            self.gw.metrics.events_delivered.labels(ENDPOINT).inc(delivered)
         self.gw.metrics.yjs_updates_from_log.inc()
         if room.inflight == 0 and self.policy.due(room.document):
             self.snapshot_soon(room)
@@ -336,27 +360,40 @@ class DocRooms:
 
     async def _append_loop(self, room: DocRoom) -> None:
         gw = self.gw
+        if trace_active():
+            detach_trace()  # (the task inherits the first writer's context; each batch has its own trace)
         try:
             while room.pending:
                 batch, room.pending = room.pending, []
                 events = [NewEvent(CRDT_UPDATE, data=u, actor=Actor(c.principal.user, c.conn_id)) for u, c in batch]
+                # A span only when a writer of the batch sent a traceparent on its upgrade
+                # (or an SDK provider samples): the hot path makes none.
+                parent = _batch_trace(batch)
                 try:
-                    result = await gw.store.append(room.tenant, room.stream, events)
+                    with traced(parent, "yjs.append", {"syncline.doc": room.doc, "syncline.updates": len(batch)}):
+                        result = await gw.store.append(room.tenant, room.stream, events)
                 except Exception as e:
                     room.inflight -= len(batch)
                     self._append_failed(room, batch, e)
                     continue
+                commit_us = time.time_ns() // 1000
                 s = result.streams[0]
                 position, version = s.first_position, s.first_version
                 document, followed = room.document, room.followed
-                for update, conn in batch:
-                    # (The follower may have read it from the log first: then it is applied.)
-                    if followed.local(update, position, version):
-                                    # One frame per update, shared by every reader's outbox.
-                        room.broadcast(encode_sync_update(update), skip=conn.conn_id)
-                        conn._relay({"kind": "update", "update": update, "pos": position})
-                    position += 1
-                    version += 1
+                fanout = traced(parent, "yjs.fanout", {"syncline.doc": room.doc, "syncline.readers": len(room.conns)})
+                delivered = 0
+                with fanout:
+                    for update, conn in batch:
+                        # (The follower may have read it from the log first: then it is applied.)
+                        if followed.local(update, position, version):
+                            # One frame per update, shared by every reader's outbox.
+                            delivered += room.broadcast(encode_sync_update(update), skip=conn.conn_id,
+                                                        commit_us=commit_us)
+                            conn._relay({"kind": "update", "update": update, "pos": position})
+                        position += 1
+                        version += 1
+                if delivered:
+                    gw.metrics.events_delivered.labels(ENDPOINT).inc(delivered)
                 room.inflight -= len(batch)
                 gw.metrics.yjs_updates.inc(len(batch))
                 gw.metrics.events_appended.labels("yjs").inc(len(batch))

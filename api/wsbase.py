@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl
 from litestar import WebSocket
 
 from .auth import Principal, bearer_token
-from .errors import WS_TRY_AGAIN, Unauthenticated
-from .logging import bind, log
+from .errors import WS_TRY_AGAIN, WS_UNAUTHENTICATED, Unauthenticated
+from .logging import bind, log, login_refused, peer_of
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -43,7 +43,13 @@ def authenticate(gw: Gateway, socket: WebSocket) -> Principal:
         return gw.verifier.verify(token)
     except Unauthenticated as e:
         gw.metrics.auth_failures.labels(e.code).inc()
+        login_refused(socket.scope, endpoint=_endpoint_of(socket.scope), code=e.code)
         raise
+
+
+def _endpoint_of(scope: Any) -> str:
+    path = scope.get("path") or ""
+    return "yjs" if path.startswith("/v1/yjs") else "native" if path.startswith("/v1/ws") else "ws"
 
 
 class Outbox:
@@ -72,7 +78,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.frames) if self.frames is not None else 0
 
-    def put(self, frame: str | bytes) -> None:
+    def put(self, frame: str | bytes, commit_us: int | None = None) -> None:
+        """Queue a frame. ``commit_us``: the commit time of the newest event it carries;
+        when it is written, ``syncline_delivery_latency_seconds`` observes the difference."""
         if self.closed:
             return
         frames = self.frames
@@ -81,7 +89,7 @@ class Outbox:
         elif len(frames) >= OUTBOX_FRAMES_MAX:
             self.close(WS_TRY_AGAIN, "too slow: outbox full; reconnect and resume")
             return
-        frames.append(frame)
+        frames.append(frame if commit_us is None else (frame, commit_us))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -111,6 +119,13 @@ class Outbox:
                     await send({"type": "websocket.send", "bytes": frame, "text": None})
                 elif kind is str:
                     await send({"type": "websocket.send", "bytes": None, "text": frame})
+                elif len(frame) == 2:  # (frame, commit time of its newest event, µs)
+                    data, commit_us = frame
+                    if type(data) is bytes:
+                        await send({"type": "websocket.send", "bytes": data, "text": None})
+                    else:
+                        await send({"type": "websocket.send", "bytes": None, "text": data})
+                    self.metrics.observe_delivery(self.endpoint, max(0.0, time.time() - commit_us / 1_000_000))
                 else:  # (_CLOSE, code, reason)
                     _, code, reason = frame
                     self.metrics.ws_closes.labels(self.endpoint, str(code)).inc()
@@ -141,6 +156,9 @@ class Outbox:
 async def refuse(gw: Gateway, socket: WebSocket, endpoint: str, code: int, reason: str) -> None:
     """Accept, then close with a 4xxx code: browsers only see close codes after a handshake."""
     subprotocols = socket.scope.get("subprotocols") or []
+    if code != WS_UNAUTHENTICATED:  # (a refused token is logged as auth.refused already)
+        peer, agent = peer_of(socket.scope)
+        log.info("ws.refused", endpoint=endpoint, close=code, reason=reason[:120], peer=peer, user_agent=agent)
     await socket.accept(subprotocols=subprotocols[0] if subprotocols else None)
     gw.metrics.ws_closes.labels(endpoint, str(code)).inc()
     await socket.close(code=code, reason=reason[:120])

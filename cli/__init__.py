@@ -10,6 +10,20 @@ from .commands import admin, audit, bus, config, history, simulate, token
 @click.version_option(package_name="syncline")
 def main() -> None:
     """Syncline: an event-sourced CRDT sync engine."""
+    _configure_logging()
+
+
+def _configure_logging() -> None:
+    """Every command's log lines (migrations, the prune job, the server) as JSON on stderr,
+    with ``service`` and ``version`` (api/logging.py); the commands' own output stays on
+    stdout. ``SYNCLINE_LOG_FORMAT=console`` renders for a terminal instead."""
+    import os
+
+    try:
+        from syncline.api.logging import configure_logging
+    except ImportError:  # pragma: no cover - a build without the gateway
+        return
+    configure_logging(os.environ.get("SYNCLINE_LOG_FORMAT", "json") == "json")
 
 
 for module in (admin, audit, bus, config, history, simulate, token):

@@ -6,6 +6,7 @@ least memory per idle connection) or one of uvicorn's (``auto``, ``websockets``,
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -148,8 +149,12 @@ def make_server(app: Litestar, host: str, port: int, *, log_level: str = "warnin
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("TLS needs both a certificate and a key file (--tls-cert and --tls-key)")
     ws = ws or default_ws()
+    log_level = os.environ.get("SYNCLINE_LOG_LEVEL", "").strip().lower() or log_level  # (uvicorn's loggers too)
     ws_impl: Any = coalescing_ws_protocol(ws) if coalesce_writes else ws_protocol_class(ws)
-    common: dict[str, Any] = dict(host=host, port=port, log_level=log_level, ws=ws_impl, lifespan="on",
+    # log_config=None: uvicorn's loggers keep no handlers of their own and reach the root
+    # logger, where api/logging.py renders them as JSON lines like every other.
+    common: dict[str, Any] = dict(host=host, port=port, log_level=log_level, log_config=None, ws=ws_impl,
+                                  lifespan="on",
                                   interface="asgi3", timeout_graceful_shutdown=10, fd=fd, server_header=False,
                                   http=nodelay_http_protocol(), ssl_certfile=tls_cert or None,
                                   ssl_keyfile=tls_key or None)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, Generic, TypeVar
 
+from .instruments import caller_span, commit_span
+
 T = TypeVar("T")
 
 
 class Pending(Generic[T]):
-    __slots__ = ("item", "future", "size")
+    __slots__ = ("item", "future", "size", "trace")
 
     def __init__(self, item: T, future: asyncio.Future, size: int) -> None:
         self.item = item
         self.future = future
         self.size = size
+        self.trace = caller_span()  # the caller's span, when it is inside a trace (store/instruments.py)
 
 
 class GroupCommitter(Generic[T]):
@@ -99,8 +102,13 @@ class GroupCommitter(Generic[T]):
             self._wakeup.set()
 
     async def _commit_one(self, batch: list[Pending[T]]) -> None:
+        span = commit_span([p.trace for p in batch], calls=len(batch), events=sum(p.size for p in batch))
         try:
-            await self._commit(batch)
+            if span is None:
+                await self._commit(batch)
+            else:
+                with span:
+                    await self._commit(batch)
         except BaseException as e:  # resolve every caller, then keep serving
             for p in batch:
                 if not p.future.done():

@@ -11,6 +11,7 @@ from syncline.engine.events import AppendResult, NewEvent, StreamWrite, check_te
 from syncline.engine.filters import EventFilter
 from syncline.engine.ports import ChainBreak, LogPage
 
+from .instruments import Instrumented
 from .rows import row_hash
 from .tail import tail_log
 
@@ -19,8 +20,9 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-class StoreBase:
-    """``append`` in terms of the adapter's ``append_many``; ``tail`` over its ``read_log``."""
+class StoreBase(Instrumented):
+    """``append`` in terms of the adapter's ``append_many``; ``tail`` over its ``read_log``;
+    the latency and trace hooks of store/instruments.py."""
 
     async def append(
         self,

@@ -34,9 +34,11 @@ async def prune_job(
     snaps = await snapshot_documents(store)
     report = await store.prune(retention_s=retention_s, respect_checkpoints=respect_checkpoints, now_us=now_us)
     forgotten = await prune_bus_processed(store, retention_s=retention_s, now_us=now_us)
-    log.info("prune: %d snapshots, %d events deleted from %d streams (%d held back by checkpoints), "
-             "%d processed bus event ids forgotten",
-             snaps, report.events_deleted, report.streams_touched, report.held_back_by_checkpoint, forgotten)
+    # (a standard-library logger: the service renders it as one JSON line with these fields)
+    log.info("prune.finished", extra={"snapshots": snaps, "events_deleted": report.events_deleted,
+                                      "streams_touched": report.streams_touched,
+                                      "held_back_by_checkpoint": report.held_back_by_checkpoint,
+                                      "bus_ids_forgotten": forgotten})
     return report
 
 

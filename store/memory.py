@@ -6,6 +6,7 @@ store/memory_sync_log.py, on the same kernel.)"""
 from __future__ import annotations
 
 import bisect
+from time import perf_counter
 from typing import Any, Callable, Sequence
 
 from syncline.engine.errors import UnknownTenant
@@ -51,7 +52,8 @@ class MemoryEventStore(StoreBase):
     async def append_many(
         self, tenant: str, writes: Sequence[StreamWrite], *, idempotency_key: str | None = None
     ) -> AppendResult:
-        call = prepare(tenant, writes, idempotency_key, self.max_payload)
+        started = perf_counter()
+        call = prepare(tenant, self._stamped(writes), idempotency_key, self.max_payload)
         heads = {
             (tenant, w.stream): Head(s["version"], s["head_hash"])
             for w in call.writes
@@ -80,6 +82,10 @@ class MemoryEventStore(StoreBase):
             self._tenants.update(plan.tenants)
             self._head, self._head_time = plan.last_position, time_us
             await self.doorbell.ring(tenant, self._head)
+        if self._observe is not None:
+            elapsed = perf_counter() - started
+            self._observe("commit", elapsed)
+            self._observe("append", elapsed)
         return outcome
 
     def _decode(self, row: dict[str, Any]) -> RecordedEvent:
@@ -117,6 +123,7 @@ class MemoryEventStore(StoreBase):
     ) -> LogPage:
         check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
+        started = perf_counter()
         head = self._head
         found: list[RecordedEvent] = []
         cursor = after
@@ -131,6 +138,8 @@ class MemoryEventStore(StoreBase):
                 found.append(ev)
         else:
             cursor = head
+        if self._observe is not None:
+            self._observe("read", perf_counter() - started)
         return LogPage(tuple(found), max(cursor, after), head)
 
     async def position_at_time(self, time_us: int) -> int:

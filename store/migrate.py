@@ -33,7 +33,9 @@ async def upgrade(engine: AsyncEngine) -> None:
     the version before its first write, so two processes starting on a new file both
     created the tables, and one failed with "table ... already exists").
     """
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision is noise at startup
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET:  # (the service sets it: SYNCLINE_LOG_LEVEL, api/logging.py)
+        alembic_log.setLevel(logging.WARNING)  # one line per revision is noise at startup
     async with _sqlite_file_lock(engine):
         await _upgrade(engine)
 

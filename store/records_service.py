@@ -29,6 +29,7 @@ from syncline.engine.records import (
 )
 
 from .gcpause import collector_paused
+from .instruments import reconcile_span
 
 MAX_RETRIES = 8
 
@@ -100,6 +101,13 @@ class RecordsService:
         """``submit``, with the server time the ops were judged at (None without a clock)."""
         if not ops:
             return [], None
+        span = reconcile_span(len(ops), tenant)
+        if span is None:
+            return await self._submit_timed(tenant, ops)
+        with span:
+            return await self._submit_timed(tenant, ops)
+
+    async def _submit_timed(self, tenant: str, ops: Sequence[Op]) -> tuple[list[Outcome], int | None]:
         streams = {op.stream for op in ops}
         lock = self._locks.setdefault(tenant, asyncio.Lock())
         async with lock:  # one reconciliation per tenant at a time in this process

@@ -6,6 +6,7 @@ lives here and in store/planning.py.
 """
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -93,8 +94,13 @@ class SqlEventStore(StoreBase):
     async def append_many(
         self, tenant: str, writes: Sequence[StreamWrite], *, idempotency_key: str | None = None
     ) -> AppendResult:
-        prepared = prepare(tenant, writes, idempotency_key, self.max_payload)
-        return await self._committer.submit(prepared, prepared.event_count)
+        started = perf_counter()
+        prepared = prepare(tenant, self._stamped(writes), idempotency_key, self.max_payload)
+        try:
+            return await self._committer.submit(prepared, prepared.event_count)
+        finally:
+            if self._observe is not None:
+                self._observe("append", perf_counter() - started)
 
     async def append(
         self,
@@ -106,11 +112,19 @@ class SqlEventStore(StoreBase):
         idempotency_key: str | None = None,
     ) -> AppendResult:
         # StoreBase.append, one coroutine shorter: single appends are the hot path.
+        started = perf_counter()
         writes = (StreamWrite(stream, tuple(events_), expected_version),)
+        if self._trace_meta is not None:
+            writes = self._stamped(writes)
         prepared = prepare(tenant, writes, idempotency_key, self.max_payload)
-        return await self._committer.submit(prepared, prepared.event_count)
+        try:
+            return await self._committer.submit(prepared, prepared.event_count)
+        finally:
+            if self._observe is not None:
+                self._observe("append", perf_counter() - started)
 
     async def _commit(self, batch: list[Pending[PreparedAppend]]) -> None:
+        started = perf_counter()
         try:
             plan = await self._writer.commit([p.item for p in batch], self._clock_us)
         except Exception as e:
@@ -129,6 +143,8 @@ class SqlEventStore(StoreBase):
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
+        if self._observe is not None:
+            self._observe("commit", perf_counter() - started)
         if plan.values:
             self._known_tenants.update(plan.tenants)
             if self.signer is not None:
@@ -180,7 +196,11 @@ class SqlEventStore(StoreBase):
         given = {"tenant": tenant, "stream": stream, "from_version": from_version}
         if limit is not None:
             given["limit"] = limit
-        return (await self._fetch_page(self._queries.stream(limit is not None), given))[1]
+        started = perf_counter()
+        page = (await self._fetch_page(self._queries.stream(limit is not None), given))[1]
+        if self._observe is not None:
+            self._observe("read", perf_counter() - started)
+        return page
 
     @db_errors
     async def stream_version(self, tenant: str, stream: str) -> int:
@@ -238,6 +258,7 @@ class SqlEventStore(StoreBase):
         found: list[RecordedEvent] = []
         cursor = after
         scanned = 0
+        started = perf_counter()
         while True:
             given["cursor"] = cursor
             if head is None:
@@ -264,6 +285,8 @@ class SqlEventStore(StoreBase):
                 break
             if not (cursor < head and len(found) < limit and scanned < limit * 20):
                 break
+        if self._observe is not None:
+            self._observe("read", perf_counter() - started)
         return LogPage(tuple(found), max(cursor, after), head)
 
     @db_errors
