@@ -172,6 +172,7 @@ class GroupMember:
         self.start_at = start_at  # where a group that does not exist yet begins
         # How far past what is queued the in-flight mark reaches (log positions; see _mark).
         self.mark_ahead = mark_ahead if mark_ahead is not None else 4 * batch
+        self._span = 0  # log positions the last page covered (see _ahead)
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
         self._w, _ = engines(store)
@@ -294,6 +295,8 @@ class GroupMember:
                 for p in extra:
                     del self._workers[p]
                 await self._gs.release(self.id, extra)
+                if self._reader is not None:
+                    self._reader.reset()  # read fewer partitions from now on
             elif len(owned) < target:
                 for lease in await self._gs.claim(self.id, target - len(owned), lease_us):
                     attempts = await self._gs.load_attempts(lease.partition)
@@ -338,17 +341,24 @@ class GroupMember:
         live = [w.dispatched for w in self._workers.values() if not w.stopping]
         return min(live) if live else None
 
+    def held_partitions(self) -> list[int]:
+        """The partitions this member's live workers need events of (the reader reads those)."""
+        return [p for p, w in self._workers.items() if not w.stopping]
+
     async def dispatch(self, split: PageSplit, cursor: int) -> None:
         """Queue a page's events (read after ``cursor``) to the workers of the partitions
         they belong to: one item per worker per page, the events and the page's end."""
         page = split.page
         # Only workers that have seen everything up to the cursor may take this page
         # (a partition claimed meanwhile starts from its own checkpoint after a reset).
-        eligible = [w for w in self._workers.values() if w.dispatched >= cursor and not w.stopping]
+        # Nor workers of partitions the page was not read for (claimed since).
+        eligible = [w for w in self._workers.values() if w.dispatched >= cursor and not w.stopping
+                    and split.serves(self.partitions, w.partition)]
         if not eligible:
             return
         parts = split.by_partition(self.partitions, self.include_system)
         end = page.next_after
+        self._span = end - cursor
         for w in eligible:
             evs = parts.get(w.partition)
             if evs and evs[0].position <= w.dispatched:  # after a rewind: skip what is queued
@@ -364,7 +374,7 @@ class GroupMember:
         # Renew in-flight marks in the background when half their reach is used, so
         # workers seldom wait for one (they still do, in _mark, if this falls behind).
         if self._marking is None and any(
-            w.dispatched + self.mark_ahead // 2 > w.marked for w in eligible if not w.stopping
+            w.dispatched + self._ahead // 2 > w.marked for w in eligible if not w.stopping
         ):
             self._marking = asyncio.ensure_future(self._mark_soon())
             self._steps.add(self._marking)
@@ -465,6 +475,13 @@ class GroupMember:
         w.attempts[ev.id] = att
         return await self._handle_safely(w, ev)
 
+    @property
+    def _ahead(self) -> int:
+        """How far past what is queued a mark reaches: ``mark_ahead`` positions, or two
+        pages if pages span more (a member reading only its partitions' rows gets pages
+        that cover several times ``batch`` positions of the log)."""
+        return max(self.mark_ahead, 2 * self._span)
+
     async def _mark(self, w: _Worker, need: int, *, retry: bool = True) -> bool:
         """Make the partition's durable in-flight mark cover ``need`` before its events reach
         the handler. One write covers every worker of this member that needs one, and
@@ -477,7 +494,7 @@ class GroupMember:
                 async with self._mark_lock:
                     if w.marked >= need:
                         return True
-                    ahead = self.mark_ahead
+                    ahead = self._ahead
                     todo = [(x, x.dispatched + ahead) for x in self._workers.values()
                             if x.dispatched + ahead // 2 > x.marked and not x.stopping]
                     await self._gs.mark_inflight(self.id, [(x.partition, x.epoch, upto) for x, upto in todo])

@@ -224,10 +224,15 @@ class SqlEventStore(StoreBase):
         limit: int = 1000,
         filter: EventFilter | None = None,
         all_tenants: bool = False,
+        partitions: tuple[int, tuple[int, ...]] | None = None,
     ) -> LogPage:
+        """A page of the log. ``partitions`` = (P, owned partitions) narrows it to the events
+        a consumer group member holding those partitions of P needs (bus/reader.py),
+        plus any written before the partition key was stored; ``next_after`` still
+        says how far the page covers every partition in ``owned``."""
         check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
-        query = self._queries.log_page(tenant is not None, filter, limit)
+        query = self._queries.log_page(tenant is not None, filter, limit, partitions)
         python_filter, chunk = query.python_filter, query.chunk
         given: dict[str, Any] = {"tenant": tenant} if tenant is not None else {}
         # The head is read first (in the same hop as the first page): every position up
@@ -265,6 +270,8 @@ class SqlEventStore(StoreBase):
             if not (cursor < head and len(found) < limit and scanned < limit * 20):
                 break
         return LogPage(tuple(found), max(cursor, after), head)
+
+    reads_partitions = True  # read_log takes ``partitions`` (the bus's reader asks)
 
     @db_errors
     async def position_at_time(self, time_us: int) -> int:
