@@ -229,7 +229,7 @@ async def _member(i: int, url: str, tenant: str, group: str, sh: Shared, latency
         sh.last[i] = now
 
     m = Bus(store).group(group, handler, tenant=tenant, partitions=PARTITIONS, member_id=f"m{i}", lease_s=1.5,
-                         batched=True, policy=RetryPolicy(ack_timeout_s=None), batch=1000, commit_interval_s=0.1, mark_ahead=int(os.environ.get("MA", "4000")))
+                         batched=True, policy=RetryPolicy(ack_timeout_s=None), batch=1000, commit_interval_s=0.1)
     await m.start()
     while not sh.go.is_set():
         sh.owned[i] = len(m.owned)

@@ -43,6 +43,7 @@ from syncline.store.bus_schema import SCOPE_ALL
 from .delivery import Batch, Delivery, Failure, Handler, RetryPolicy, attempt, attempt_batch, one_by_one
 from .dlq import DeadLetterQueue
 from .events import event_from_doc
+from .observe import handler_time
 from .reader import LogReader, PageSplit, reader_for
 
 log = logging.getLogger("syncline.bus")
@@ -100,6 +101,7 @@ class _Worker:
         # The previous owner died with events up to here possibly in its handler: until
         # past it, record every attempt before running it (so a crash counts).
         self.suspect_until = lease.inflight if lease.inflight > lease.position else 0
+        self.consumed = 0  # events handled since the last checkpoint write (added to bus_partitions.consumed)
         self.attempts = attempts
         self.queue: asyncio.Queue = asyncio.Queue(queue_max)
         self.stopping = False
@@ -218,6 +220,8 @@ class GroupMember:
             self._workers.clear()
             with contextlib.suppress(SynclineError):
                 await self._gs.leave(self.id)
+            with contextlib.suppress(SynclineError):
+                await self._mirror()
 
     async def abort(self) -> None:
         """Stop without checkpointing or releasing anything, as a crash would (for tests)."""
@@ -302,11 +306,18 @@ class GroupMember:
                     attempts = await self._gs.load_attempts(lease.partition)
                     self._add_worker(_Worker(lease, attempts, self.queue_max))
             await self._claim_requeued(lease_us)
-            if self.mirror_checkpoint and time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
-                # The store's prune keeps every event above the lowest checkpoint.
-                self._last_mirror = time.monotonic()
-                await self.store.save_checkpoint(f"bus/{self.group}", self.scope, await self._gs.low_watermark())
+            if time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
+                await self._mirror()
             self._rebalanced.set()
+
+    async def _mirror(self) -> None:
+        """Mirror the group's low watermark as checkpoint ``bus/<group>``: the store's prune
+        keeps every event above the lowest checkpoint. Written every few heartbeats and
+        when a member leaves; prune also brings it up to date first (store/bus/groups.py
+        refresh_mirrors), so a mirror never holds the log back further than the group."""
+        if self.mirror_checkpoint:
+            self._last_mirror = time.monotonic()
+            await self.store.save_checkpoint(f"bus/{self.group}", self.scope, await self._gs.low_watermark())
 
     def _add_worker(self, w: _Worker) -> None:
         self._workers[w.partition] = w
@@ -440,11 +451,14 @@ class GroupMember:
             if not await self._lease_ok(w):
                 return False
             run = evs[i:j]
+            t0 = time.perf_counter()
             outcomes = await attempt_batch(self.handler, Batch([self._delivery(e, 1) for e in run]),  # type: ignore[arg-type]
                                            self.policy)
+            handler_time(self.scope, self.group, time.perf_counter() - t0)
             for e, failure in zip(run, outcomes):
                 if failure is None:
                     self.stats.handled += 1
+                    w.consumed += 1
                 elif not await self._retry_failed(w, e, failure):
                     return False
                 w.done = e.position
@@ -565,11 +579,15 @@ class GroupMember:
                     await self._gs.begin_attempt(w.partition, self.id, Attempt(
                         ev.id, ev.position, n, first or now, now,
                         f"{CRASH_REASON} while handling the event (attempt {n}, member {self.id})", ""))
+                    t0 = time.perf_counter()
                     failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
+                    handler_time(self.scope, self.group, time.perf_counter() - t0)
                     if failure is None:
                         await self._gs.clear_attempt(ev.id)
             else:
+                t0 = time.perf_counter()
                 failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
+                handler_time(self.scope, self.group, time.perf_counter() - t0)
             if failure is None:
                 return None
             self.stats.failed_attempts += 1
@@ -597,6 +615,7 @@ class GroupMember:
             return False
         if out is None:
             self.stats.handled += 1
+            w.consumed += 1
             return True
         return await self._dead_letter(w, ev, out)
 
@@ -631,9 +650,16 @@ class GroupMember:
                 log.warning("bus %s/%s checkpoint failed: %s", self.scope, self.group, e.code)
 
     async def _flush(self) -> None:
-        dirty = [(w, w.done) for w in list(self._workers.values()) if w.done > w.committed]
+        dirty = [(w, w.done, w.consumed) for w in list(self._workers.values()) if w.done > w.committed]
         if not dirty:
             return
-        await self._gs.commit(self.id, [(w.partition, w.epoch, done) for w, done in dirty])
-        for w, done in dirty:
+        for w, _, n in dirty:
+            w.consumed -= n
+        try:
+            await self._gs.commit(self.id, [(w.partition, w.epoch, done, n) for w, done, n in dirty])
+        except BaseException:
+            for w, _, n in dirty:
+                w.consumed += n
+            raise
+        for w, done, _ in dirty:
             w.committed = max(w.committed, done)

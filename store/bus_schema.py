@@ -94,6 +94,10 @@ bus_partitions = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
     Column("inflight", BigInteger, nullable=False, server_default="0"),
+    # events the group's handlers acked, added to with each checkpoint write: a counter
+    # across every member and restart (redeliveries after a crash count again; dead
+    # letters and events the filter skips do not count), for metrics (migration 0006)
+    Column("consumed", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("scope", "group_name", "partition"),
 )
 

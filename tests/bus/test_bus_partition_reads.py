@@ -3,8 +3,6 @@ still reaches exactly the member that owns its partition, through joins, hand-ov
 live publishing; rows without a key (written before the migration) are still delivered."""
 from __future__ import annotations
 
-import asyncio
-
 from bus_helpers import eventually
 from sqlalchemy import text
 

@@ -12,6 +12,10 @@ those in Python as before.
 PostgreSQL: ``syncline_append()`` takes one more array, ``e_pkey`` (store/pg_writer.py).
 SQLite: the writers insert the column (store/sqlite_writer.py, store/sqlite_sync_log.py).
 
+Also ``bus_partitions.consumed``: events a group's members handled, added to with
+each checkpoint write, so ``/metrics`` and ``syncline bus groups`` can show a group's
+consumed count and rate from any process (api/metrics_bus.py).
+
 Revision ID: 0006
 """
 import importlib.util
@@ -138,6 +142,7 @@ $fn$
 
 def upgrade() -> None:
     op.add_column("events", sa.Column("pkey", sa.BigInteger, nullable=True))
+    op.add_column("bus_partitions", sa.Column("consumed", sa.BigInteger, nullable=False, server_default="0"))
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS syncline_append" + OLD_SIGNATURE)
         op.execute(CREATE)
@@ -152,3 +157,5 @@ def downgrade() -> None:
         op.execute(m0004.CREATE)
     with op.batch_alter_table("events") as batch:
         batch.drop_column("pkey")
+    with op.batch_alter_table("bus_partitions") as batch:
+        batch.drop_column("consumed")
