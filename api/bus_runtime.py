@@ -33,7 +33,7 @@ class BusRuntime:
         check_relay(settings)
         self.settings = settings
         self.store = store
-        self.metrics = BusMetrics(registry, store)
+        self.metrics = BusMetrics(registry, store, interval_s=settings.bus_metrics_interval_s)
         self.relay: Any = None
 
     async def start(self) -> None:
