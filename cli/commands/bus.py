@@ -60,9 +60,10 @@ def groups_cmd(database_url, tenant, rate_window, as_json) -> None:
     """List consumer groups: lag, dead letters, events consumed (and per second), members,
     and mirrored checkpoints no group owns any more (they hold `syncline prune` back).
 
-    The same figures as /metrics (docs/bus.md#metrics): lag is counted in events of the
-    group's tenant past its lowest partition checkpoint; consumed is what its handlers
-    acked, in every process."""
+    The figures /metrics exports (docs/bus.md#metrics), except that lag here is an exact
+    count of the group's tenant's events past its lowest partition checkpoint (/metrics
+    gives log positions, cheaper to read); consumed is what its handlers acked, in every
+    process."""
     from syncline.store.bus import bus_figures, unowned_mirrors
 
     async def go(b):
