@@ -48,14 +48,14 @@ def test_ops_stats_route_needs_system_read_and_stays_in_the_tenant(server):
 
 def test_resolution_config_is_published_with_the_manual_board_title(server, serve):
     auth = {"Authorization": f"Bearer {token('mo')}"}
-    body = httpx.get(f"{server.url}/v1/config/resolution", headers=auth, timeout=10).json()
-    assert body["collections"]["board"]["fields"]["title"] == {"strategy": "manual", "merge": None}
-    assert body["default_collection"]["default"] == {"strategy": "lww", "merge": None}
+    body = httpx.get(f"{server.url}/v1/config/resolution", headers=auth, timeout=10).json()["rules"]
+    assert body["collections"]["board"]["fields"]["title"] == "manual"
+    assert body["default_collection"]["default"] == "lww"
     assert httpx.get(f"{server.url}/v1/config/resolution", timeout=10).status_code == 401
     # SYNCLINE_RECORDS_MANUAL_FIELDS names them (empty: every field last-writer-wins)
     assert default_resolution(()).collections == {}
     with pytest.raises(ValidationError):
         default_resolution(("title",))  # not collection.field: the server refuses to start
     notes = serve(records_manual_fields="notes.title,notes.body")
-    fields = httpx.get(f"{notes.url}/v1/config/resolution", headers=auth, timeout=10).json()["collections"]["notes"]
+    fields = httpx.get(f"{notes.url}/v1/config/resolution", headers=auth, timeout=10).json()["rules"]["collections"]["notes"]
     assert set(fields["fields"]) == {"title", "body"}
