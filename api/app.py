@@ -18,6 +18,7 @@ from . import (
     routes_activity,
     routes_admin,
     routes_bus,
+    routes_bus_consumers,
     routes_commands,
     routes_docs,
     routes_events,
@@ -156,7 +157,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         if gw is not None:
             await gw.close()
 
-    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin)
+    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_bus_consumers,
+                  routes_activity, routes_admin)
     for handler in _http_handlers(*v1_modules, routes_health):  # (every route: a new module cannot be missed)
         declare_errors(handler)
     v1 = Router(path="/v1", guards=[require_auth], route_handlers=[h for m in v1_modules for h in m.V1])
