@@ -7,7 +7,9 @@ subscription is a cursor over the log.
     m = await bus.group("billing", handler, tenant="acme").start()         # competing consumers
     await bus.dlq.requeue(entry_id)                                        # dead letters
 
-Handlers are ``async def handler(delivery)``; see bus/delivery.py for ack, nack and
+Handlers are ``async def handler(delivery)``, or with ``batched=True`` (groups and
+durable subscriptions) ``async def handler(batch)`` taking a ``Batch`` of one
+partition's consecutive events; see bus/delivery.py for ack, nack and
 retries, bus/idempotent.py for exactly-once effects, bus/relay.py for Redis Streams.
 """
 from __future__ import annotations
@@ -17,15 +19,15 @@ from typing import Any
 from syncline.store.bus import list_groups
 
 from .broadcast import Subscription
-from .delivery import Delivery, Failure, Handler, RetryPolicy
+from .delivery import Batch, BatchHandler, Delivery, Failure, Handler, RetryPolicy
 from .dlq import DeadLetterQueue, dlq_stream
 from .idempotent import idempotent
 from .member import GroupMember, scope_of
 from .relay import RedisStreamsRelay
 
 __all__ = [
-    "Bus", "DeadLetterQueue", "Delivery", "Failure", "GroupMember", "RedisStreamsRelay", "RetryPolicy",
-    "Subscription", "dlq_stream", "idempotent", "scope_of",
+    "Batch", "BatchHandler", "Bus", "DeadLetterQueue", "Delivery", "Failure", "GroupMember", "RedisStreamsRelay",
+    "RetryPolicy", "Subscription", "dlq_stream", "idempotent", "scope_of",
 ]
 
 

@@ -122,3 +122,82 @@ async def attempt(handler: Handler, d: Delivery, policy: RetryPolicy) -> Failure
     if d.outcome is not None and d.outcome[0] == "nack":
         return Failure(d.outcome[1], d.outcome[3] if len(d.outcome) > 3 else "", d.outcome[2])
     return None
+
+
+class Batch:
+    """Consecutive events of ONE partition, in log order, for a batched handler
+    (``bus.group(name, handler, batched=True)`` calls ``await handler(batch)``).
+
+    Each delivery is settled on its own (``batch.deliveries[i].ack()`` / ``.nack(...)``);
+    what the handler leaves unsettled when it returns is acked with ``auto_ack`` (the
+    default), and otherwise awaited until the ack timeout, which covers the whole batch.
+    A handler that raises fails every delivery it left unsettled. Failed and nacked
+    events are then retried one at a time (each as a batch of one) through the
+    per-event path, which records attempts and dead-letters as for plain handlers,
+    before the partition moves on."""
+
+    __slots__ = ("deliveries",)
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self.deliveries = deliveries
+
+    @property
+    def events(self) -> list[RecordedEvent]:
+        return [d.event for d in self.deliveries]
+
+    def ack_all(self) -> None:
+        for d in self.deliveries:
+            d.ack()
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def __iter__(self):
+        return iter(self.deliveries)
+
+
+BatchHandler = Callable[[Batch], Awaitable[Any]]
+
+
+def one_by_one(handler: BatchHandler) -> Handler:
+    """A batched handler seen as a plain one: each delivery as a batch of one."""
+    async def single(d: Delivery) -> None:
+        await handler(Batch([d]))
+
+    return single
+
+
+async def attempt_batch(handler: BatchHandler, batch: Batch, policy: RetryPolicy) -> list[Failure | None]:
+    """Run one attempt of a whole batch; per delivery, None if acked, else why it failed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + policy.ack_timeout_s if policy.ack_timeout_s else None
+    error: Failure | None = None
+    try:
+        if deadline is None:
+            await handler(batch)
+        else:
+            async with asyncio.timeout_at(deadline):
+                await handler(batch)
+        if not policy.auto_ack:
+            for d in batch.deliveries:
+                if d.outcome is None:
+                    await d._wait_settled(None if deadline is None else max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        if deadline is not None and loop.time() >= deadline:
+            error = Failure(f"ack timeout after {policy.ack_timeout_s}s (batch of {len(batch)})", "")
+        else:
+            error = Failure("TimeoutError raised by handler", traceback.format_exc())
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the handler failed: every delivery it left unsettled fails
+        error = Failure(f"{type(e).__name__}: {e}"[:2000], traceback.format_exc())
+    out: list[Failure | None] = []
+    for d in batch.deliveries:
+        o = d.outcome
+        if o is None:
+            out.append(error)  # None (acked by auto_ack) unless the handler failed
+        elif o[0] == "nack":
+            out.append(Failure(o[1], "", o[2]))
+        else:
+            out.append(None)
+    return out

@@ -40,7 +40,7 @@ from syncline.store.bus._db import engines, now_us
 from syncline.store.bus.groups import CRASH_REASON, Attempt, Lease
 from syncline.store.bus_schema import SCOPE_ALL
 
-from .delivery import Delivery, Handler, RetryPolicy, attempt
+from .delivery import Batch, Delivery, Failure, Handler, RetryPolicy, attempt, attempt_batch, one_by_one
 from .dlq import DeadLetterQueue
 from .events import event_from_doc
 from .reader import LogReader, PageSplit, reader_for
@@ -143,10 +143,15 @@ class GroupMember:
         mirror_checkpoint: bool = True,
         start_at: str = "earliest",
         mark_ahead: int | None = None,
+        batched: bool = False,
     ) -> None:
         self.store = store
         self.group = check_group_name(group)
         self.handler = handler
+        # A batched handler takes a Batch (bus/delivery.py); retries, dead-letter
+        # redeliveries and suspect ranges still go one event at a time, as a batch of one.
+        self.batched = batched
+        self._single: Handler = one_by_one(handler) if batched else handler  # type: ignore[arg-type]
         self.scope = scope_of(tenant, all_tenants)
         self.tenant = tenant
         self.all_tenants = all_tenants
@@ -395,11 +400,70 @@ class GroupMember:
             evs, upto = item
             if w.marked < evs[-1].position and not await self._mark(w, evs[-1].position):
                 return
-            for ev in evs:
-                if not await self._handle_safely(w, ev):
+            if self.batched:
+                if not await self._work_batched(w, evs):
                     return
-                w.done = ev.position
+            else:
+                for ev in evs:
+                    if not await self._handle_safely(w, ev):
+                        return
+                    w.done = ev.position
             w.done = max(w.done, upto)
+
+    async def _work_batched(self, w: _Worker, evs: list[RecordedEvent]) -> bool:
+        """Hand a chunk to the batched handler: runs of events with no history go as one
+        Batch; an event in a suspect range (the previous owner died there) or with
+        recorded attempts goes alone through the per-event path, which records attempts
+        before running them, so crash accounting is the same as for plain handlers."""
+        i, n = 0, len(evs)
+        while i < n:
+            ev = evs[i]
+            if ev.position <= w.suspect_until or (w.attempts and ev.id in w.attempts):
+                if not await self._handle_safely(w, ev):
+                    return False
+                w.done = ev.position
+                i += 1
+                continue
+            j = i + 1
+            while j < n and evs[j].position > w.suspect_until and not (w.attempts and evs[j].id in w.attempts):
+                j += 1
+            if not await self._lease_ok(w):
+                return False
+            run = evs[i:j]
+            outcomes = await attempt_batch(self.handler, Batch([self._delivery(e, 1) for e in run]),  # type: ignore[arg-type]
+                                           self.policy)
+            for e, failure in zip(run, outcomes):
+                if failure is None:
+                    self.stats.handled += 1
+                elif not await self._retry_failed(w, e, failure):
+                    return False
+                w.done = e.position
+            i = j
+        return True
+
+    async def _retry_failed(self, w: _Worker, ev: RecordedEvent, failure: Failure) -> bool:
+        """An event that failed its first attempt inside a batch: record the attempt (as
+        the per-event path does after a failure), wait the nack's delay or the backoff,
+        then carry on one event at a time through _handle, which resumes from it."""
+        self.stats.failed_attempts += 1
+        now = now_us()
+        att = Attempt(ev.id, ev.position, 1, now, now, failure.reason, failure.trace)
+        while True:
+            try:
+                if self.policy.max_attempts <= 1:
+                    return await self._dead_letter(w, ev, att)
+                await self._gs.record_attempt(w.partition, self.id, att)
+                break
+            except SynclineError as e:
+                log.warning("bus %s/%s p%d store error: %s", self.scope, self.group, w.partition, e.code)
+                await asyncio.sleep(0.5)
+                if w.stopping:
+                    return False
+        delay = failure.delay_s if failure.delay_s is not None else self.policy.delay_after(1)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        w.attempts[ev.id] = att
+        return await self._handle_safely(w, ev)
 
     async def _mark(self, w: _Worker, need: int, *, retry: bool = True) -> bool:
         """Make the partition's durable in-flight mark cover ``need`` before its events reach
@@ -484,11 +548,11 @@ class GroupMember:
                     await self._gs.begin_attempt(w.partition, self.id, Attempt(
                         ev.id, ev.position, n, first or now, now,
                         f"{CRASH_REASON} while handling the event (attempt {n}, member {self.id})", ""))
-                    failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
+                    failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
                     if failure is None:
                         await self._gs.clear_attempt(ev.id)
             else:
-                failure = await attempt(self.handler, self._delivery(ev, n, dead_letter_id), self.policy)
+                failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
             if failure is None:
                 return None
             self.stats.failed_attempts += 1
