@@ -48,6 +48,7 @@ from .wire import events_wire
 
 if TYPE_CHECKING:
     from syncline.bus import Delivery
+    from syncline.bus.delivery import Batch
 
     from .auth import Principal
     from .gateway import Gateway
@@ -65,6 +66,9 @@ class TooManyConsumers(SynclineError):
 
     code = "too_many_consumers"
     http_status = 429
+
+
+READ_PAGE = 1000  # events a remote group member's log reader reads per page
 
 
 class _Left(asyncio.CancelledError):
@@ -148,10 +152,12 @@ class ConsumerSession:
             self.subscriber = bus.subscribe(self._on_delivery, tenant=self.tenant, filter=s.filter, policy=policy,
                                             name=f"{s.group}:{self.id[:8]}", on_give_up=self._gave_up)
         else:
+            # Batched: a partition's consecutive events are handed over together, so one
+            # fetch can carry many events of one stream (a plain handler gets one at a time).
             make = bus.durable if s.kind == "durable" else bus.group
-            self.subscriber = make(s.group, self._on_delivery, tenant=self.tenant, filter=s.filter, policy=policy,
-                                   partitions=s.partitions, start_at=s.start_at,
-                                   member_id=f"remote-{self.via}-{self.id[:12]}")
+            self.subscriber = make(s.group, self._on_batch, batched=True, tenant=self.tenant, filter=s.filter,
+                                   policy=policy, partitions=s.partitions, start_at=s.start_at,
+                                   batch=READ_PAGE, member_id=f"remote-{self.via}-{self.id[:12]}")
         await self.subscriber.start()
 
     async def close(self, reason: str) -> None:
@@ -166,7 +172,7 @@ class ConsumerSession:
             if vanished:
                 self.metrics.deliveries.labels("lost").inc()
                 p.delivery.nack(f"consumer {reason} holding the delivery (session {self.id[:12]})")
-                p.settle("nack")
+                p.settle("lost")
             else:
                 self.metrics.deliveries.labels("returned").inc()
                 if not p.outcome.done():
@@ -188,8 +194,12 @@ class ConsumerSession:
     # ------------------------------------------------------- the subscriber's side
 
     async def _on_delivery(self, d: Delivery) -> None:
-        """The subscriber's handler (one delivery at a time per partition)."""
+        """The broadcast subscriber's handler (one delivery at a time)."""
         await self._take([d])
+
+    async def _on_batch(self, batch: Batch) -> None:
+        """The group member's handler: consecutive events of one partition, in order."""
+        await self._take(batch.deliveries)
 
     async def _take(self, deliveries: list[Delivery]) -> None:
         """Hand deliveries to the remote consumer; return once each is settled. (The unit
@@ -216,8 +226,16 @@ class ConsumerSession:
         if self.on_ready is not None:
             self.on_ready()
         outcomes = await asyncio.gather(*(p.outcome for p in pend), return_exceptions=True)
-        if any(isinstance(o, BaseException) for o in outcomes):
-            raise _Left()  # the session closed first
+        if any(isinstance(o, BaseException) for o in outcomes):  # the session closed first
+            if not any(o == "lost" for o in outcomes):
+                raise _Left()  # nothing was charged: every delivery goes back uncounted
+            # The consumer vanished holding some of these (nacked: they count). Settle the
+            # rest too, so the bus records the attempt of the first one held — a batch's
+            # failures are recorded in order, and fetched ones precede waiting ones — and
+            # then stops at the next hand-over (the session is closed).
+            for p, o in zip(pend, outcomes):
+                if isinstance(o, BaseException):
+                    p.delivery.nack("the consumer vanished before fetching it")
 
     async def _gave_up(self, event: Any, failure: Any) -> None:
         log.warning("bus.broadcast_gave_up", session=self.id[:12], event=event.id, reason=failure.reason[:200])

@@ -197,7 +197,7 @@ async def attempt_batch(handler: BatchHandler, batch: Batch, policy: RetryPolicy
         if o is None:
             out.append(error)  # None (acked by auto_ack) unless the handler failed
         elif o[0] == "nack":
-            out.append(Failure(o[1], "", o[2]))
+            out.append(Failure(o[1], o[3] if len(o) > 3 else "", o[2]))
         else:
             out.append(None)
     return out
