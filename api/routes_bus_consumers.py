@@ -100,9 +100,8 @@ async def join(request: Request, data: JoinIn) -> dict:
 
 @get("/bus/consumers/{session_id:str}", opt={"perm": READ}, summary="A consumer session: settings and counts")
 async def describe(request: Request, session_id: str) -> dict:
-    s = _session(request, session_id)
-    s.touch()
-    return s.describe()
+    """(Looking does not keep a session alive: only fetch, ack, nack, extend and heartbeat do.)"""
+    return _session(request, session_id).describe()
 
 
 @post("/bus/consumers/{session_id:str}/fetch", opt={"perm": READ}, status_code=200,
