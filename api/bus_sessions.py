@@ -126,6 +126,9 @@ class ConsumerSession:
         self.closed = False
         self.last_seen = time.monotonic()
         self._ids = itertools.count(1)
+        # Delivery ids: a per-session prefix and a counter, so an id names one delivery of
+        # one session (another session's ids are unknown to it, never someone else's).
+        self._prefix = uuid.uuid4().hex[:8] + "."
         self._ready = asyncio.Event()  # the buffer has something
         self._room = asyncio.Event()  # the buffer has room
         self._room.set()
@@ -157,7 +160,7 @@ class ConsumerSession:
             make = bus.durable if s.kind == "durable" else bus.group
             self.subscriber = make(s.group, self._on_batch, batched=True, tenant=self.tenant, filter=s.filter,
                                    policy=policy, partitions=s.partitions, start_at=s.start_at,
-                                   batch=READ_PAGE, member_id=f"remote-{self.via}-{self.id[:12]}")
+                                   batch=min(READ_PAGE, self.buffer_max), member_id=f"remote-{self.via}-{self.id[:12]}")
         await self.subscriber.start()
 
     async def close(self, reason: str) -> None:
@@ -215,12 +218,15 @@ class ConsumerSession:
                 d.ack()
         if not mine:
             return
+        # A batch is at most a log page, and the page is at most buffer_max events, so this
+        # bound holds (a batch larger than the bound — a page another group sharing this
+        # process's log reader asked for — is taken alone, when nothing else is held).
         while self.outstanding and self.outstanding + len(mine) > self.buffer_max:
             self._room.clear()
             await self._room.wait()
             if self.closed:
                 raise _Left()
-        pend = [Pending(str(next(self._ids)), d) for d in mine]
+        pend = [Pending(self._prefix + str(next(self._ids)), d) for d in mine]
         self.buffer.extend(pend)
         self._ready.set()
         if self.on_ready is not None:

@@ -128,6 +128,11 @@ _any = lambda v: True  # noqa: E731
 _number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")  # noqa: E731,E501
 
 
+def _ids(v: Any) -> bool:
+    """Delivery ids of a dack / dnack / extend: 1..CONSUMER_IDS_MAX strings."""
+    return isinstance(v, list) and 0 < len(v) <= CONSUMER_IDS_MAX and all(_str(x) for x in v)
+
+
 def _opt_str_max(limit: int) -> Callable[[Any], bool]:
     return lambda v: v is None or (isinstance(v, str) and len(v) <= limit)
 
@@ -175,11 +180,11 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     CONSUME: {"id": (True, _str), "group": (False, _opt_str), "kind": (False, _opt_str),
               "filter": (False, _opt_dict), "credits": (False, lambda v: v is None or _pos(v) and v <= CREDITS_MAX)},
     CREDIT: {"id": (True, _str), "n": (True, lambda v: _pos(v) and 0 < v <= CREDITS_MAX)},
-    DACK: {"id": (True, _str), "ids": (True, _strs(CONSUMER_IDS_MAX))},
-    DNACK: {"id": (True, _str), "ids": (True, _strs(CONSUMER_IDS_MAX)), "reason": (False, _opt_str_max(2000)),
+    DACK: {"id": (True, _str), "ids": (True, _ids)},
+    DNACK: {"id": (True, _str), "ids": (True, _ids), "reason": (False, _opt_str_max(2000)),
             "trace": (False, _opt_str_max(16_000)),
             "delay_s": (False, lambda v: v is None or _number(v) and 0 <= v <= 3600)},
-    EXTEND: {"id": (True, _str), "ids": (True, _strs(CONSUMER_IDS_MAX)),
+    EXTEND: {"id": (True, _str), "ids": (True, _ids),
              "lease_s": (False, lambda v: v is None or _number(v) and 0 < v)},
     UNCONSUME: {"id": (True, _str)},
     PUBLISHED: {"id": (True, _str)},
