@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from syncline.bus.events import partition_of
 from syncline.engine import access
 from syncline.engine.consumer_wire import ConsumerSpec, Limits
 from syncline.engine.errors import NotFound, SynclineError
@@ -69,6 +70,7 @@ class TooManyConsumers(SynclineError):
 
 
 READ_PAGE = 1000  # events a remote group member's log reader reads per page
+REVOKE_CHECK_S = 0.1  # how often a waiting hand-over checks whether its partition moved away
 
 
 class _Left(asyncio.CancelledError):
@@ -86,7 +88,8 @@ class ConsumerMetrics:
         self.deliveries = Counter(
             "syncline_bus_consumer_deliveries_total",
             "Remote consumer deliveries by outcome: sent, acked, nacked, lease_expired, lost (consumer vanished "
-            "holding it), returned (back to the group uncounted), hidden (not readable by the consumer, skipped)",
+            "holding it), returned (back to the group uncounted), revoked (its partition moved to another "
+            "member: taken back uncounted), hidden (not readable by the consumer, skipped)",
             ["outcome"], registry=registry)
         self.closed = Counter("syncline_bus_consumer_sessions_closed_total",
                               "Remote consumer sessions closed, by reason (left, ttl, disconnected, shutdown)",
@@ -221,17 +224,28 @@ class ConsumerSession:
         # A batch is at most a log page, and the page is at most buffer_max events, so this
         # bound holds (a batch larger than the bound — a page another group sharing this
         # process's log reader asked for — is taken alone, when nothing else is held).
+        first = mine[0]
         while self.outstanding and self.outstanding + len(mine) > self.buffer_max:
             self._room.clear()
-            await self._room.wait()
-            if self.closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._room.wait(), REVOKE_CHECK_S)
+            if self.closed or self._revoked(first):
                 raise _Left()
         pend = [Pending(self._prefix + str(next(self._ids)), d) for d in mine]
         self.buffer.extend(pend)
         self._ready.set()
         if self.on_ready is not None:
             self.on_ready()
-        outcomes = await asyncio.gather(*(p.outcome for p in pend), return_exceptions=True)
+        waiter = asyncio.gather(*(p.outcome for p in pend), return_exceptions=True)
+        try:
+            while not waiter.done():
+                await asyncio.wait((waiter,), timeout=REVOKE_CHECK_S)
+                if not waiter.done() and self._revoked(first):
+                    self._give_back(pend)
+        except asyncio.CancelledError:  # the member cancelled its worker (a lost lease)
+            self._give_back(pend)
+            raise
+        outcomes = waiter.result()
         if any(isinstance(o, BaseException) for o in outcomes):  # the session closed first
             if not any(o == "lost" for o in outcomes):
                 raise _Left()  # nothing was charged: every delivery goes back uncounted
@@ -242,6 +256,28 @@ class ConsumerSession:
             for p, o in zip(pend, outcomes):
                 if isinstance(o, BaseException):
                     p.delivery.nack("the consumer vanished before fetching it")
+
+    def _revoked(self, d: Delivery) -> bool:
+        """Whether the member is giving up the delivery's partition (a rebalance moves it to
+        another member, or the member stops): the handler must not hold it up waiting for a
+        remote consumer that may never answer."""
+        workers = getattr(self.subscriber, "_workers", None)
+        if workers is None:  # (a broadcast subscription: no partitions to give up)
+            return False
+        w = workers.get(partition_of(d.event, self.subscriber.partitions))
+        return w is None or w.stopping
+
+    def _give_back(self, pend: list[Pending]) -> None:
+        """Take these deliveries back from the consumer, uncounted (their partition moved:
+        the next owner delivers them again, and an ack from this consumer is ``unknown``)."""
+        ids = {p.id for p in pend}
+        self.buffer = deque(p for p in self.buffer if p.id not in ids)
+        for p in pend:
+            self.leased.pop(p.id, None)
+            if not p.outcome.done():
+                p.outcome.set_exception(_Left())
+        self.metrics.deliveries.labels("revoked").inc(len(pend))
+        self._freed()
 
     async def _gave_up(self, event: Any, failure: Any) -> None:
         log.warning("bus.broadcast_gave_up", session=self.id[:12], event=event.id, reason=failure.reason[:200])

@@ -14,6 +14,8 @@ fails deliveries (a counted attempt; the dead-letter queue after ``max_attempts`
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from typing import Any, AsyncIterator
 
@@ -40,6 +42,7 @@ class BusConsumer:
         self.id = "c1"
         self.session: dict[str, Any] | None = None
         self._ws: Any = None
+        self._pinger: asyncio.Task | None = None
         self._ids = itertools.count(1)
         self.unknown: list[str] = []  # ids the server said this consumer no longer held
 
@@ -56,13 +59,23 @@ class BusConsumer:
         await self._send(P.CONSUME, id=self.id, credits=self.credits, **self.spec)
         while True:
             msg = await self._recv()
-            if msg["t"] == P.CONSUMING:
+            if msg["t"] == P.WELCOME:  # the server closes connections it hears nothing from
+                self._pinger = asyncio.get_running_loop().create_task(self._ping(float(msg["heartbeat_s"])))
+            elif msg["t"] == P.CONSUMING:
                 self.session = msg
                 return msg
             if msg["t"] == P.ERROR:
                 raise ConsumerError(f"{msg.get('code')}: {msg.get('message')}", server_code=msg.get("code"))
 
+    async def _ping(self, every_s: float) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(every_s)
+                await self._send(P.PING)
+
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
         if self._ws is not None:
             try:
                 await self._send(P.UNCONSUME, id=self.id)
