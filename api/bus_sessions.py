@@ -96,20 +96,39 @@ class ConsumerMetrics:
                               ["reason"], registry=registry)
 
 
+RETURNED = "returned"  # an outcome: back to the group uncounted
+
+
+class _Unit:
+    """What one hand-over waits for: its deliveries' outcomes, counted down (one future
+    per hand-over, not one per delivery: this is the hot path)."""
+
+    __slots__ = ("left", "done")
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
 class Pending:
     """One delivery handed to the remote consumer: waiting in the buffer, then leased."""
 
-    __slots__ = ("id", "delivery", "deadline", "outcome")
+    __slots__ = ("id", "delivery", "deadline", "outcome", "unit")
 
-    def __init__(self, pid: str, delivery: Delivery) -> None:
+    def __init__(self, pid: str, delivery: Delivery, unit: _Unit) -> None:
         self.id = pid
         self.delivery = delivery
         self.deadline = 0.0  # monotonic; set when fetched
-        self.outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.outcome: str | None = None  # ack, nack, lost or returned
+        self.unit = unit
 
-    def settle(self, value: Any) -> None:
-        if not self.outcome.done():
-            self.outcome.set_result(value)
+    def settle(self, value: str) -> None:
+        if self.outcome is None:
+            self.outcome = value
+            u = self.unit
+            u.left -= 1
+            if u.left == 0 and not u.done.done():
+                u.done.set_result(None)
 
 
 class ConsumerSession:
@@ -181,12 +200,10 @@ class ConsumerSession:
                 p.settle("lost")
             else:
                 self.metrics.deliveries.labels("returned").inc()
-                if not p.outcome.done():
-                    p.outcome.set_exception(_Left())
+                p.settle(RETURNED)
         for p in self.buffer:
             self.metrics.deliveries.labels("returned").inc()
-            if not p.outcome.done():
-                p.outcome.set_exception(_Left())
+            p.settle(RETURNED)
         self.leased.clear()
         self.buffer.clear()
         self._ready.set()  # wake long-polls: they answer with what there is (nothing)
@@ -231,31 +248,31 @@ class ConsumerSession:
                 await asyncio.wait_for(self._room.wait(), REVOKE_CHECK_S)
             if self.closed or self._revoked(first):
                 raise _Left()
-        pend = [Pending(self._prefix + str(next(self._ids)), d) for d in mine]
+        unit = _Unit(len(mine))
+        prefix, ids = self._prefix, self._ids
+        pend = [Pending(prefix + str(next(ids)), d, unit) for d in mine]
         self.buffer.extend(pend)
         self._ready.set()
         if self.on_ready is not None:
             self.on_ready()
-        waiter = asyncio.gather(*(p.outcome for p in pend), return_exceptions=True)
         try:
-            while not waiter.done():
-                await asyncio.wait((waiter,), timeout=REVOKE_CHECK_S)
-                if not waiter.done() and self._revoked(first):
+            while not unit.done.done():
+                await asyncio.wait((unit.done,), timeout=REVOKE_CHECK_S)
+                if not unit.done.done() and self._revoked(first):
                     self._give_back(pend)
         except asyncio.CancelledError:  # the member cancelled its worker (a lost lease)
             self._give_back(pend)
             raise
-        outcomes = waiter.result()
-        if any(isinstance(o, BaseException) for o in outcomes):  # the session closed first
-            if not any(o == "lost" for o in outcomes):
+        returned = [p for p in pend if p.outcome == RETURNED]
+        if returned:  # the session closed, or the partition moved away
+            if not any(p.outcome == "lost" for p in pend):
                 raise _Left()  # nothing was charged: every delivery goes back uncounted
             # The consumer vanished holding some of these (nacked: they count). Settle the
             # rest too, so the bus records the attempt of the first one held — a batch's
             # failures are recorded in order, and fetched ones precede waiting ones — and
             # then stops at the next hand-over (the session is closed).
-            for p, o in zip(pend, outcomes):
-                if isinstance(o, BaseException):
-                    p.delivery.nack("the consumer vanished before fetching it")
+            for p in returned:
+                p.delivery.nack("the consumer vanished before fetching it")
 
     def _revoked(self, d: Delivery) -> bool:
         """Whether the member is giving up the delivery's partition (a rebalance moves it to
@@ -274,8 +291,7 @@ class ConsumerSession:
         self.buffer = deque(p for p in self.buffer if p.id not in ids)
         for p in pend:
             self.leased.pop(p.id, None)
-            if not p.outcome.done():
-                p.outcome.set_exception(_Left())
+            p.settle(RETURNED)
         self.metrics.deliveries.labels("revoked").inc(len(pend))
         self._freed()
 
@@ -386,13 +402,21 @@ def _nack(d: Delivery, reason: str, delay_s: float | None, trace: str) -> None:
         d.nack(reason, delay_s=delay_s)
 
 
-def wire(p: Pending, now: float, wall: float) -> dict[str, Any]:
-    """A leased delivery as the consumer sees it: its id (for ack/nack/extend), the
+def wire(pending: list[Pending], now: float, wall: float) -> list[dict[str, Any]]:
+    """Leased deliveries as the consumer sees them: the id (for ack/nack/extend), the
     attempt, the lease's end (wall-clock ms), the event."""
-    d = p.delivery
-    return {"id": p.id, "attempt": d.attempt, "redelivered": d.redelivered,
-            "lease_deadline_ms": int((wall + max(0.0, p.deadline - now)) * 1000),
-            "event": events_wire([d.event])[0]}
+    events = events_wire([p.delivery.event for p in pending])
+    out = []
+    deadline_ms = -1.0
+    lease_ms = 0
+    for p, ev in zip(pending, events):
+        if p.deadline != deadline_ms:  # (a fetch leases them all with one deadline)
+            deadline_ms = p.deadline
+            lease_ms = int((wall + max(0.0, p.deadline - now)) * 1000)
+        d = p.delivery
+        out.append({"id": p.id, "attempt": d.attempt, "redelivered": d.redelivered, "lease_deadline_ms": lease_ms,
+                    "event": ev})
+    return out
 
 
 class ConsumerSessions:

@@ -146,7 +146,7 @@ class ConnectionBus:
             got = s.take(min(c.credits, s.spec.max_batch))
             c.credits -= len(got)
             now, wall = time.monotonic(), time.time()
-            self.conn.send(P.message(P.DELIVERIES, id=sub_id, deliveries=[wire(p, now, wall) for p in got],
+            self.conn.send(P.message(P.DELIVERIES, id=sub_id, deliveries=wire(got, now, wall),
                                      credits=c.credits))
 
     async def close(self) -> None:

@@ -115,7 +115,7 @@ async def fetch(
     n = min(max or s.spec.max_batch, s.spec.max_batch)
     got = await s.fetch(n, wait)
     now, wall = time.monotonic(), time.time()
-    return {"session": s.id, "deliveries": [wire(p, now, wall) for p in got]}
+    return {"session": s.id, "deliveries": wire(got, now, wall)}
 
 
 @post("/bus/consumers/{session_id:str}/ack", opt={"perm": READ}, status_code=200, summary="Acknowledge deliveries")
