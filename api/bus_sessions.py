@@ -69,7 +69,7 @@ class TooManyConsumers(SynclineError):
     http_status = 429
 
 
-READ_PAGE = 1000  # events a remote group member's log reader reads per page
+READ_PAGE = 5000  # events (at most) a remote group member's log reader reads per page
 REVOKE_CHECK_S = 0.1  # how often a waiting hand-over checks whether its partition moved away
 
 

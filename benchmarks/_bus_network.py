@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 STREAMS = 64
-CREDITS = 4000
-BUFFER_MAX = 2000
+CREDITS = 10_000
+BUFFER_MAX = 10_000
 
 
 def _free_port() -> int:
