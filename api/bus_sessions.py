@@ -70,6 +70,9 @@ class TooManyConsumers(SynclineError):
 
 
 READ_PAGE = 5000  # events (at most) a remote group member's log reader reads per page
+# Chunks (a page's events of one partition) a remote member queues per partition ahead of
+# its consumer: bounds what a stalled consumer makes the gateway hold beyond its buffer.
+QUEUE_CHUNKS = 8
 REVOKE_CHECK_S = 0.1  # how often a waiting hand-over checks whether its partition moved away
 
 
@@ -182,7 +185,8 @@ class ConsumerSession:
             make = bus.durable if s.kind == "durable" else bus.group
             self.subscriber = make(s.group, self._on_batch, batched=True, tenant=self.tenant, filter=s.filter,
                                    policy=policy, partitions=s.partitions, start_at=s.start_at,
-                                   batch=min(READ_PAGE, self.buffer_max), member_id=f"remote-{self.via}-{self.id[:12]}")
+                                   batch=min(READ_PAGE, self.buffer_max), queue_max=QUEUE_CHUNKS,
+                                   member_id=f"remote-{self.via}-{self.id[:12]}")
         await self.subscriber.start()
 
     async def close(self, reason: str) -> None:

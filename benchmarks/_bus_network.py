@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 STREAMS = 64
-CREDITS = 10_000
-BUFFER_MAX = 10_000
+CREDITS = 10_000  # per member: more than the gateway holds for it, so the window never runs dry
+BUFFER_MAX = 2_000  # the gateway's default bound per session (also the most a batch can carry)
 
 
 def _free_port() -> int:
@@ -70,7 +70,7 @@ def _member_main(ws_base: str, token: str, group: str) -> None:
 
     async def run() -> None:
         async with BusConsumer(ws_base, token, group=group, credits=0, max_batch=CREDITS, lease_s=60) as c:
-            print("joined", flush=True)
+            print("joined", c.session["session"], flush=True)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, sys.stdin.readline)  # "go"
             await c.grant(CREDITS)
@@ -143,10 +143,12 @@ async def network_group_eps(pg_url: str, events: int, members: int = 4) -> float
             procs.append(subprocess.Popen([sys.executable, me, "_member", f"ws://127.0.0.1:{port}", token, group],
                                           env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           text=True))
+        sessions = []
         for p in procs:
             line = await asyncio.get_running_loop().run_in_executor(None, p.stdout.readline)
             if not line.startswith("joined"):
                 raise RuntimeError(f"a member did not join: {line!r}")
+            sessions.append(line.split()[1])
         store = await open_store(pg_url)
         deadline = time.monotonic() + 60
         while True:  # an even split before timing (members joined one after another)
@@ -157,7 +159,12 @@ async def network_group_eps(pg_url: str, events: int, members: int = 4) -> float
             if time.monotonic() > deadline:
                 break  # measure anyway: the split evens out as they go
             await asyncio.sleep(0.2)
-        print(f"split: {owned}", file=sys.stderr)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": f"Bearer {token}"}) as h:
+            held = sum([(await h.get(f"/v1/bus/consumers/{s}")).json()["waiting"] for s in sessions])
+        # (read from the log and waiting in the gateway before the clock starts: the head start)
+        print(f"network_group_eps: split {owned}, {held} of {events} events already waiting in the gateway",
+              file=sys.stderr)
         from syncline.store.bus import GroupStore
 
         checkpoints = GroupStore(store, tenant, group)  # (one small query: the lowest partition checkpoint)
