@@ -237,3 +237,18 @@ def test_openapi_documents_the_consumer_routes(srv):
               "/v1/bus/consumers/{session_id}"):
         assert p in paths, p
     assert "delete" in paths["/v1/bus/consumers/{session_id}"]
+
+
+def test_a_stalled_consumer_does_not_stall_another_group_of_its_tenant(net_gateway, sqlite_url):
+    """Groups on one gateway read the log apart: a consumer that never fetches holds its
+    own bounded buffer, and another group keeps going (without that, the shared log
+    reader waited on the stalled one until its ttl closed it)."""
+    srv = net_gateway(sqlite_url, bus_consumer_buffer_max=20)
+    with client(srv) as c:
+        for i in range(40):
+            publish(c, f"orders/{i % 4}", *({"type": "item.added", "data": {"n": j}} for j in range(25)))
+        stalled = join(c, group="stalled", ttl_s=120)
+        live = join(c, group="live", max_batch=1000)
+        assert len(drain(c, live, 1000, timeout=20)) == 1000
+        info = c.get(f"/v1/bus/consumers/{stalled}").json()
+        assert 0 < info["waiting"] <= 20 and info["leased"] == 0
