@@ -150,7 +150,11 @@ class ConnectionBus:
                                      credits=c.credits))
 
     async def close(self) -> None:
-        """The connection ended: every consumer session closes as ``disconnected``."""
+        """The connection ended: every consumer session closes as ``disconnected`` (what it
+        held counts as failed attempts), or as ``shutdown`` when the gateway is stopping
+        (the consumer did nothing wrong: what it held goes back uncounted)."""
         consumers, self.consumers = self.consumers, {}
-        await asyncio.gather(*(self.conn.gw.consumers.close(c.session, "disconnected") for c in consumers.values()),
+        gw = self.conn.gw
+        reason = "shutdown" if gw.shutting_down else "disconnected"
+        await asyncio.gather(*(gw.consumers.close(c.session, reason) for c in consumers.values()),
                              return_exceptions=True)
