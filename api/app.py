@@ -28,6 +28,7 @@ from . import (
     ws_yjs,
 )
 from .body import BodyCheckedRequest, declare_binary_chunks, declare_errors
+from .bus_runtime import BusRuntime, check_relay
 from .deps import require_auth
 from .errors import error_body
 from .gateway import Clock, Gateway
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
     (default: the system's; tests pass one they move by hand instead of sleeping)."""
     settings = settings or Settings()
     check_startup_secrets(settings)  # a short secret, or the development one on a public bind: refuse
+    check_relay(settings)  # an unknown relay, or one without Redis: refuse
     configure_logging(settings.log_json)
     holder: dict[str, Gateway] = {}
 
@@ -150,9 +152,15 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         holder["gw"] = gw
         declare_binary_chunks(app)
         await gw.start()
+        # the bus's per-group metrics and, if configured, the Redis Streams relay (api/bus_runtime.py)
+        app.state.bus_runtime = BusRuntime(settings, s, gw.metrics.registry)
+        await app.state.bus_runtime.start()
         log.info("gateway.started", database=settings.database_url.split("://")[0], redis=bool(settings.redis_url))
 
     async def on_shutdown(app: Litestar) -> None:
+        runtime = getattr(app.state, "bus_runtime", None)
+        if runtime is not None:
+            await runtime.close()
         gw = holder.get("gw")
         if gw is not None:
             await gw.close()

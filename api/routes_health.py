@@ -51,6 +51,12 @@ async def readyz(request: Request) -> Response:
         degradations.append("shutting_down")
     deps["prune_job"] = {"state": "enabled" if gw.settings.prune_interval_s > 0 else "disabled",
                          "last": gw.last_prune}
+    runtime = getattr(request.app.state, "bus_runtime", None)
+    relay = runtime.readiness() if runtime is not None else None
+    if relay is not None:  # `serve --relay redis-streams` (api/bus_runtime.py)
+        deps["relay"] = relay
+        if relay["state"] != "up":
+            degradations.append("relay_retrying")
     if deps["store"]["state"] != "up" or gw.shutting_down:
         status, code = "unavailable", 503
     elif degradations:

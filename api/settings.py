@@ -101,6 +101,11 @@ def _int(name: str, default: int) -> int:
 class Settings:
     database_url: str = field(default_factory=lambda: os.environ.get("SYNCLINE_DATABASE_URL", DEFAULT_DB))
     redis_url: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_REDIS_URL") or None)
+    # "redis-streams": relay the whole log to Redis Streams (redis_url) in the server (docs/bus.md#relay)
+    relay: str | None = field(default_factory=lambda: os.environ.get("SYNCLINE_RELAY") or None)
+    relay_key: str = field(default_factory=lambda: os.environ.get("SYNCLINE_RELAY_KEY", "syncline:events"))
+    # how often /metrics' bus figures are read from the store (api/metrics_bus.py)
+    bus_metrics_interval_s: float = field(default_factory=lambda: _float("SYNCLINE_BUS_METRICS_INTERVAL_S", 5.0))
     host: str = field(default_factory=lambda: os.environ.get("SYNCLINE_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _int("SYNCLINE_PORT", 8000))
     jwt_secret: str = field(default_factory=_jwt_secret)

@@ -1,29 +1,43 @@
-"""Benchmark: the event bus end to end, publish -> handler, against Redis Streams.
+"""Benchmark: a consumer group of 4 on PostgreSQL, members in separate processes, against
+Redis Streams with 4 consumer processes, in the same run.
 
-    python benchmarks/bus.py [--quick] [--runs N] [--pg-url URL] [--redis-url URL]
+    python benchmarks/bus.py [--quick] [--runs N] [--events N] [--pg-url URL] [--redis-url URL]
 
-Flows, each in one process (publisher and consumers share one event loop):
-  * broadcast subscriber on SQLite and PostgreSQL;
-  * a consumer group of 4 members (16 partitions) on SQLite and PostgreSQL; the members
-    share the process's one log reader (bus/reader.py);
-  * the anchor: Redis Streams, XADD (pipelined) + XREADGROUP with 4 consumers + XACK.
-Throughput: publish N events as fast as possible (batches of 100, 50 streams) and time
-until the last is handled. Latency: each event carries its publish time; p50/p99 of
-handler time minus publish time, at full speed and paced at 5,000 events/s. With
-``--runs N`` every flow runs N times (interleaved) and the medians are reported: on a
-shared 2-core machine single runs vary by 2x.
+What is measured:
 
-Without URLs (and without SYNCLINE_TEST_PG_URL / SYNCLINE_TEST_REDIS_URL), a private
-PostgreSQL and Redis are started on free ports and removed afterwards.
-Last line: one JSON object (pg_group4_eps, pg_group4_p99_ms_at_5k, sqlite_broadcast_eps,
-redis_streams_eps, ratio_vs_redis_streams, ...).
+* **throughput (``pg_group4_eps``)**: a log of N events (batches of 100 over 50 streams,
+  one tenant) is published first; then 4 member processes (multiprocessing, spawn) join
+  a 16-partition group with a batched handler (bus/delivery.py ``Batch``) that counts
+  events and acks them (auto_ack). The members join and settle into 4 partitions each
+  while their reads are held back; then all are released at once and the clock runs
+  from the release until the last of the N events is handled (its handler's wall time,
+  sent back through shared memory). Checkpoints, in-flight marks and heartbeats all run
+  as in production; the group's checkpoints are at the head at the end.
+* **the anchor (``redis_streams_eps``)**: the same N entries XADDed (pipelined) first, then
+  4 consumer processes released at once, each ``XREADGROUP COUNT 1000`` + ``XACK`` of
+  what it read, until the stream is drained; ``pg_group4_ratio_vs_redis_streams`` is
+  the first figure over this one.
+* **latency (``pg_group4_p99_ms_at_20k``)**: with the members settled on an empty tenant,
+  events are published live at 20,000 events/s (batches of 100); each carries its publish
+  wall time and the handler records ``now - then``; p50/p99 over every event. Redis
+  Streams the same way (``redis_streams_p99_ms_at_20k``).
+* **``network_group4_eps``**: the group's members consuming over the network API, from
+  benchmarks/_bus_network.py's ``network_group_eps(pg_url, events, members=4)`` when that
+  file exists (null otherwise; its docstring says what it measures).
+
+With ``--runs N`` every flow runs N times (interleaved) and the medians are reported: on a
+shared 2-core machine single runs vary by 2x. Without URLs (and without
+SYNCLINE_TEST_PG_URL / SYNCLINE_TEST_REDIS_URL), a private PostgreSQL and Redis are
+started on free ports and removed afterwards. Last line: one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import socket
@@ -40,14 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from syncline.bus import Bus, RetryPolicy  # noqa: E402
-from syncline.engine.events import NewEvent, StreamWrite  # noqa: E402
-from syncline.store import open_store  # noqa: E402
-
 OUT = Path(__file__).resolve().parent / "out"
 console = Console(stderr=True)
 STREAMS = 50
 BATCH = 100
+MEMBERS = 4
+PARTITIONS = 16
+PACED_RATE = 20_000
 
 
 # ----------------------------------------------------------------- services
@@ -134,120 +147,298 @@ async def drop_pg_database(url: str, name: str) -> None:
     await admin.close()
 
 
-# -------------------------------------------------------------------- flows
+# ------------------------------------------------------------- shared state
 
-class Probe:
-    """Collects publish->handler latencies and the time the last event arrived."""
+class Shared:
+    """What the parent and its member/consumer processes share: per child, events handled,
+    the wall time of the last one, partitions owned; a release and a stop flag; a queue
+    for latencies (sent once, at the end)."""
 
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.latencies: list[float] = []
-        self.done = asyncio.Event()
+    def __init__(self, ctx, n: int) -> None:
+        self.counts = ctx.Array("q", n, lock=False)
+        self.last = ctx.Array("d", n, lock=False)
+        self.owned = ctx.Array("i", [-1] * n, lock=False)
+        self.read = ctx.Array("q", n, lock=False)  # events each member's reader read (diagnostics)
+        self.go = ctx.Event()
+        self.stop = ctx.Event()
+        self.latencies = ctx.Queue()
 
-    def seen(self, t_pub: float) -> None:
-        self.latencies.append(time.perf_counter() - t_pub)
-        if len(self.latencies) >= self.expected:
-            self.done.set()
+    def total(self) -> int:
+        return sum(self.counts)
 
 
-def percentile(xs: list[float], q: float) -> float:
+def _wait_until(cond, timeout: float, what: str, procs=()) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        for p in procs:
+            if p.exitcode not in (None, 0):
+                raise RuntimeError(f"a child process died ({p.exitcode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout}s")
+        time.sleep(0.01)
+
+
+def _percentiles(xs: list[float]) -> tuple[float, float]:
     if not xs:
-        return float("nan")
+        return float("nan"), float("nan")
     s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+    return s[len(s) // 2] * 1000, s[min(len(s) - 1, int(0.99 * len(s)))] * 1000
 
 
-async def publish_log(store, tenant: str, n: int, rate: float | None, offset: int = 0) -> None:
-    """Append n events in batches of BATCH over STREAMS streams; ``rate`` events/s or flat out."""
-    start = time.perf_counter()
-    for b in range(0, n, BATCH):
-        if rate:
-            due = start + b / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        t = time.perf_counter()
-        writes: dict[str, list] = {}
-        for i in range(b, min(b + BATCH, n)):
-            writes.setdefault(f"order/{(i + offset) % STREAMS}", []).append(NewEvent("order.placed", {"i": i, "t": t}))
-        await store.append_many(tenant, [StreamWrite(s, tuple(e)) for s, e in writes.items()])
+# --------------------------------------------------------- PostgreSQL group
+
+def _member_main(i: int, url: str, tenant: str, group: str, sh: Shared, latency: bool) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    if os.environ.get("BUS_BENCH_PROFILE") and i == 0 and not latency:
+        import cProfile
+
+        prof = cProfile.Profile(time.process_time)
+        prof.runctx("asyncio.run(_member(i, url, tenant, group, sh, latency))", globals(), locals())
+        prof.dump_stats(os.environ["BUS_BENCH_PROFILE"])
+        return
+    asyncio.run(_member(i, url, tenant, group, sh, latency))
 
 
-async def run_store_flow(url: str, kind: str, n: int, rate: float | None, members: int = 4) -> dict:
-    store = await open_store(url, poll_interval_s=0.5)
-    bus = Bus(store)
-    probe = Probe(n)
+async def _member(i: int, url: str, tenant: str, group: str, sh: Shared, latency: bool) -> None:
+    from syncline.bus import Bus, RetryPolicy
+    from syncline.store import open_store
 
-    async def handler(d):
-        probe.seen(d.event.data["t"])
+    store = await open_store(url, poll_interval_s=0.2)
+    released = asyncio.Event()
+    # Hold the member's log reads until the parent releases every member at once (the
+    # group settles first: otherwise the first member to join drains alone for a while).
+    for name in ("read_log", "read_log_partitions"):
+        orig = getattr(store, name, None)
+        if orig is not None:
+            def held(*a, _orig=orig, **k):
+                async def go():
+                    await released.wait()
+                    return await _orig(*a, **k)
+                return go()
+            setattr(store, name, held)
+    lat: list[float] = []
+    n = 0
 
-    group = f"bench-{kind}"
-    tenant = f"bench-{kind}-{int(rate or 0)}"  # each flow reads only its own events
-    if kind == "broadcast":
-        subs = [await bus.subscribe(handler, tenant=tenant, batch=1000).start()]
-    else:
-        policy = RetryPolicy(ack_timeout_s=None)
-        subs = [bus.group(group, handler, tenant=tenant, partitions=16, member_id=f"m{i}", lease_s=10,
-                          policy=policy, batch=1000, commit_interval_s=0.1) for i in range(members)]
-        for s in subs:
-            await s.start()
-        # let the group settle into an even split before timing (members joined one by one)
-        for s in subs:
-            await s._rebalance()
-        for s in subs:
-            await s._rebalance()
-    t0 = time.perf_counter()
-    await publish_log(store, tenant, n, rate)
-    await asyncio.wait_for(probe.done.wait(), 120)
-    elapsed = time.perf_counter() - t0
-    for s in subs:
-        await s.stop()
+    async def handler(batch) -> None:
+        nonlocal n
+        now = time.time()
+        if latency:
+            lat.extend(now - d.event.data["t"] for d in batch.deliveries)
+        n += len(batch.deliveries)
+        sh.counts[i] = n
+        sh.last[i] = now
+
+    m = Bus(store).group(group, handler, tenant=tenant, partitions=PARTITIONS, member_id=f"m{i}", lease_s=1.5,
+                         batched=True, policy=RetryPolicy(ack_timeout_s=None), batch=1000, commit_interval_s=0.1)
+    await m.start()
+    while not sh.go.is_set():
+        sh.owned[i] = len(m.owned)
+        await asyncio.sleep(0.02)
+    released.set()
+    while not sh.stop.is_set():
+        sh.owned[i] = len(m.owned)
+        if m._reader is not None:
+            sh.read[i] = m._reader.events_read
+        await asyncio.sleep(0.02)
+    await m.stop()
     await store.close()
-    return {"eps": n / elapsed, "p50_ms": percentile(probe.latencies, 0.5), "p99_ms": percentile(probe.latencies, 0.99)}
+    sh.latencies.put(lat)
 
 
-async def run_redis_flow(url: str, n: int, rate: float | None, consumers: int = 4) -> dict:
-    import redis.asyncio as aioredis
+def _settled(sh: Shared, members: int) -> bool:
+    return all(sh.owned[i] == PARTITIONS // members for i in range(members))
 
-    r = aioredis.from_url(url)
-    key = f"bench:{time.time_ns()}"
-    await r.xgroup_create(key, "g", id="0", mkstream=True)
-    probe = Probe(n)
 
-    async def consume(name: str) -> None:
-        c = aioredis.from_url(url)
-        try:
-            while not probe.done.is_set():
-                resp = await c.xreadgroup("g", name, {key: ">"}, count=1000, block=100)
-                for _, entries in resp or ():
-                    ids = []
-                    for eid, fields in entries:
-                        probe.seen(float(fields[b"t"]))
-                        ids.append(eid)
-                    if ids:
-                        await c.xack(key, "g", *ids)
-        finally:
-            await c.aclose()
+async def publish(store, tenant: str, n: int, rate: float | None, per_call: int = BATCH,
+                  commit_times: list[float] | None = None) -> None:
+    """Append n events over STREAMS streams, ``per_call`` per append; ``rate`` events/s or flat out.
+    Each event carries its publish wall time ``t`` (taken before the append: the latency
+    includes the commit the publisher waits for); ``commit_times`` collects how long each
+    append took."""
+    from syncline.engine.events import NewEvent, StreamWrite
 
-    tasks = [asyncio.create_task(consume(f"c{i}")) for i in range(consumers)]
-    t0 = time.perf_counter()
-    start = t0
-    for b in range(0, n, BATCH):
+    start = time.perf_counter()
+    for b in range(0, n, per_call):
         if rate:
             delay = start + b / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-        t = time.perf_counter()
+        t = time.time()
+        writes: dict[str, list] = {}
+        for i in range(b, min(b + per_call, n)):
+            writes.setdefault(f"order/{i % STREAMS}", []).append(NewEvent("order.placed", {"i": i, "t": t}))
+        await store.append_many(tenant, [StreamWrite(s, tuple(e)) for s, e in writes.items()])
+        if commit_times is not None:
+            commit_times.append(time.time() - t)
+
+
+def _spawn(ctx, target, args_for, members: int) -> list:
+    procs = [ctx.Process(target=target, args=args_for(i), daemon=True) for i in range(members)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def _finish(sh: Shared, procs: list) -> list[float]:
+    sh.stop.set()
+    lat: list[float] = []
+    for _ in procs:
+        lat.extend(sh.latencies.get(timeout=60))
+    for p in procs:
+        p.join(30)
+    return lat
+
+
+async def pg_drain(url: str, n: int, tag: str, members: int = MEMBERS) -> dict:
+    """Pre-publish n events, settle the group, release the members, time the drain."""
+    from syncline.store import open_store
+
+    tenant = f"drain-{tag}"
+    store = await open_store(url)
+    await publish(store, tenant, n, None, per_call=1000)
+    await store.close()
+    ctx = mp.get_context("spawn")
+    sh = Shared(ctx, members)
+    procs = _spawn(ctx, _member_main, lambda i: (i, url, tenant, f"g-{tag}", sh, False), members)
+    try:
+        _wait_until(lambda: _settled(sh, members), 60, "the group to settle", procs)
+        t0 = time.time()
+        sh.go.set()
+        _wait_until(lambda: sh.total() >= n, 300, f"{n} events to be handled", procs)
+        elapsed = max(sh.last) - t0
+        time.sleep(0.05)
+        console.log(f"  members handled {list(sh.counts)}, their readers read {list(sh.read)} events")
+    finally:
+        _finish(sh, procs)
+    return {"eps": n / elapsed}
+
+
+async def pg_paced(url: str, n: int, rate: float, tag: str, members: int = MEMBERS) -> dict:
+    from syncline.store import open_store
+
+    tenant = f"paced-{tag}"
+    ctx = mp.get_context("spawn")
+    sh = Shared(ctx, members)
+    procs = _spawn(ctx, _member_main, lambda i: (i, url, tenant, f"p-{tag}", sh, True), members)
+    store = await open_store(url)
+    try:
+        _wait_until(lambda: _settled(sh, members), 60, "the group to settle", procs)
+        sh.go.set()
+        commits: list[float] = []
+        await publish(store, tenant, n, rate, commit_times=commits)
+        _wait_until(lambda: sh.total() >= n, 120, f"{n} paced events to be handled", procs)
+    finally:
+        lat = _finish(sh, procs)
+        await store.close()
+    p50, p99 = _percentiles(lat)
+    c50, c99 = _percentiles(commits)
+    return {"eps": rate, "p50_ms": p50, "p99_ms": p99, "commit_p50_ms": c50, "commit_p99_ms": c99}
+
+
+# ------------------------------------------------------------ Redis Streams
+
+def _redis_consumer(i: int, url: str, key: str, sh: Shared, latency: bool) -> None:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    r.ping()
+    sh.owned[i] = 0  # ready
+    sh.go.wait()
+    n = 0
+    lat: list[float] = []
+    while not sh.stop.is_set():
+        resp = r.xreadgroup("g", f"c{i}", {key: ">"}, count=1000, block=50)
+        for _, entries in resp or ():
+            if not entries:
+                continue
+            now = time.time()
+            if latency:
+                lat.extend(now - float(f[b"t"]) for _, f in entries)
+            r.xack(key, "g", *[eid for eid, _ in entries])
+            n += len(entries)
+            sh.counts[i] = n
+            sh.last[i] = now
+    r.close()
+    sh.latencies.put(lat)
+
+
+def _redis_fields(i: int, t: float) -> dict:
+    return {"stream": f"order/{i % STREAMS}", "type": "order.placed", "i": i, "t": t}
+
+
+def redis_drain(url: str, n: int, consumers: int = MEMBERS) -> dict:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    key = f"bench:{time.time_ns()}"
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    for b in range(0, n, 1000):
         pipe = r.pipeline(transaction=False)
-        for i in range(b, min(b + BATCH, n)):
-            pipe.xadd(key, {"stream": f"order/{i % STREAMS}", "type": "order.placed", "i": i, "t": t})
-        await pipe.execute()
-    await asyncio.wait_for(probe.done.wait(), 120)
-    elapsed = time.perf_counter() - t0
-    await asyncio.gather(*tasks)
-    await r.delete(key)
-    await r.aclose()
-    return {"eps": n / elapsed, "p50_ms": percentile(probe.latencies, 0.5), "p99_ms": percentile(probe.latencies, 0.99)}
+        t = time.time()
+        for i in range(b, min(b + 1000, n)):
+            pipe.xadd(key, _redis_fields(i, t))
+        pipe.execute()
+    ctx = mp.get_context("spawn")
+    sh = Shared(ctx, consumers)
+    procs = _spawn(ctx, _redis_consumer, lambda i: (i, url, key, sh, False), consumers)
+    try:
+        _wait_until(lambda: all(sh.owned[i] == 0 for i in range(consumers)), 60, "redis consumers", procs)
+        t0 = time.time()
+        sh.go.set()
+        _wait_until(lambda: sh.total() >= n, 300, f"{n} entries to be acked", procs)
+        elapsed = max(sh.last) - t0
+    finally:
+        _finish(sh, procs)
+        r.delete(key)
+        r.close()
+    return {"eps": n / elapsed}
+
+
+def redis_paced(url: str, n: int, rate: float, consumers: int = MEMBERS) -> dict:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    key = f"bench:{time.time_ns()}"
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    ctx = mp.get_context("spawn")
+    sh = Shared(ctx, consumers)
+    procs = _spawn(ctx, _redis_consumer, lambda i: (i, url, key, sh, True), consumers)
+    try:
+        _wait_until(lambda: all(sh.owned[i] == 0 for i in range(consumers)), 60, "redis consumers", procs)
+        sh.go.set()
+        start = time.perf_counter()
+        for b in range(0, n, BATCH):
+            delay = start + b / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            t = time.time()
+            pipe = r.pipeline(transaction=False)
+            for i in range(b, min(b + BATCH, n)):
+                pipe.xadd(key, _redis_fields(i, t))
+            pipe.execute()
+        _wait_until(lambda: sh.total() >= n, 120, f"{n} paced entries", procs)
+    finally:
+        lat = _finish(sh, procs)
+        r.delete(key)
+        r.close()
+    p50, p99 = _percentiles(lat)
+    return {"eps": rate, "p50_ms": p50, "p99_ms": p99}
+
+
+# ------------------------------------------------------------------ network
+
+NETWORK = Path(__file__).with_name("_bus_network.py")
+
+
+async def network_eps(pg_url: str, n: int) -> float | None:
+    """benchmarks/_bus_network.py's figure (the network consumer API), or None without it."""
+    if not NETWORK.exists():
+        console.log("benchmarks/_bus_network.py not found: network_group4_eps is null")
+        return None
+    spec = importlib.util.spec_from_file_location("_bus_network", NETWORK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return await mod.network_group_eps(pg_url, n, members=MEMBERS)
 
 
 # --------------------------------------------------------------------- main
@@ -256,74 +447,60 @@ def _median(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-async def bench(pg_url: str, redis_url: str, quick: bool, runs: int = 1) -> dict:
-    n = 5_000 if quick else 30_000
-    paced_n = 5_000 if quick else 15_000
-    results: dict[tuple[str, str], list[dict]] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="syncline-bench-bus-"))
+async def bench(pg_url: str, redis_url: str, quick: bool, runs: int = 1, events: int | None = None) -> dict:
+    n = events or (100_000 if quick else 500_000)
+    paced_n = PACED_RATE * (2 if quick else 5)
+    results: dict[str, list[dict]] = {}
     db_name = f"bus_bench_{os.getpid()}"
     pg = await fresh_pg_database(pg_url, db_name)
     try:
-        for _ in range(runs):
-            for backend, url in (("sqlite", f"sqlite+aiosqlite:///{tmp}/bus.db"), ("postgres", pg)):
-                for kind in ("broadcast", "group4"):
-                    r = await run_store_flow(url, kind, n, None)
-                    results.setdefault((backend, kind), []).append(r)
-                    console.log(f"{backend} {kind} flat out: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
-                    r = await run_store_flow(url, kind, paced_n, 5000)
-                    results.setdefault((backend, f"{kind} @5k/s"), []).append(r)
-                    console.log(f"{backend} {kind} @5k/s: {r['eps']:.0f} ev/s p99 {r['p99_ms']:.1f} ms")
-            results.setdefault(("redis streams", "group4"), []).append(await run_redis_flow(redis_url, n, None))
-            results.setdefault(("redis streams", "group4 @5k/s"), []).append(
-                await run_redis_flow(redis_url, paced_n, 5000))
+        from syncline.store import open_store
+
+        await (await open_store(pg)).close()  # migrates the fresh database once, before the children
+        for run in range(runs):
+            r = await pg_drain(pg, n, f"{run}")
+            results.setdefault("pg_drain", []).append(r)
+            console.log(f"postgres group4 drain: {r['eps']:,.0f} events/s")
+            r = redis_drain(redis_url, n)
+            results.setdefault("redis_drain", []).append(r)
+            console.log(f"redis streams drain: {r['eps']:,.0f} events/s")
+            r = await pg_paced(pg, paced_n, PACED_RATE, f"{run}")
+            results.setdefault("pg_paced", []).append(r)
+            console.log(f"postgres group4 @20k/s: p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms "
+                        f"(the appends alone: p50 {r['commit_p50_ms']:.1f} ms p99 {r['commit_p99_ms']:.1f} ms)")
+            r = redis_paced(redis_url, paced_n, PACED_RATE)
+            results.setdefault("redis_paced", []).append(r)
+            console.log(f"redis streams @20k/s: p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms")
+        net = await network_eps(pg, min(n, 50_000 if quick else 200_000))
     finally:
         await drop_pg_database(pg_url, db_name)
-        shutil.rmtree(tmp, ignore_errors=True)
-    rows = [(b, k, _median(rs)) for (b, k), rs in results.items()]
-    return {"rows": rows, "n": n, "paced_n": paced_n, "runs": runs}
+    return {"rows": {k: _median(v) for k, v in results.items()}, "n": n, "paced_n": paced_n, "runs": runs,
+            "network": net}
 
 
 def report(result: dict) -> dict:
     rows = result["rows"]
-    get = {(b, k): r for b, k, r in rows}
-    table = Table("backend", "flow", "events/s", "p50 ms", "p99 ms",
-                  title=f"event bus: publish -> handler ({result['n']} events flat out, {result['paced_n']} paced; "
-                        f"median of {result['runs']} runs; {os.cpu_count()} cores)")
-    for b, k, r in rows:
-        table.add_row(b, k, f"{r['eps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+    table = Table("flow", "events/s", "p50 ms", "p99 ms",
+                  title=f"event bus, group of {MEMBERS} in separate processes ({result['n']:,} events drained; "
+                        f"{result['paced_n']:,} paced at {PACED_RATE:,}/s; median of {result['runs']} runs; "
+                        f"{os.cpu_count()} cores)")
+    for k, r in rows.items():
+        table.add_row(k, f"{r['eps']:,.0f}", f"{r.get('p50_ms', float('nan')):.1f}",
+                      f"{r.get('p99_ms', float('nan')):.1f}")
+    if result["network"] is not None:
+        table.add_row("network group4 drain", f"{result['network']:,.0f}", "", "")
     Console().print(table)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        flat = [(f"{b}\n{k}", r["eps"]) for b, k, r in rows if "@" not in k]
-        paced = [(f"{b}\n{k.split()[0]}", r["p99_ms"]) for b, k, r in rows if "@" in k]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
-        a1.bar([x for x, _ in flat], [y for _, y in flat], color="#4477aa")
-        a1.set_title("throughput, flat out (events/s)")
-        a1.tick_params(axis="x", labelsize=7)
-        a2.bar([x for x, _ in paced], [y for _, y in paced], color="#cc6677")
-        a2.axhline(50, color="k", ls="--", lw=0.8)
-        a2.set_title("p99 publish->handler at 5,000 events/s (ms)")
-        a2.tick_params(axis="x", labelsize=7)
-        fig.tight_layout()
-        OUT.mkdir(parents=True, exist_ok=True)
-        fig.savefig(OUT / "bus.png", dpi=110)
-    except Exception as e:  # the plot is a convenience; the numbers are the result
-        console.log(f"plot failed: {e}")
-    redis_eps = get[("redis streams", "group4")]["eps"]
-    pg_group = get[("postgres", "group4")]["eps"]
+    pg, redis_ = rows["pg_drain"]["eps"], rows["redis_drain"]["eps"]
     return {
-        "pg_group4_eps": round(pg_group),
-        "pg_group4_p99_ms_at_5k": round(get[("postgres", "group4 @5k/s")]["p99_ms"], 1),
-        "sqlite_broadcast_eps": round(get[("sqlite", "broadcast")]["eps"]),
-        "redis_streams_eps": round(redis_eps),
-        "ratio_vs_redis_streams": round(pg_group / redis_eps, 3),
-        "pg_broadcast_eps": round(get[("postgres", "broadcast")]["eps"]),
-        "sqlite_group4_eps": round(get[("sqlite", "group4")]["eps"]),
-        "redis_streams_p99_ms_at_5k": round(get[("redis streams", "group4 @5k/s")]["p99_ms"], 1),
+        "pg_group4_eps": round(pg),
+        "pg_group4_ratio_vs_redis_streams": round(pg / redis_, 3),
+        "pg_group4_p99_ms_at_20k": round(rows["pg_paced"]["p99_ms"], 1),
+        "network_group4_eps": None if result["network"] is None else round(result["network"]),
+        "redis_streams_eps": round(redis_),
+        "redis_streams_p99_ms_at_20k": round(rows["redis_paced"]["p99_ms"], 1),
+        "pg_group4_p50_ms_at_20k": round(rows["pg_paced"]["p50_ms"], 1),
+        "pg_append_p99_ms_at_20k": round(rows["pg_paced"]["commit_p99_ms"], 1),
+        "events": result["n"],
         "cores": os.cpu_count(),
         "runs": result["runs"],
     }
@@ -333,6 +510,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=1, help="run every flow N times and report the medians")
+    ap.add_argument("--events", type=int, default=None, help="events drained per run (default 100k quick, 500k)")
     ap.add_argument("--pg-url", default=os.environ.get("SYNCLINE_BENCH_PG_URL")
                     or os.environ.get("SYNCLINE_TEST_PG_URL"))
     ap.add_argument("--redis-url", default=os.environ.get("SYNCLINE_BENCH_REDIS_URL")
@@ -342,7 +520,7 @@ def main() -> None:
     with ExitStack() as stack:
         pg_url = args.pg_url or start_postgres(stack)
         redis_url = args.redis_url or start_redis(stack)
-        result = asyncio.run(bench(pg_url, redis_url, args.quick, max(1, args.runs)))
+        result = asyncio.run(bench(pg_url, redis_url, args.quick, max(1, args.runs), args.events))
     print(json.dumps(report(result)))
 
 

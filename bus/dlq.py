@@ -52,12 +52,18 @@ class DeadLetterQueue:
     # --------------------------------------------------------------- for people
 
     async def query(self, **criteria: Any) -> list[DeadLetter]:
-        """See store.bus.DeadLetterStore.query: scope, group, status, stream_prefix, type,
+        """See store.bus.DeadLetterStore.query: scope, group, status (one, several, or
+        "all"), stream_prefix, type,
         event_id, event_tenant, failed_after_us, failed_before_us, reason_contains, limit, offset."""
         return await self.entries.query(**criteria)
 
     async def get(self, entry_id: str, *, scope: str | None = None) -> DeadLetter:
         return await self.entries.get(entry_id, scope=scope)
+
+    async def resolve(self, id_or_prefix: str, *, scope: str | None = None) -> str:
+        """The full id an abbreviated one (at least 4 characters) names, as git does;
+        ``not_found`` or ``ambiguous_id`` (with the candidates) otherwise."""
+        return await self.entries.resolve(id_or_prefix, scope=scope)
 
     async def edit(self, entry_id: str, data: Any, *, by: str = "", scope: str | None = None) -> DeadLetter:
         """Replace the payload a requeue will deliver (the original stays in ``event``)."""

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Any
 
 from syncline.engine.events import Actor, RecordedEvent, Retention
+from syncline.store.bus_schema import partition_key
 
 
 def partition_of(event: RecordedEvent, partitions: int) -> int:
     """Stable across processes and restarts (unlike ``hash()``): a stream always lands in
-    the same partition, so its events are handled in order by whoever owns it."""
+    the same partition, so its events are handled in order by whoever owns it. The key
+    is stored on every event (``events.pkey``, store/bus_schema.partition_key), so a
+    member reads only its partitions' rows; this is the same function."""
     if partitions == 1:
         return 0
-    return zlib.crc32(f"{event.tenant}\x00{event.stream}".encode()) % partitions
+    return partition_key(event.tenant, event.stream) % partitions
 
 
 def event_to_doc(event: RecordedEvent) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from syncline.store.bus_schema import SCOPE_ALL
 from .delivery import Batch, Delivery, Failure, Handler, RetryPolicy, attempt, attempt_batch, one_by_one
 from .dlq import DeadLetterQueue
 from .events import event_from_doc
+from .observe import handler_time
 from .reader import LogReader, PageSplit, reader_for
 
 log = logging.getLogger("syncline.bus")
@@ -100,6 +101,7 @@ class _Worker:
         # The previous owner died with events up to here possibly in its handler: until
         # past it, record every attempt before running it (so a crash counts).
         self.suspect_until = lease.inflight if lease.inflight > lease.position else 0
+        self.consumed = 0  # events handled since the last checkpoint write (added to bus_partitions.consumed)
         self.attempts = attempts
         self.queue: asyncio.Queue = asyncio.Queue(queue_max)
         self.stopping = False
@@ -172,6 +174,7 @@ class GroupMember:
         self.start_at = start_at  # where a group that does not exist yet begins
         # How far past what is queued the in-flight mark reaches (log positions; see _mark).
         self.mark_ahead = mark_ahead if mark_ahead is not None else 4 * batch
+        self._span = 0  # log positions the last page covered (see _ahead)
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
         self._w, _ = engines(store)
@@ -217,6 +220,8 @@ class GroupMember:
             self._workers.clear()
             with contextlib.suppress(SynclineError):
                 await self._gs.leave(self.id)
+            with contextlib.suppress(SynclineError):
+                await self._mirror()
 
     async def abort(self) -> None:
         """Stop without checkpointing or releasing anything, as a crash would (for tests)."""
@@ -294,16 +299,25 @@ class GroupMember:
                 for p in extra:
                     del self._workers[p]
                 await self._gs.release(self.id, extra)
+                if self._reader is not None:
+                    self._reader.reset()  # read fewer partitions from now on
             elif len(owned) < target:
                 for lease in await self._gs.claim(self.id, target - len(owned), lease_us):
                     attempts = await self._gs.load_attempts(lease.partition)
                     self._add_worker(_Worker(lease, attempts, self.queue_max))
             await self._claim_requeued(lease_us)
-            if self.mirror_checkpoint and time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
-                # The store's prune keeps every event above the lowest checkpoint.
-                self._last_mirror = time.monotonic()
-                await self.store.save_checkpoint(f"bus/{self.group}", self.scope, await self._gs.low_watermark())
+            if time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
+                await self._mirror()
             self._rebalanced.set()
+
+    async def _mirror(self) -> None:
+        """Mirror the group's low watermark as checkpoint ``bus/<group>``: the store's prune
+        keeps every event above the lowest checkpoint. Written every few heartbeats and
+        when a member leaves; prune also brings it up to date first (store/bus/groups.py
+        refresh_mirrors), so a mirror never holds the log back further than the group."""
+        if self.mirror_checkpoint:
+            self._last_mirror = time.monotonic()
+            await self.store.save_checkpoint(f"bus/{self.group}", self.scope, await self._gs.low_watermark())
 
     def _add_worker(self, w: _Worker) -> None:
         self._workers[w.partition] = w
@@ -338,17 +352,24 @@ class GroupMember:
         live = [w.dispatched for w in self._workers.values() if not w.stopping]
         return min(live) if live else None
 
+    def held_partitions(self) -> list[int]:
+        """The partitions this member's live workers need events of (the reader reads those)."""
+        return [p for p, w in self._workers.items() if not w.stopping]
+
     async def dispatch(self, split: PageSplit, cursor: int) -> None:
         """Queue a page's events (read after ``cursor``) to the workers of the partitions
         they belong to: one item per worker per page, the events and the page's end."""
         page = split.page
         # Only workers that have seen everything up to the cursor may take this page
         # (a partition claimed meanwhile starts from its own checkpoint after a reset).
-        eligible = [w for w in self._workers.values() if w.dispatched >= cursor and not w.stopping]
+        # Nor workers of partitions the page was not read for (claimed since).
+        eligible = [w for w in self._workers.values() if w.dispatched >= cursor and not w.stopping
+                    and split.serves(self.partitions, w.partition)]
         if not eligible:
             return
         parts = split.by_partition(self.partitions, self.include_system)
         end = page.next_after
+        self._span = end - cursor
         for w in eligible:
             evs = parts.get(w.partition)
             if evs and evs[0].position <= w.dispatched:  # after a rewind: skip what is queued
@@ -364,7 +385,7 @@ class GroupMember:
         # Renew in-flight marks in the background when half their reach is used, so
         # workers seldom wait for one (they still do, in _mark, if this falls behind).
         if self._marking is None and any(
-            w.dispatched + self.mark_ahead // 2 > w.marked for w in eligible if not w.stopping
+            w.dispatched + self._ahead // 2 > w.marked for w in eligible if not w.stopping
         ):
             self._marking = asyncio.ensure_future(self._mark_soon())
             self._steps.add(self._marking)
@@ -430,11 +451,14 @@ class GroupMember:
             if not await self._lease_ok(w):
                 return False
             run = evs[i:j]
+            t0 = time.perf_counter()
             outcomes = await attempt_batch(self.handler, Batch([self._delivery(e, 1) for e in run]),  # type: ignore[arg-type]
                                            self.policy)
+            handler_time(self.scope, self.group, time.perf_counter() - t0)
             for e, failure in zip(run, outcomes):
                 if failure is None:
                     self.stats.handled += 1
+                    w.consumed += 1
                 elif not await self._retry_failed(w, e, failure):
                     return False
                 w.done = e.position
@@ -465,6 +489,13 @@ class GroupMember:
         w.attempts[ev.id] = att
         return await self._handle_safely(w, ev)
 
+    @property
+    def _ahead(self) -> int:
+        """How far past what is queued a mark reaches: ``mark_ahead`` positions, or two
+        pages if pages span more (a member reading only its partitions' rows gets pages
+        that cover several times ``batch`` positions of the log)."""
+        return max(self.mark_ahead, 2 * self._span)
+
     async def _mark(self, w: _Worker, need: int, *, retry: bool = True) -> bool:
         """Make the partition's durable in-flight mark cover ``need`` before its events reach
         the handler. One write covers every worker of this member that needs one, and
@@ -477,7 +508,7 @@ class GroupMember:
                 async with self._mark_lock:
                     if w.marked >= need:
                         return True
-                    ahead = self.mark_ahead
+                    ahead = self._ahead
                     todo = [(x, x.dispatched + ahead) for x in self._workers.values()
                             if x.dispatched + ahead // 2 > x.marked and not x.stopping]
                     await self._gs.mark_inflight(self.id, [(x.partition, x.epoch, upto) for x, upto in todo])
@@ -548,11 +579,15 @@ class GroupMember:
                     await self._gs.begin_attempt(w.partition, self.id, Attempt(
                         ev.id, ev.position, n, first or now, now,
                         f"{CRASH_REASON} while handling the event (attempt {n}, member {self.id})", ""))
+                    t0 = time.perf_counter()
                     failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
+                    handler_time(self.scope, self.group, time.perf_counter() - t0)
                     if failure is None:
                         await self._gs.clear_attempt(ev.id)
             else:
+                t0 = time.perf_counter()
                 failure = await attempt(self._single, self._delivery(ev, n, dead_letter_id), self.policy)
+                handler_time(self.scope, self.group, time.perf_counter() - t0)
             if failure is None:
                 return None
             self.stats.failed_attempts += 1
@@ -580,6 +615,7 @@ class GroupMember:
             return False
         if out is None:
             self.stats.handled += 1
+            w.consumed += 1
             return True
         return await self._dead_letter(w, ev, out)
 
@@ -614,9 +650,16 @@ class GroupMember:
                 log.warning("bus %s/%s checkpoint failed: %s", self.scope, self.group, e.code)
 
     async def _flush(self) -> None:
-        dirty = [(w, w.done) for w in list(self._workers.values()) if w.done > w.committed]
+        dirty = [(w, w.done, w.consumed) for w in list(self._workers.values()) if w.done > w.committed]
         if not dirty:
             return
-        await self._gs.commit(self.id, [(w.partition, w.epoch, done) for w, done in dirty])
-        for w, done in dirty:
+        for w, _, n in dirty:
+            w.consumed -= n
+        try:
+            await self._gs.commit(self.id, [(w.partition, w.epoch, done, n) for w, done, n in dirty])
+        except BaseException:
+            for w, _, n in dirty:
+                w.consumed += n
+            raise
+        for w, done, _ in dirty:
             w.committed = max(w.committed, done)

@@ -14,6 +14,14 @@ queue is full holds the page until it has room, so a slow group slows the other
 groups attached to the same reader (their queues still hold ``queue_max`` chunks
 each before that happens).
 
+Each read asks only for the partitions the attached members hold (the store keeps
+every event's partition key, ``events.pkey``, migration 0006): a member in its own
+process, holding 4 partitions of 16, reads a quarter of the log instead of all of it.
+The page remembers which partitions it was read for (``PageSplit.owned``); a worker of
+a partition claimed after the read was planned is not served by it (the claim resets
+the reader, which reads again for the new set). Members of groups with different
+partition counts sharing one reader read everything, as before.
+
 Events are decoded once and shared by every attached member: handlers must treat
 ``event.data`` as read-only (it always was meant to be; now it matters).
 """
@@ -56,10 +64,11 @@ class PageSplit:
     """A page's events grouped by partition, computed once per (partition count, whether
     system streams are included) and shared by every member dispatching the page."""
 
-    __slots__ = ("page", "_by")
+    __slots__ = ("page", "selection", "_by")
 
-    def __init__(self, page: LogPage) -> None:
+    def __init__(self, page: LogPage, selection: tuple[int, frozenset[int]] | None = None) -> None:
         self.page = page
+        self.selection = selection  # (partition count, partitions) the page was read for; None: all
         self._by: dict[tuple[int, bool], dict[int, list[RecordedEvent]]] = {}
 
     def by_partition(self, partitions: int, include_system: bool) -> dict[int, list[RecordedEvent]]:
@@ -79,6 +88,11 @@ class PageSplit:
             self._by[key] = out
         return out
 
+    def serves(self, partitions: int, partition: int) -> bool:
+        """Whether this page holds every event of ``partition`` (of ``partitions``) in its range."""
+        sel = self.selection
+        return sel is None or (sel[0] == partitions and partition in sel[1])
+
 
 class LogReader:
     def __init__(
@@ -96,6 +110,8 @@ class LogReader:
         self._reset = True
         self._wake = asyncio.Event()
         self.pages = 0  # pages read (tests and benchmarks look)
+        self.events_read = 0  # events those pages held
+        self.selection: tuple[int, frozenset[int]] | None = None  # what the reads ask for
 
     def attach(self, member: "GroupMember") -> None:
         if member not in self._members:
@@ -139,12 +155,21 @@ class LogReader:
                         self._reset = True
                         continue
                     cursor = min(starts)
-                page = await self.store.read_log(
-                    None if self.all_tenants else self.tenant, after=cursor, limit=self.batch,
-                    filter=self.filter, all_tenants=self.all_tenants,
-                )
+                    self.selection = self._selection()
+                sel = self.selection
+                if sel is None:
+                    page = await self.store.read_log(
+                        None if self.all_tenants else self.tenant, after=cursor, limit=self.batch,
+                        filter=self.filter, all_tenants=self.all_tenants,
+                    )
+                else:
+                    page = await self.store.read_log(
+                        None if self.all_tenants else self.tenant, after=cursor, limit=self.batch,
+                        filter=self.filter, all_tenants=self.all_tenants, partitions=(sel[0], tuple(sorted(sel[1]))),
+                    )
                 self.pages += 1
-                split = PageSplit(page)
+                self.events_read += len(page.events)
+                split = PageSplit(page, sel)
                 for m in list(self._members):
                     await m.dispatch(split, cursor)
                 cursor = page.next_after
@@ -159,6 +184,20 @@ class LogReader:
                 log.exception("bus reader %s failed; rewinding", self._key[1])
                 self._reset = True
                 await asyncio.sleep(0.5)
+
+    def _selection(self) -> tuple[int, frozenset[int]] | None:
+        """The partitions every attached member's workers hold, if the store can read by
+        partition and they all count partitions alike; None: read everything."""
+        if not getattr(self.store, "reads_partitions", False):
+            return None
+        counts = {m.partitions for m in self._members}
+        if len(counts) != 1:
+            return None
+        [count] = counts
+        held = frozenset(p for m in self._members for p in m.held_partitions())
+        if count == 1 or len(held) >= count:
+            return None
+        return count, held
 
     async def _idle(self, cursor: int | None) -> None:
         """Wait for the log to grow past ``cursor`` (None: for a member to need events),

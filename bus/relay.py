@@ -61,6 +61,9 @@ class RedisStreamsRelay:
         self.batch = batch
         self.published = 0
         self.duplicates = 0
+        self.failures = 0  # passes that failed (Redis or the store down); retried from the checkpoint
+        self.last_error: str | None = None
+        self.cursor = 0  # the checkpoint as of the last pass
         self._client = redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
         self._task: asyncio.Task | None = None
         self.checkpoint_name = f"relay/{self.name}"
@@ -116,14 +119,24 @@ class RedisStreamsRelay:
         while True:
             try:
                 await self.run_once()
-                cursor = await self.position()
+                cursor = self.cursor = await self.position()
+                self.last_error = None
             except asyncio.CancelledError:
                 raise
             except SynclineError as e:  # Redis or the store is down: try again later, from the checkpoint
                 log.warning("relay %s: %s", self.name, e.code)
+                self.failures += 1
+                self.last_error = e.code
                 await asyncio.sleep(1.0)
                 continue
             await bell.wait(cursor, self.store.poll_interval_s)
+
+    def stats(self) -> dict[str, Any]:
+        """For /readyz: ``retrying`` while the last pass failed (it resumes from its checkpoint)."""
+        running = self._task is not None and not self._task.done()
+        return {"state": ("retrying" if self.last_error else "up") if running else "stopped",
+                "kind": "redis-streams", "name": self.name, "checkpoint": self.cursor, "published": self.published,
+                "duplicates_dropped": self.duplicates, "failures": self.failures, "error": self.last_error}
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,5 +1,5 @@
 """Tables of the event bus (bus/, store/bus/).
-Migrations: store/migrations/versions/0002_bus.py, 0003_bus_inflight.py.
+Migrations: store/migrations/versions/0002_bus.py, 0003_bus_inflight.py, 0006_bus_partition_key.py.
 
 Every row is scoped by ``scope`` (the group's tenant, or ``"*"`` for a platform group
 that reads all tenants) and ``group_name``. A group's stream of work is split into a
@@ -8,6 +8,9 @@ live member at a time and carries its own checkpoint, so events of one stream ar
 handled in order, by one member at a time.
 """
 from __future__ import annotations
+
+import functools
+import zlib
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +28,27 @@ from sqlalchemy import (
 from .schema import metadata
 
 SCOPE_ALL = "*"
+
+
+@functools.lru_cache(maxsize=65_536)  # streams repeat; the cache is bounded
+def partition_key(tenant: str, stream: str) -> int:
+    """The bus's partition key of a stream, stored on every event as ``events.pkey``
+    (migration 0006): a group of P partitions puts the stream in ``key % P``. Stable
+    across processes and restarts (unlike ``hash()``), so a stream always lands in the
+    same partition and its events are handled in order by whoever owns it."""
+    return zlib.crc32(f"{tenant}\x00{stream}".encode())
+
+
+def partition_keys(tenants: list[str], streams: list[str]) -> list[int]:
+    """partition_key of each (tenant, stream), computed once per distinct stream."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for k in zip(tenants, streams):
+        v = seen.get(k)
+        if v is None:
+            v = seen[k] = partition_key(*k)
+        out.append(v)
+    return out
 
 bus_groups = Table(
     "bus_groups",
@@ -70,6 +94,10 @@ bus_partitions = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
     Column("inflight", BigInteger, nullable=False, server_default="0"),
+    # events the group's handlers acked, added to with each checkpoint write: a counter
+    # across every member and restart (redeliveries after a crash count again; dead
+    # letters and events the filter skips do not count), for metrics (migration 0006)
+    Column("consumed", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("scope", "group_name", "partition"),
 )
 

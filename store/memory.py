@@ -229,7 +229,11 @@ class MemoryEventStore(StoreBase):
             self._rows = keep
             self._positions = [r["position"] for r in keep]
         self._keys = {k: v for k, v in self._keys.items() if v[2] >= cutoff}
-        return PruneReport(len(doomed), touched, held_back)
+        details: dict[str, Any] = {}
+        if held_back and limit_pos is not None:
+            (name, t), pos = min(self._checkpoints.items(), key=lambda kv: (kv[1], kv[0]))
+            details["held_back_by"] = {"name": name, "tenant": t, "position": pos}
+        return PruneReport(len(doomed), touched, held_back, details)
 
     async def close(self) -> None:
         await self.doorbell.close()

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .bus_schema import partition_keys
 from .pg_expect import Expectations, Outcome
 from .planning import BatchPlan, StreamKey, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
@@ -40,8 +41,11 @@ _UNIQUE_COLUMNS = frozenset({"id", "version", "payload", "prev_hash", "hash"})  
 # dict per row.
 _ARRAY_COLUMNS = tuple((WRITE_COLUMNS.index(c), c not in _UNIQUE_COLUMNS) for c in _EVENT_COLUMNS)
 _POSITION, _TIME_US = WRITE_COLUMNS.index("position"), WRITE_COLUMNS.index("time_us")
-_APPEND = "SELECT * FROM syncline_append(" + ", ".join(f"${i}" for i in range(1, 28)) + ")"
-_NO_WRITES = ([],) * (len(_EVENT_COLUMNS) + 4)  # events and new idempotency keys
+_TENANT, _STREAM = WRITE_COLUMNS.index("tenant"), WRITE_COLUMNS.index("stream")
+# 28 arguments: the log head and time, 7 expectations, 14 event columns, the events'
+# bus partition keys (migration 0006), 4 idempotency-key columns
+_APPEND = "SELECT * FROM syncline_append(" + ", ".join(f"${i}" for i in range(1, 29)) + ")"
+_NO_WRITES = ([],) * (len(_EVENT_COLUMNS) + 5)  # events, their partition keys, new idempotency keys
 
 
 class PgBatchWriter:
@@ -184,6 +188,7 @@ class PgBatchWriter:
         args = (
             position, time_us, *self._expected(streams, keys, stored),
             *(_same(list(columns[i])) if compare else list(columns[i]) for i, compare in _ARRAY_COLUMNS),
+            _same(partition_keys(columns[_TENANT], columns[_STREAM])),
             [k["tenant"] for k in new_keys], [k["key"] for k in new_keys],
             [k["fingerprint"] for k in new_keys], [k["result"] for k in new_keys],
         )

@@ -62,12 +62,21 @@ class QueryCache:
             hit = self._hits[key] = build()
         return hit
 
-    def log_page(self, scoped: bool, f: EventFilter | None, limit: int) -> CompiledQuery:
+    def log_page(
+        self, scoped: bool, f: EventFilter | None, limit: int, partitions: tuple[int, tuple[int, ...]] | None = None,
+    ) -> CompiledQuery:
         """Events with cursor < position <= head, in position order; binds ``tenant``
-        (when scoped), ``cursor`` and ``head``."""
+        (when scoped), ``cursor`` and ``head``. With ``partitions`` = (P, owned), only
+        events whose bus partition key (``pkey``, migration 0006) falls in ``owned``
+        modulo P, and those without a key (written before it), which the bus splits
+        itself."""
 
         def build() -> CompiledQuery:
             conds, python_filter = sql_filter(scoped, f)
+            if partitions is not None:
+                count, owned = partitions
+                pkey = events.c.pkey
+                conds.append(or_(pkey.is_(None), (pkey % count).in_(list(owned))))
             chunk = limit if not python_filter else min(limit * 4, 10_000)
             position = events.c.position
             left_out = ("tenant",) if scoped else ()
@@ -83,7 +92,7 @@ class QueryCache:
             )
             return self.compile(q, python_filter=python_filter, chunk=chunk, left_out=left_out)
 
-        return self.get(("log", scoped, f, limit), build)
+        return self.get(("log", scoped, f, limit, partitions), build)
 
     def stream(self, limited: bool) -> CompiledQuery:
         """One stream from a version; binds ``tenant``, ``stream``, ``from_version``

@@ -58,6 +58,9 @@ events = Table(
     Column("retention", String(16), nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
+    # the bus's partition key, crc32(tenant NUL stream) (store/bus_schema.partition_key;
+    # migration 0006); NULL on rows written before it
+    Column("pkey", BigInteger, nullable=True),
     UniqueConstraint("tenant", "stream", "version", name="uq_events_stream_version"),
     UniqueConstraint("id", name="uq_events_id"),
     Index("ix_events_tenant_position", "tenant", "position"),

@@ -224,10 +224,15 @@ class SqlEventStore(StoreBase):
         limit: int = 1000,
         filter: EventFilter | None = None,
         all_tenants: bool = False,
+        partitions: tuple[int, tuple[int, ...]] | None = None,
     ) -> LogPage:
+        """A page of the log. ``partitions`` = (P, owned partitions) narrows it to the events
+        a consumer group member holding those partitions of P needs (bus/reader.py),
+        plus any written before the partition key was stored; ``next_after`` still
+        says how far the page covers every partition in ``owned``."""
         check_scope(tenant, all_tenants)
         limit = max(1, min(int(limit), 10_000))
-        query = self._queries.log_page(tenant is not None, filter, limit)
+        query = self._queries.log_page(tenant is not None, filter, limit, partitions)
         python_filter, chunk = query.python_filter, query.chunk
         given: dict[str, Any] = {"tenant": tenant} if tenant is not None else {}
         # The head is read first (in the same hop as the first page): every position up
@@ -265,6 +270,8 @@ class SqlEventStore(StoreBase):
             if not (cursor < head and len(found) < limit and scanned < limit * 20):
                 break
         return LogPage(tuple(found), max(cursor, after), head)
+
+    reads_partitions = True  # read_log takes ``partitions`` (the bus's reader asks)
 
     @db_errors
     async def position_at_time(self, time_us: int) -> int:
@@ -434,8 +441,20 @@ class SqlEventStore(StoreBase):
         async with self._w.begin() as conn:
             await conn.execute(select(log_head.c.position).where(log_head.c.id == 1).with_for_update())
             limit_pos = None
+            details: dict[str, Any] = {}
             if respect_checkpoints:
-                limit_pos = (await conn.execute(select(func.min(checkpoints.c.position)))).scalar()
+                from .bus.groups import refresh_mirrors  # (store.bus builds on this module)
+
+                # Bus groups mirror their low watermark here; bring the mirrors up to date
+                # first, and report those no group owns any more (store/bus/groups.py).
+                details["unowned_checkpoints"] = await refresh_mirrors(conn)
+                c = checkpoints.c
+                lowest = (await conn.execute(
+                    select(c.name, c.tenant, c.position).order_by(c.position, c.name, c.tenant).limit(1))).first()
+                if lowest is not None:
+                    limit_pos = lowest.position
+                    details["lowest_checkpoint"] = {"name": lowest.name, "tenant": lowest.tenant,
+                                                    "position": lowest.position}
             expired = and_(events.c.retention == "standard", events.c.time_us < cutoff)
             if tenant is not None:
                 expired = and_(expired, events.c.tenant == tenant)
@@ -514,7 +533,9 @@ class SqlEventStore(StoreBase):
             await conn.execute(delete(idempotency).where(idempotency.c.created_us < cutoff))
         if deleted and self.signer is not None:
             await self.signer.sync()  # sign the pruned state: its count of deleted events
-        return PruneReport(deleted, touched, held_back)
+        if held_back and "lowest_checkpoint" in details:
+            details["held_back_by"] = details["lowest_checkpoint"]
+        return PruneReport(deleted, touched, held_back, details)
 
     async def close(self) -> None:
         await self._committer.close()

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 from syncline.engine.events import RecordedEvent, StreamWrite
 from syncline.engine.logkernel import Head, IdSource, id_source, log_digest, plan_one
 
+from .bus_schema import partition_key
 from .rows import (
     DEFAULT_MAX_PAYLOAD,
     READ_COLUMNS,
@@ -29,7 +30,9 @@ from .rows import (
     prepare,
 )
 
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({', '.join('?' * len(WRITE_COLUMNS))})"
+# ... and the bus's partition key (migration 0006, store/bus_schema.partition_key)
+_INSERT_EVENT = (f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}, pkey) "
+                 f"VALUES ({', '.join('?' * len(WRITE_COLUMNS))}, ?)")
 _UPSERT_STREAM = (
     "INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us) "
     "VALUES (?, ?, ?, ?, 0, zeroblob(32), ?) ON CONFLICT (tenant, stream) DO UPDATE SET "
@@ -101,7 +104,7 @@ class SqliteSyncLog:
                 return self._between(result.first_position, result.last_position)
             db.executemany("INSERT OR IGNORE INTO tenants (id, created_us) VALUES (?, ?)",
                            [(t, time_us) for t in sorted(plan.tenants)])
-            db.executemany(_INSERT_EVENT, plan.values)
+            db.executemany(_INSERT_EVENT, [(*row, partition_key(row[2], row[3])) for row in plan.values])
             db.executemany(_UPSERT_STREAM, [(t, s, h.version, h.hash, time_us) for (t, s), h in plan.heads.items()])
             db.execute("UPDATE log_head SET position = ?, time_us = ? WHERE id = 1", (plan.last_position, time_us))
             if plan.new_keys:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
+from .bus_schema import partition_key
 from .planning import BatchPlan, Head, StreamKey, plan_batch
 from .rows import WRITE_COLUMNS, PreparedAppend
 from .sqlite import BUSY_TIMEOUT_MS
@@ -21,7 +22,8 @@ from .sqlite_checkpointer import WalCheckpointer
 # clock and meta (usually absent) are bound as an empty blob and stored as NULL: see _bound.
 _NULLABLE = ("clock", "meta")
 _MARKS = ", ".join("NULLIF(?, x'')" if c in _NULLABLE else "?" for c in WRITE_COLUMNS)
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}) VALUES ({_MARKS})"
+# ... and the bus's partition key (migration 0006), computed per stream in _bound
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(WRITE_COLUMNS)}, pkey) VALUES ({_MARKS}, ?)"
 _UPSERT_STREAM = (
     "INSERT INTO streams (tenant, stream, version, head_hash, anchor_version, anchor_hash, updated_us) "
     "VALUES (?, ?, ?, ?, 0, zeroblob(32), ?) ON CONFLICT (tenant, stream) DO UPDATE SET "
@@ -167,9 +169,11 @@ def _bound(values: list[tuple]) -> list[tuple]:
     The stored values are the same: the same bytes, and NULL (NULLIF in _INSERT_EVENT;
     an encoded clock or meta is never empty)."""
     empty = _NO_BLOB
+    keys: dict[tuple[str, str], int] = {}  # the bus's partition key, once per stream
     return [
         (p, i, t, s, v, ty, sc, tm, au, ac, bytearray(clock) if clock else empty, bytearray(payload),
-         bytearray(meta) if meta else empty, r, bytearray(prev), bytearray(h))
+         bytearray(meta) if meta else empty, r, bytearray(prev), bytearray(h),
+         keys.get((t, s)) or keys.setdefault((t, s), partition_key(t, s)))
         for (p, i, t, s, v, ty, sc, tm, au, ac, clock, payload, meta, r, prev, h) in values
     ]
 

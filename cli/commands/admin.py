@@ -103,6 +103,12 @@ def prune(database_url: str | None, retention_days: float | None, tenant: str | 
     r = _run(go())
     console.print(f"deleted {r.events_deleted} events from {r.streams_touched} streams; "
                   f"{r.held_back_by_checkpoint} held back by durable checkpoints")
+    by = r.details.get("held_back_by")
+    if by:
+        console.print(f"held back by checkpoint {by['name']!r} (tenant {by['tenant']!r}) at position {by['position']}")
+    for c in r.details.get("unowned_checkpoints", ()):
+        console.print(f"[yellow]unowned checkpoint[/yellow] {c['name']!r} (tenant {c['tenant']!r}) at position "
+                      f"{c['position']}: no consumer group owns it any more (see `syncline bus groups`)")
 
 
 COMMANDS = [verify, prune]

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from syncline.api.settings import Settings
 from syncline.engine.errors import SynclineError
@@ -35,7 +35,7 @@ def _run(action):
         try:
             return asyncio.run(go(url))
         except SynclineError as e:
-            console.print(f"[red]error[/red] {e.code}: {e.message}")
+            console.print(f"[red]error[/red] {e.code}: {e.message}", soft_wrap=True)
             raise SystemExit(2)
 
     return runner
@@ -53,20 +53,53 @@ def bus() -> None:
 @bus.command("groups")
 @db_option
 @click.option("--tenant", default=None, help="Only this tenant's groups ('*' for platform groups).")
+@click.option("--rate-window", default=1.0, show_default=True,
+              help="Seconds between two reads of the consumed counters for the consumed rate (0: no rate).")
 @click.option("--json", "as_json", is_flag=True)
-def groups_cmd(database_url, tenant, as_json) -> None:
-    """List consumer groups with their lag and live members."""
-    groups = _run(lambda b: b.groups(tenant))(database_url)
+def groups_cmd(database_url, tenant, rate_window, as_json) -> None:
+    """List consumer groups: lag, dead letters, events consumed (and per second), members,
+    and mirrored checkpoints no group owns any more (they hold `syncline prune` back).
+
+    The figures /metrics exports (docs/bus.md#metrics), except that lag here is an exact
+    count of the group's tenant's events past its lowest partition checkpoint (/metrics
+    gives log positions, cheaper to read); consumed is what its handlers acked, in every
+    process."""
+    from syncline.store.bus import bus_figures, unowned_mirrors
+
+    async def go(b):
+        first = await bus_figures(b.store) if rate_window > 0 else None
+        if first is not None:
+            await asyncio.sleep(rate_window)
+        return await b.groups(tenant), await bus_figures(b.store), first, await unowned_mirrors(b.store)
+
+    groups, figures, first, unowned = _run(go)(database_url)
+    now = {(x["scope"], x["group"]): x for x in figures["groups"]}
+    before = {(x["scope"], x["group"]): x for x in first["groups"]} if first else {}
+    for g in groups:
+        f = now.get((g["scope"], g["group"]), {})
+        g["consumed"] = f.get("consumed", 0)
+        g["dead_letters"] = f.get("dead_letters", {})
+        b = before.get((g["scope"], g["group"]))
+        g["consumed_per_s"] = round((g["consumed"] - b["consumed"]) / rate_window, 1) if b else None
+    if tenant is not None:
+        unowned = [c for c in unowned if c["tenant"] == tenant]
     if as_json:
         click.echo(json.dumps(groups))
         return
-    table = Table("tenant", "group", "partitions", "checkpoint", "head", "lag", "members", "unowned",
-                  title="consumer groups")
+    table = Table(Column("tenant", no_wrap=True), Column("group", no_wrap=True), "parts", "checkpoint", "lag",
+                  "dlq", "consumed", "per s", "members", "free",
+                  title=f"consumer groups (log head {figures['head']}; dlq: dead letters; "
+                        "free: partitions nobody holds)")
     for g in groups:
         members = ", ".join(f"{m['member']} ({len(m['partitions'])}p)" for m in g["members"]) or "-"
-        table.add_row(g["scope"], g["group"], str(g["partitions"]), str(g["low_watermark"]), str(g["head"]),
-                      str(g["lag"]), members, str(len(g["unowned"])))
+        rate = "-" if g["consumed_per_s"] is None else f"{g['consumed_per_s']:,.1f}"
+        table.add_row(g["scope"], g["group"], str(g["partitions"]), str(g["low_watermark"]), str(g["lag"]),
+                      str(g["dead_letters"].get("dead", 0)), f"{g['consumed']:,}", rate, members,
+                      str(len(g["unowned"])))
     console.print(table)
+    for c in unowned:
+        console.print(f"[yellow]unowned checkpoint[/yellow] {c['name']!r} (tenant {c['tenant']!r}) at position "
+                      f"{c['position']}: no consumer group owns it; it holds `syncline prune` back", soft_wrap=True)
 
 
 @bus.group("dlq")
@@ -86,14 +119,15 @@ def dlq() -> None:
 def dlq_list(database_url, tenant, group, status, stream_prefix, type_, limit, as_json) -> None:
     """List dead letters matching the criteria."""
     entries = _run(lambda b: b.dlq.query(
-        scope=tenant, group=group, status=None if status == "all" else status, stream_prefix=stream_prefix,
-        type=type_, limit=limit,
+        scope=tenant, group=group, status=status, stream_prefix=stream_prefix, type=type_, limit=limit,
     ))(database_url)
     if as_json:
         click.echo(json.dumps([_brief(e) for e in entries]))
         return
-    table = Table("id", "tenant", "group", "stream", "type", "position", "attempts", "last failure", "status",
-                  "reason", title="dead letters")
+    table = Table("tenant", "group", "stream", "type", "position", "attempts", "last failure", "status", "reason",
+                  title="dead letters (show, edit, requeue and discard take an id or a unique prefix of it)")
+    # the id is never cut, however narrow the terminal: the other columns fold instead
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=36))
     for e in entries:
         table.add_row(e.id, e.scope, e.group, e.stream, e.type, str(e.position), str(e.attempts),
                       _time(e.last_failure_us), e.status, e.reason[:60])
@@ -108,34 +142,45 @@ def _brief(e) -> dict:
 
 @dlq.command("show")
 @db_option
-@click.argument("entry_id")
+@click.argument("entry_id", metavar="ID_OR_PREFIX")
 def dlq_show(database_url, entry_id) -> None:
     """Show one dead letter: the original event, the failure and its stack trace."""
-    e = _run(lambda b: b.dlq.get(entry_id))(database_url)
+    async def go(b):
+        return await b.dlq.get(await b.dlq.resolve(entry_id))
+
+    e = _run(go)(database_url)
     click.echo(json.dumps(e.to_dict(), indent=2, default=str))
 
 
 @dlq.command("edit")
 @db_option
-@click.argument("entry_id")
+@click.argument("entry_id", metavar="ID_OR_PREFIX")
 @click.option("--data", "data_json", required=True, help="The new payload, as JSON.")
 @click.option("--by", default="cli")
 def dlq_edit(database_url, entry_id, data_json, by) -> None:
     """Replace the payload a requeue will deliver."""
-    data = json.loads(data_json)
-    e = _run(lambda b: b.dlq.edit(entry_id, data, by=by))(database_url)
+    try:
+        data = json.loads(data_json)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from None
+
+    async def go(b):
+        return await b.dlq.edit(await b.dlq.resolve(entry_id), data, by=by)
+
+    e = _run(go)(database_url)
     console.print(f"edited {e.id}")
 
 
 @dlq.command("requeue")
 @db_option
-@click.argument("entry_ids", nargs=-1, required=True)
+@click.argument("entry_ids", nargs=-1, required=True, metavar="ID_OR_PREFIX...")
 @click.option("--by", default="cli")
 def dlq_requeue(database_url, entry_ids, by) -> None:
     """Deliver dead letters to their group again (with their original event ids)."""
 
     async def go(b):
-        return [await b.dlq.requeue(i, by=by) for i in entry_ids]
+        ids = [await b.dlq.resolve(i) for i in entry_ids]  # all resolved before any is requeued
+        return [await b.dlq.requeue(i, by=by) for i in ids]
 
     for e in _run(go)(database_url):
         console.print(f"requeued {e.id} ({e.stream} v{e.version}) to {e.group}")
@@ -143,14 +188,15 @@ def dlq_requeue(database_url, entry_ids, by) -> None:
 
 @dlq.command("discard")
 @db_option
-@click.argument("entry_ids", nargs=-1, required=True)
+@click.argument("entry_ids", nargs=-1, required=True, metavar="ID_OR_PREFIX...")
 @click.option("--reason", required=True)
 @click.option("--by", default="cli")
 def dlq_discard(database_url, entry_ids, reason, by) -> None:
     """Discard dead letters, with a reason (recorded on the $dlq/<group> stream)."""
 
     async def go(b):
-        return [await b.dlq.discard(i, reason, by=by) for i in entry_ids]
+        ids = [await b.dlq.resolve(i) for i in entry_ids]  # all resolved before any is discarded
+        return [await b.dlq.discard(i, reason, by=by) for i in ids]
 
     for e in _run(go)(database_url):
         console.print(f"discarded {e.id}")

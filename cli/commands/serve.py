@@ -22,11 +22,14 @@ from syncline.api.settings import WS_IMPLEMENTATIONS, Settings
               help="PEM certificate (chain) file: serve HTTPS and WSS (default SYNCLINE_TLS_CERT).")
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="PEM private key file for --tls-cert (default SYNCLINE_TLS_KEY).")
+@click.option("--relay", default=None, type=click.Choice(["redis-streams"]),
+              help="Relay the log to Redis Streams on the --redis server (default SYNCLINE_RELAY; docs/bus.md).")
 def serve(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
-          ws: str | None, tls_cert: str | None, tls_key: str | None) -> None:
+          ws: str | None, tls_cert: str | None, tls_key: str | None, relay: str | None) -> None:
     """Run the gateway (REST, WebSocket, Yjs) in one process."""
     from syncline.api.app import create_app
     from syncline.api.errors import InsecureSecret
+    from syncline.engine.errors import ValidationError
     from syncline.server import make_server
 
     settings = Settings()
@@ -40,6 +43,10 @@ def serve(host: str | None, port: int | None, database_url: str | None, redis_ur
         settings.redis_url = redis_url
     if ws:
         settings.ws_impl = ws
+    if relay:
+        settings.relay = relay
+    if settings.relay and not settings.redis_url:
+        raise click.UsageError("--relay redis-streams needs --redis (or SYNCLINE_REDIS_URL)")
     if tls_cert:
         settings.tls_cert_file = tls_cert
     if tls_key:
@@ -52,7 +59,7 @@ def serve(host: str | None, port: int | None, database_url: str | None, redis_ur
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         app = create_app(settings)
-    except InsecureSecret as e:
+    except (InsecureSecret, ValidationError) as e:
         raise click.ClickException(f"{e.code}: {e.message}") from None
     server = make_server(app, settings.host, settings.port, ws=settings.ws_impl, tls_cert=settings.tls_cert_file,
                          tls_key=settings.tls_key_file)

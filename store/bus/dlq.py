@@ -24,6 +24,14 @@ from ..errors import db_errors
 from ._db import engines, now_us
 
 STATUSES = ("dead", "requeued", "redelivering", "resolved", "discarded")
+MIN_PREFIX = 4  # characters of an abbreviated dead-letter id (DeadLetterStore.resolve)
+MAX_CANDIDATES = 10  # ids listed when a prefix is ambiguous
+
+
+class AmbiguousId(ValidationError):
+    """An abbreviated id that more than one dead letter starts with."""
+
+    code = "ambiguous_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,32 @@ class DeadLetterStore:
         return _entry(row)
 
     @db_errors
+    async def resolve(self, id_or_prefix: str, *, scope: str | None = None) -> str:
+        """The full id of the one entry whose id is ``id_or_prefix`` or starts with it, as
+        git resolves abbreviated commits: at least MIN_PREFIX characters; no match is
+        ``not_found``, several are ``ambiguous_id`` with the candidates listed."""
+        d = bus_dead_letters.c
+        text = (id_or_prefix or "").strip().lower()
+        if len(text) < MIN_PREFIX:
+            raise ValidationError(f"a dead-letter id or prefix has at least {MIN_PREFIX} characters",
+                                  id=text[:80])
+        q = select(d.id).where(or_(d.id == text, d.id.startswith(text, autoescape=True)))
+        if scope is not None:
+            q = q.where(d.scope == scope)
+        async with self._r.connect() as conn:
+            found = list((await conn.execute(q.order_by(d.id).limit(MAX_CANDIDATES + 1))).scalars())
+        if text in found:
+            return text
+        if not found:
+            raise NotFound(f"no dead letter {text[:80]!r}", id=text[:80])
+        if len(found) > 1:
+            shown = found[:MAX_CANDIDATES]
+            more = " and more" if len(found) > MAX_CANDIDATES else ""
+            raise AmbiguousId(f"dead-letter id prefix {text!r} matches {', '.join(shown)}{more}",
+                              id=text, candidates=shown)
+        return found[0]
+
+    @db_errors
     async def query(
         self, *, scope: str | None = None, group: str | None = None, status: str | Sequence[str] | None = "dead",
         stream_prefix: str | None = None, type: str | None = None, event_id: str | None = None,
@@ -154,6 +188,8 @@ class DeadLetterStore:
             conds.append(d.scope == scope)
         if group is not None:
             conds.append(d.group_name == group)
+        if status == "all" or (not isinstance(status, str) and status is not None and "all" in status):
+            status = None  # what the CLI's --status all means
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             bad = set(statuses) - set(STATUSES)

@@ -39,7 +39,7 @@ from syncline.engine.codec import pack
 
 from ..bus_schema import SCOPE_ALL, bus_attempts, bus_groups, bus_members, bus_partitions
 from ..errors import db_errors
-from ..schema import events, log_head
+from ..schema import checkpoints, events, log_head
 from ._db import engines, insert_for, now_us
 
 
@@ -208,9 +208,10 @@ class GroupStore:
             )
 
     @db_errors
-    async def commit(self, member: str, checkpoints: Sequence[tuple[int, int, int]]) -> None:
-        """Write (partition, epoch, position) checkpoints; fenced by owner and epoch, and
-        never backwards."""
+    async def commit(self, member: str, checkpoints: Sequence[tuple[int, ...]]) -> None:
+        """Write (partition, epoch, position[, consumed]) checkpoints; fenced by owner and
+        epoch, and never backwards. ``consumed`` (events handled since the last write)
+        is added to the partition's counter in the same statement."""
         if not checkpoints:
             return
         p = bus_partitions.c
@@ -223,11 +224,13 @@ class GroupStore:
                 p.epoch == bindparam("b_epoch"),
                 p.position < bindparam("b_position"),
             )
-            .values(position=bindparam("b_position"), updated_us=now_us())
+            .values(position=bindparam("b_position"), updated_us=now_us(),
+                    consumed=p.consumed + bindparam("b_consumed"))
         )
         async with self._w.begin() as conn:
             await conn.execute(
-                stmt, [{"b_partition": a, "b_epoch": e, "b_position": pos} for a, e, pos in checkpoints]
+                stmt, [{"b_partition": c[0], "b_epoch": c[1], "b_position": c[2],
+                        "b_consumed": c[3] if len(c) > 3 else 0} for c in checkpoints]
             )
 
     @db_errors
@@ -363,3 +366,88 @@ async def list_groups(store: Any, scope: str | None = None) -> list[dict[str, An
                 }
             )
     return out
+
+
+MIRROR_PREFIX = "bus/"  # a group's low watermark, mirrored in the store's ``checkpoints`` table
+
+
+async def refresh_mirrors(conn: Any) -> list[dict[str, Any]]:
+    """Bring every ``bus/<group>`` mirrored checkpoint to its group's real low watermark
+    (the lowest partition checkpoint), inside the caller's transaction; return the
+    mirrors no group owns any more (deleted or renamed groups), which are left as they
+    are: whether the log above them may go is the operator's call, so they are reported
+    (prune, ``syncline bus groups``) instead of dropped.
+
+    Members mirror the watermark only now and then (bus/member.py), so without this a
+    group that had consumed far past its last mirror still held prune back at the mirror."""
+    c, g, p = checkpoints.c, bus_groups.c, bus_partitions.c
+    rows = (await conn.execute(
+        select(c.name, c.tenant, c.position).where(c.name.like(MIRROR_PREFIX + "%")))).all()
+    unowned = []
+    for name, scope, position in rows:
+        group = name[len(MIRROR_PREFIX):]
+        exists = (await conn.execute(
+            select(g.partitions).where(g.scope == scope, g.group_name == group))).first()
+        if exists is None:
+            unowned.append({"name": name, "tenant": scope, "position": position})
+            continue
+        low = (await conn.execute(
+            select(func.min(p.position)).where(p.scope == scope, p.group_name == group))).scalar()
+        if low is not None and low != position:
+            await conn.execute(update(checkpoints).where(c.name == name, c.tenant == scope)
+                               .values(position=low, updated_us=now_us()))
+    return unowned
+
+
+@db_errors
+async def unowned_mirrors(store: Any) -> list[dict[str, Any]]:
+    """``bus/<group>`` checkpoints whose group no longer exists (see refresh_mirrors)."""
+    _, r = engines(store)
+    c, g = checkpoints.c, bus_groups.c
+    owned = select(g.group_name).where(g.scope == c.tenant, (MIRROR_PREFIX + g.group_name) == c.name).exists()
+    async with r.connect() as conn:
+        rows = (await conn.execute(
+            select(c.name, c.tenant, c.position).where(c.name.like(MIRROR_PREFIX + "%"), ~owned)
+            .order_by(c.tenant, c.name))).all()
+    return [{"name": n, "tenant": t, "position": pos} for n, t, pos in rows]
+
+
+@db_errors
+async def bus_figures(store: Any, max_groups: int = 1000) -> dict[str, Any]:
+    """The figures of every group in a handful of aggregate queries (for /metrics and
+    ``syncline bus groups``; api/metrics_bus.py): the log head, and per (scope, group)
+    its lowest partition checkpoint, events consumed (the sum of its partitions'
+    counters) and dead letters by status. At most ``max_groups`` groups (the rest are
+    counted in ``groups_left_out``), so a scrape costs the same however many there are."""
+    from ..bus_schema import bus_dead_letters
+
+    _, r = engines(store)
+    g, p, d = bus_groups.c, bus_partitions.c, bus_dead_letters.c
+    async with r.connect() as conn:
+        head = (await conn.execute(select(log_head.c.position).where(log_head.c.id == 1))).scalar() or 0
+        names = (await conn.execute(
+            select(g.scope, g.group_name).order_by(g.scope, g.group_name).limit(max_groups + 1))).all()
+        total = len(names)
+        if total > max_groups:
+            total = (await conn.execute(select(func.count()).select_from(bus_groups))).scalar_one()
+            names = names[:max_groups]
+        wanted = {(s, n) for s, n in names}
+        parts = (await conn.execute(
+            select(p.scope, p.group_name, func.min(p.position), func.sum(p.consumed))
+            .group_by(p.scope, p.group_name))).all()
+        dlq = (await conn.execute(
+            select(d.scope, d.group_name, d.status, func.count()).group_by(d.scope, d.group_name, d.status))).all()
+    groups: dict[tuple[str, str], dict[str, Any]] = {
+        k: {"scope": k[0], "group": k[1], "low_watermark": 0, "consumed": 0, "lag": 0, "dead_letters": {}}
+        for k in names
+    }
+    for scope, name, low, consumed in parts:
+        x = groups.get((scope, name))
+        if x is not None:
+            x["low_watermark"] = low or 0
+            x["consumed"] = int(consumed or 0)
+            x["lag"] = max(0, head - (low or 0))
+    for scope, name, status, n in dlq:
+        if (scope, name) in wanted:
+            groups[(scope, name)]["dead_letters"][status] = n
+    return {"head": head, "groups": list(groups.values()), "groups_left_out": total - len(names)}
