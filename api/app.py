@@ -20,6 +20,7 @@ from . import (
     routes_admin,
     routes_app,
     routes_bus,
+    routes_bus_consumers,
     routes_commands,
     routes_config,
     routes_docs,
@@ -210,8 +211,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, resolutio
         if gw is not None:
             await gw.close()
 
-    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_activity, routes_admin,
-                  routes_ops, routes_config)
+    v1_modules = (routes_events, routes_docs, routes_commands, routes_rooms, routes_bus, routes_bus_consumers,
+                  routes_activity, routes_admin, routes_ops, routes_config)
     # (every route: a new module cannot be missed)
     for handler in _http_handlers(*v1_modules, routes_health, routes_app):
         declare_errors(handler)

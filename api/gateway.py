@@ -17,6 +17,7 @@ from syncline.store.records_service import RecordsService
 
 from .activity import ActivityProjections
 from .auth import Principal, TokenVerifier
+from .bus_sessions import ConsumerSessions
 from .follower import LogFollower
 from .hub import Hub, room_channel
 from .limits import ConnectionCaps, rest_windows
@@ -94,6 +95,7 @@ class Gateway:
         self.shutting_down = False
         self.started_at = self.clock.time()
         self.bus: Bus | None = None  # made on first use (api/routes_bus.py)
+        self.consumers = ConsumerSessions(self)  # remote bus consumers (api/bus_sessions.py)
         self.follower = LogFollower(self)
         self.revocations = self.verifier.revocations
         self.expiry = ExpiryWatch(self)
@@ -139,6 +141,7 @@ class Gateway:
             await self.flush_security(everything=True)
         except Exception:
             log.exception("security.flush_failed")
+        await self.consumers.close_all()  # (their partitions go back to their groups)
         await self.activity.close()  # (before the store closes: no read left in flight)
         await self.follower.close()
         await self.expiry.close()

@@ -84,9 +84,24 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     return the original result (``duplicate: true``) without writing twice."""
     gw = gateway_of(request)
     p = principal_of(request)
-    stream = check_stream(stream.lstrip("/"))
     tenant = await write_scope(request, data.tenant)
-    ev = data.expected_version
+    # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
+    items = [{name: getattr(e, name, default) for name, default in
+              (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
+             for e in data.events]
+    return await append_checked(gw, p, tenant, stream.lstrip("/"), items, data.expected_version,
+                                idempotency_key(request), correlation_id=request.state.get("correlation_id"),
+                                via="rest")
+
+
+async def append_checked(gw, p, tenant: str, stream: str, items: list[dict], expected_version: int | None,
+                         key: str | None, *, correlation_id: str | None, via: str) -> dict:
+    """Append ``items`` (event dicts: type, data, schema, id, meta, clock) to ``stream`` after
+    every check a client write gets, and answer once the append is committed: positions,
+    versions, event ids, ``duplicate`` (an idempotency key seen before: the first result).
+    REST (``POST /v1/streams/...``) and the native WebSocket's ``publish`` both write here."""
+    stream = check_stream(stream)
+    ev = expected_version
     if ev is not None and (type(ev) is not int or not 0 <= ev <= VERSION_MAX):
         raise ValidationError(f"expected_version is 0..{VERSION_MAX}", field="expected_version")
     if is_system_stream(stream):
@@ -97,10 +112,6 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     if stream.startswith("rec/"):
         # Raw record.patched events would skip reconcile and its clock checks.
         raise Forbidden("records are written through ops: POST /v1/ops", stream=stream, reason="records_via_ops")
-    # (msgspec may leave defaulted dataclass fields unset on the instance: read them with getattr)
-    items = [{name: getattr(e, name, default) for name, default in
-              (("type", None), ("data", None), ("schema", 1), ("id", None), ("meta", {}), ("clock", {}))}
-             for e in data.events]
     for it in items:
         if _is_critical(gw, it["type"]):
             raise CriticalCommandRefused(
@@ -116,11 +127,11 @@ async def append_events(request: Request, stream: str, data: AppendIn) -> dict:
     doc_updates = _doc_updates(stream, items)  # validates doc/ streams' crdt.update payloads (raises ValidationError)
     if doc_updates:  # the tenant's document quota (api/quota.py): 413 doc_quota_exceeded
         await gw.quota.check(tenant, sum(len(u) for u in doc_updates))
-    events = new_events(items, p, correlation_id=request.state.get("correlation_id"))
+    events = new_events(items, p, correlation_id=correlation_id)
     result = await gw.store.append_many(
-        tenant, [StreamWrite(stream, tuple(events), data.expected_version)], idempotency_key=idempotency_key(request)
+        tenant, [StreamWrite(stream, tuple(events), expected_version)], idempotency_key=key
     )
-    gw.metrics.events_appended.labels("rest").inc(len(events))
+    gw.metrics.events_appended.labels(via).inc(len(events))
     s = result.streams[0]
     # (Document updates reach loaded rooms, here and on every other gateway, through the
     # log followers: the same path as any other writer's.)

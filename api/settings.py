@@ -230,6 +230,17 @@ class Settings:
     # Presence: the encoded size of one presence / awareness state, and rooms per native connection.
     presence_state_max_bytes: int = field(default_factory=lambda: _int("SYNCLINE_PRESENCE_STATE_MAX_BYTES", 16 << 10))
     rooms_max_per_connection: int = field(default_factory=lambda: _int("SYNCLINE_ROOMS_MAX_PER_CONNECTION", 128))
+    # Remote bus consumers (api/bus_sessions.py; docs/protocol.md#bus-consumers): sessions per
+    # tenant, per native connection and in total; deliveries one session holds (waiting +
+    # leased); the largest batch, lease and ttl a consumer may ask for.
+    bus_consumers_per_tenant: int = field(default_factory=lambda: _int("SYNCLINE_BUS_CONSUMERS_PER_TENANT", 64))
+    bus_consumers_per_connection: int = field(
+        default_factory=lambda: _int("SYNCLINE_BUS_CONSUMERS_PER_CONNECTION", 8))
+    bus_consumers_max: int = field(default_factory=lambda: _int("SYNCLINE_BUS_CONSUMERS_MAX", 1000))
+    bus_consumer_buffer_max: int = field(default_factory=lambda: _int("SYNCLINE_BUS_CONSUMER_BUFFER_MAX", 2000))
+    bus_consumer_batch_max: int = field(default_factory=lambda: _int("SYNCLINE_BUS_CONSUMER_BATCH_MAX", 1000))
+    bus_consumer_lease_max_s: float = field(default_factory=lambda: _float("SYNCLINE_BUS_CONSUMER_LEASE_MAX_S", 300.0))
+    bus_consumer_ttl_max_s: float = field(default_factory=lambda: _float("SYNCLINE_BUS_CONSUMER_TTL_MAX_S", 600.0))
     # Yjs writes per connection: token buckets (sustained rate per second, burst) for
     # messages and for update bytes; past either the connection closes with 4429.
     yjs_rate_messages_per_s: float = field(default_factory=lambda: _float("SYNCLINE_YJS_RATE_MESSAGES_PER_S", 50.0))

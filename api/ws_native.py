@@ -27,6 +27,7 @@ from syncline.engine.session import (
     CLIENT_RE,
     ROOM_MESSAGE,
     Ban,
+    BusRequest,
     Close,
     CommitOps,
     CountBehind,
@@ -49,6 +50,7 @@ from syncline.engine.session import (
 from syncline.store.gcpause import collector_paused
 
 from .auth import READ, Principal
+from .bus_ws import ConnectionBus
 from .errors import (
     WS_FORBIDDEN,
     WS_GOING_AWAY,
@@ -126,6 +128,7 @@ class NativeConnection:
         self._tasks: set[asyncio.Task] = set()
         self._reads: dict[str, tuple[int, asyncio.Task]] = {}  # sub id -> (generation, its read task)
         self._message_slots = asyncio.Semaphore(MESSAGES_IN_FLIGHT)
+        self.bus = ConnectionBus(self)  # publish and bus consumers (api/bus_ws.py)
 
     def _ms(self) -> int:
         return int(self.gw.clock.monotonic() * 1000)
@@ -302,6 +305,7 @@ class NativeConnection:
             t.cancel()
         gw.hub.unsubscribe(user_channel(p.tenant, p.user), self._deliver)
         self._detach()
+        await self.bus.close()
 
     # -- effects ---------------------------------------------------------------
 
@@ -325,6 +329,12 @@ class NativeConnection:
                 if old is not None and old[0] != e.gen and old[1] is not asyncio.current_task():
                     old[1].cancel()  # a replaced or rewound subscription: its read is moot
                 self._reads[e.sub] = (e.gen, self.spawn(self._read(e)))
+            elif kind is BusRequest:
+                if e.msg["t"] == P.PUBLISH:  # (committed in the background, as say/dm: reading goes on)
+                    await self._message_slots.acquire()
+                    self.spawn(self._publish(e.msg))
+                else:
+                    await self.bus.handle(e.msg)
             elif kind is VerifyToken:
                 await self._reauth(e)
             elif kind is Close:
@@ -391,6 +401,12 @@ class NativeConnection:
                 await self.perform(session.message_failed(e, err))
             else:
                 self.send({"t": P.ERROR, "code": err.code, "message": err.public_message})
+
+    async def _publish(self, msg: dict) -> None:
+        try:
+            await self.bus.handle(msg)
+        finally:
+            self._message_slots.release()
 
     async def _store_message(self, e: StoreMessage) -> None:
         gw, p, session = self.gw, self.principal, self.session

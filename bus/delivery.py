@@ -56,7 +56,7 @@ class Delivery:
         self.member = member
         self.attempt = attempt
         self.dead_letter_id = dead_letter_id
-        self.outcome: tuple | None = None  # ("ack",) or ("nack", reason, delay_s)
+        self.outcome: tuple | None = None  # ("ack",) or ("nack", reason, delay_s, trace)
         self.duplicate = False  # set by the idempotent helper when the event was already processed
         self._tx = tx
         self._settled: asyncio.Future | None = None
@@ -68,8 +68,10 @@ class Delivery:
     def ack(self) -> None:
         self._settle(("ack",))
 
-    def nack(self, reason: str = "nacked by handler", *, delay_s: float | None = None) -> None:
-        self._settle(("nack", reason, delay_s))
+    def nack(self, reason: str = "nacked by handler", *, delay_s: float | None = None, trace: str = "") -> None:
+        """A failed attempt. ``trace``: what the dead-letter entry shows as the failure's
+        trace (a remote consumer's stack trace; a local handler's exception has its own)."""
+        self._settle(("nack", reason, delay_s, trace))
 
     def _settle(self, outcome: tuple) -> None:
         if self.outcome is None:
@@ -118,7 +120,7 @@ async def attempt(handler: Handler, d: Delivery, policy: RetryPolicy) -> Failure
             return None
         return Failure(f"{type(e).__name__}: {e}"[:2000], traceback.format_exc())
     if d.outcome is not None and d.outcome[0] == "nack":
-        return Failure(d.outcome[1], "", d.outcome[2])
+        return Failure(d.outcome[1], d.outcome[3] if len(d.outcome) > 3 else "", d.outcome[2])
     return None
 
 
@@ -195,7 +197,7 @@ async def attempt_batch(handler: BatchHandler, batch: Batch, policy: RetryPolicy
         if o is None:
             out.append(error)  # None (acked by auto_ack) unless the handler failed
         elif o[0] == "nack":
-            out.append(Failure(o[1], "", o[2]))
+            out.append(Failure(o[1], o[3] if len(o) > 3 else "", o[2]))
         else:
             out.append(None)
     return out

@@ -85,6 +85,24 @@ BYE = "bye"  # {code, reason}: the server is closing the connection
 AUTHED = "authed"  # {[id], exp}: the ``auth`` token is now the connection's; the session ends at ``exp``
 TOKEN_MAX = 8192  # characters of a token in ``auth``
 
+# The bus over the wire (docs/protocol.md#bus-consumers; subscription document checked
+# by engine/consumer_wire.py). Client -> server:
+PUBLISH = "publish"  # {id, stream, events: [{type, data, meta}], [expected_version], [key]} -> "published"
+CONSUME = "consume"  # {id, [group], [kind], [filter], [lease_s], [max_batch], [credits], ...} -> "consuming"
+CREDIT = "credit"  # {id, n}: the consumer may take n more deliveries
+DACK = "dack"  # {id, ids}: deliveries done
+DNACK = "dnack"  # {id, ids, [reason], [delay_s], [trace]}: deliveries failed (a counted attempt)
+EXTEND = "extend"  # {id, ids, [lease_s]}: more time for deliveries in hand
+UNCONSUME = "unconsume"  # {id}: leave; what is held goes back uncounted
+# Server -> client
+PUBLISHED = "published"  # {id, stream, first_position, last_position, ..., duplicate}
+CONSUMING = "consuming"  # {id, session, group, kind, lease_s, max_batch, ...}
+DELIVERIES = "deliveries"  # {id, deliveries: [{id, attempt, redelivered, lease_deadline_ms, event}], credits}
+SETTLED = "settled"  # {id, op, unknown}: ids of a dack/dnack/extend this consumer does not hold
+CONSUMER_CLOSED = "consumer_closed"  # {id, reason}
+CONSUMER_IDS_MAX = 1000  # delivery ids per dack / dnack / extend
+CREDITS_MAX = 1_000_000  # credits a consumer may hold
+
 _str = lambda v: isinstance(v, str) and 0 < len(v) <= 255  # noqa: E731
 _opt_str = lambda v: v is None or _str(v)  # noqa: E731
 # Positions fit the store's BIGINT columns (engine.events.POSITION_MAX): a bigger one is an
@@ -107,6 +125,16 @@ _list = lambda v: isinstance(v, list) and len(v) <= 10_000  # noqa: E731
 _dict = lambda v: isinstance(v, dict)  # noqa: E731
 _opt_dict = lambda v: v is None or isinstance(v, dict)  # noqa: E731
 _any = lambda v: True  # noqa: E731
+_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")  # noqa: E731,E501
+
+
+def _ids(v: Any) -> bool:
+    """Delivery ids of a dack / dnack / extend: 1..CONSUMER_IDS_MAX strings."""
+    return isinstance(v, list) and 0 < len(v) <= CONSUMER_IDS_MAX and all(_str(x) for x in v)
+
+
+def _opt_str_max(limit: int) -> Callable[[Any], bool]:
+    return lambda v: v is None or (isinstance(v, str) and len(v) <= limit)
 
 # Required (True) and optional (False) fields, with their checks, per message type.
 SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
@@ -146,11 +174,32 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     ERROR: {"code": (True, _str)},
     BYE: {"code": (True, _str)},
     AUTHED: {"exp": (True, _pos), "id": (False, _opt_str)},
+    PUBLISH: {"id": (True, _str), "stream": (True, _str), "events": (True, lambda v: isinstance(v, list) and
+                                                                      0 < len(v) <= 1000),
+              "expected_version": (False, _opt_pos), "key": (False, _opt_str)},
+    CONSUME: {"id": (True, _str), "group": (False, _opt_str), "kind": (False, _opt_str),
+              "filter": (False, _opt_dict), "credits": (False, lambda v: v is None or _pos(v) and v <= CREDITS_MAX)},
+    CREDIT: {"id": (True, _str), "n": (True, lambda v: _pos(v) and 0 < v <= CREDITS_MAX)},
+    DACK: {"id": (True, _str), "ids": (True, _ids)},
+    DNACK: {"id": (True, _str), "ids": (True, _ids), "reason": (False, _opt_str_max(2000)),
+            "trace": (False, _opt_str_max(16_000)),
+            "delay_s": (False, lambda v: v is None or _number(v) and 0 <= v <= 3600)},
+    EXTEND: {"id": (True, _str), "ids": (True, _ids),
+             "lease_s": (False, lambda v: v is None or _number(v) and 0 < v)},
+    UNCONSUME: {"id": (True, _str)},
+    PUBLISHED: {"id": (True, _str)},
+    CONSUMING: {"id": (True, _str), "session": (True, _str)},
+    DELIVERIES: {"id": (True, _str), "deliveries": (True, _list)},
+    SETTLED: {"id": (True, _str)},
+    CONSUMER_CLOSED: {"id": (True, _str)},
 }
-CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND, AUTH})
+CLIENT_TYPES = frozenset({HELLO, PING, SUB, UNSUB, ACK, OPS, SNAP, JOIN, LEAVE, SAY, DM, PRESENCE, COMMAND, AUTH,
+                          PUBLISH, CONSUME, CREDIT, DACK, DNACK, EXTEND, UNCONSUME})
+BUS_TYPES = frozenset({PUBLISH, CONSUME, CREDIT, DACK, DNACK, EXTEND, UNCONSUME})
 SERVER_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES | {PRESENCE}
 # Messages the server sends at once, bypassing the outgoing batching window.
-LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG, SENT, AUTHED})
+LATENCY_CRITICAL = frozenset({PONG, OPACKS, ERROR, WARN, BYE, WELCOME, REFRESH, PRESENCE, MSG, SENT, AUTHED,
+                              PUBLISHED, CONSUMING, DELIVERIES, SETTLED, CONSUMER_CLOSED})
 
 
 def validate(msg: Any, *, allowed: frozenset[str] | None = None) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from . import protocol as P
 DEFAULT_RATE_LIMIT_MESSAGES = 1200
 # Protocol upkeep the session never counts against that limit: acks (they answer what the
 # server sent), pings (the heartbeat) and hello (naming the client, resume positions).
-UNCOUNTED = frozenset({P.ACK, P.PING, P.HELLO})
+# (a bus consumer's credits and settlements are upkeep too: they free what the server holds)
+UNCOUNTED = frozenset({P.ACK, P.PING, P.HELLO, P.CREDIT, P.DACK, P.DNACK, P.EXTEND})
 
 
 class Verdict(Enum):

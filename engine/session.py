@@ -195,6 +195,15 @@ Effect = Any  # one of the dataclasses above
 
 
 @dataclass(frozen=True, slots=True)
+class BusRequest:
+    """A bus message (``publish``, ``consume``, ``credit``, ``dack``, ``dnack``, ``extend``,
+    ``unconsume``): validated by the protocol, tenant-checked and rate-limited here, and
+    performed by the shell (api/bus_ws.py) against the gateway's bus and consumer sessions."""
+
+    msg: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """Who the connection is: what a verified token said."""
 
@@ -674,6 +683,9 @@ class ServerSession:
     def _on_auth(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         return [VerifyToken(msg.get("id"), msg["token"])]
 
+    def _on_bus(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
+        return [BusRequest(msg)]
+
     def _on_command(self, msg: dict, now_ms: int, wall_us: int) -> list[Effect]:
         raise WebSocketForbidden("critical commands are REST only: POST /v1/commands/{type}")
 
@@ -754,4 +766,5 @@ _HANDLERS: dict[str, Callable[[ServerSession, dict, int, int], list[Effect]]] = 
     P.PRESENCE: ServerSession._on_presence,
     P.COMMAND: ServerSession._on_command,
     P.AUTH: ServerSession._on_auth,
+    **{t: ServerSession._on_bus for t in P.BUS_TYPES},
 }
