@@ -57,5 +57,6 @@ def test_resolution_config_is_published_with_the_manual_board_title(server, serv
     with pytest.raises(ValidationError):
         default_resolution(("title",))  # not collection.field: the server refuses to start
     notes = serve(records_manual_fields="notes.title,notes.body")
-    fields = httpx.get(f"{notes.url}/v1/config/resolution", headers=auth, timeout=10).json()["rules"]["collections"]["notes"]
+    rules = httpx.get(f"{notes.url}/v1/config/resolution", headers=auth, timeout=10).json()["rules"]
+    fields = rules["collections"]["notes"]
     assert set(fields["fields"]) == {"title", "body"}
