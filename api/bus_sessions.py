@@ -212,7 +212,7 @@ class ConsumerSession:
                                    filter=_ReaderPerGroup.of(s.filter, f"{s.kind}:{s.group}"),
                                    policy=policy, partitions=s.partitions, start_at=s.start_at,
                                    batch=min(READ_PAGE, self.buffer_max), queue_max=QUEUE_CHUNKS,
-                                   member_id=f"remote-{self.via}-{self.id[:12]}")
+                                   member_id=f"remote-{self.via}-{self.id[:12]}", handler_in_process=False)
         await self.subscriber.start()
 
     async def close(self, reason: str) -> None:

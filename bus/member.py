@@ -145,6 +145,7 @@ class GroupMember:
         mirror_checkpoint: bool = True,
         start_at: str = "earliest",
         mark_ahead: int | None = None,
+        handler_in_process: bool = True,
         batched: bool = False,
     ) -> None:
         self.store = store
@@ -174,6 +175,11 @@ class GroupMember:
         self.start_at = start_at  # where a group that does not exist yet begins
         # How far past what is queued the in-flight mark reaches (log positions; see _mark).
         self.mark_ahead = mark_ahead if mark_ahead is not None else 4 * batch
+        # False when the handler only hands events to a consumer elsewhere (api/bus_sessions.py):
+        # that consumer's crash is seen as a lease running out, not as this process dying, so
+        # its recorded attempts need not wait for the process-wide lock below (a slow remote
+        # retry would otherwise hold up every other group's retries in this process).
+        self.handler_in_process = handler_in_process
         self._span = 0  # log positions the last page covered (see _ahead)
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
@@ -572,7 +578,7 @@ class GroupMember:
             if persist and (suspect or n > 1):
                 # One recorded attempt in flight per process: a crash kills every handler
                 # running in it, and only the one that holds this lock is charged for it.
-                async with recorded_attempt_lock():
+                async with recorded_attempt_lock() if self.handler_in_process else contextlib.nullcontext():
                     if w.stopping:
                         return False
                     now = now_us()

@@ -252,3 +252,24 @@ def test_a_stalled_consumer_does_not_stall_another_group_of_its_tenant(net_gatew
         assert len(drain(c, live, 1000, timeout=20)) == 1000
         info = c.get(f"/v1/bus/consumers/{stalled}").json()
         assert 0 < info["waiting"] <= 20 and info["leased"] == 0
+
+
+def test_a_remote_retry_held_by_its_consumer_does_not_hold_up_another_groups_retry(srv):
+    """Retries are recorded attempts; in-process members take them one at a time per process
+    (a crash is charged to one event). A remote consumer's retry must not take part in that:
+    group A's consumer holds its second attempt for its whole lease, and group B's second
+    attempt still arrives at once. With the process-wide lock it waited for A's lease."""
+    with client(srv) as c:
+        publish(c, "orders/1", {"type": "item.added", "data": {}})
+        a = join(c, group="holds-retry", lease_s=30, max_attempts=5)
+        b = join(c, group="quick-retry", lease_s=30, max_attempts=5)
+        (da,) = fetch(c, a)
+        c.post(f"/v1/bus/consumers/{a}/nack", json={"ids": [da["id"]], "delay_s": 0})
+        (da2,) = fetch(c, a, wait=10)  # attempt 2 of A: in hand, neither acked nor nacked
+        assert da2["attempt"] == 2
+        (db,) = fetch(c, b)
+        c.post(f"/v1/bus/consumers/{b}/nack", json={"ids": [db["id"]], "delay_s": 0})
+        t0 = time.monotonic()
+        got = fetch(c, b, wait=10)
+        assert [d["attempt"] for d in got] == [2], "group B's retry arrived"
+        assert time.monotonic() - t0 < 5, "and did not wait for group A's lease"
