@@ -6,6 +6,7 @@ import httpx
 from browser_support import screenshot
 from playwright.sync_api import expect
 from security.sec_limits_support import token
+from waiting import wait_for
 
 
 def _text(page) -> str:
@@ -79,13 +80,17 @@ def test_offline_page_keeps_editing_and_converges_with_its_edits_in_the_log(page
     assert state["text"]["content"] == "alice online. shared start. bob offline."
 
 
-def test_history_slider_loads_the_document_at_a_position(pages, unique):
+def test_history_slider_loads_the_document_at_a_position(pages, server, unique):
     a = pages.open(f"/app/editor.html?doc=h{unique}", user="alice")
     _synced(a)
     for word in ("one ", "two ", "three"):
         _type(a, "end", word)
         a.wait_for_function(f"window.syncline.editor.ytext.toString().endsWith({word!r})")
-    # every keystroke may be its own update: wait for the log to hold the whole text, then load the stops
+    # Every keystroke may be its own update: wait until the log holds the whole text (so no
+    # stop is added after the count below is taken), then load the stops.
+    auth = {"Authorization": f"Bearer {token('carol')}"}
+    wait_for(lambda: httpx.get(f"{server.url}/v1/docs/h{unique}?text=content", headers=auth, timeout=10)
+             .json()["text"]["content"] == "one two three", 15, "the log to hold the whole text")
     a.wait_for_function("""async () => {
         await window.syncline.editor.loadPositions();
         return window.syncline.editor.stops() >= 3
