@@ -445,16 +445,26 @@ class GroupMember:
                 w.done = ev.position
                 i += 1
                 continue
-            j = i + 1
-            while j < n and evs[j].position > w.suspect_until and not (w.attempts and evs[j].id in w.attempts):
-                j += 1
+            if not w.attempts:
+                j = n  # the common case: positions ascend past suspect_until, and no attempts
+            else:
+                j = i + 1
+                while j < n and evs[j].position > w.suspect_until and not (w.attempts and evs[j].id in w.attempts):
+                    j += 1
             if not await self._lease_ok(w):
                 return False
-            run = evs[i:j]
+            run = evs[i:j] if i or j < n else evs
             t0 = time.perf_counter()
-            outcomes = await attempt_batch(self.handler, Batch([self._delivery(e, 1) for e in run]),  # type: ignore[arg-type]
-                                           self.policy)
+            batch = Batch(Delivery.first_attempts(run, group=self.group, scope=self.scope, member=self.id,
+                                                  tx=self._w.begin))
+            outcomes = await attempt_batch(self.handler, batch, self.policy)  # type: ignore[arg-type]
             handler_time(self.scope, self.group, time.perf_counter() - t0)
+            if outcomes.count(None) == len(outcomes):  # all acked: account for the run at once
+                self.stats.handled += len(run)
+                w.consumed += len(run)
+                w.done = run[-1].position
+                i = j
+                continue
             for e, failure in zip(run, outcomes):
                 if failure is None:
                     self.stats.handled += 1
