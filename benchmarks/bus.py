@@ -37,7 +37,12 @@ Members hold 10 s leases (the default) and heartbeat every 0.5 s (so the group s
 quickly); with 1.5 s leases, as before, a member whose heartbeat ran late on the loaded
 machine paused its workers and lost partitions mid-drain. ``pg_member_cpu_us_per_event``
 is the members' CPU time (user + system) during the drain over the events: a figure the
-machine's other load disturbs less than the rate.
+machine's other load disturbs less than the rate. Each member process tunes the garbage
+collector after startup as ``syncline serve`` does (cli/commands/serve.py ``tune_gc``:
+freeze the startup heap, collect the young generation less often); without it, one
+full collection per member walked SQLAlchemy's and the app's startup objects for
+100–170 ms mid-run, which was the paced run's p99 (a long-running member process
+should do the same).
 
 With ``--runs N`` every flow runs N times (interleaved) and the medians are reported: on a
 shared 2-core machine single runs vary by 2x. Without URLs (and without
@@ -216,6 +221,7 @@ def _member_main(i: int, url: str, tenant: str, group: str, sh: Shared, latency:
 
 async def _member(i: int, url: str, tenant: str, group: str, sh: Shared, latency: bool) -> None:
     from syncline.bus import Bus, RetryPolicy
+    from syncline.cli.commands.serve import tune_gc
     from syncline.store import open_store
 
     store = await open_store(url, poll_interval_s=0.2)
@@ -248,6 +254,7 @@ async def _member(i: int, url: str, tenant: str, group: str, sh: Shared, latency
     m = Bus(store).group(group, handler, tenant=tenant, partitions=PARTITIONS, member_id=f"m{i}", heartbeat_s=0.5,
                          batched=True, policy=RetryPolicy(ack_timeout_s=None), batch=1000, commit_interval_s=0.1)
     await m.start()
+    tune_gc()  # as `syncline serve` does: a long-running service process
     while not sh.go.is_set():
         sh.owned[i] = len(m.owned)
         await asyncio.sleep(0.02)
