@@ -171,8 +171,17 @@ class SqlEventStore(StoreBase):
         known = {name: given[name] for name in query.left_out}  # bound, so not selected
         if self._sqlite_reader is not None:
             return await self._sqlite_reader.fetch_page(query.sql, params, self.upcasters, head_at, known)
+        both = query.with_head if read_head else None
         async with self._r.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
+            if both is not None:  # PostgreSQL: page and head in one query
+                rows = await raw.fetch(both.sql, *both.params(**given))
+                head = rows[0][-1]
+                if rows[0][0] is None:  # the LEFT JOIN's row: no events up to the head
+                    return head, []
+                if any(rows[k][0] >= rows[k + 1][0] for k in range(len(rows) - 1)):
+                    rows.sort(key=lambda r: r[0])  # (never seen: the join keeps the page's order)
+                return head, decode_rows(rows, self.upcasters, trailing_head=True, **known)
             head = None
             if head_at is not None:
                 head = params[head_at] = await raw.fetchval(HEAD_SQL)
