@@ -302,9 +302,14 @@ class GroupMember:
                 if self._reader is not None:
                     self._reader.reset()  # read fewer partitions from now on
             elif len(owned) < target:
-                for lease in await self._gs.claim(self.id, target - len(owned), lease_us):
+                leases = await self._gs.claim(self.id, target - len(owned), lease_us)
+                for lease in leases:
                     attempts = await self._gs.load_attempts(lease.partition)
                     self._add_worker(_Worker(lease, attempts, self.queue_max))
+                if leases:
+                    # Mark the new partitions before their first events arrive: otherwise
+                    # every worker's first chunk waits for that write (a commit, some ms).
+                    self._mark_in_background()
             await self._claim_requeued(lease_us)
             if time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
                 await self._mirror()
@@ -387,6 +392,10 @@ class GroupMember:
         if self._marking is None and any(
             w.dispatched + self._ahead // 2 > w.marked for w in eligible if not w.stopping
         ):
+            self._mark_in_background()
+
+    def _mark_in_background(self) -> None:
+        if self._marking is None:
             self._marking = asyncio.ensure_future(self._mark_soon())
             self._steps.add(self._marking)
             self._marking.add_done_callback(self._steps.discard)

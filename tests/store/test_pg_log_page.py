@@ -69,3 +69,26 @@ async def test_paging_while_appends_commit_sees_every_event_once_in_order(pg_cle
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_page_read_on_a_connection_the_server_dropped_is_read_again(pg_clean_url):
+    # Page reads use a pool without the pre-ping (store/postgres.py create_page_engine): a
+    # pooled connection whose backend is gone fails, is dropped, and the page is read again.
+    store = await open_store(pg_clean_url)
+    try:
+        await store.append("acme", "s/1", [NewEvent("a.b", {"n": 1})])
+        assert len((await store.read_log("acme")).events) == 1  # its connection now waits in the pool
+        async with store._pages.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            pid = raw.get_server_pid()
+        admin = await asyncpg.connect(pg_clean_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await store.append("acme", "s/1", [NewEvent("a.b", {"n": 2})])
+        page = await store.read_log("acme")
+        assert [ev.data["n"] for ev in page.events] == [1, 2]
+        assert [ev.data["n"] for ev in await store.read_stream("acme", "s/1")] == [1, 2]
+    finally:
+        await store.close()
