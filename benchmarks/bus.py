@@ -37,8 +37,8 @@ Members hold 10 s leases (the default) and heartbeat every 0.5 s (so the group s
 quickly); with 1.5 s leases, as before, a member whose heartbeat ran late on the loaded
 machine paused its workers and lost partitions mid-drain. ``pg_member_cpu_us_per_event``
 is the members' CPU time (user + system) during the drain over the events: a figure the
-machine's other load disturbs less than the rate. Each member process tunes the garbage
-collector after startup as ``syncline serve`` does (cli/commands/serve.py ``tune_gc``:
+machine's other load disturbs less than the rate. Each member process (and the publishing
+parent) tunes the garbage collector after startup as ``syncline serve`` does (cli/commands/serve.py ``tune_gc``:
 freeze the startup heap, collect the young generation less often); without it, one
 full collection per member walked SQLAlchemy's and the app's startup objects for
 100–170 ms mid-run, which was the paced run's p99 (a long-running member process
@@ -484,9 +484,11 @@ async def bench(pg_url: str, redis_url: str, quick: bool, runs: int = 1, events:
     db_name = f"bus_bench_{os.getpid()}"
     pg = await fresh_pg_database(pg_url, db_name)
     try:
+        from syncline.cli.commands.serve import tune_gc
         from syncline.store import open_store
 
         await (await open_store(pg)).close()  # migrates the fresh database once, before the children
+        tune_gc()  # the publisher too is a long-running service (see the docstring)
         for run in range(runs):
             r = await pg_drain(pg, n, f"{run}")
             results.setdefault("pg_drain", []).append(r)
