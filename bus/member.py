@@ -308,9 +308,14 @@ class GroupMember:
                 if self._reader is not None:
                     self._reader.reset()  # read fewer partitions from now on
             elif len(owned) < target:
-                for lease in await self._gs.claim(self.id, target - len(owned), lease_us):
+                leases = await self._gs.claim(self.id, target - len(owned), lease_us)
+                for lease in leases:
                     attempts = await self._gs.load_attempts(lease.partition)
                     self._add_worker(_Worker(lease, attempts, self.queue_max))
+                if leases:
+                    # Mark the new partitions before their first events arrive: otherwise
+                    # every worker's first chunk waits for that write (a commit, some ms).
+                    self._mark_in_background()
             await self._claim_requeued(lease_us)
             if time.monotonic() - self._last_mirror > 5 * self.heartbeat_s:
                 await self._mirror()
@@ -393,6 +398,10 @@ class GroupMember:
         if self._marking is None and any(
             w.dispatched + self._ahead // 2 > w.marked for w in eligible if not w.stopping
         ):
+            self._mark_in_background()
+
+    def _mark_in_background(self) -> None:
+        if self._marking is None:
             self._marking = asyncio.ensure_future(self._mark_soon())
             self._steps.add(self._marking)
             self._marking.add_done_callback(self._steps.discard)
@@ -451,16 +460,26 @@ class GroupMember:
                 w.done = ev.position
                 i += 1
                 continue
-            j = i + 1
-            while j < n and evs[j].position > w.suspect_until and not (w.attempts and evs[j].id in w.attempts):
-                j += 1
+            if not w.attempts:
+                j = n  # the common case: positions ascend past suspect_until, and no attempts
+            else:
+                j = i + 1
+                while j < n and evs[j].position > w.suspect_until and not (w.attempts and evs[j].id in w.attempts):
+                    j += 1
             if not await self._lease_ok(w):
                 return False
-            run = evs[i:j]
+            run = evs[i:j] if i or j < n else evs
             t0 = time.perf_counter()
-            outcomes = await attempt_batch(self.handler, Batch([self._delivery(e, 1) for e in run]),  # type: ignore[arg-type]
-                                           self.policy)
+            batch = Batch(Delivery.first_attempts(run, group=self.group, scope=self.scope, member=self.id,
+                                                  tx=self._w.begin))
+            outcomes = await attempt_batch(self.handler, batch, self.policy)  # type: ignore[arg-type]
             handler_time(self.scope, self.group, time.perf_counter() - t0)
+            if outcomes.count(None) == len(outcomes):  # all acked: account for the run at once
+                self.stats.handled += len(run)
+                w.consumed += len(run)
+                w.done = run[-1].position
+                i = j
+                continue
             for e, failure in zip(run, outcomes):
                 if failure is None:
                     self.stats.handled += 1

@@ -76,10 +76,15 @@ class PageSplit:
         out = self._by.get(key)
         if out is None:
             out = {}
+            # A page holds many events of few streams: the partition once per stream.
+            known: dict[tuple[str, str], int] = {}
             for ev in self.page.events:
                 if not include_system and ev.stream[0] == "$":
                     continue
-                p = partition_of(ev, partitions)
+                k = (ev.tenant, ev.stream)
+                p = known.get(k)
+                if p is None:
+                    p = known[k] = partition_of(ev, partitions)
                 bucket = out.get(p)
                 if bucket is None:
                     out[p] = [ev]
@@ -173,7 +178,11 @@ class LogReader:
                 for m in list(self._members):
                     await m.dispatch(split, cursor)
                 cursor = page.next_after
-                if not page.events and not self._reset:
+                # Caught up with the head the page was read at: nothing more to read until
+                # the doorbell rings past it (reading again at once would cost every member
+                # one more empty round trip per commit under a steady trickle of appends).
+                caught_up = not page.events or (page.head is not None and cursor >= page.head)
+                if caught_up and not self._reset:
                     await self._idle(cursor)
             except asyncio.CancelledError:
                 raise

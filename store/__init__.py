@@ -51,13 +51,15 @@ async def open_store(
         options["sqlite_reader"] = SqliteReader(url)
         on_close = None
     elif url.startswith("postgresql"):
-        from .postgres import PgNotifyDoorbell, create_engine
+        from .postgres import PAGE_DISCONNECTS, PgNotifyDoorbell, create_engine, create_page_engine
 
         if not url.startswith("postgresql+asyncpg://"):
             raise ValidationError("PostgreSQL URLs must use the asyncpg driver: postgresql+asyncpg://...")
         from .pg_writer import PgBatchWriter
 
         writer = reader = create_engine(url)
+        options["page_engine"] = create_page_engine(url)
+        options["page_disconnects"] = PAGE_DISCONNECTS
         batch_writer = PgBatchWriter(writer)
         on_close = None
         if listen and "doorbell" not in options:
@@ -75,6 +77,8 @@ async def open_store(
             from .errors import map_db_error
 
             await writer.dispose()
+            if "page_engine" in options:
+                await options["page_engine"].dispose()
             if "doorbell" in options:
                 await options["doorbell"].close()
             raise map_db_error(e) from e

@@ -21,8 +21,24 @@ from .pg_writer import PG_NOTIFY_CHANNEL
 log = logging.getLogger("syncline.store.postgres")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
+
+
+def create_page_engine(url: str) -> AsyncEngine:
+    """The pool the store reads log pages through (store/sql.py ``_fetch_page``): without
+    the pre-ping, a round trip per checkout that cost a bus member or a tail about as
+    much as the page query itself when a page holds a few events. A connection that
+    went away fails its page read with one of ``PAGE_DISCONNECTS`` instead; the store
+    drops it and reads the page again on a fresh one (what the pre-ping would have done)."""
+    return create_engine(url, pre_ping=False)
+
+
+# How a pooled connection that is gone fails (server restarted or connection dropped):
+# the socket, asyncpg's "connection is closed", and the server's shutdown notices.
+PAGE_DISCONNECTS: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 def plain_dsn(url: str) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, or_, select, true
 from sqlalchemy.engine import Dialect
 
 from syncline.engine.filters import EventFilter, glob_to_like, prefix_to_like
 
 from .rows import READ_COLUMNS, read_columns
-from .schema import events, snapshots
+from .schema import events, log_head, snapshots
 
 COLS = [events.c[name] for name in READ_COLUMNS]
 HEAD_SQL = "SELECT position FROM log_head WHERE id = 1"
@@ -33,6 +33,9 @@ class CompiledQuery:
     # READ_COLUMNS the query does not select because its WHERE clause binds them (same
     # names as the bind parameters); store.rows.decode_rows takes their values instead.
     left_out: tuple[str, ...] = ()
+    # PostgreSQL log pages: the same page and the log head in one query (no ``head``
+    # parameter; every row ends with the head; no events: one row of NULLs and the head).
+    with_head: "CompiledQuery | None" = None
 
     def params(self, **given: Any) -> list[Any]:
         values = {**self.values, **given}
@@ -80,17 +83,27 @@ class QueryCache:
             chunk = limit if not python_filter else min(limit * 4, 10_000)
             position = events.c.position
             left_out = ("tenant",) if scoped else ()
-            q = (
-                select(*_columns(left_out))
-                .where(
-                    position > bindparam("cursor", 0, type_=position.type),
-                    position <= bindparam("head", 0, type_=position.type),
-                    *conds,
+
+            def page(head: Any) -> Any:
+                return (
+                    select(*_columns(left_out))
+                    .where(position > bindparam("cursor", 0, type_=position.type), position <= head, *conds)
+                    .order_by(events.c.position)
+                    .limit(chunk)
                 )
-                .order_by(events.c.position)
-                .limit(chunk)
-            )
-            return self.compile(q, python_filter=python_filter, chunk=chunk, left_out=left_out)
+
+            with_head = None
+            if self._dialect.name == "postgresql":
+                # The head and the page in one round trip, from one snapshot: the page is
+                # a LATERAL subquery of the log_head row, LEFT JOINed so that an empty
+                # page still returns the head. No ORDER BY outside: the caller checks the
+                # rows' order (a nested loop keeps the subquery's), sorting only if needed.
+                h = log_head.alias("h")
+                e = page(h.c.position).lateral("e")
+                q = select(*e.c, h.c.position.label("head")).select_from(h.outerjoin(e, true())).where(h.c.id == 1)
+                with_head = self.compile(q, python_filter=python_filter, chunk=chunk, left_out=left_out)
+            q = page(bindparam("head", 0, type_=position.type))
+            return self.compile(q, python_filter=python_filter, chunk=chunk, left_out=left_out, with_head=with_head)
 
         return self.get(("log", scoped, f, limit, partitions), build)
 

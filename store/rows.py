@@ -154,8 +154,8 @@ _TARGETS = ("position", "id_", "tenant", "stream", "version", "type_", "schema",
             "au", "ac", "clock", "payload", "meta", "retention")
 
 
-def _compile_decoder(left_out: tuple[str, ...]):
-    targets = ", ".join(t for t in _TARGETS if t not in left_out)
+def _compile_decoder(left_out: tuple[str, ...], trailing: tuple[str, ...] = ()):
+    targets = ", ".join([t for t in _TARGETS if t not in left_out] + list(trailing))
     ns = {"msgpack": msgpack, "Actor": Actor, "RecordedEvent": RecordedEvent,
           "RecordedEventSlots": RecordedEventSlots, "_ACTORS": _ACTORS, "_EMPTY": _EMPTY,
           "_RETENTIONS": _RETENTIONS}
@@ -164,6 +164,9 @@ def _compile_decoder(left_out: tuple[str, ...]):
 
 
 _DECODERS = {left_out: _compile_decoder(left_out) for left_out in ((), ("tenant",), ("tenant", "stream"))}
+# Rows that carry the log head as one more, last column (store/read_queries.py, a log
+# page read with its head in one query on PostgreSQL).
+_DECODERS_HEAD = {left_out: _compile_decoder(left_out, ("_head",)) for left_out in _DECODERS}
 
 
 def read_columns(left_out: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -180,6 +183,7 @@ def decode_rows(
     *,
     tenant: str | None = None,
     stream: str | None = None,
+    trailing_head: bool = False,
 ) -> list[RecordedEvent]:
     """Rows to events, payloads decoded (and upcast when the registry has upcasters).
 
@@ -190,12 +194,14 @@ def decode_rows(
 
     Each event is filled in as a writable RecordedEventSlots and then re-classed as the
     frozen RecordedEvent (see engine/events.py): plain slot stores instead of one
-    descriptor call per field, about half of this loop's cost before."""
+    descriptor call per field, about half of this loop's cost before.
+
+    With ``trailing_head`` each row ends with one more column (the log head), ignored."""
     if stream is not None and tenant is None:
         raise ValueError("a stream is known only together with its tenant")
     left_out = () if tenant is None else ("tenant",) if stream is None else ("tenant", "stream")
     upcast = upcasters.upcast if upcasters else None  # an empty registry lifts nothing
-    return _DECODERS[left_out](rows, upcast, tenant, stream)
+    return (_DECODERS_HEAD if trailing_head else _DECODERS)[left_out](rows, upcast, tenant, stream)
 
 
 def decode_row(r: Sequence[Any], upcasters: UpcasterRegistry | None = None) -> RecordedEvent:

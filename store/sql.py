@@ -57,10 +57,17 @@ class SqlEventStore(StoreBase):
         sqlite_reader: Any | None = None,
         audit_key: Any | None = None,
         audit_checkpoint_every: int = 1000,
+        page_engine: AsyncEngine | None = None,
+        page_disconnects: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._w = write_engine
         self._writer = writer
         self._r = read_engine
+        # Hot raw-driver reads (log pages, streams) on PostgreSQL: a pool without the
+        # pre-ping (store/postgres.py create_page_engine); a page read that fails with one
+        # of ``page_disconnects`` drops its connection and is read again once.
+        self._pages = page_engine or read_engine
+        self._page_disconnects = page_disconnects
         self.dialect = write_engine.dialect.name
         self.doorbell = doorbell or LocalDoorbell()
         self.upcasters = upcasters
@@ -171,21 +178,44 @@ class SqlEventStore(StoreBase):
         known = {name: given[name] for name in query.left_out}  # bound, so not selected
         if self._sqlite_reader is not None:
             return await self._sqlite_reader.fetch_page(query.sql, params, self.upcasters, head_at, known)
-        async with self._r.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            head = None
-            if head_at is not None:
-                head = params[head_at] = await raw.fetchval(HEAD_SQL)
-            return head, decode_rows(await raw.fetch(query.sql, *params), self.upcasters, **known)
+        both = query.with_head if read_head else None
+        for again in (True, False):
+            async with self._pages.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                try:
+                    if both is not None:  # PostgreSQL: page and head in one query
+                        rows = await raw.fetch(both.sql, *both.params(**given))
+                        head = rows[0][-1]
+                        if rows[0][0] is None:  # the LEFT JOIN's row: no events up to the head
+                            return head, []
+                        if any(rows[k][0] >= rows[k + 1][0] for k in range(len(rows) - 1)):
+                            rows.sort(key=lambda r: r[0])  # (never seen: the join keeps the page's order)
+                        return head, decode_rows(rows, self.upcasters, trailing_head=True, **known)
+                    head = None
+                    if head_at is not None:
+                        head = params[head_at] = await raw.fetchval(HEAD_SQL)
+                    return head, decode_rows(await raw.fetch(query.sql, *params), self.upcasters, **known)
+                except self._page_disconnects:
+                    await conn.invalidate()
+                    if not again:
+                        raise
+        raise AssertionError("unreachable")
 
     async def _fetch_rows(self, query: CompiledQuery, given: dict[str, Any]) -> list[Any]:
         """Run a compiled query on the raw driver; its rows, not decoded."""
         params = query.params(**given)
         if self._sqlite_reader is not None:
             return await self._sqlite_reader.fetch_rows(query.sql, params)
-        async with self._r.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            return await raw.fetch(query.sql, *params)
+        for again in (True, False):
+            async with self._pages.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                try:
+                    return await raw.fetch(query.sql, *params)
+                except self._page_disconnects:
+                    await conn.invalidate()
+                    if not again:
+                        raise
+        raise AssertionError("unreachable")
 
     @db_errors
     async def read_stream(
@@ -573,4 +603,6 @@ class SqlEventStore(StoreBase):
         await self._w.dispose()
         if self._r is not self._w:
             await self._r.dispose()
+        if self._pages is not self._r:
+            await self._pages.dispose()
 

@@ -56,3 +56,26 @@ async def test_members_of_groups_in_one_process_share_one_reader(store, bus):
         for m in members:
             await m.stop()
     assert not reader_mod._readers.get(asyncio.get_running_loop())  # detached readers are gone
+
+
+async def test_a_reader_at_the_head_waits_for_the_doorbell_instead_of_reading_again(store, bus):
+    # After a page that reached the head it read at, the reader waits for the log to grow:
+    # one read per append, not a second (empty) read after each (bus/reader.py).
+    store.poll_interval_s = 30.0  # no poll wakeups during the test: only the doorbell
+    handled: list[int] = []
+
+    async def h(d):
+        handled.append(d.event.position)
+
+    m = await bus.group("quiet", h, tenant="acme", partitions=4, member_id="q", lease_s=90.0).start()
+    try:
+        await eventually(lambda: m._reader is not None and m._reader.pages >= 1, what="the first read")
+        await asyncio.sleep(0.05)  # let the start-up resets settle
+        before = m._reader.pages
+        appends = 12
+        for n in range(appends):
+            await store.append("acme", f"s/{n % 3}", [NewEvent("a.b", {"n": n})])
+            await eventually(lambda: len(handled) == n + 1, what=f"event {n} handled")
+        assert m._reader.pages - before <= appends + 1
+    finally:
+        await m.stop()

@@ -73,3 +73,13 @@ def test_rows_without_the_bound_columns_decode_to_the_same_events():
         decode_rows([], stream="s/1")
     with pytest.raises(ValueError):
         read_columns(("stream",))
+
+
+def test_rows_with_a_trailing_head_column_decode_like_plain_rows():
+    # A PostgreSQL log page read with its head (store/read_queries.py ``with_head``): every
+    # row ends with the head, which the decoder skips.
+    rows = [_row(1), _row(2, retention="critical")]
+    plain = decode_rows(rows)
+    assert decode_rows([(*r, 99) for r in rows], trailing_head=True) == plain
+    scoped = [tuple(v for k, v in enumerate(r) if k != 2) + (99,) for r in rows]  # without the tenant column
+    assert decode_rows(scoped, tenant="acme", trailing_head=True) == plain
