@@ -57,3 +57,19 @@ class HandClock:
     def advance(self, seconds: float) -> None:
         self._mono += seconds
         self._wall += seconds
+
+
+def wait_serving(proc: Any, url: str, log: Callable[[], str], timeout: float = 60) -> None:
+    """Wait until a ``syncline serve`` subprocess answers ``{url}/healthz``; if it exits
+    first, fail with the end of its log (``log()``) instead of waiting out the deadline."""
+    import httpx
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}: {log()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout, f"{url}/healthz to answer", interval=0.05)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 import redis
 from bus_helpers import eventually
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_serving
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
@@ -108,18 +108,8 @@ class Serve:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-3000:])
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("serve did not start")
-            time.sleep(0.05)
+        wait_serving(self.proc, f"http://127.0.0.1:{self.port}", self.log.read_text)
+        return self
 
     def readyz(self) -> dict:
         return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).json()

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import jwt
+from waiting import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -55,18 +56,8 @@ class ConfiguredServer:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "syncline.cli", "serve", "--config", str(self.config)],
                                      cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start")
-            time.sleep(0.05)
+        wait_serving(self.proc, self.url, self.log_path.read_text, timeout=30)
+        return self
 
     def get(self, path: str, tok: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {tok}"} if tok else {}

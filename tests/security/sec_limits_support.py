@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import jwt
-from waiting import wait_for
+from waiting import wait_serving
 
 SECRET = "limits-test-secret-0123456789abcdef0123456789"
 TENANT = "acme"
@@ -77,16 +77,7 @@ class Serve:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
 
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 60, "syncline serve to answer /healthz", interval=0.05)
+        wait_serving(self.proc, self.url, self.log_path.read_text)
         return self
 
     @property
