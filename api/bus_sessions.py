@@ -39,11 +39,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from syncline.bus.events import partition_of
+from syncline.bus.member import GroupMember
 from syncline.engine import access
 from syncline.engine.consumer_wire import ConsumerSpec, Limits
 from syncline.engine.errors import NotFound, SynclineError
-from syncline.engine.filters import EventFilter
 
 from .logging import log
 from .wire import events_wire
@@ -80,30 +79,6 @@ REVOKE_CHECK_S = 0.1  # how often a waiting hand-over checks whether its partiti
 class _Left(asyncio.CancelledError):
     """Raised in the subscriber's handler when its session closed: the delivery goes back
     to the group without counting as an attempt (the worker stops there, as on cancel)."""
-
-
-class _ReaderPerGroup(EventFilter):
-    """The session's filter, read by a log reader of its own group.
-
-    The bus shares one log reader per process among the members reading the same
-    (store, tenant, filter) — keyed by the filter's repr — and a member whose queues are
-    full holds the page for all of them (bus/reader.py). For members in one process that
-    is the fair price of reading once; for remote consumers it would let one stalled
-    service (no credits, a paused poller) stall every other group of its tenant on the
-    gateway. So the repr names the group too: sessions of one group share a reader,
-    different groups do not. Matching is the plain filter's."""
-
-    __slots__ = ("reader_group",)
-
-    @classmethod
-    def of(cls, f: EventFilter | None, group: str) -> EventFilter:
-        base = f or EventFilter()
-        out = cls(stream_prefixes=base.stream_prefixes, streams=base.streams, types=base.types, where=base.where)
-        object.__setattr__(out, "reader_group", group)
-        return out
-
-    def __repr__(self) -> str:
-        return f"{EventFilter.__repr__(self)}@{self.reader_group}"
 
 
 class ConsumerMetrics:
@@ -209,7 +184,7 @@ class ConsumerSession:
             # fetch can carry many events of one stream (a plain handler gets one at a time).
             make = bus.durable if s.kind == "durable" else bus.group
             self.subscriber = make(s.group, self._on_batch, batched=True, tenant=self.tenant,
-                                   filter=_ReaderPerGroup.of(s.filter, f"{s.kind}:{s.group}"),
+                                   filter=s.filter, reader_group=f"{s.kind}:{s.group}",
                                    policy=policy, partitions=s.partitions, start_at=s.start_at,
                                    batch=min(READ_PAGE, self.buffer_max), queue_max=QUEUE_CHUNKS,
                                    member_id=f"remote-{self.via}-{self.id[:12]}", handler_in_process=False)
@@ -308,11 +283,9 @@ class ConsumerSession:
         """Whether the member is giving up the delivery's partition (a rebalance moves it to
         another member, or the member stops): the handler must not hold it up waiting for a
         remote consumer that may never answer."""
-        workers = getattr(self.subscriber, "_workers", None)
-        if workers is None:  # (a broadcast subscription: no partitions to give up)
+        if not isinstance(self.subscriber, GroupMember):  # (a broadcast subscription: no partitions)
             return False
-        w = workers.get(partition_of(d.event, self.subscriber.partitions))
-        return w is None or w.stopping
+        return self.subscriber.giving_up(d.event)
 
     def _give_back(self, pend: list[Pending]) -> None:
         """Take these deliveries back from the consumer, uncounted (their partition moved:

@@ -42,7 +42,7 @@ from syncline.store.bus_schema import SCOPE_ALL
 
 from .delivery import Batch, Delivery, Failure, Handler, RetryPolicy, attempt, attempt_batch, one_by_one
 from .dlq import DeadLetterQueue
-from .events import event_from_doc
+from .events import event_from_doc, partition_of
 from .observe import handler_time
 from .reader import LogReader, PageSplit, reader_for
 
@@ -146,6 +146,7 @@ class GroupMember:
         start_at: str = "earliest",
         mark_ahead: int | None = None,
         handler_in_process: bool = True,
+        reader_group: str | None = None,
         batched: bool = False,
     ) -> None:
         self.store = store
@@ -180,6 +181,11 @@ class GroupMember:
         # its recorded attempts need not wait for the process-wide lock below (a slow remote
         # retry would otherwise hold up every other group's retries in this process).
         self.handler_in_process = handler_in_process
+        # Members of one process share a log reader per (store, scope, filter), and a member
+        # whose queues are full holds the page for all of them (bus/reader.py). A name here
+        # gives the member a reader shared only with members of the same name: remote
+        # consumers (api/bus_sessions.py) use it so one stalled service cannot stall the others.
+        self.reader_group = reader_group
         self._span = 0  # log positions the last page covered (see _ahead)
         self.stats = MemberStats()
         self._gs = GroupStore(store, self.scope, self.group)
@@ -200,6 +206,13 @@ class GroupMember:
     @property
     def owned(self) -> list[int]:
         return sorted(self._workers)
+
+    def giving_up(self, event: RecordedEvent) -> bool:
+        """Whether this member no longer handles the event's partition, or is letting it go
+        (a rebalance moves it away, or the member stops): a handler waiting on someone
+        else for this event should give it back rather than hold the hand-over up."""
+        w = self._workers.get(partition_of(event, self.partitions))
+        return w is None or w.stopping
 
     async def start(self) -> "GroupMember":
         if self.partitions < 1 or self.partitions > 4096:

@@ -53,7 +53,7 @@ _readers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, LogR
 def reader_for(member: "GroupMember") -> "LogReader":
     """The process's reader for the member's store, scope and filter (made on first use)."""
     readers = _readers.setdefault(asyncio.get_running_loop(), {})
-    key = (id(member.store), member.scope, repr(member.filter))
+    key = (id(member.store), member.scope, repr(member.filter), member.reader_group)
     r = readers.get(key)
     if r is None or r.store is not member.store:
         r = readers[key] = LogReader(readers, key, member.store, member.tenant, member.all_tenants, member.filter)
