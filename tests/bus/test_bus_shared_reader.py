@@ -69,8 +69,10 @@ async def test_a_reader_at_the_head_waits_for_the_doorbell_instead_of_reading_ag
 
     m = await bus.group("quiet", h, tenant="acme", partitions=4, member_id="q", lease_s=90.0).start()
     try:
-        await eventually(lambda: m._reader is not None and m._reader.pages >= 1, what="the first read")
-        await asyncio.sleep(0.05)  # let the start-up resets settle
+        # Start-up: every claim resets the reader (a rewind and a read); wait until all four
+        # partitions are claimed and the read after the last reset is done.
+        await eventually(lambda: len(m.owned) == 4 and m._reader is not None and m._reader.pages >= 1
+                         and not m._reader._reset, what="the start-up reads to settle")
         before = m._reader.pages
         appends = 12
         for n in range(appends):

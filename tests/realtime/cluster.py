@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import jwt
 from services_support import PrivateRedis
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "realtime-test-secret-0123456789abcdef0123"
@@ -71,17 +72,6 @@ def make_token(user: str, *, tenant: str = TENANT, roles: tuple[str, ...] = ("me
 
 def auth(user: str = "tester", **kw: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user, **kw)}"}
-
-
-def _wait(cond, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- gateways
@@ -158,7 +148,7 @@ class GatewayProcess:
             except httpx.HTTPError:
                 return False
 
-        _wait(up, timeout, f"gateway {self.name} on port {self.port} to answer /healthz")
+        wait_for(up, timeout, f"gateway {self.name} on port {self.port} to answer /healthz")
         return self
 
     @property
@@ -485,7 +475,7 @@ def pg_redis_cluster(workdir: Path, pg_server: str, redis_server: str, *, n: int
         redis = RedisProcess(redis_server, workdir / "redis").start()
         cluster = Cluster(workdir, db, n=n, redis=redis, env=env, label=label).start()
         for g in cluster.gateways:
-            _wait(lambda g=g: g.redis_state() == "up", 15, f"{g.name} to report redis up")
+            wait_for(lambda g=g: g.redis_state() == "up", 15, f"{g.name} to report redis up")
         yield cluster
     finally:
         try:
